@@ -1,0 +1,8 @@
+"""flowopt: numerical integrators of the gradient flow ``θ' = -∇f(θ)`` as optax optimizers."""
+
+from flowopt import tableaus
+from flowopt.alias import euler, heun, midpoint, ralston, rk3, rk4, rk38, runge_kutta, ssprk3
+from flowopt.integrator import Integrator, IntegratorState, as_optimizer, oracle_evaluations
+from flowopt.tableau import ButcherTableau
+
+__version__ = "0.1.0"
