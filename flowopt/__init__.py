@@ -4,5 +4,6 @@ from flowopt import tableaus
 from flowopt.alias import euler, heun, midpoint, ralston, rk3, rk4, rk38, runge_kutta, ssprk3
 from flowopt.integrator import Integrator, IntegratorState, as_optimizer, oracle_evaluations
 from flowopt.tableau import ButcherTableau
+from flowopt.train_state import TrainState
 
 __version__ = "0.1.0"

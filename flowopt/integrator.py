@@ -62,10 +62,12 @@ def check_learning_rate(learning_rate: optax.ScalarOrSchedule, name: str = "lear
         return
     try:
         value = float(learning_rate)
-    except (TypeError, jax.errors.ConcretizationTypeError):
+    except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
         if isinstance(learning_rate, jax.core.Tracer):
             return
-        raise ValueError(f"{name} must be a positive number or an optax schedule, got {learning_rate!r}.")
+        raise ValueError(
+            f"{name} must be a positive number or an optax schedule, got {learning_rate!r}."
+        ) from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be finite and positive, got {value!r}.")
 
