@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
@@ -25,6 +26,12 @@ class TrainState(train_state.TrainState):
         grads = jax.grad(loss_of)(state.params)
         state = state.apply_gradients(grads=grads, value_fn=loss_of)
     """
+
+    @classmethod
+    def create(cls, *, apply_fn: Callable, params: Any, tx: optax.GradientTransformation, **kwargs: Any) -> "TrainState":
+        """As Flax's ``create``, with ``step`` an int32 array so a jitted step compiles once."""
+        state = super().create(apply_fn=apply_fn, params=params, tx=tx, **kwargs)
+        return state.replace(step=jnp.zeros([], jnp.int32))
 
     def apply_gradients(
         self,
