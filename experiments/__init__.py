@@ -1,0 +1,1 @@
+"""flowopt's studies: one entry point each, ``flowopt-experiment STUDY --config {smoke,cpu,gpu}``."""
