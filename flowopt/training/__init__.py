@@ -1,0 +1,38 @@
+"""Flax training stack for flowopt: datasets, NNX models, the train loop, checkpoints.
+
+Typical use::
+
+    from flowopt import training
+
+    config = training.TrainConfig(model="mlp", dataset="mnist", optimizer="rk4",
+                                  learning_rate=0.1, grad_evals=20_000)
+    result = training.train(config, "runs/mlp-rk4")
+    result.history[-1]["test_accuracy"]
+
+or from the shell: ``flowopt-train --model mlp --dataset mnist --optimizer rk4 --output runs/mlp-rk4``.
+"""
+
+from flowopt.training.checkpoint import Checkpointer
+from flowopt.training.config import TrainConfig
+from flowopt.training.data import (
+    DATASET_NAMES,
+    DataIntegrityError,
+    DataUnavailableError,
+    Dataset,
+    iterate_batches,
+    load_dataset,
+    normalize,
+    random_crop_flip,
+    synthetic_dataset,
+)
+from flowopt.training.loop import RunResult, RunState, evaluate, make_eval_step, make_train_step, train
+from flowopt.training.models import MODELS, create_model
+from flowopt.training.optimizers import available_optimizers, make_optimizer
+from flowopt.training.parallel import data_mesh
+
+__all__ = [
+    "Checkpointer", "DATASET_NAMES", "DataIntegrityError", "DataUnavailableError", "Dataset", "MODELS",
+    "RunResult", "RunState", "TrainConfig", "available_optimizers", "create_model", "data_mesh",
+    "evaluate", "iterate_batches", "load_dataset", "make_eval_step", "make_optimizer", "make_train_step",
+    "normalize", "random_crop_flip", "synthetic_dataset", "train",
+]

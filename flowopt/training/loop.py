@@ -1,0 +1,438 @@
+"""The training loop: a jitted step that binds the oracle to the batch, budgets, evaluation.
+
+The objective of a run is
+
+    f(θ) = mean_i ℓ(model_θ(x_i), y_i) + model.penalty() + λ/2 · Σ_kernels ‖W‖²,
+
+and *every* gradient the optimizer sees is a gradient of this same ``f`` on the
+current minibatch. That is why weight decay is an L2 term in the loss rather
+than ``optax.add_decayed_weights``: a multi-stage integrator evaluates
+``value_fn`` at intermediate points, and a decay added only to the incoming
+gradient (stage ``k1``) would make the stages integrate a different flow. For
+plain SGD the two are the same update.
+
+The Python loop around the jitted step is deliberate: on CPU, convolutions
+inside ``lax.scan`` run several times slower than a loop of jitted steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+import flowopt
+from flowopt.training import models, parallel
+from flowopt.training.checkpoint import Checkpointer
+from flowopt.training.config import TrainConfig, trajectory_mismatch
+from flowopt.training.data import Dataset, iterate_batches, load_dataset, normalize, random_crop_flip
+from flowopt.training.metrics import MetricsLog
+from flowopt.training.optimizers import make_optimizer
+
+logger = logging.getLogger(__name__)
+
+
+class RunState(NamedTuple):
+    """All device state of a run (a pytree: it jits, shards and checkpoints)."""
+
+    step: jax.Array
+    grad_evals: jax.Array
+    params: nnx.State
+    model_state: nnx.State
+    opt_state: optax.OptState
+    rng: jax.Array
+
+
+class StepMetrics(NamedTuple):
+    """Per-step outputs: minibatch objective at the pre-update parameters, correct predictions."""
+
+    loss: jax.Array
+    correct: jax.Array
+
+
+class Preprocess(NamedTuple):
+    """On-device input pipeline: optional crop+flip, then per-channel normalisation."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    augment: bool
+
+
+def example_losses(logits: jax.Array, labels: jax.Array, kind: str) -> jax.Array:
+    """Per-example data loss: ``cross_entropy`` or ``squared_error`` (½‖logits − onehot‖²)."""
+    if kind == "cross_entropy":
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if kind == "squared_error":
+        return 0.5 * jnp.sum((logits - jax.nn.one_hot(labels, logits.shape[-1])) ** 2, axis=-1)
+    raise ValueError(f"Unknown task loss {kind!r}; valid: cross_entropy, squared_error.")
+
+
+def weight_l2(params: nnx.State) -> jax.Array:
+    """``½ Σ‖W‖²`` over parameters with two or more axes (kernels, not biases or scales)."""
+    return 0.5 * sum(
+        (jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params) if p.ndim > 1), jnp.zeros([])
+    )
+
+
+def make_objective(
+    graphdef: nnx.GraphDef, weight_decay: float
+) -> Callable[[nnx.State, nnx.State, jax.Array, jax.Array], tuple[jax.Array, tuple[jax.Array, nnx.State]]]:
+    """``objective(params, model_state, x, y) -> (f, (logits, new_model_state))`` in training mode."""
+
+    def objective(params, model_state, x, y):
+        model = nnx.merge(graphdef, params, model_state)
+        model.train()
+        logits = model(x)
+        loss = jnp.mean(example_losses(logits, y, models.task_loss(model))) + models.penalty(model)
+        if weight_decay:
+            loss = loss + weight_decay * weight_l2(params)
+        return loss, (logits, nnx.split(model, nnx.Param, ...)[2])
+
+    return objective
+
+
+def _inputs(images: jax.Array, prep: Preprocess, key: jax.Array | None) -> jax.Array:
+    if key is not None:
+        images = random_crop_flip(key, images)
+    return normalize(images, jnp.asarray(prep.mean), jnp.asarray(prep.std))
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    prep: Preprocess,
+    weight_decay: float,
+    mesh: Mesh,
+) -> Callable[[RunState, jax.Array, jax.Array], tuple[RunState, StepMetrics]]:
+    """A jitted step: gradient at the batch, optimizer update with the batch-bound oracle.
+
+    The oracle ``value_fn`` is a ``jax.tree_util.Partial`` whose leaves are the
+    batch and the pre-step model state, so every stage of a multi-stage method
+    evaluates the same minibatch objective (same BatchNorm mode, same dropout
+    mask). ``grad_evals`` grows by one for the incoming gradient plus the
+    optimizer's oracle calls (``flowopt.oracle_evaluations``).
+    """
+    objective = make_objective(graphdef, weight_decay)
+
+    def value(model_state, x, y, params):
+        return objective(params, model_state, x, y)[0]
+
+    def step(state: RunState, images: jax.Array, labels: jax.Array) -> tuple[RunState, StepMetrics]:
+        key = jax.random.fold_in(state.rng, state.step) if prep.augment else None
+        x = _inputs(images, prep, key)
+        (loss, (logits, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
+            state.params, state.model_state, x, labels
+        )
+        value_fn = jax.tree_util.Partial(value, state.model_state, x, labels)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, value_fn=value_fn)
+        oracle_calls = flowopt.oracle_evaluations(opt_state) - flowopt.oracle_evaluations(state.opt_state)
+        new_state = RunState(
+            step=state.step + 1,
+            grad_evals=state.grad_evals + 1 + oracle_calls,
+            params=optax.apply_updates(state.params, updates),
+            model_state=model_state,
+            opt_state=opt_state,
+            rng=state.rng,
+        )
+        correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+        return new_state, StepMetrics(loss, correct)
+
+    replicated = parallel.replicated(mesh)
+    return jax.jit(step, out_shardings=(replicated, replicated))
+
+
+def make_eval_step(
+    graphdef: nnx.GraphDef, prep: Preprocess, mesh: Mesh
+) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """A jitted ``(params, model_state, images, labels, mask) -> (loss sum, correct count)`` in eval mode."""
+
+    def step(params, model_state, images, labels, mask):
+        model = nnx.merge(graphdef, params, model_state)
+        model.eval()
+        logits = model(_inputs(images, prep, None))
+        losses = example_losses(logits, labels, models.task_loss(model))
+        correct = (jnp.argmax(logits, -1) == labels) & mask
+        return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(correct)
+
+    replicated = parallel.replicated(mesh)
+    return jax.jit(step, out_shardings=(replicated, replicated))
+
+
+def evaluate(
+    eval_step: Callable[..., tuple[jax.Array, jax.Array]],
+    state: RunState,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    mesh: Mesh,
+) -> tuple[float, float]:
+    """Mean data loss and accuracy over a whole split (the last batch is padded and masked)."""
+    batch_size = min(batch_size, len(images))
+    batch_size = -(-batch_size // mesh.size) * mesh.size
+    sums = []
+    for start in range(0, len(images), batch_size):
+        x, y = images[start : start + batch_size], labels[start : start + batch_size]
+        mask = np.arange(batch_size) < len(x)
+        pad = batch_size - len(x)
+        if pad:
+            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+            y = np.concatenate([y, np.zeros(pad, y.dtype)])
+        sums.append(eval_step(state.params, state.model_state, *parallel.shard_batch((x, y, mask), mesh)))
+    losses, corrects = zip(*jax.device_get(sums))
+    return math.fsum(map(float, losses)) / len(images), int(sum(map(int, corrects))) / len(images)
+
+
+def init_state(
+    model: nnx.Module, tx: optax.GradientTransformation, seed: int, mesh: Mesh
+) -> tuple[nnx.GraphDef, RunState]:
+    """Split ``model`` into a graph definition and a replicated :class:`RunState`."""
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    state = RunState(
+        step=jnp.zeros([], jnp.int32),
+        grad_evals=jnp.zeros([], jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+        rng=jax.random.fold_in(jax.random.key(seed), 1),
+    )
+    return graphdef, parallel.replicate(state, mesh)
+
+
+def learning_rate_schedule(config: TrainConfig, total_steps: int | None) -> float | optax.Schedule:
+    """The step size (or optax schedule) named by ``config.schedule``."""
+    if config.schedule == "constant":
+        return config.learning_rate
+    if config.schedule == "cosine":
+        return optax.cosine_decay_schedule(config.learning_rate, total_steps)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, config.warmup_steps, total_steps
+    )
+
+
+@dataclasses.dataclass
+class RunResult:
+    """Outcome of :func:`train`.
+
+    Attributes:
+      state: the final device state (at divergence, the state that produced it).
+      graphdef: the model's graph definition (``model`` merges it with ``state``).
+      history: the metrics rows, one per evaluation (as in ``metrics.jsonl``).
+      diverged: whether the run stopped on a non-finite loss or parameters.
+      message: why the run stopped.
+      dataset_label: how results must be labelled, e.g. ``"CIFAR-10 (JPEG q75 copy)"``.
+    """
+
+    state: RunState
+    graphdef: nnx.GraphDef
+    history: list[dict[str, Any]]
+    diverged: bool
+    message: str
+    dataset_label: str
+
+    @property
+    def model(self) -> nnx.Module:
+        """The trained model."""
+        return nnx.merge(self.graphdef, self.state.params, self.state.model_state)
+
+
+def _all_finite(tree: Any) -> bool:
+    return bool(jax.device_get(jax.tree.reduce(
+        jnp.logical_and, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree), jnp.bool_(True)
+    )))
+
+
+def _fresh_progress() -> dict[str, Any]:
+    return {"epoch": 0, "batch": 0, "loss_sum": 0.0, "correct": 0, "count": 0, "last_cost": None, "time_s": 0.0}
+
+
+def _budget_left(config: TrainConfig, step: int, evals: int, last_cost: int | None) -> bool:
+    if config.steps is not None and step >= config.steps:
+        return False
+    if config.grad_evals is not None and evals + (last_cost or 1) > config.grad_evals:
+        return False
+    return True
+
+
+def _number(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def train(
+    config: TrainConfig,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    dataset: Dataset | None = None,
+    tx: optax.GradientTransformation | None = None,
+) -> RunResult:
+    """Train ``config.model`` on ``config.dataset`` until the first budget is reached.
+
+    Args:
+      config: the run.
+      output_dir: receives ``config.json``, ``metrics.jsonl`` and ``checkpoints/``;
+        a directory with checkpoints is resumed (bitwise: the data order, the
+        augmentation keys and all state are restored). None: nothing is written.
+      dataset: use these arrays instead of ``load_dataset(config.dataset, **config.dataset_options)``.
+      tx: use this optimizer instead of ``make_optimizer(config.optimizer, ...)``
+        (``config.optimizer`` then only names it).
+
+    Returns:
+      A :class:`RunResult`. Divergence does not raise: it is logged, recorded in
+      the metrics and reported through ``diverged`` and ``message``.
+
+    Raises:
+      ValueError: bad names or options, a batch that does not split over the
+        devices, or an output directory holding a different run.
+    """
+    dataset = dataset or load_dataset(config.dataset, **config.dataset_options)
+    mesh = parallel.data_mesh(config.num_devices)
+    parallel.check_batch_size(config.batch_size, mesh)
+    steps_per_epoch = len(dataset.x_train) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(dataset.x_train)} training examples.")
+    lengths = [n for n in (config.steps, config.epochs and config.epochs * steps_per_epoch) if n]
+    schedule = None
+    if tx is None:
+        schedule = learning_rate_schedule(config, min(lengths) if lengths else None)
+        tx = make_optimizer(config.optimizer, schedule, **config.optimizer_options)
+    model = models.create_model(
+        config.model, input_shape=dataset.image_shape, num_classes=dataset.num_classes,
+        seed=config.seed, **config.model_options,
+    )
+    augment = config.augment if config.augment is not None else dataset.image_shape == (32, 32, 3)
+    prep = Preprocess(*dataset.channel_stats(), augment)
+    graphdef, state = init_state(model, tx, config.seed, mesh)
+    train_step = make_train_step(graphdef, tx, prep, config.weight_decay, mesh)
+    eval_step = make_eval_step(graphdef, prep, mesh)
+
+    progress, resume_step, checkpointer = _fresh_progress(), None, None
+    out = Path(output_dir) if output_dir is not None else None
+    if out is not None:
+        checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
+        if checkpointer.latest_step() is not None:
+            if not config.resume:
+                raise ValueError(f"{out} already holds checkpoints; resume, or use a fresh directory.")
+            state, stored = checkpointer.restore(state)
+            mismatch = trajectory_mismatch(stored["config"], config)
+            if mismatch:
+                raise ValueError(
+                    f"{out} holds a run that differs in {mismatch}; use a fresh output directory."
+                )
+            progress, resume_step = stored["progress"], int(state.step)
+            logger.info("Resuming %s from step %d.", out, resume_step)
+        if jax.process_index() == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            record = {"config": config.to_dict(), "dataset": dataset.label, "source": dataset.source,
+                      "devices": mesh.size, "augment": augment}
+            (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    log = MetricsLog(out / "metrics.jsonl" if out is not None else None, resume_step)
+
+    def save() -> None:
+        if checkpointer is not None:
+            checkpointer.save(int(state.step), state, {"config": config.to_dict(), "progress": progress})
+
+    step, evals = (int(v) for v in jax.device_get((state.step, state.grad_evals)))
+    by_evals = config.grad_evals is not None
+    bar = tqdm(
+        total=config.grad_evals if by_evals else (min(lengths) if lengths else None),
+        initial=evals if by_evals else step, unit="eval" if by_evals else "step",
+        disable=not config.progress, dynamic_ncols=True,
+        desc=f"{config.model}/{config.optimizer} on {dataset.label}",
+    )
+    started = time.perf_counter() - progress["time_s"]
+    message, diverged, stop = "", False, False
+    while not stop and (config.epochs is None or progress["epoch"] < config.epochs):
+        batches = iterate_batches(
+            dataset.x_train, dataset.y_train, config.batch_size,
+            seed=config.seed, epoch=progress["epoch"], start=progress["batch"],
+        )
+        for images, labels in batches:
+            if not _budget_left(config, step, evals, progress["last_cost"]):
+                stop = True
+                break
+            new_state, metrics = train_step(state, *parallel.shard_batch((images, labels), mesh))
+            loss, correct, new_evals = jax.device_get((metrics.loss, metrics.correct, new_state.grad_evals))
+            if not np.isfinite(loss):
+                diverged = True
+                message = f"the minibatch loss is {float(loss)} at step {step}"
+                break
+            state, progress["last_cost"] = new_state, int(new_evals) - evals
+            step, evals = step + 1, int(new_evals)
+            progress["batch"] += 1
+            progress["loss_sum"] += float(loss)
+            progress["correct"] += int(correct)
+            progress["count"] += len(labels)
+            bar.update(progress["last_cost"] if by_evals else 1)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                if not _all_finite(state.params):
+                    diverged, message = True, f"the parameters are not finite at step {step}"
+                    break
+                progress["time_s"] = time.perf_counter() - started
+                save()
+        if diverged:
+            break
+        if progress["count"] == 0:
+            break
+        if not _all_finite(state.params):
+            diverged, message = True, f"the parameters are not finite at step {step}"
+            break
+        test_loss, test_accuracy = evaluate(
+            eval_step, state, dataset.x_test, dataset.y_test, config.eval_batch_size, mesh
+        )
+        epochs_done = progress["epoch"] + progress["batch"] / steps_per_epoch
+        row = {
+            "epoch": _number(epochs_done),
+            "step": step,
+            "grad_evals": evals,
+            "train_loss": progress["loss_sum"] * config.batch_size / progress["count"],
+            "train_accuracy": progress["correct"] / progress["count"],
+            "test_loss": test_loss,
+            "test_accuracy": test_accuracy,
+        }
+        if config.eval_train:
+            row["full_train_loss"], row["full_train_accuracy"] = evaluate(
+                eval_step, state, dataset.x_train, dataset.y_train, config.eval_batch_size, mesh
+            )
+        if schedule is not None:
+            row["learning_rate"] = float(schedule(step - 1)) if callable(schedule) else schedule
+        row["partial"] = progress["batch"] < steps_per_epoch
+        row["time_s"] = time.perf_counter() - started
+        log.write(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.4f}", test_acc=f"{test_accuracy:.4f}")
+        if progress["batch"] >= steps_per_epoch:
+            progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
+        progress.update(loss_sum=0.0, correct=0, count=0, time_s=row["time_s"])
+        save()
+    bar.close()
+    if diverged:
+        kept = checkpointer.latest_step() if checkpointer is not None else None
+        message = (
+            f"Training diverged: {message} (epoch {progress['epoch'] + 1}). "
+            + (f"The last good checkpoint (step {kept}) is kept in {out / 'checkpoints'}."
+               if kept is not None else "No checkpoint was written.")
+        )
+        logger.error(message)
+        log.write({
+            "epoch": _number(progress["epoch"] + progress["batch"] / steps_per_epoch), "step": step,
+            "grad_evals": evals, "diverged": True, "message": message,
+            "time_s": time.perf_counter() - started,
+        })
+    else:
+        message = f"Finished after {step} steps and {evals} gradient evaluations."
+    if checkpointer is not None:
+        checkpointer.close()
+    return RunResult(state, graphdef, log.rows, diverged, message, dataset.label)
