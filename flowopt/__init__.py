@@ -1,6 +1,7 @@
 """flowopt: numerical integrators of the gradient flow ``θ' = -∇f(θ)`` as optax optimizers."""
 
 from flowopt import tableaus
+from flowopt.alias_multistep import adams_bashforth, backward_euler, bdf
 from flowopt.alias import euler, heun, midpoint, ralston, rk3, rk4, rk38, runge_kutta, ssprk3
 from flowopt.integrator import Integrator, IntegratorState, as_optimizer, oracle_evaluations
 from flowopt.tableau import ButcherTableau

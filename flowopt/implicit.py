@@ -1,0 +1,339 @@
+"""Implicit backward differentiation formulas (BDF) for ``θ' = -∇f(θ)``, solved approximately.
+
+BDF-τ (τ = 1..6; τ = 1 is backward Euler) defines ``θ_{n+1}`` implicitly by::
+
+    θ_{n+1} + Σ_{j=1}^{τ} a_j θ_{n+1-j} = -β h ∇f(θ_{n+1}),
+
+that is, ``θ_{n+1} = argmin_x f(x) + ||x - z_n||² / (2βh)`` with the
+extrapolated anchor ``z_n = -Σ_j a_j θ_{n+1-j}``: a proximal step. Following
+Huang et al., *Approximate backwards differentiation of gradient flow* (2022),
+the proximal subproblem is solved approximately by a few gradient steps
+(:func:`solve_proximal`), one oracle call each.
+
+**Warm start.** The inner iteration starts at the current iterate ``θ_n``:
+its gradient is the incoming ``k1``, so the first inner step costs no extra
+gradient, and in the non-stiff limit (``L βh ≪ 1``) that first step is
+exactly the explicit predictor ``z_n - βh ∇f(θ_n)`` (an ``O(h²)``-accurate
+start). On stiff problems an extrapolated predictor would amplify the stiff
+components by ``|1 - βhλ|`` before the inner loop could damp them; starting
+at ``θ_n`` every inner iterate stays where gradient descent on the strongly
+convex subproblem contracts.
+
+**Inner step.** The subproblem's curvature is ``L + 1/(βh)``, so a step
+chosen from ``βh`` alone diverges on stiff problems. With no
+``inner_learning_rate``, the step is ``η = 1 / (L̂ + 1/(βh))`` where ``L̂`` is
+an estimate of the local Lipschitz constant of ``∇f`` kept in the state. It
+is calibrated from the oracle alone by gradient-only backtracking: a trial
+step is accepted when the secant curvature along it,
+``||∇f(x⁺) - ∇f(x)|| / ||x⁺ - x||``, does not exceed ``L̂``; otherwise it is
+rejected (the oracle call still counts) and ``L̂`` becomes 5/4 of that
+secant (a non-finite trial gradient shrinks the step tenfold instead). On a
+convex quadratic every accepted step decreases the subproblem's objective by
+at least ``η ||∇φ||² / 2``, so backward Euler with this default is a descent
+method for any ``h``. ``L̂`` starts at zero, so the first trial of a run is
+the explicit predictor and calibrates the estimate; it never decreases.
+
+**Start-up.** BDF-τ needs τ past iterates. With ``startup="high_order"`` the
+first τ-1 steps are taken by backward Euler extrapolated to order τ
+(Richardson extrapolation over 1, 2, …, τ equal substeps, each substep an
+approximate proximal solve as above): a one-step method of order τ that is
+stable on the whole negative real axis, so the global order stays τ and stiff
+problems stay stable; it costs τ(τ+1)/2 proximal solves per start-up step.
+Its weights grow with τ (their absolute sum is 3, 9, 28, 92, 302 for
+τ = 2..6) and multiply the inner solves' errors, so give high orders enough
+inner steps. ``startup="lower_order"`` uses BDF-1, BDF-2, … on the available
+history instead: cheaper, but the global error is then at best ``O(h²)``.
+
+**Minibatches and schedules.** The history holds past iterates ``θ``, so it
+stays valid when the oracle changes from batch to batch; the curvature
+estimate is carried across batches too. The coefficients assume a constant
+step; under a schedule the current ``h`` is used with them.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flowopt.integrator import Integrator
+from flowopt.linear_multistep import check_integer, check_startup, weighted_sum
+from flowopt.oracle import GradFn, Params
+
+MAX_BDF_ORDER = 6
+
+# order -> ((a_1, ..., a_τ), β) in  θ_{n+1} + Σ_j a_j θ_{n+1-j} = -β h ∇f(θ_{n+1}).
+BDF_COEFFICIENTS: dict[int, tuple[tuple[Fraction, ...], Fraction]] = {
+    1: ((Fraction(-1),), Fraction(1)),
+    2: ((Fraction(-4, 3), Fraction(1, 3)), Fraction(2, 3)),
+    3: ((Fraction(-18, 11), Fraction(9, 11), Fraction(-2, 11)), Fraction(6, 11)),
+    4: (
+        (Fraction(-48, 25), Fraction(36, 25), Fraction(-16, 25), Fraction(3, 25)),
+        Fraction(12, 25),
+    ),
+    5: (
+        (
+            Fraction(-300, 137),
+            Fraction(300, 137),
+            Fraction(-200, 137),
+            Fraction(75, 137),
+            Fraction(-12, 137),
+        ),
+        Fraction(60, 137),
+    ),
+    6: (
+        (
+            Fraction(-120, 49),
+            Fraction(150, 49),
+            Fraction(-400, 147),
+            Fraction(75, 49),
+            Fraction(-24, 49),
+            Fraction(10, 147),
+        ),
+        Fraction(20, 49),
+    ),
+}
+
+_REJECTED_GROWTH = 1.25  # L̂ after a rejection, relative to the measured secant
+_NONFINITE_SHRINK = 10.0  # step reduction after a non-finite trial gradient
+
+
+def extrapolation_weights(order: int) -> tuple[Fraction, ...]:
+    """Weights ``c_j`` with ``Σ_j c_j T_j`` of order ``order``, ``T_j`` = backward Euler over j substeps.
+
+    Backward Euler's error expands in all powers of the substep ``h/j``, so the
+    weights solve ``Σ_j c_j = 1`` and ``Σ_j c_j j^{-q} = 0`` for
+    ``q = 1..order-1``: the Lagrange basis at 0 on the nodes ``1/j``.
+    """
+    nodes = [Fraction(1, j) for j in range(1, order + 1)]
+    weights = []
+    for j, node in enumerate(nodes):
+        weight = Fraction(1)
+        for i, other in enumerate(nodes):
+            if i != j:
+                weight *= -other / (node - other)
+        weights.append(weight)
+    return tuple(weights)
+
+
+class ProximalSolution(NamedTuple):
+    """Result of :func:`solve_proximal`.
+
+    Attributes:
+      params: the approximate minimiser ``x``.
+      grad: ``∇f(x)``, as returned by the oracle (or the start gradient).
+      curvature: the updated estimate ``L̂``.
+      residual: ``||∇φ(x)|| / ||∇φ(x_0)||`` (0 when the start is exact).
+      calls: oracle calls made (int32).
+    """
+
+    params: Params
+    grad: Params
+    curvature: jax.Array
+    residual: jax.Array
+    calls: jax.Array
+
+
+class BDFState(NamedTuple):
+    """Stage state of BDF-τ.
+
+    Attributes:
+      history: the past iterates ``θ_{n-1}, …, θ_{n-τ+1}`` (newest first).
+      filled: how many of them are valid (int32, saturates at τ-1).
+      curvature: the estimate ``L̂`` of the local Lipschitz constant of ``∇f``.
+      inner_residual: relative residual of the last proximal solve, a diagnostic.
+    """
+
+    history: tuple[Params, ...]
+    filled: jax.Array
+    curvature: jax.Array
+    inner_residual: jax.Array
+
+
+def solve_proximal(
+    oracle: GradFn,
+    anchor: Params,
+    beta_h: jax.Array,
+    start: Params,
+    start_grad: Params,
+    curvature: jax.Array,
+    inner_steps: int,
+    inner_learning_rate: float | None = None,
+    inner_tolerance: float | None = None,
+) -> ProximalSolution:
+    """Minimise ``φ(x) = f(x) + ||x - anchor||² / (2 βh)`` approximately by gradient steps.
+
+    ``x ← x - η (∇f(x) + (x - anchor)/βh)``, starting from ``start`` whose
+    gradient ``start_grad`` is known. Each step calls the oracle once, at the
+    new point, at most ``inner_steps`` times; with ``inner_tolerance`` the
+    loop stops once ``||∇φ(x)|| ≤ inner_tolerance · ||∇φ(start)||``. The step
+    ``η`` is ``inner_learning_rate`` if given, otherwise the backtracked
+    ``1 / (L̂ + 1/βh)`` described in the module docstring.
+    """
+    dtype = jnp.result_type(curvature)
+    inverse = 1.0 / jnp.asarray(beta_h, dtype)
+
+    def prox_grad(x: Params, g: Params) -> Params:
+        return jax.tree.map(
+            lambda gi, xi, zi: gi + (xi - zi) * jnp.asarray(inverse, xi.dtype), g, x, anchor
+        )
+
+    def norm(tree: Params) -> jax.Array:
+        return jnp.asarray(optax.tree_utils.tree_norm(tree), dtype)
+
+    initial_residual = norm(prox_grad(start, start_grad))
+    threshold = None if inner_tolerance is None else inner_tolerance * initial_residual
+
+    def keep_going(carry):
+        calls, _, _, _, residual = carry
+        active = calls < inner_steps
+        if threshold is not None:
+            active = active & (residual > threshold)
+        return active
+
+    def inner_step(carry):
+        calls, x, g, estimate, _ = carry
+        if inner_learning_rate is None:
+            eta = 1.0 / (estimate + inverse)
+        else:
+            eta = jnp.asarray(inner_learning_rate, dtype)
+        trial = jax.tree.map(
+            lambda xi, di: xi - jnp.asarray(eta, xi.dtype) * di, x, prox_grad(x, g)
+        )
+        trial_grad = oracle(trial)
+        if inner_learning_rate is None:
+            moved = norm(optax.tree_utils.tree_sub(trial, x))
+            changed = norm(optax.tree_utils.tree_sub(trial_grad, g))
+            secant = jnp.where(moved > 0, changed / jnp.where(moved > 0, moved, 1), 0)
+            accept = secant <= estimate  # False for NaN
+            rejected_estimate = jnp.where(
+                jnp.isfinite(secant),
+                _REJECTED_GROWTH * secant,
+                _NONFINITE_SHRINK * estimate + (_NONFINITE_SHRINK - 1) * inverse,
+            )
+            estimate = jnp.where(accept, estimate, rejected_estimate)
+            x = optax.tree_utils.tree_where(accept, trial, x)
+            g = optax.tree_utils.tree_where(accept, trial_grad, g)
+        else:
+            x, g = trial, trial_grad
+        return calls + 1, x, g, estimate, norm(prox_grad(x, g))
+
+    carry = (jnp.zeros([], jnp.int32), start, start_grad, jnp.asarray(curvature, dtype), initial_residual)
+    calls, x, g, estimate, residual = jax.lax.while_loop(keep_going, inner_step, carry)
+    relative = jnp.where(initial_residual > 0, residual / jnp.where(initial_residual > 0, initial_residual, 1), 0)
+    return ProximalSolution(x, g, estimate, relative, calls)
+
+
+def _check_positive(value, name: str, below_one: bool = False) -> float | None:
+    if value is None:
+        return None
+    if callable(value) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}.") from None
+    if not np.isfinite(number) or number <= 0 or (below_one and number >= 1):
+        interval = "in (0, 1)" if below_one else "finite and positive"
+        raise ValueError(f"{name} must be {interval}, got {value!r}.")
+    return number
+
+
+def implicit_bdf(
+    order: int,
+    inner_steps: int,
+    inner_learning_rate: float | None = None,
+    inner_tolerance: float | None = None,
+    startup: str = "high_order",
+) -> Integrator:
+    """The approximate BDF-``order`` integrator (see the module docstring).
+
+    Args:
+      order: τ in 1..6.
+      inner_steps: most oracle calls per proximal solve (≥ 1).
+      inner_learning_rate: a fixed inner step ``η`` (it must be below
+        ``2 / (L + 1/(βh))``); ``None`` for the backtracked default.
+      inner_tolerance: relative residual at which a solve stops early, so the
+        oracle-call count becomes dynamic; ``None`` runs every inner step.
+      startup: ``"high_order"`` or ``"lower_order"``.
+    """
+    order = check_integer(order, "order", 1, MAX_BDF_ORDER)
+    inner_steps = check_integer(inner_steps, "inner_steps", 1)
+    inner_learning_rate = _check_positive(inner_learning_rate, "inner_learning_rate")
+    inner_tolerance = _check_positive(inner_tolerance, "inner_tolerance", below_one=True)
+    startup = check_startup(startup)
+
+    # Row j: BDF-(j+1) padded with zeros, so lower-order start-up steps index it.
+    a_table = np.zeros((order, order))
+    betas = np.zeros(order)
+    for j in range(order):
+        a, beta = BDF_COEFFICIENTS[j + 1]
+        a_table[j, : j + 1] = [float(x) for x in a]
+        betas[j] = float(beta)
+    weights = [float(w) for w in extrapolation_weights(order)]
+
+    def solve(oracle, anchor, beta_h, start, start_grad, curvature) -> ProximalSolution:
+        return solve_proximal(
+            oracle, anchor, beta_h, start, start_grad, curvature,
+            inner_steps, inner_learning_rate, inner_tolerance,
+        )
+
+    def init(params: Params) -> BDFState:
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return BDFState(
+            history=tuple(zeros for _ in range(order - 1)),
+            filled=jnp.zeros([], jnp.int32),
+            curvature=jnp.zeros([], jnp.result_type(float)),
+            inner_residual=jnp.zeros([], jnp.result_type(float)),
+        )
+
+    def bdf(oracle, points, k1, h, curvature, a_row, beta):
+        anchor = weighted_sum([-a for a in a_row], points)
+        solution = solve(oracle, anchor, beta * h, points[0], k1, curvature)
+        return solution.params, solution.curvature, solution.residual, solution.calls
+
+    def extrapolated_backward_euler(oracle, params, k1, h, curvature):
+        total, calls, residual = None, jnp.zeros([], jnp.int32), jnp.zeros([], curvature.dtype)
+        for substeps, weight in enumerate(weights, start=1):
+
+            def substep(_, carry, substeps=substeps):
+                y, gy, estimate, _, count = carry
+                solution = solve(oracle, y, h / substeps, y, gy, estimate)
+                return solution.params, solution.grad, solution.curvature, solution.residual, count + solution.calls
+
+            y, _, curvature, residual, calls = jax.lax.fori_loop(
+                0, substeps, substep, (params, k1, curvature, residual, calls)
+            )
+            total = weighted_sum([weight], [y]) if total is None else weighted_sum([1.0, weight], [total, y])
+        return total, curvature, residual, calls
+
+    def step(oracle: GradFn, params: Params, k1: Params, h: jax.Array, state: BDFState):
+        points = (params,) + state.history
+        curvature = state.curvature
+        if order == 1:
+            new, curvature, residual, calls = bdf(oracle, points, k1, h, curvature, a_table[0], betas[0])
+        elif startup == "high_order":
+            new, curvature, residual, calls = jax.lax.cond(
+                state.filled < order - 1,
+                lambda: extrapolated_backward_euler(oracle, params, k1, h, curvature),
+                lambda: bdf(oracle, points, k1, h, curvature, a_table[-1], betas[-1]),
+            )
+        else:
+            row = jnp.minimum(state.filled, order - 1)
+            a_row = [jnp.asarray(a_table)[row, i] for i in range(order)]
+            new, curvature, residual, calls = bdf(oracle, points, k1, h, curvature, a_row, jnp.asarray(betas)[row])
+        increment = jax.tree.map(jnp.subtract, new, params)
+        new_state = BDFState(
+            history=((params,) + state.history)[: order - 1],
+            filled=jnp.minimum(state.filled + 1, order - 1),
+            curvature=curvature,
+            inner_residual=residual,
+        )
+        return increment, new_state, calls
+
+    name = "backward_euler" if order == 1 else f"bdf{order}"
+    return Integrator(name=name, init=init, step=step, needs_oracle=True)
