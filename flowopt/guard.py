@@ -1,0 +1,154 @@
+"""A non-finite guard: no integrator step ever writes NaN or inf into the parameters.
+
+A step ``θ_{n+1} = θ_n + Δθ`` is *non-finite* when the incoming gradient, a
+stage gradient, a stage loss (when the oracle is ``value_fn``) or the
+candidate ``θ_{n+1}`` contains NaN or inf. :func:`guard_nonfinite` wraps any
+optax transformation (every flowopt integrator included) so that such a step
+returns zero updates, keeps the previous inner state, and is counted.
+
+Comparison with ``optax.apply_if_finite``: that wrapper looks only at the
+incoming gradient, before the inner update runs, and after
+``max_consecutive_errors`` failures gives up and applies the non-finite
+update. A multi-stage integrator fails in a different place: the gradient at
+``θ_n`` is fine, but a stage point ``θ_n - h Σ a_ij k_j`` lies where the loss
+overflows. The guard therefore reuses ``optax.apply_if_finite`` for the
+incoming gradient (so no oracle call is spent when it is already non-finite)
+and never gives up, and adds the check after the inner update: the increment,
+the candidate parameters and, through :func:`flag_nonfinite_loss`, the losses
+the integrator evaluated.
+
+What the guard cannot do: a fixed-step method whose step lands in a
+non-finite region from the same point is rejected again on every call (the
+parameters stay where they were); recovery needs something to change, a
+decaying schedule, a new minibatch, or an adaptive method. Adaptive methods
+(:func:`flowopt.adaptive_runge_kutta`) reject non-finite steps themselves and
+shrink the step, so they need no guard; wrapping them is harmless. The loss
+at the candidate ``θ_{n+1}`` is seen only by methods that evaluate it (the
+last stage of the FSAL pairs ``BOSH3`` and ``DOPRI5``); other methods would
+need one extra evaluation per step, which the guard does not spend.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from flowopt.integrator import oracle_evaluations
+from flowopt.oracle import Params
+
+_NEVER_GIVE_UP = int(jnp.iinfo(jnp.int32).max)
+
+
+class GuardState(NamedTuple):
+    """State of :func:`guard_nonfinite` below ``optax.ApplyIfFiniteState``.
+
+    Attributes:
+      rejected: updates zeroed because the step was non-finite (int32); the
+        updates skipped for a non-finite incoming gradient are counted by the
+        enclosing ``ApplyIfFiniteState.total_notfinite``.
+      oracle_evals: oracle calls spent in rejected steps, whose inner states
+        were discarded (int32), so that ``oracle_evaluations`` stays honest.
+      inner_state: the wrapped transformation's state.
+    """
+
+    rejected: jax.Array
+    oracle_evals: jax.Array
+    inner_state: optax.OptState
+
+
+def tree_all_finite(tree: Any) -> jax.Array:
+    """Whether every element of every leaf of ``tree`` is finite (a boolean scalar)."""
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])) if leaves else jnp.array(True)
+
+
+@jax.custom_jvp
+def _nan_tangent_if_nonfinite(value: jax.Array) -> jax.Array:
+    return value
+
+
+@_nan_tangent_if_nonfinite.defjvp
+def _nan_tangent_jvp(primals, tangents):
+    (value,), (tangent,) = primals, tangents
+    return value, tangent * jnp.where(jnp.isfinite(value), 1.0, jnp.nan).astype(tangent.dtype)
+
+
+def flag_nonfinite_loss(value_fn: Callable[[Params], jax.Array]) -> Callable[[Params], jax.Array]:
+    """The same loss, whose gradient is NaN wherever the loss itself is non-finite.
+
+    A loss written as ``jnp.where(ok, f, jnp.nan)`` has a finite (zero)
+    gradient where it is NaN; an integrator that sees only gradients would
+    take that point for a flat region. With this wrapper the gradient carries
+    the failure, so the finiteness checks on gradients also catch it.
+    """
+
+    def flagged(params: Params) -> jax.Array:
+        return _nan_tangent_if_nonfinite(value_fn(params))
+
+    return flagged
+
+
+def _reject_nonfinite_steps(inner: optax.GradientTransformationExtraArgs) -> optax.GradientTransformationExtraArgs:
+    def init_fn(params: Params) -> GuardState:
+        zero = jnp.zeros([], jnp.int32)
+        return GuardState(rejected=zero, oracle_evals=zero, inner_state=inner.init(params))
+
+    def update_fn(updates, state: GuardState, params: Params | None = None, *, value_fn=None, **extra_args):
+        if value_fn is not None:
+            extra_args["value_fn"] = flag_nonfinite_loss(value_fn)
+        increment, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+        finite = tree_all_finite(increment)
+        if params is not None:
+            finite &= tree_all_finite(optax.apply_updates(params, increment))
+        spent = oracle_evaluations(inner_state) - oracle_evaluations(state.inner_state)
+        zeros = jax.tree.map(jnp.zeros_like, increment)
+        return optax.tree.where(finite, increment, zeros), GuardState(
+            rejected=state.rejected + jnp.where(finite, 0, 1).astype(jnp.int32),
+            oracle_evals=state.oracle_evals + jnp.where(finite, 0, spent).astype(jnp.int32),
+            inner_state=optax.tree.where(finite, inner_state, state.inner_state),
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def guard_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """Wrap ``inner`` so that a non-finite step returns zero updates and is counted.
+
+    ``update(grads, state, params, value_fn=..., grad_fn=...)`` returns the
+    inner update when the incoming gradient, every gradient and loss the
+    inner transformation evaluated, the increment and ``params + increment``
+    are finite; otherwise zeros, with the inner state left as it was. The
+    state is ``optax.ApplyIfFiniteState`` (incoming-gradient failures, never
+    giving up) around :class:`GuardState` (step failures and the oracle calls
+    they spent); :func:`guard_counts` reads both.
+
+    Example::
+
+        tx = flowopt.guard_nonfinite(flowopt.rk4(0.5))
+    """
+    inner = optax.with_extra_args_support(inner)
+    return optax.apply_if_finite(_reject_nonfinite_steps(inner), max_consecutive_errors=_NEVER_GIVE_UP)
+
+
+def guard_counts(opt_state: optax.OptState) -> dict[str, jax.Array]:
+    """Counts of the guards found in ``opt_state`` (summed over an optax chain).
+
+    Returns ``nonfinite_gradients`` (updates skipped because the incoming
+    gradient was non-finite) and ``nonfinite_steps`` (updates zeroed because
+    a stage or the candidate was non-finite), both int32.
+    """
+    skipped = [
+        state.total_notfinite
+        for state in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ApplyIfFiniteState))
+        if isinstance(state, optax.ApplyIfFiniteState) and isinstance(state.inner_state, GuardState)
+    ]
+    zeroed = [
+        state.rejected
+        for state in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, GuardState))
+        if isinstance(state, GuardState)
+    ]
+    zero = jnp.zeros([], jnp.int32)
+    return {"nonfinite_gradients": sum(skipped, zero), "nonfinite_steps": sum(zeroed, zero)}
