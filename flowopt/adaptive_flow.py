@@ -1,0 +1,546 @@
+"""The adaptive-algorithm ODE family of Belotto da Silva & Gazeau, as optax optimizers.
+
+The system, for coefficient functions ``h, r, p, q`` of the time ``t``::
+
+    θ' = -m / sqrt(v + ε)
+    m' =  h(t) ∇f(θ) - r(t) m
+    v' =  p(t) ∇f(θ)² - q(t) v
+
+recovers heavy ball, Nesterov, AdaGrad, RMSProp and Adam (A. Belotto da Silva
+and M. Gazeau, *A general system of differential equations to model first
+order adaptive algorithms*, JMLR 21(129), 2020). Two reductions are allowed:
+without a first moment (``h = r = None``) ``m`` is replaced by ``∇f(θ)``, the
+seed's "modification" that gives AdaGrad and RMSProp; without a second
+moment (``p = q = None``) the scaling ``sqrt(v + ε)`` is replaced by 1, so
+``θ' = -m`` (the literal ``p ≡ q ≡ 0, v ≡ 0`` would only rescale time by
+``sqrt(ε)``).
+
+Two discretisations with step ``s``:
+
+* ``integrator=None``: the seed's Euler scheme (its eq. 3)::
+
+      θ_{k+1} = θ_k - s m_k / sqrt(v_k + ε)
+      m_{k+1} = (1 - s r(t_{k+1})) m_k + s h(t_{k+1}) ∇f(θ_{k+1})
+      v_{k+1} = (1 - s q(t_{k+1})) v_k + s p(t_{k+1}) ∇f(θ_{k+1})²
+
+  In optax's order, where ``update`` receives ``∇f`` at the current
+  parameters ``θ_{k+1}``, one call updates the moments to ``(m_{k+1},
+  v_{k+1})`` at ``t_{k+1}`` and returns ``θ_{k+2} - θ_{k+1}``; the state's ``t``
+  is the time of its moments and the returned parameters are one step ahead.
+  No oracle is needed; this is what optax's optimizers compute.
+* ``integrator=tableau``: the explicit Runge–Kutta method of a
+  :class:`~flowopt.ButcherTableau` on the extended state ``(θ, m, v)``, with
+  the state's ``t`` the time of the current parameters. Every stage beyond
+  the first needs ``∇f`` at an intermediate ``θ``: pass ``value_fn`` or
+  ``grad_fn`` to ``update``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from flowopt.explicit import needed_stages, oracle_calls, scaled_sum
+from flowopt.integrator import check_learning_rate, step_size
+from flowopt.oracle import GradFn, Params, check_updates_match, resolve_oracle
+from flowopt.tableau import ButcherTableau
+
+Coefficient = Callable[[jax.Array], jax.Array]
+CoefficientLike = Coefficient | float | None
+
+
+class AdaptiveFlowState(NamedTuple):
+    """State of an :func:`adaptive_flow` optimizer.
+
+    Attributes:
+      count: number of steps taken (int32).
+      oracle_evals: oracle calls made so far (int32); the incoming gradients
+        are not included.
+      t: the flow's time (see the module docstring for which point it dates).
+      m: first moment, shaped like the parameters; ``None`` without one.
+      v: second moment, shaped like the parameters; ``None`` without one.
+    """
+
+    count: jax.Array
+    oracle_evals: jax.Array
+    t: jax.Array
+    m: optax.Updates | None
+    v: optax.Updates | None
+
+
+class _Coefficients(NamedTuple):
+    h: Coefficient | None
+    r: Coefficient | None
+    p: Coefficient | None
+    q: Coefficient | None
+
+
+class _Moments(NamedTuple):
+    theta: Params
+    m: Params | None
+    v: Params | None
+
+
+def adam_flow_converges(b1: float, b2: float) -> bool:
+    """The seed's sufficient condition ``3 + β₂ > 4β₁`` for Adam's flow to converge.
+
+    Under it (and ``ε > 0``, ``f`` C² and coercive) Theorem 1 of Belotto da
+    Silva & Gazeau gives ``∇f(θ(t)) → 0`` and convergence to a critical value.
+    """
+    _check_unit_interval("b1", b1)
+    _check_unit_interval("b2", b2)
+    return 3.0 + b2 > 4.0 * b1
+
+
+def adam_coefficient(beta: float, timescale: float) -> Coefficient:
+    """Adam's coefficient ``g^A(t) = (1 - e^{-λ/α}) / (λ (1 - e^{-t/α}))`` with ``β = e^{-λ/α}``.
+
+    Written as ``(1 - β) / (λ (1 - β^{t/λ}))``, ``λ = timescale``. It has a simple
+    pole at ``t = 0``, and ``s g^A(t_{k+1}) = (1 - β)/(1 - β^{k+1})`` at ``t_k = kλ``,
+    ``s = λ``: Adam's bias-corrected moving average.
+    """
+    _check_unit_interval("beta", beta)
+    _check_positive("timescale", timescale)
+
+    def coefficient(t: jax.Array) -> jax.Array:
+        return (1.0 - beta) / (timescale * -jnp.expm1(t / timescale * math.log(beta)))
+
+    return coefficient
+
+
+def adaptive_flow(
+    h: CoefficientLike,
+    r: CoefficientLike,
+    p: CoefficientLike,
+    q: CoefficientLike,
+    learning_rate: optax.ScalarOrSchedule,
+    eps: float = 1e-8,
+    *,
+    integrator: ButcherTableau | None = None,
+    initial_time: float = 0.0,
+    initial_v: float = 0.0,
+    init_from_gradient: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """Integrate ``θ' = -m/sqrt(v+ε), m' = h∇f - rm, v' = p(∇f)² - qv`` with step ``s = learning_rate``.
+
+    Args:
+      h, r, p, q: coefficients: callables of the time ``t`` returning a scalar
+        (optax schedules work, evaluated at ``t``), numbers for constants, or
+        ``None``: ``h = r = None`` drops ``m`` (``θ' = -∇f/sqrt(v+ε)``),
+        ``p = q = None`` drops ``v`` (``θ' = -m``).
+      learning_rate: the step ``s``, a positive number or an optax schedule of
+        the step count; the time advances by ``s`` each step.
+      eps: ``ε > 0`` inside the square root.
+      integrator: ``None`` for the seed's Euler scheme (eq. 3, no oracle), or
+        an explicit tableau integrating ``(θ, m, v)`` (needs the oracle).
+      initial_time: the time ``t₀`` of the initial moments.
+      initial_v: the initial value of every entry of ``v`` (``m₀ = 0``).
+      init_from_gradient: start from ``m₀ = ∇f(θ₀)``, ``v₀ = ∇f(θ₀)²`` at
+        ``t₀`` (the seed's eq. 4) instead of ``m₀ = 0``, ``v₀ = initial_v``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state
+      :class:`AdaptiveFlowState`; ``update`` returns ``θ_new - θ``.
+    """
+    coefficients = _Coefficients(*(_as_coefficient(name, c) for name, c in zip("hrpq", (h, r, p, q))))
+    if (coefficients.h is None) != (coefficients.r is None):
+        raise ValueError("adaptive_flow: give both h and r (a first moment) or neither.")
+    if (coefficients.p is None) != (coefficients.q is None):
+        raise ValueError("adaptive_flow: give both p and q (a second moment) or neither.")
+    check_learning_rate(learning_rate)
+    _check_positive("eps", eps)
+    _check_finite("initial_time", initial_time)
+    _check_finite("initial_v", initial_v)
+    if initial_v < 0:
+        raise ValueError(f"initial_v must be non-negative, got {initial_v!r}.")
+    if integrator is not None and not isinstance(integrator, ButcherTableau):
+        raise ValueError(
+            f"integrator must be None (the seed's Euler scheme) or a flowopt.ButcherTableau, "
+            f"got {type(integrator).__name__}."
+        )
+    name = f"adaptive_flow[{'euler-eq3' if integrator is None else integrator.name}]"
+    if integrator is not None:
+        _check_finite_at_start(name, coefficients, initial_time, init_from_gradient)
+    calls = 0 if integrator is None else oracle_calls(integrator, (integrator.b,))
+
+    def clock(advances: jax.Array, accumulated: jax.Array, s: jax.Array) -> jax.Array:
+        """The time after ``advances`` steps: ``t₀ + advances·s`` for a constant step (free of
+        the round-off drift of a running sum, which would shift Adam's bias correction),
+        the running sum ``accumulated`` for a schedule."""
+        if callable(learning_rate):
+            return accumulated
+        return jnp.asarray(initial_time, s.dtype) + advances.astype(s.dtype) * s
+
+    def init_fn(params: Params) -> AdaptiveFlowState:
+        return AdaptiveFlowState(
+            count=jnp.zeros([], jnp.int32),
+            oracle_evals=jnp.zeros([], jnp.int32),
+            t=jnp.asarray(initial_time, _time_dtype()),
+            m=None if coefficients.h is None else optax.tree.zeros_like(params),
+            v=None if coefficients.p is None else optax.tree.full_like(params, initial_v),
+        )
+
+    def update_fn(
+        updates: optax.Updates,
+        state: AdaptiveFlowState,
+        params: Params | None = None,
+        *,
+        value_fn: Callable[[Params], jax.Array] | None = None,
+        grad_fn: GradFn | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, AdaptiveFlowState]:
+        del extra_args
+        check_updates_match(name, updates, params)
+        if calls > 0:
+            oracle = resolve_oracle(name, params, value_fn, grad_fn)
+        elif value_fn is not None and grad_fn is not None:
+            raise ValueError(f"{name}: pass either value_fn or grad_fn to update(), not both.")
+        else:
+            oracle = None
+        s = jnp.asarray(step_size(learning_rate, state.count), state.t.dtype)
+        first = state.count == 0
+        start = _Moments(params, state.m, state.v)
+        if init_from_gradient:
+            start = _moments_from_gradient(start, updates, first)
+        if integrator is None:
+            if init_from_gradient:  # the first call only sets the moments, at t₀
+                t = jnp.where(first, state.t, clock(state.count, state.t + s, s))
+            else:
+                t = clock(state.count + 1, state.t + s, s)
+            increment, moments = _euler_eq3_step(
+                name, coefficients, eps, updates, t, start, s, first if init_from_gradient else None
+            )
+        else:
+            t = clock(state.count + 1, state.t + s, s)
+            increment, moments = _runge_kutta_step(
+                name, integrator, coefficients, eps, oracle, updates, clock(state.count, state.t, s), start, s
+            )
+        new_state = AdaptiveFlowState(
+            count=optax.safe_increment(state.count),
+            oracle_evals=state.oracle_evals + jnp.asarray(calls, jnp.int32),
+            t=t,
+            m=moments.m,
+            v=moments.v,
+        )
+        return increment, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def adam_flow(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    integrator: ButcherTableau | None = None,
+    init_from_gradient: bool | None = None,
+    reference_learning_rate: float | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Adam's flow: ``h = r = g₁ᴬ``, ``p = q = g₂ᴬ`` (see :func:`adam_coefficient`).
+
+    With ``λ = reference_learning_rate`` (default: ``learning_rate``) and
+    ``βᵢ = e^{-λ/αᵢ}``, the seed's Euler scheme with ``s = λ`` is Adam with
+    the square root's ``ε`` inside: it equals
+    ``optax.adam(learning_rate, b1, b2, eps=0, eps_root=eps)``, with ``m, v``
+    the bias-corrected moments. With a schedule, ``λ`` fixes the ODE and must
+    be given; the steps then follow the schedule along the same flow.
+
+    ``init_from_gradient`` (the seed's eq. 4: ``m₀ = ∇f(θ₀)``, ``v₀ = ∇f(θ₀)²``
+    at ``t₀ = λ``) gives the same Euler steps as the zero start; it is the
+    default for Runge–Kutta integrators, for which the coefficients' pole at
+    ``t = 0`` rules out the zero start. Warns when ``3 + β₂ ≤ 4β₁``, outside
+    the seed's convergence condition (:func:`adam_flow_converges`).
+    """
+    if not adam_flow_converges(b1, b2):
+        warnings.warn(
+            f"adam_flow: b1={b1}, b2={b2} violate 3 + b2 > 4 b1, the sufficient condition "
+            "for the convergence of Adam's flow (Belotto da Silva & Gazeau, Theorem 1).",
+            stacklevel=2,
+        )
+    timescale = _reference("adam_flow", learning_rate, reference_learning_rate)
+    if init_from_gradient is None:
+        init_from_gradient = integrator is not None
+    g1, g2 = adam_coefficient(b1, timescale), adam_coefficient(b2, timescale)
+    return adaptive_flow(
+        g1, g1, g2, g2, learning_rate, eps,
+        integrator=integrator,
+        initial_time=timescale if init_from_gradient else 0.0,
+        init_from_gradient=init_from_gradient,
+    )
+
+
+def rmsprop_flow(
+    learning_rate: optax.ScalarOrSchedule,
+    decay: float = 0.9,
+    eps: float = 1e-8,
+    initial_scale: float = 0.0,
+    *,
+    integrator: ButcherTableau | None = None,
+    reference_learning_rate: float | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """RMSProp's flow ``θ' = -∇f/sqrt(v+ε)``, ``v' = α₂(∇f² - v)``, without a first moment.
+
+    ``p = q = α₂ = (1 - decay)/λ`` with ``λ = reference_learning_rate``
+    (default: ``learning_rate``; required with a schedule), ``v₀ = initial_scale``.
+    The seed's Euler scheme with ``s = λ`` equals ``optax.rmsprop(learning_rate,
+    decay, eps, initial_scale, eps_in_sqrt=True)`` (no momentum, not centered).
+    """
+    _check_unit_interval("decay", decay)
+    timescale = _reference("rmsprop_flow", learning_rate, reference_learning_rate)
+    rate = (1.0 - decay) / timescale
+    return adaptive_flow(
+        None, None, rate, rate, learning_rate, eps, integrator=integrator, initial_v=initial_scale
+    )
+
+
+def adagrad_flow(
+    learning_rate: optax.ScalarOrSchedule,
+    initial_accumulator_value: float = 0.1,
+    eps: float = 1e-7,
+    *,
+    integrator: ButcherTableau | None = None,
+    reference_learning_rate: float | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """AdaGrad's flow ``θ' = -∇f/sqrt(v+ε)``, ``v' = ∇f²/λ`` (``q ≡ 0``), without a first moment.
+
+    ``p = 1/λ`` with ``λ = reference_learning_rate`` (default: ``learning_rate``;
+    required with a schedule), ``v₀ = initial_accumulator_value``. The seed's
+    Euler scheme with ``s = λ`` equals ``optax.adagrad(learning_rate,
+    initial_accumulator_value, eps)``.
+    """
+    timescale = _reference("adagrad_flow", learning_rate, reference_learning_rate)
+    return adaptive_flow(
+        None, None, 1.0 / timescale, 0.0, learning_rate, eps,
+        integrator=integrator, initial_v=initial_accumulator_value,
+    )
+
+
+def heavy_ball_flow(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float = 0.9,
+    *,
+    integrator: ButcherTableau | None = None,
+    reference_learning_rate: float | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Polyak's heavy ball ``θ'' + γθ' + ∇f(θ) = 0``: ``h ≡ 1``, ``r ≡ γ``, no second moment (``θ' = -m``).
+
+    The flow's step is ``s = sqrt(learning_rate)`` and ``γ = (1 - momentum)/sqrt(λ)``
+    with ``λ = reference_learning_rate`` (default: ``learning_rate``; required
+    with a schedule). The seed's Euler scheme with ``s² = λ`` equals
+    ``optax.sgd(learning_rate, momentum)``: ``m = s·trace``.
+    """
+    _check_unit_interval("momentum", momentum)
+    timescale = _reference("heavy_ball_flow", learning_rate, reference_learning_rate)
+    damping = (1.0 - momentum) / math.sqrt(timescale)
+    return adaptive_flow(1.0, damping, None, None, _sqrt_step(learning_rate), integrator=integrator)
+
+
+def nesterov_flow(
+    learning_rate: optax.ScalarOrSchedule,
+    damping: float = 3.0,
+    *,
+    integrator: ButcherTableau | None = None,
+    initial_time: float = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    """Su–Boyd–Candès's Nesterov ODE ``θ'' + (r₀/t)θ' + ∇f(θ) = 0``: ``h ≡ 1``, ``r = r₀/t``, ``θ' = -m``.
+
+    ``r₀ = damping``; the flow's step is ``s = sqrt(learning_rate)``. The seed's
+    Euler scheme is heavy ball with the momentum ``1 - r₀/(k+1)`` at step ``k``
+    (0-based): ``trace = (1 - r₀/(k+1)) trace + g``, ``Δθ = -learning_rate·trace``,
+    which no optax optimizer computes (``optax.sgd`` keeps its momentum fixed).
+    Runge–Kutta integrators evaluate ``r`` at ``t₀``, so they need
+    ``initial_time > 0``.
+    """
+    _check_positive("damping", damping)
+    return adaptive_flow(
+        1.0, lambda t: damping / t, None, None, _sqrt_step(learning_rate),
+        integrator=integrator, initial_time=initial_time,
+    )
+
+
+def _euler_eq3_step(
+    name: str,
+    coefficients: _Coefficients,
+    eps: float,
+    grads: Params,
+    t: jax.Array,
+    start: _Moments,
+    s: jax.Array,
+    first: jax.Array | None,
+) -> tuple[Params, _Moments]:
+    """Moments at time ``t`` from the gradient at the current θ, then the θ step with them.
+
+    ``first`` (gradient start only) keeps the given moments on the first call.
+    """
+    m, v = start.m, start.v
+    if m is not None:
+        h, r = _evaluate(name, "h", coefficients.h, t), _evaluate(name, "r", coefficients.r, t)
+        m = jax.tree.map(lambda m_, g: _cast(1 - s * r, m_) * m_ + _cast(s * h, g) * g, m, grads)
+    if v is not None:
+        p, q = _evaluate(name, "p", coefficients.p, t), _evaluate(name, "q", coefficients.q, t)
+        v = jax.tree.map(lambda v_, g: _cast(1 - s * q, v_) * v_ + _cast(s * p, g) * (g * g), v, grads)
+    if first is not None:
+        m = None if m is None else jax.tree.map(lambda a, b: jnp.where(first, a, b), start.m, m)
+        v = None if v is None else jax.tree.map(lambda a, b: jnp.where(first, a, b), start.v, v)
+    velocity = _velocity(eps, m, v, grads)
+    return jax.tree.map(lambda x: -_cast(s, x) * x, velocity), _Moments(None, m, v)
+
+
+def _runge_kutta_step(
+    name: str,
+    tableau: ButcherTableau,
+    coefficients: _Coefficients,
+    eps: float,
+    oracle: GradFn | None,
+    grads: Params,
+    t: jax.Array,
+    start: _Moments,
+    s: jax.Array,
+) -> tuple[Params, _Moments]:
+    """One explicit Runge–Kutta step of the extended system ``(θ, m, v)`` from ``t`` to ``t + s``."""
+    needed = needed_stages(tableau, (tableau.b,))
+    slopes: list[_Moments | None] = []
+    for i in range(tableau.num_stages):
+        if not needed[i]:
+            slopes.append(None)
+            continue
+        if i == 0 or not tableau.a[i, :i].any():
+            stage, stage_grads = start, grads
+        else:
+            shift = scaled_sum(tableau.a[i, :i], slopes, s)
+            stage = _Moments(*(None if x is None else jax.tree.map(jnp.add, x, dx) for x, dx in zip(start, shift)))
+            stage_grads = oracle(stage.theta)
+        time = t + jnp.asarray(tableau.c[i], t.dtype) * s
+        slopes.append(_vector_field(name, coefficients, eps, time, stage, stage_grads))
+    increment = scaled_sum(tableau.b, slopes, s)
+    moments = _Moments(
+        None, *(None if x is None else jax.tree.map(jnp.add, x, dx) for x, dx in zip(start[1:], increment[1:]))
+    )
+    return increment.theta, moments
+
+
+def _vector_field(
+    name: str, coefficients: _Coefficients, eps: float, t: jax.Array, state: _Moments, grads: Params
+) -> _Moments:
+    """``(θ', m', v')`` at time ``t`` and state ``(θ, m, v)`` with ``grads = ∇f(θ)``."""
+    dtheta = jax.tree.map(jnp.negative, _velocity(eps, state.m, state.v, grads))
+    dm = dv = None
+    if state.m is not None:
+        h, r = _evaluate(name, "h", coefficients.h, t), _evaluate(name, "r", coefficients.r, t)
+        dm = jax.tree.map(lambda m, g: _cast(h, g) * g - _cast(r, m) * m, state.m, grads)
+    if state.v is not None:
+        p, q = _evaluate(name, "p", coefficients.p, t), _evaluate(name, "q", coefficients.q, t)
+        dv = jax.tree.map(lambda v, g: _cast(p, g) * (g * g) - _cast(q, v) * v, state.v, grads)
+    return _Moments(dtheta, dm, dv)
+
+
+def _velocity(eps: float, m: Params | None, v: Params | None, grads: Params) -> Params:
+    """``m / sqrt(v + ε)``, with ``m`` replaced by ``∇f`` and the scaling by 1 where absent."""
+    direction = grads if m is None else m
+    if v is None:
+        return direction
+    return jax.tree.map(lambda d, v_: d / jnp.sqrt(v_ + _cast(eps, v_)), direction, v)
+
+
+def _moments_from_gradient(start: _Moments, grads: Params, first: jax.Array) -> _Moments:
+    """On the first step, ``m₀ = ∇f(θ₀)`` and ``v₀ = ∇f(θ₀)²`` (the seed's eq. 4)."""
+    pick = lambda new, old: jnp.where(first, new, old)  # noqa: E731
+    m = None if start.m is None else jax.tree.map(pick, grads, start.m)
+    v = None if start.v is None else jax.tree.map(lambda g, old: pick(g * g, old), grads, start.v)
+    return _Moments(start.theta, m, v)
+
+
+def _evaluate(name: str, label: str, coefficient: Coefficient, t: jax.Array) -> jax.Array:
+    value = jnp.asarray(coefficient(t))
+    if value.shape != ():
+        raise ValueError(f"{name}: the coefficient {label}(t) must return a scalar, got shape {value.shape}.")
+    return value.astype(t.dtype)
+
+
+def _as_coefficient(label: str, coefficient: CoefficientLike) -> Coefficient | None:
+    """A callable of ``t`` (numbers become constants), checked to return a scalar."""
+    if coefficient is None:
+        return None
+    if isinstance(coefficient, numbers.Real):
+        _check_finite(label, coefficient)
+        value = float(coefficient)
+        return lambda t: jnp.asarray(value, t.dtype)
+    if not callable(coefficient):
+        raise ValueError(
+            f"coefficient {label} must be a callable of t, a number or None, got {type(coefficient).__name__}."
+        )
+    shape = jax.eval_shape(coefficient, jax.ShapeDtypeStruct((), _time_dtype())).shape
+    if shape != ():
+        raise ValueError(f"the coefficient {label}(t) must return a scalar, got shape {shape}.")
+    return coefficient
+
+
+def _check_finite_at_start(
+    name: str, coefficients: _Coefficients, initial_time: float, init_from_gradient: bool
+) -> None:
+    """A Runge–Kutta step evaluates the coefficients at ``t₀``: a pole there would give NaNs."""
+    for label, coefficient in zip("hrpq", coefficients):
+        if coefficient is None:
+            continue
+        with jax.ensure_compile_time_eval():
+            value = float(coefficient(jnp.asarray(initial_time, _time_dtype())))
+        if not math.isfinite(value):
+            start = " with init_from_gradient=True" if not init_from_gradient else ""
+            raise ValueError(
+                f"{name}: the coefficient {label}(t) is not finite at the initial time t0={initial_time}; "
+                f"a Runge–Kutta integrator evaluates it there. Start the flow later (t0 > 0){start}."
+            )
+
+
+def _reference(method: str, learning_rate: optax.ScalarOrSchedule, reference: float | None) -> float:
+    """The learning rate ``λ`` that fixes the ODE's coefficients."""
+    check_learning_rate(learning_rate)
+    if reference is None:
+        if callable(learning_rate):
+            raise ValueError(
+                f"{method}: with a learning-rate schedule, pass reference_learning_rate (the seed's λ), "
+                "the constant learning rate at which the Euler scheme reproduces the optax optimizer."
+            )
+        reference = float(learning_rate)
+    _check_positive("reference_learning_rate", reference)
+    return float(reference)
+
+
+def _sqrt_step(learning_rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
+    """The flow step ``s = sqrt(learning_rate)`` of the second-order (momentum) flows."""
+    check_learning_rate(learning_rate)
+    if callable(learning_rate):
+        return lambda count: jnp.sqrt(learning_rate(count))
+    return math.sqrt(float(learning_rate))
+
+
+def _check_positive(label: str, value: float) -> None:
+    _check_finite(label, value)
+    if value <= 0:
+        raise ValueError(f"{label} must be positive, got {value!r}.")
+
+
+def _check_finite(label: str, value: float) -> None:
+    if not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{label} must be a finite real number, got {value!r}.")
+
+
+def _check_unit_interval(label: str, value: float) -> None:
+    _check_finite(label, value)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{label} must lie in the open interval (0, 1), got {value!r}.")
+
+
+def _cast(value: jax.Array | float, like: jax.Array) -> jax.Array:
+    return jnp.asarray(value, like.dtype)
+
+
+def _time_dtype() -> jnp.dtype:
+    return jnp.result_type(float)
