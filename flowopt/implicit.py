@@ -185,45 +185,53 @@ def solve_proximal(
     def norm(tree: Params) -> jax.Array:
         return jnp.asarray(optax.tree_utils.tree_norm(tree), dtype)
 
-    initial_residual = norm(prox_grad(start, start_grad))
+    initial_direction = prox_grad(start, start_grad)
+    initial_residual = norm(initial_direction)
     threshold = None if inner_tolerance is None else inner_tolerance * initial_residual
 
     def keep_going(carry):
-        calls, _, _, _, residual = carry
+        calls, _, _, _, residual, _ = carry
         active = calls < inner_steps
         if threshold is not None:
             active = active & (residual > threshold)
         return active
 
     def inner_step(carry):
-        calls, x, g, estimate, _ = carry
+        calls, x, g, direction, residual, estimate = carry
         if inner_learning_rate is None:
             eta = 1.0 / (estimate + inverse)
         else:
             eta = jnp.asarray(inner_learning_rate, dtype)
-        trial = jax.tree.map(
-            lambda xi, di: xi - jnp.asarray(eta, xi.dtype) * di, x, prox_grad(x, g)
-        )
+        trial = jax.tree.map(lambda xi, di: xi - jnp.asarray(eta, xi.dtype) * di, x, direction)
         trial_grad = oracle(trial)
-        if inner_learning_rate is None:
-            moved = norm(optax.tree_utils.tree_sub(trial, x))
-            changed = norm(optax.tree_utils.tree_sub(trial_grad, g))
-            secant = jnp.where(moved > 0, changed / jnp.where(moved > 0, moved, 1), 0)
-            accept = secant <= estimate  # False for NaN
-            rejected_estimate = jnp.where(
-                jnp.isfinite(secant),
-                _REJECTED_GROWTH * secant,
-                _NONFINITE_SHRINK * estimate + (_NONFINITE_SHRINK - 1) * inverse,
-            )
-            estimate = jnp.where(accept, estimate, rejected_estimate)
-            x = optax.tree_utils.tree_where(accept, trial, x)
-            g = optax.tree_utils.tree_where(accept, trial_grad, g)
-        else:
-            x, g = trial, trial_grad
-        return calls + 1, x, g, estimate, norm(prox_grad(x, g))
+        if inner_learning_rate is not None:
+            trial_direction = prox_grad(trial, trial_grad)
+            return calls + 1, trial, trial_grad, trial_direction, norm(trial_direction), estimate
+        moved = eta * residual  # = ||trial - x||
+        changed = norm(optax.tree_utils.tree_sub(trial_grad, g))
+        secant = jnp.where(moved > 0, changed / jnp.where(moved > 0, moved, 1), 0)
+        accept = secant <= estimate  # False for NaN
+        rejected_estimate = jnp.where(
+            jnp.isfinite(secant),
+            _REJECTED_GROWTH * secant,
+            _NONFINITE_SHRINK * estimate + (_NONFINITE_SHRINK - 1) * inverse,
+        )
+        trial_direction = prox_grad(trial, trial_grad)
+        choose = lambda new, old: optax.tree_utils.tree_where(accept, new, old)
+        return (
+            calls + 1,
+            choose(trial, x),
+            choose(trial_grad, g),
+            choose(trial_direction, direction),
+            jnp.where(accept, norm(trial_direction), residual),
+            jnp.where(accept, estimate, rejected_estimate),
+        )
 
-    carry = (jnp.zeros([], jnp.int32), start, start_grad, jnp.asarray(curvature, dtype), initial_residual)
-    calls, x, g, estimate, residual = jax.lax.while_loop(keep_going, inner_step, carry)
+    carry = (
+        jnp.zeros([], jnp.int32), start, start_grad, initial_direction, initial_residual,
+        jnp.asarray(curvature, dtype),
+    )
+    calls, x, g, _, residual, estimate = jax.lax.while_loop(keep_going, inner_step, carry)
     relative = jnp.where(initial_residual > 0, residual / jnp.where(initial_residual > 0, initial_residual, 1), 0)
     return ProximalSolution(x, g, estimate, relative, calls)
 
