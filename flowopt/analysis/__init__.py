@@ -1,0 +1,35 @@
+"""Analysis tools: reference gradient flows, GF–GD distances, Hessian spectra, stability, modified flows.
+
+Everything works on any pytree of parameters and uses only gradients and
+Hessian-vector products of a ``value_fn``.
+"""
+
+from flowopt.analysis.distance import optimizer_trajectory, step_times, trajectory_distance
+from flowopt.analysis.flows import FlowSolution, gradient_flow
+from flowopt.analysis.hessian import (
+    ErrorBound,
+    ExtremeEigenvalues,
+    LanczosResult,
+    TraceEstimate,
+    extreme_eigenvalues,
+    gd_error_bound,
+    hessian_vector_product,
+    hutchinson_trace,
+    lanczos,
+    sharpness,
+    spectrum_along,
+)
+from flowopt.analysis.modified import modified_value_fn
+from flowopt.analysis.stability import (
+    NAMED_METHODS,
+    LinearMultistep,
+    adams_bashforth,
+    amplification,
+    bdf,
+    characteristic_roots,
+    is_stable,
+    plot_stability_regions,
+    stability_function,
+    stability_interval,
+    stability_polynomial,
+)
