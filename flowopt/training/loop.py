@@ -93,7 +93,8 @@ def make_objective(
     """``objective(params, model_state, x, y) -> (f, (logits, new_model_state))`` in training mode."""
 
     def objective(params, model_state, x, y):
-        model = nnx.merge(graphdef, params, model_state)
+        # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics under grad.
+        model = nnx.merge(graphdef, params, model_state, copy=True)
         model.train()
         logits = model(x)
         loss = jnp.mean(example_losses(logits, y, models.task_loss(model))) + models.penalty(model)
