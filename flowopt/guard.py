@@ -19,13 +19,15 @@ the integrator evaluated.
 
 What the guard cannot do: a fixed-step method whose step lands in a
 non-finite region from the same point is rejected again on every call (the
-parameters stay where they were); recovery needs something to change, a
-decaying schedule, a new minibatch, or an adaptive method. Adaptive methods
+parameters stay where they were). Recovery needs something to change: a new
+minibatch, or an adaptive method. As with ``optax.apply_if_finite``, a
+rejected update leaves the inner state as it was, so a schedule inside the
+inner transformation does not advance over rejected updates. Adaptive methods
 (:func:`flowopt.adaptive_runge_kutta`) reject non-finite steps themselves and
 shrink the step, so they need no guard; wrapping them is harmless. The loss
 at the candidate ``θ_{n+1}`` is seen only by methods that evaluate it (the
-last stage of the FSAL pairs ``BOSH3`` and ``DOPRI5``); other methods would
-need one extra evaluation per step, which the guard does not spend.
+last stage of the FSAL pairs ``BOSH3`` and ``DOPRI5``), or by the guard with
+``check_loss=True``, which spends one forward evaluation per step on it.
 """
 
 from __future__ import annotations
@@ -51,11 +53,13 @@ class GuardState(NamedTuple):
         enclosing ``ApplyIfFiniteState.total_notfinite``.
       oracle_evals: oracle calls spent in rejected steps, whose inner states
         were discarded (int32), so that ``oracle_evaluations`` stays honest.
+      loss_evals: losses evaluated at candidates with ``check_loss=True`` (int32).
       inner_state: the wrapped transformation's state.
     """
 
     rejected: jax.Array
     oracle_evals: jax.Array
+    loss_evals: jax.Array
     inner_state: optax.OptState
 
 
@@ -65,62 +69,79 @@ def tree_all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])) if leaves else jnp.array(True)
 
 
-@jax.custom_jvp
-def _nan_tangent_if_nonfinite(value: jax.Array) -> jax.Array:
-    return value
-
-
-@_nan_tangent_if_nonfinite.defjvp
-def _nan_tangent_jvp(primals, tangents):
-    (value,), (tangent,) = primals, tangents
-    return value, tangent * jnp.where(jnp.isfinite(value), 1.0, jnp.nan).astype(tangent.dtype)
-
-
 def flag_nonfinite_loss(value_fn: Callable[[Params], jax.Array]) -> Callable[[Params], jax.Array]:
     """The same loss, whose gradient is NaN wherever the loss itself is non-finite.
 
     A loss written as ``jnp.where(ok, f, jnp.nan)`` has a finite (zero)
     gradient where it is NaN; an integrator that sees only gradients would
     take that point for a flat region. With this wrapper the gradient carries
-    the failure, so the finiteness checks on gradients also catch it.
+    the failure, so the finiteness checks on gradients also catch it. (The
+    derivative gains the term ``c · Σ tangent``, ``c = 0`` where the loss is
+    finite and NaN elsewhere: linear in the tangent, so reverse mode puts
+    the NaN into every gradient entry, past any masking.)
     """
 
+    @jax.custom_jvp
     def flagged(params: Params) -> jax.Array:
-        return _nan_tangent_if_nonfinite(value_fn(params))
+        return value_fn(params)
+
+    @flagged.defjvp
+    def flagged_jvp(primals, tangents):
+        (params,), (tangent,) = primals, tangents
+        value, value_tangent = jax.jvp(value_fn, (params,), (tangent,))
+        poison = jnp.where(jnp.isfinite(value), 0.0, jnp.nan).astype(value_tangent.dtype)
+        leaves = [leaf for leaf in jax.tree.leaves(tangent) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+        total = sum((jnp.sum(leaf).astype(value_tangent.dtype) for leaf in leaves), jnp.zeros([], value_tangent.dtype))
+        return value, value_tangent + poison * total
 
     return flagged
 
 
-def _reject_nonfinite_steps(inner: optax.GradientTransformationExtraArgs) -> optax.GradientTransformationExtraArgs:
+def _reject_nonfinite_steps(
+    inner: optax.GradientTransformationExtraArgs, check_loss: bool
+) -> optax.GradientTransformationExtraArgs:
     def init_fn(params: Params) -> GuardState:
         zero = jnp.zeros([], jnp.int32)
-        return GuardState(rejected=zero, oracle_evals=zero, inner_state=inner.init(params))
+        return GuardState(rejected=zero, oracle_evals=zero, loss_evals=zero, inner_state=inner.init(params))
 
     def update_fn(updates, state: GuardState, params: Params | None = None, *, value_fn=None, **extra_args):
+        if check_loss and (value_fn is None or params is None):
+            raise ValueError("guard_nonfinite(check_loss=True) needs params and value_fn= in update().")
         if value_fn is not None:
             extra_args["value_fn"] = flag_nonfinite_loss(value_fn)
         increment, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         finite = tree_all_finite(increment)
         if params is not None:
-            finite &= tree_all_finite(optax.apply_updates(params, increment))
+            candidate = optax.apply_updates(params, increment)
+            finite &= tree_all_finite(candidate)
+            if check_loss:
+                finite &= jnp.all(jnp.isfinite(value_fn(candidate)))
         spent = oracle_evaluations(inner_state) - oracle_evaluations(state.inner_state)
         zeros = jax.tree.map(jnp.zeros_like, increment)
         return optax.tree.where(finite, increment, zeros), GuardState(
             rejected=state.rejected + jnp.where(finite, 0, 1).astype(jnp.int32),
             oracle_evals=state.oracle_evals + jnp.where(finite, 0, spent).astype(jnp.int32),
+            loss_evals=state.loss_evals + int(check_loss),
             inner_state=optax.tree.where(finite, inner_state, state.inner_state),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def guard_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+def guard_nonfinite(
+    inner: optax.GradientTransformation, *, check_loss: bool = False
+) -> optax.GradientTransformationExtraArgs:
     """Wrap ``inner`` so that a non-finite step returns zero updates and is counted.
 
     ``update(grads, state, params, value_fn=..., grad_fn=...)`` returns the
     inner update when the incoming gradient, every gradient and loss the
     inner transformation evaluated, the increment and ``params + increment``
-    are finite; otherwise zeros, with the inner state left as it was. The
+    are finite; otherwise zeros, with the inner state left as it was. With
+    ``check_loss=True`` the loss at ``params + increment`` must be finite too
+    (one forward evaluation of ``value_fn`` per update, counted in
+    ``GuardState.loss_evals``): then no step can land where the next gradient
+    would be non-finite, and training that rejects a step always stays where
+    it can continue. The
     state is ``optax.ApplyIfFiniteState`` (incoming-gradient failures, never
     giving up) around :class:`GuardState` (step failures and the oracle calls
     they spent); :func:`guard_counts` reads both.
@@ -130,7 +151,9 @@ def guard_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransf
         tx = flowopt.guard_nonfinite(flowopt.rk4(0.5))
     """
     inner = optax.with_extra_args_support(inner)
-    return optax.apply_if_finite(_reject_nonfinite_steps(inner), max_consecutive_errors=_NEVER_GIVE_UP)
+    return optax.apply_if_finite(
+        _reject_nonfinite_steps(inner, check_loss), max_consecutive_errors=_NEVER_GIVE_UP
+    )
 
 
 def guard_counts(opt_state: optax.OptState) -> dict[str, jax.Array]:
