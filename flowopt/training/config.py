@@ -8,6 +8,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from flowopt.training.data import DATASET_NAMES
+from flowopt.training.models import MODELS
+
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
 # Fields that fix the trajectory of a run: a resumed run must agree on them.
@@ -76,6 +79,10 @@ class TrainConfig:
     resume: bool = True
 
     def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"Unknown model {self.model!r}; valid names: {', '.join(MODELS)}.")
+        if self.dataset not in DATASET_NAMES:
+            raise ValueError(f"Unknown dataset {self.dataset!r}; valid names: {', '.join(DATASET_NAMES)}.")
         if all(getattr(self, f) is None for f in BUDGET_FIELDS):
             raise ValueError("Set a budget: epochs, steps or grad_evals.")
         for name in (*BUDGET_FIELDS, "checkpoint_every", "num_devices"):

@@ -148,15 +148,12 @@ class Dataset:
 
     def channel_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and std of the training images, on the ``[0, 1]`` scale."""
-        pixels = self.x_train.reshape(-1, self.x_train.shape[-1])
-        mean = np.zeros(pixels.shape[1])
-        sq = np.zeros(pixels.shape[1])
-        for chunk in np.array_split(pixels, max(1, len(pixels) // 4_000_000)):
-            chunk = chunk.astype(np.float64) / 255.0
-            mean += chunk.sum(axis=0)
-            sq += (chunk * chunk).sum(axis=0)
-        mean /= len(pixels)
-        std = np.sqrt(sq / len(pixels) - mean * mean)
+        levels = np.arange(256) / 255.0
+        counts = np.stack([
+            np.bincount(self.x_train[..., c].ravel(), minlength=256) for c in range(self.x_train.shape[-1])
+        ]) / self.x_train[..., 0].size
+        mean = counts @ levels
+        std = np.sqrt(counts @ levels**2 - mean**2)
         return mean.astype(np.float32), std.astype(np.float32)
 
 
