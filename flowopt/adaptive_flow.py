@@ -101,9 +101,10 @@ def adam_flow_converges(b1: float, b2: float) -> bool:
 def adam_coefficient(beta: float, timescale: float) -> Coefficient:
     """Adam's coefficient ``g^A(t) = (1 - e^{-λ/α}) / (λ (1 - e^{-t/α}))`` with ``β = e^{-λ/α}``.
 
-    Written as ``(1 - β) / (λ (1 - β^{t/λ}))``, ``λ = timescale``. It has a simple
-    pole at ``t = 0``, and ``s g^A(t_{k+1}) = (1 - β)/(1 - β^{k+1})`` at ``t_k = kλ``,
-    ``s = λ``: Adam's bias-corrected moving average.
+    That is ``(1 - β) / (λ (1 - β^{t/λ}))`` with ``λ = timescale``, evaluated with
+    ``expm1`` so that small ``t`` loses no digits. It has a simple pole at ``t = 0``,
+    and ``s g^A(t_{k+1}) = (1 - β)/(1 - β^{k+1})`` at ``t_k = kλ``, ``s = λ``: the
+    weight of Adam's bias-corrected moving average.
     """
     _check_unit_interval("beta", beta)
     _check_positive("timescale", timescale)
@@ -166,7 +167,7 @@ def adaptive_flow(
         )
     name = f"adaptive_flow[{'euler-eq3' if integrator is None else integrator.name}]"
     if integrator is not None:
-        _check_finite_at_start(name, coefficients, initial_time, init_from_gradient)
+        _check_finite_at_start(name, coefficients, initial_time)
     calls = 0 if integrator is None else oracle_calls(integrator, (integrator.b,))
 
     def clock(advances: jax.Array, accumulated: jax.Array, s: jax.Array) -> jax.Array:
@@ -351,8 +352,8 @@ def nesterov_flow(
 ) -> optax.GradientTransformationExtraArgs:
     """Su–Boyd–Candès's Nesterov ODE ``θ'' + (r₀/t)θ' + ∇f(θ) = 0``: ``h ≡ 1``, ``r = r₀/t``, ``θ' = -m``.
 
-    ``r₀ = damping``; the flow's step is ``s = sqrt(learning_rate)``. The seed's
-    Euler scheme is heavy ball with the momentum ``1 - r₀/(k+1)`` at step ``k``
+    ``r₀ = damping``; the flow's step is ``s = sqrt(learning_rate)``. From ``t₀ = 0``
+    the seed's Euler scheme is heavy ball with the momentum ``1 - r₀/(k+1)`` at step ``k``
     (0-based): ``trace = (1 - r₀/(k+1)) trace + g``, ``Δθ = -learning_rate·trace``,
     which no optax optimizer computes (``optax.sgd`` keeps its momentum fixed).
     Runge–Kutta integrators evaluate ``r`` at ``t₀``, so they need
@@ -482,9 +483,7 @@ def _as_coefficient(label: str, coefficient: CoefficientLike) -> Coefficient | N
     return coefficient
 
 
-def _check_finite_at_start(
-    name: str, coefficients: _Coefficients, initial_time: float, init_from_gradient: bool
-) -> None:
+def _check_finite_at_start(name: str, coefficients: _Coefficients, initial_time: float) -> None:
     """A Runge–Kutta step evaluates the coefficients at ``t₀``: a pole there would give NaNs."""
     for label, coefficient in zip("hrpq", coefficients):
         if coefficient is None:
@@ -492,10 +491,10 @@ def _check_finite_at_start(
         with jax.ensure_compile_time_eval():
             value = float(coefficient(jnp.asarray(initial_time, _time_dtype())))
         if not math.isfinite(value):
-            start = " with init_from_gradient=True" if not init_from_gradient else ""
             raise ValueError(
-                f"{name}: the coefficient {label}(t) is not finite at the initial time t0={initial_time}; "
-                f"a Runge–Kutta integrator evaluates it there. Start the flow later (t0 > 0){start}."
+                f"{name}: the coefficient {label}(t) is not finite at the initial time t0={initial_time}, "
+                "where a Runge–Kutta integrator evaluates it. Start the flow at a later initial_time "
+                "(adam_flow: init_from_gradient=True starts at t0 = λ)."
             )
 
 

@@ -145,7 +145,7 @@ def test_adam_float32_with_default_betas_tracks_float64_adam(problem, lr):
     assert ours < (1e-6 if problem == "quartic" else theirs), (ours, theirs)
 
 
-def test_adam_with_constant_schedule_matches_optax():
+def test_schedules_follow_the_flow_and_constant_ones_match_optax():
     with jax.enable_x64(True):
         params = jnp.asarray(X0)
         tx = flowopt.adam_flow(optax.constant_schedule(0.01), reference_learning_rate=0.01)
@@ -153,6 +153,11 @@ def test_adam_with_constant_schedule_matches_optax():
         reference, _ = _trajectory(optax.adam(0.01, eps=0.0, eps_root=1e-8), params, quartic, 500)
         assert _relative_gap(path, reference) < 1e-12
         assert float(state.t) == pytest.approx(500 * 0.01, rel=1e-12)
+        tx = flowopt.heavy_ball_flow(optax.constant_schedule(1e-3), 0.9, reference_learning_rate=1e-3)
+        path, state = _trajectory(tx, params, quartic, 500)
+        reference, _ = _trajectory(optax.sgd(1e-3, momentum=0.9), params, quartic, 500)
+        assert _relative_gap(path, reference) < 1e-12
+        assert float(state.t) == pytest.approx(500 * math.sqrt(1e-3), rel=1e-12)  # the flow's step is sqrt(lr)
 
 
 def _adam_eq4_literal(lr, b1, b2, eps, steps):
