@@ -96,7 +96,7 @@ MEMBERS = {
     "rmsprop": (
         lambda lr: flowopt.rmsprop_flow(lr, decay=0.9, eps=1e-2),
         lambda lr: optax.rmsprop(lr, decay=0.9, eps=1e-2),
-        {"quartic": 1e-2, "mlp": 1e-2},
+        {"quartic": 1e-2, "mlp": 3e-3},
     ),
     "adagrad": (lambda lr: flowopt.adagrad_flow(lr), lambda lr: optax.adagrad(lr), {"quartic": 1e-1}),
 }
