@@ -176,15 +176,17 @@ class ButcherTableau:
 
     @property
     def num_stages(self) -> int:
+        """The number of stages ``s`` (rows of ``a``)."""
         return self.a.shape[0]
 
     @property
     def is_embedded(self) -> bool:
+        """Whether the tableau carries error weights ``b_error`` for step-size control."""
         return self.b_error is not None
 
     @property
     def fsal(self) -> bool:
-        """First same as last: the last stage is evaluated at the new point ``θ_{n+1}``."""
+        """Whether the method is first-same-as-last (its last stage is evaluated at ``θ_{n+1}``)."""
         return bool(self.c[-1] == 1.0 and np.array_equal(self.a[-1], self.b) and self.b[-1] == 0)
 
     def __repr__(self) -> str:
