@@ -1,5 +1,6 @@
 """flowopt: numerical integrators of the gradient flow ``θ' = -∇f(θ)`` as optax optimizers."""
 
+from flowopt import analysis
 from flowopt import tableaus
 from flowopt.adaptive import (
     AdaptiveState,

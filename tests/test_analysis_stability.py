@@ -112,7 +112,7 @@ def test_custom_tableau_and_bad_input():
     with pytest.raises(ValueError, match="method must be"):
         stability.stability_interval(3)
     with pytest.raises(ValueError, match="BDF order"):
-        stability.bdf(7)
+        stability.bdf_method(7)
 
 
 def test_plot_draws_every_named_method(tmp_path):

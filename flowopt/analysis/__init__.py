@@ -23,9 +23,9 @@ from flowopt.analysis.modified import modified_value_fn
 from flowopt.analysis.stability import (
     NAMED_METHODS,
     LinearMultistep,
-    adams_bashforth,
+    adams_bashforth_method,
     amplification,
-    bdf,
+    bdf_method,
     characteristic_roots,
     is_stable,
     plot_stability_regions,

@@ -84,6 +84,12 @@ def gradient_flow(
     Fixed-step mode has no error control: its error is ``O(h^p)`` with
     ``h`` the substep and ``p`` the tableau's order.
 
+    Non-smooth losses (ReLU networks): crossing a kink costs a few rejected
+    steps, but once the flow slides along a kink (a Filippov sliding mode,
+    visible as gradient descent flipping an activation back and forth) no
+    step meets the tolerance and the solver stops with ``max_steps``; use
+    the fixed-step mode there, the reference Elkabetz & Cohen use.
+
     Args:
       value_fn: ``params -> scalar`` loss (or ``None`` with ``grad_fn``).
         A ``jax.tree_util.Partial`` is traced through, so calling again with

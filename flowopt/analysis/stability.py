@@ -25,7 +25,6 @@ import math
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
-import scipy.optimize
 
 from flowopt import tableaus
 from flowopt.implicit import BDF_COEFFICIENTS
@@ -41,7 +40,7 @@ class LinearMultistep(NamedTuple):
     sigma: np.ndarray
 
 
-def bdf(order: int) -> LinearMultistep:
+def bdf_method(order: int) -> LinearMultistep:
     """BDF-τ: ``ρ(ζ) = ζ^τ + Σ_j a_j ζ^{τ-j}``, ``σ(ζ) = β ζ^τ`` (coefficients from :mod:`flowopt.implicit`)."""
     if order not in BDF_COEFFICIENTS:
         raise ValueError(f"BDF order must be in {sorted(BDF_COEFFICIENTS)}, got {order!r}.")
@@ -51,7 +50,7 @@ def bdf(order: int) -> LinearMultistep:
     return LinearMultistep(f"bdf{order}", np.array([1.0] + [float(x) for x in a]), sigma)
 
 
-def adams_bashforth(order: int) -> LinearMultistep:
+def adams_bashforth_method(order: int) -> LinearMultistep:
     """AB-τ: ``ρ(ζ) = ζ^τ - ζ^{τ-1}``, ``σ(ζ) = Σ_j b_j ζ^{τ-1-j}`` (from :mod:`flowopt.multistep`)."""
     if order not in ADAMS_BASHFORTH_COEFFICIENTS:
         raise ValueError(f"Adams–Bashforth order must be in {sorted(ADAMS_BASHFORTH_COEFFICIENTS)}, got {order!r}.")
@@ -65,9 +64,9 @@ Method = ButcherTableau | LinearMultistep | str
 
 _NAMED: dict[str, ButcherTableau | LinearMultistep] = {
     **{tableau.name: tableau for tableau in tableaus.ALL},
-    "backward_euler": bdf(1)._replace(name="backward_euler"),
-    **{f"bdf{order}": bdf(order) for order in BDF_COEFFICIENTS},
-    **{f"ab{order}": adams_bashforth(order) for order in ADAMS_BASHFORTH_COEFFICIENTS},
+    "backward_euler": bdf_method(1)._replace(name="backward_euler"),
+    **{f"bdf{order}": bdf_method(order) for order in BDF_COEFFICIENTS},
+    **{f"ab{order}": adams_bashforth_method(order) for order in ADAMS_BASHFORTH_COEFFICIENTS},
 }
 NAMED_METHODS: tuple[str, ...] = tuple(_NAMED)
 
@@ -196,6 +195,8 @@ def _runge_kutta_crossings(tableau: ButcherTableau) -> np.ndarray:
 
 def _polish(function: Callable[[float], float], root: float) -> float:
     """Newton refinement of a polynomial root, kept only if it improves the residual."""
+    import scipy.optimize
+
     try:
         polished = scipy.optimize.newton(function, root, tol=1e-15, maxiter=20)
     except RuntimeError:
@@ -211,6 +212,8 @@ def _boundary_locus(method: LinearMultistep, phi: np.ndarray) -> np.ndarray:
 
 def _multistep_crossings(method: LinearMultistep) -> np.ndarray:
     """Real ``x > 0`` such that ``z = -x`` has a root on the unit circle."""
+    import scipy.optimize
+
     phi = np.linspace(0.0, np.pi, 4097)[1:]  # φ = 0 gives z = 0 by consistency
     imaginary = _boundary_locus(method, phi).imag
     crossings = []
