@@ -373,7 +373,8 @@ def _load_path(
     else:
         label = f"{spec.label} (image folder {path.name})"
     classes = CIFAR10_CLASSES if name == "cifar10" else None
-    dataset = _checked(name, spec, f"folder:{path}", label, *read_image_folder(path, classes))
+    mode = "L" if spec.image_shape[-1] == 1 else "RGB"
+    dataset = _checked(name, spec, f"folder:{path}", label, *read_image_folder(path, classes, mode))
     _write_cache(cache, key, dataset)
     return dataset
 
@@ -525,16 +526,17 @@ def parse_idx(file: Path) -> np.ndarray:
 
 
 def read_image_folder(
-    path: str | os.PathLike, classes: tuple[str, ...] | None = None
+    path: str | os.PathLike, classes: tuple[str, ...] | None = None, mode: str = "RGB"
 ) -> tuple[np.ndarray, ...]:
     """Decode ``{train,test}/<class>/<image>`` from a directory or tar archive.
 
     Args:
       path: a directory or a (compressed) tar archive; any leading folders are ignored.
       classes: class names in label order (default: sorted folder names).
+      mode: Pillow mode the images are converted to (``"RGB"`` or ``"L"`` for grayscale).
 
     Returns:
-      ``(x_train, y_train, x_test, y_test)`` as ``uint8`` RGB / ``int32`` arrays,
+      ``(x_train, y_train, x_test, y_test)`` as ``uint8`` / ``int32`` arrays,
       ordered by split, class and file name.
     """
     path = Path(path)
@@ -547,7 +549,7 @@ def read_image_folder(
 
     def decode(raw: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(raw)) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.asarray(image.convert(mode))
 
     arrays: list[np.ndarray] = []
     for split in ("train", "test"):

@@ -297,7 +297,8 @@ def train(
       ValueError: bad names or options, a batch that does not split over the
         devices, or an output directory holding a different run.
     """
-    dataset = dataset or load_dataset(config.dataset, **config.dataset_options)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, **config.dataset_options)
     mesh = parallel.data_mesh(config.num_devices)
     parallel.check_batch_size(config.batch_size, mesh)
     steps_per_epoch = len(dataset.x_train) // config.batch_size
@@ -355,15 +356,20 @@ def train(
     started = time.perf_counter() - progress["time_s"]
     message, diverged, stop = "", False, False
     while not stop and (config.epochs is None or progress["epoch"] < config.epochs):
-        batches = iterate_batches(
-            dataset.x_train, dataset.y_train, config.batch_size,
-            seed=config.seed, epoch=progress["epoch"], start=progress["batch"],
+        batches = (
+            parallel.shard_batch(batch, mesh)
+            for batch in iterate_batches(
+                dataset.x_train, dataset.y_train, config.batch_size,
+                seed=config.seed, epoch=progress["epoch"], start=progress["batch"],
+            )
         )
-        for images, labels in batches:
+        batch = next(batches, None)
+        while batch is not None:
             if not _budget_left(config, step, evals, progress["last_cost"]):
                 stop = True
                 break
-            new_state, metrics = train_step(state, *parallel.shard_batch((images, labels), mesh))
+            new_state, metrics = train_step(state, *batch)
+            batch = next(batches, None)  # prepared while the device runs the step
             loss, correct, new_evals = jax.device_get((metrics.loss, metrics.correct, new_state.grad_evals))
             if not np.isfinite(loss):
                 diverged = True
@@ -374,7 +380,7 @@ def train(
             progress["batch"] += 1
             progress["loss_sum"] += float(loss)
             progress["correct"] += int(correct)
-            progress["count"] += len(labels)
+            progress["count"] += config.batch_size
             bar.update(progress["last_cost"] if by_evals else 1)
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
