@@ -332,7 +332,9 @@ def _load_tfds(name: str, spec: DatasetSpec, tfds_data_dir: str | os.PathLike | 
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise _SourceSkipped("tensorflow-datasets is not installed") from None
+        raise _SourceSkipped(
+            f"tensorflow-datasets is not installed; offline, {spec.label} comes from {spec.offline_source}"
+        ) from None
     root = Path(tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
     prepared = any((root / spec.tfds_name).glob("*/dataset_info.json"))
     if not prepared and not _network_available():

@@ -293,6 +293,16 @@ def train(
       A :class:`RunResult`. Divergence does not raise: it is logged, recorded in
       the metrics and reported through ``diverged`` and ``message``.
 
+    Metrics (one row per epoch, and one when a budget ends mid-epoch):
+      ``epoch`` (epochs completed, fractional after a mid-epoch stop), ``step``,
+      ``grad_evals``; ``train_loss`` and ``train_accuracy`` (means over the
+      epoch's minibatches at the pre-update parameters; the loss is the
+      optimised objective, penalty and weight decay included); ``test_loss``
+      and ``test_accuracy`` (data loss and accuracy in evaluation mode);
+      ``full_train_loss``/``full_train_accuracy`` with ``eval_train``;
+      ``learning_rate``, ``partial`` and ``time_s``. A diverged run ends with a
+      row holding ``diverged: true`` and ``message``.
+
     Raises:
       ValueError: bad names or options, a batch that does not split over the
         devices, or an output directory holding a different run.
