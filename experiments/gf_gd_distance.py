@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         distance = np.asarray(analysis.trajectory_distance(iterates, on_grid(flow.params)))
         modified = analysis.gradient_flow(analysis.modified_value_fn(loss, eta), params0, times, rtol=1e-9, atol=1e-11)
         distance_modified = np.asarray(analysis.trajectory_distance(iterates, on_grid(modified.params)))
-        cheap = analysis.gradient_flow(loss, params0, analysis.step_times(eta, steps), method="gd", substeps=args.refinement)
+        cheap = analysis.gradient_flow(
+            loss, params0, analysis.step_times(eta, steps), method="gd", substeps=args.refinement
+        )
         cheap_error = np.asarray(analysis.trajectory_distance(cheap.params, on_grid(flow.params)))
         bound = analysis.gd_error_bound(spectrum_times, spectrum.lambda_min, eta)
         step_times = np.asarray(analysis.step_times(eta, steps))
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         for key in ("distance_at_T", "max_distance", "distance_to_modified_at_T")
     }
     print("log-log slopes in η:", {k: round(v, 3) for k, v in slopes.items()})
-    print(f"∫λ_min⁻ dt up to T = {float(bound.negative_curvature[-1]):.4f}; min λ_min = {float(spectrum.lambda_min.min()):.4f}")
+    integral, lowest = float(bound.negative_curvature[-1]), float(spectrum.lambda_min.min())
+    print(f"∫λ_min⁻ dt up to T = {integral:.4f}; min λ_min = {lowest:.4f}")
     for entry in summary:
         entry.update({f"slope_{k}": v for k, v in slopes.items()})
 

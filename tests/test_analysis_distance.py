@@ -146,7 +146,9 @@ def test_relu_net_distance_and_bound_side_by_side(tmp_path):
             # Side by side at the times where both exist.
             every = int(round(float(coarse_times[1] - coarse_times[0]) / eta))
             for t, d, integral, b in zip(coarse_times, distance[::every], bound.negative_curvature, bound.bound):
-                rows.append({"eta": eta, "t": float(t), "distance": float(d), "integral": float(integral), "bound": float(b)})
+                rows.append(
+                    {"eta": eta, "t": float(t), "distance": float(d), "integral": float(integral), "bound": float(b)}
+                )
             at_horizon.append((float(distance[-1]), float(bound.bound[-1])))
     path = tmp_path / "gf_gd_relu.csv"
     with path.open("w", newline="") as handle:

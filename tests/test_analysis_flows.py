@@ -60,7 +60,8 @@ def test_oracle_evaluations_are_counted_at_run_time():
         calls.clear()
         solution = analysis.gradient_flow(None, params0, [0.5, 1.0], grad_fn=counting_gradient, method=method)
         assert int(solution.oracle_evals) == len(calls)
-        np.testing.assert_allclose(solution.params["x"][-1], np.exp(-2.0) * np.ones(3), rtol=2e-5)  # float32 default rtol 1e-5
+        # float32: the default rtol is 1e-5.
+        np.testing.assert_allclose(solution.params["x"][-1], np.exp(-2.0) * np.ones(3), rtol=2e-5)
         # DOPRI5 reuses its last stage (FSAL); Heun–Euler needs k1 at each new point. Plus the
         # first gradient and the starting-step probe.
         assert len(calls) == 2 + per_attempt * int(solution.num_steps + solution.num_rejected)
