@@ -6,11 +6,13 @@ In a MyST page::
     :command: flowopt-experiment runge-kutta --config cpu
     ```
 
-renders, for the folder ``results/runge-kutta`` of the repository, every
-``*.md`` file directly in it or in a subfolder (such as ``cpu/``) (as Markdown), every ``*.csv`` (as a table, the first
-``:max-rows:`` rows) and every ``*.png`` (as a figure), in path order. When
-the folder does not exist or holds none of these, it renders a note saying
-which command produces them, so the page has its structure before the runs do.
+renders, for the folder ``results/runge-kutta`` of the repository (several
+folders may be named), every ``*.md`` file directly in it or in a subfolder
+such as ``cpu/`` (as Markdown), every ``*.csv`` (as a table when it has at
+most ``:max-rows:`` rows, default 40; larger ones are named, not shown) and
+every ``*.png`` (as a figure), in path order. When no folder holds any of
+these, it renders a note saying which command produces them, so the page has
+its structure before the runs do.
 """
 
 from __future__ import annotations
@@ -31,14 +33,15 @@ class ResultsGallery(SphinxDirective):
     """Render the Markdown notes, CSV tables and PNG figures of one results folder."""
 
     required_arguments = 1
+    optional_arguments = 8
     option_spec = {"command": directives.unchanged, "max-rows": directives.nonnegative_int}
 
     def run(self) -> list[nodes.Node]:
-        folder = RESULTS / self.arguments[0]
-        candidates = [*folder.glob("*"), *folder.glob("*/*")] if folder.is_dir() else []
+        folders = [RESULTS / name for name in self.arguments]
+        candidates = [p for folder in folders if folder.is_dir() for p in (*folder.glob("*"), *folder.glob("*/*"))]
         files = sorted(p for p in candidates if p.suffix in {".md", ".csv", ".png"})
         if not files:
-            return [self._not_run(folder)]
+            return [self._not_run(folders)]
         doc_dir = Path(self.env.doc2path(self.env.docname)).parent
         rendered: list[nodes.Node] = []
         for path in files:
@@ -55,9 +58,10 @@ class ResultsGallery(SphinxDirective):
                 rendered.append(figure)
         return rendered
 
-    def _not_run(self, folder: Path) -> nodes.Node:
+    def _not_run(self, folders: list[Path]) -> nodes.Node:
         note = nodes.note()
-        text = f"No results committed yet under {folder.relative_to(RESULTS.parent)}/."
+        where = " or ".join(f"{folder.relative_to(RESULTS.parent)}/" for folder in folders)
+        text = f"No results committed yet under {where}."
         note += nodes.paragraph(text=text)
         if "command" in self.options:
             note += nodes.paragraph(text="Produce them with:")
@@ -72,12 +76,14 @@ class ResultsGallery(SphinxDirective):
     def _table(self, path: Path, label: str) -> nodes.Node:
         with path.open(newline="") as handle:
             rows = list(csv.reader(handle))
-        if not rows:
-            return nodes.paragraph(text=f"{label}: empty")
-        max_rows = self.options.get("max-rows", 25)
-        header, body = rows[0], rows[1 : 1 + max_rows]
+        max_rows = self.options.get("max-rows", 40)
+        if not rows or len(rows) - 1 > max_rows:
+            paragraph = nodes.paragraph(text=f"{max(len(rows) - 1, 0)} rows in ")
+            paragraph += nodes.literal(text=label)
+            return paragraph
+        header, body = rows[0], rows[1:]
         table = nodes.table()
-        table += nodes.title(text=label if len(rows) - 1 <= max_rows else f"{label} (first {max_rows} of {len(rows) - 1} rows)")
+        table += nodes.title(text=label)
         group = nodes.tgroup(cols=len(header))
         table += group
         group += [nodes.colspec(colwidth=1) for _ in header]
