@@ -21,7 +21,7 @@ rejection; then ``h`` is clipped to ``[dtmin, dtmax]`` and a step proposed at
 ``dtmin`` is accepted (when finite). These are the conventions of diffrax's
 ``PIDController`` without its derivative term (Hairer, Nørsett & Wanner,
 *Solving ODEs I*, §II.4; Gustafsson 1991 and Söderlind 2002 for PI
-control). A step whose stages, error or candidate contain NaN or inf is
+control); the default coefficients differ, see :class:`PIController`. A step whose stages, error or candidate contain NaN or inf is
 rejected with ``ε = ∞`` and never accepted, not even at ``dtmin``.
 
 **As an optimizer.** :func:`adaptive_runge_kutta` calls :func:`adaptive_step`
@@ -29,7 +29,8 @@ once per ``update``: a rejected step returns zero updates and stores the
 smaller step, so a training loop needs no special case (the next call, with a
 fresh gradient at the same parameters, retries). With ``max_attempts > 1`` a
 rejected step is retried inside the same call, reusing the incoming gradient
-``k1``, until accepted or the attempts run out. Every attempt costs ``s - 1``
+``k1``, until accepted or the attempts run out (a ``lax.while_loop``, so such
+an update cannot be reverse-differentiated). Every attempt costs ``s - 1``
 oracle calls for an ``s``-stage pair (all stages feed the error estimate),
 counted in ``oracle_evals``; the incoming gradient is one more per call.
 
