@@ -1,0 +1,1 @@
+"""flowopt's speed and memory benchmarks: every figure a ratio measured in one run."""

@@ -1,0 +1,91 @@
+"""Step-time overhead and the optax anchors.
+
+For each model and batch size, one group of compiled training steps is timed
+in interleaved blocks: ``optax.sgd`` (the unit), flowopt's integrators, and
+``optax.adam`` beside ``flowopt.adam_flow``. The overhead of a method is
+
+    t_step / (gradient evaluations per step × t_sgd_step)
+
+where ``t_sgd_step`` is one jitted value-and-grad plus SGD update and the
+evaluations are counted from the optimizer state. The floor is 1.00: an
+``s``-stage step costs ``s`` gradients. Euler's and adam_flow's ratios are
+against their optax twins (same arithmetic, target 1.00 ± 0.02 and ≤ 1.03).
+An A/A control runs the very same compiled SGD step as a second runner: its
+ratio to the first shows how far from 1.00 noise alone moves a figure.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from benchmarks import methods
+from benchmarks.problems import DESCRIPTIONS, classifier, num_params
+from benchmarks.report import Report, Row, at_most, judged, within
+from benchmarks.timing import StepRunner, interleaved
+
+OVERHEAD_TARGET = 1.03
+
+
+class Config(NamedTuple):
+    batches: dict[str, tuple[int, ...]]  # model -> batch sizes
+    integrators: tuple[str, ...]
+    anchors: tuple[str, ...]  # models on which adam_flow vs optax.adam is measured
+    repeats: int
+    block_seconds: float
+
+
+def run(config: Config, report: Report) -> dict:
+    """Measure and report; returns ``{(model, method): compile seconds}`` at each model's first batch."""
+    integrators, notes = methods.available(list(config.integrators))
+    adam_pair, adam_notes = methods.available(["optax.adam", "adam_flow"])
+    for note in notes + adam_notes:
+        report.note(note)
+    compile_seconds = {}
+    for model, batches in config.batches.items():
+        for i, batch_size in enumerate(batches):
+            problem = classifier(model, batch_size)
+            names = ["optax.sgd", *integrators]
+            if model in config.anchors and i == 0 and len(adam_pair) == 2:
+                names += adam_pair
+            runners = {name: StepRunner(methods.build(name), problem) for name in names}
+            runners["A/A"] = StepRunner(methods.build("optax.sgd"), problem, runners["optax.sgd"].compiled)
+            times = interleaved(runners, config.repeats, config.block_seconds)
+            if i == 0:
+                compile_seconds.update({(model, n): runners[n].compiled.compile_seconds for n in names})
+            _report(report, model, batch_size, runners, times, num_params(problem.params))
+    return compile_seconds
+
+
+def _report(report: Report, model: str, batch_size: int, runners, times, size: int) -> None:
+    sgd = times["optax.sgd"]
+    label = f"{DESCRIPTIONS[model]} ({size:,} params)"
+    for name, runner in runners.items():
+        if name.startswith("optax."):
+            continue
+        t = times[name]
+        if name == "A/A":
+            report.add(Row(
+                section="1. step-time overhead", model=label, batch_size=batch_size, method="A/A: optax.sgd again",
+                metric="time / sgd step (noise control)", value=t.best / sgd.best, value_median=t.median / sgd.median,
+                method_ms=1e3 * t.best, baseline_ms=1e3 * sgd.best,
+            ))  # fmt: skip
+            continue
+        if name == "adam_flow":
+            base, section, metric, target = times["optax.adam"], "2a. anchors: optax", "time / optax.adam time", at_most(OVERHEAD_TARGET)
+            evals = 1.0
+        else:
+            evals = methods.gradients_per_step(runner.state, runner.steps)
+            base, section = sgd, "1. step-time overhead"
+            metric = f"time / ({evals:g} × sgd step)"
+            target = at_most(OVERHEAD_TARGET)
+        report.add(judged(Row(
+            section=section, model=label, batch_size=batch_size, method=name, metric=metric,
+            value=t.best / (evals * base.best), value_median=t.median / (evals * base.median),
+            method_ms=1e3 * t.best, baseline_ms=1e3 * base.best,
+        ), target))  # fmt: skip
+        if name == "euler":
+            report.add(judged(Row(
+                section="2a. anchors: optax", model=label, batch_size=batch_size, method="euler",
+                metric="time / optax.sgd time", value=t.best / sgd.best, value_median=t.median / sgd.median,
+                method_ms=1e3 * t.best, baseline_ms=1e3 * sgd.best,
+            ), within(1.0, 0.02)))  # fmt: skip

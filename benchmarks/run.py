@@ -1,0 +1,113 @@
+"""Run flowopt's benchmarks and write ``<output>/<hardware-tag>.csv`` and ``.md``.
+
+    python benchmarks/run.py                 # default size: under 10 minutes on 2 CPU cores
+    python benchmarks/run.py --quick         # a tiny run (seconds), as the tests do
+    python benchmarks/run.py --gpu-size      # every model at batch 32–1024, up to 10⁸ parameters
+    python benchmarks/run.py --only rk4-overhead   # RK4 / (4 × SGD step) on the MLP and CNN
+
+Sections: 1. step-time overhead of each integrator against one SGD step per
+gradient evaluation; 2. anchors against optax (Euler vs SGD, adam_flow vs
+Adam) and diffrax (fixed and adaptive Heun/Bosh3/Dopri5); 3. peak memory per
+step and compile time; 4. scaling with parameters and with gradient
+evaluations per step; 5. data parallelism on 8 host CPU devices. Every figure
+is a ratio of times measured in this run; see docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import diffrax_anchor, memory, multidevice, overhead, scaling  # noqa: E402
+from benchmarks.report import Report, hardware  # noqa: E402
+
+SECTIONS = ("overhead", "diffrax", "memory", "scaling", "multidevice", "rk4-overhead")
+DEFAULT_SECTIONS = SECTIONS[:-1]
+INTEGRATORS = ("euler", "heun", "rk4", "bosh3-adaptive")
+STAGE_METHODS = ("euler", "heun", "rk3", "rk4", "dopri5-fixed")
+MEMORY_METHODS = ("optax.sgd", "euler", "heun", "rk4", "dopri5-fixed", "bosh3-adaptive", "optax.adam", "adam_flow")
+
+
+def configs(size: str) -> dict:
+    """The configuration of every section for ``size`` in quick / cpu / gpu."""
+    if size == "quick":
+        return dict(
+            overhead=overhead.Config({"logreg": (32,)}, ("rk4",), (), 3, 0.01),
+            diffrax=diffrax_anchor.Config(64, 5.0, 10, 1e-3, 1e-5, (("heun", "Heun", False),), 3, 0.01),
+            memory=memory.Config(("elementwise-1000",), ("optax.sgd", "rk4"), donation=False),
+            scaling=scaling.Config((10**3, 10**4), 2, "logreg", 32, ("euler", "heun"), (), 3, 0.01),
+            multidevice=multidevice.Config(2, "logreg", 32, 2, 2, 0.01),
+            rk4_overhead=overhead.Config({"logreg": (32,)}, ("rk4",), (), 3, 0.01),
+        )  # fmt: skip
+    if size == "cpu":
+        return dict(
+            overhead=overhead.Config(
+                {"logreg": (32, 256, 1024), "mlp": (32, 128, 512), "cnn": (32, 128), "resnet20": (32,)},
+                INTEGRATORS, ("mlp", "cnn"), 7, 0.03,
+            ),
+            diffrax=diffrax_anchor.Config(256, 10.0, 50, 1e-4, 1e-6, diffrax_anchor.CASES, 5, 0.03),
+            memory=memory.Config(("elementwise-1000000", "mlp-32"), MEMORY_METHODS),
+            scaling=scaling.Config(tuple(10**k for k in range(3, 8)), 3, "mlp", 128, STAGE_METHODS, (1, 2, 4, 8), 7, 0.03),
+            multidevice=multidevice.Config(8, "mlp", 256, 3, 3, 0.03),
+            rk4_overhead=overhead.Config({"mlp": (128,), "cnn": (128,)}, ("rk4",), (), 7, 0.05),
+        )  # fmt: skip
+    batches = (32, 128, 512, 1024)
+    return dict(
+        overhead=overhead.Config(
+            {"logreg": batches, "mlp": batches, "cnn": batches, "resnet20": (32, 256, 1024)},
+            INTEGRATORS, ("logreg", "mlp", "cnn", "resnet20"), 10, 0.02,
+        ),
+        diffrax=diffrax_anchor.Config(1024, 10.0, 50, 1e-4, 1e-6, diffrax_anchor.CASES, 10, 0.02),
+        memory=memory.Config(("elementwise-10000000", "mlp-32"), MEMORY_METHODS),
+        scaling=scaling.Config(tuple(10**k for k in range(3, 9)), 3, "mlp", 1024, STAGE_METHODS, (1, 2, 4, 8), 10, 0.02),
+        multidevice=multidevice.Config(8, "mlp", 256, 3, 3, 0.02),
+        rk4_overhead=overhead.Config({"mlp": (128,), "cnn": (128,)}, ("rk4",), (), 10, 0.02),
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> Report:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="tiny configuration (used by the tests)")
+    size.add_argument("--gpu-size", action="store_true", help="full configuration for an accelerator")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, help=f"sections to run (default: {' '.join(DEFAULT_SECTIONS)})")
+    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent.parent / "results" / "benchmarks")
+    parser.add_argument("--append", action="store_true", help="keep the rows already in the output table (run sections separately)")
+    args = parser.parse_args(argv)
+    size_name = "quick" if args.quick else "gpu" if args.gpu_size else "cpu"
+    config = configs(size_name)
+    header = hardware() | {"size": size_name, "date": datetime.date.today().isoformat()}
+    if args.only == ["rk4-overhead"]:
+        header["tag"] += "-rk4"
+    report = Report(args.output, header, append=args.append)
+    print(f"# {header['name']}, jax {header['jax']}, size {size_name}", flush=True)
+    compile_seconds: dict = {}
+    for section in args.only or DEFAULT_SECTIONS:
+        start = time.perf_counter()
+        if section == "overhead":
+            compile_seconds = overhead.run(config["overhead"], report)
+        elif section == "rk4-overhead":
+            overhead.run(config["rk4_overhead"], report)
+        elif section == "diffrax":
+            diffrax_anchor.run(config["diffrax"], report)
+        elif section == "memory":
+            memory.run(config["memory"], report, compile_seconds)
+        elif section == "scaling":
+            scaling.run(config["scaling"], report)
+        elif section == "multidevice":
+            multidevice.run(config["multidevice"], report)
+        print(f"# {section}: {time.perf_counter() - start:.0f} s", flush=True)
+    report.write()
+    print(f"\nwrote {report.csv_path} and {report.md_path}\n")
+    print(report.markdown())
+    return report
+
+
+if __name__ == "__main__":
+    main()

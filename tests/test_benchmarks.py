@@ -1,0 +1,59 @@
+"""The benchmark suite's tiny configuration runs end to end and writes sane tables."""
+
+import csv
+import math
+
+import pytest
+
+from benchmarks import memory, run
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    output = tmp_path_factory.mktemp("benchmarks")
+    return run.main(["--quick", "--output", str(output)])
+
+
+def test_quick_run_writes_csv_and_markdown(quick_report):
+    assert quick_report.csv_path.exists() and quick_report.md_path.exists()
+    with open(quick_report.csv_path) as f:
+        rows = list(csv.DictReader(f))
+    sections = {row["section"].split(".")[0] for row in rows}
+    assert {"1", "2b", "3", "4a", "4b", "5"} <= sections
+    for row in rows:
+        assert math.isfinite(float(row["value"])), row
+        if "slope" not in row["metric"]:  # slopes of tiny, dispatch-bound sizes may be about 0
+            assert float(row["value"]) > 0, row
+        assert row["status"] in ("", "meets", "misses"), row
+    markdown = quick_report.md_path.read_text()
+    assert quick_report.header["name"] in markdown and "## 1. step-time overhead" in markdown
+
+
+def test_gradient_evaluations_are_counted_not_assumed(quick_report):
+    rk4 = [r for r in quick_report.rows if r.section.startswith("1.") and r.method == "rk4"]
+    assert rk4 and all(r.metric.startswith("time / (4 × sgd step)") for r in rk4)
+
+
+def test_multidevice_step_matches_single_device(quick_report):
+    rows = [r for r in quick_report.rows if r.section.startswith("5.")]
+    assert [r.model.split()[0] for r in rows] == ["1", "2"]
+    for row in rows:
+        gap = float(row.note.split("= ")[1].split(";")[0])
+        assert gap < 1e-5
+    # Each device's program does about half the floating-point work of the single-device one.
+    assert rows[1].value == pytest.approx(1.0, abs=0.1)
+
+
+def test_memory_multiples_of_parameter_size(quick_report):
+    rows = {r.method: r.value for r in quick_report.rows if r.section.startswith("3.")}
+    assert rows["optax.sgd"] >= 1.0  # at least the parameters themselves
+    assert rows["rk4"] >= 1.0
+
+
+@pytest.mark.parametrize(
+    "method, buffers",
+    [("optax.sgd", 2), ("euler", 2), ("heun", 4), ("rk4", 4), ("optax.adam", 4)],
+)
+def test_minimum_buffer_model(method, buffers):
+    # θ, the stage point, the stage gradient and one running sum; RK4's stages read only the previous k.
+    assert memory.minimum_buffers(method) == buffers
