@@ -9,7 +9,7 @@ In a MyST page::
 renders, for the folder ``results/runge-kutta`` of the repository (several
 folders may be named), every ``*.md`` file directly in it or in a subfolder
 such as ``cpu/`` (as Markdown), every ``*.csv`` (as a table when it has at
-most ``:max-rows:`` rows, default 40; larger ones are named, not shown) and
+most ``:max-rows:`` rows, default 50; larger ones are named, not shown) and
 every ``*.png`` (as a figure), in path order. When no folder holds any of
 these, it renders a note saying which command produces them, so the page has
 its structure before the runs do.
@@ -76,7 +76,7 @@ class ResultsGallery(SphinxDirective):
     def _table(self, path: Path, label: str) -> nodes.Node:
         with path.open(newline="") as handle:
             rows = list(csv.reader(handle))
-        max_rows = self.options.get("max-rows", 40)
+        max_rows = self.options.get("max-rows", 50)
         if not rows or len(rows) - 1 > max_rows:
             paragraph = nodes.paragraph(text=f"{max(len(rows) - 1, 0)} rows in ")
             paragraph += nodes.literal(text=label)
