@@ -1,0 +1,118 @@
+"""Training runs of the studies: datasets (cached, optionally subsampled), optimizers by spec, one run.
+
+A study describes a training run as plain JSON-able settings (model,
+dataset, optimizer, learning rate, budget, ...); :func:`train_run` turns them
+into a :class:`flowopt.training.config.TrainConfig`, trains with the library's
+loop in the run directory (so a killed run resumes from its last
+checkpoint) and returns the metrics as a JSON-able dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optax
+
+import flowopt
+from flowopt.training.config import TrainConfig
+from flowopt.training.data import Dataset, load_dataset
+from flowopt.training.loop import train
+from flowopt.training.optimizers import make_optimizer
+
+# Gradient evaluations per step of each optimizer the studies name (fixed-step methods only).
+GRADS_PER_STEP = {
+    "sgd": 1, "momentum": 1, "nesterov": 1, "adam": 1, "euler": 1,
+    "heun": 2, "ralston": 2, "midpoint": 2, "rk3": 3, "ssprk3": 3, "rk4": 4, "rk38": 4,
+}
+
+# Settings of a run that are passed to TrainConfig unchanged.
+_CONFIG_KEYS = (
+    "model", "optimizer", "learning_rate", "batch_size", "epochs", "steps", "grad_evals", "seed",
+    "weight_decay", "schedule", "warmup_steps", "augment", "model_options", "eval_batch_size",
+    "eval_train", "checkpoint_every",
+)
+
+
+def grads_per_step(optimizer: str, options: dict[str, Any] | None = None) -> int:
+    """Gradient evaluations one step of ``optimizer`` costs (BDF: the incoming gradient plus its inner steps)."""
+    if optimizer in GRADS_PER_STEP:
+        return GRADS_PER_STEP[optimizer]
+    if optimizer.startswith("bdf") or optimizer == "backward_euler":
+        return 1 + int((options or {})["inner_steps"])
+    raise ValueError(f"unknown cost per step of optimizer {optimizer!r}.")
+
+
+def build_optimizer(
+    optimizer: str, learning_rate: float | optax.Schedule, options: dict[str, Any] | None = None
+) -> optax.GradientTransformation:
+    """``make_optimizer`` plus ``bdf1``…``bdf6`` (``flowopt.bdf(order, ...)`` takes the order first)."""
+    options = dict(options or {})
+    if optimizer.startswith("bdf") and optimizer[3:].isdigit():
+        return flowopt.bdf(int(optimizer[3:]), learning_rate, **options)
+    return make_optimizer(optimizer, learning_rate, **options)
+
+
+@functools.lru_cache(maxsize=4)
+def _full_dataset(name: str) -> Dataset:
+    return load_dataset(name)
+
+
+def get_dataset(name: str, train_subset: int | None = None, test_subset: int | None = None) -> Dataset:
+    """Dataset ``name`` (loaded once per process), optionally restricted to random subsets.
+
+    Subsets are drawn by a fixed permutation (seed 0), so every run of a study
+    sees the same examples; the label says that a subset was used.
+    """
+    dataset = _full_dataset(name)
+    if train_subset is None and test_subset is None:
+        return dataset
+    rng = np.random.default_rng(0)
+    train_idx = np.sort(rng.permutation(len(dataset.x_train))[: train_subset or len(dataset.x_train)])
+    test_idx = np.sort(rng.permutation(len(dataset.x_test))[: test_subset or len(dataset.x_test)])
+    label = f"{dataset.label}, {len(train_idx)} train / {len(test_idx)} test images"
+    return dataclasses.replace(
+        dataset, label=label,
+        x_train=dataset.x_train[train_idx], y_train=dataset.y_train[train_idx],
+        x_test=dataset.x_test[test_idx], y_test=dataset.y_test[test_idx],
+    )
+
+
+def train_run(settings: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Train one run described by ``settings`` in ``run_dir``; return its metrics.
+
+    ``settings`` holds TrainConfig fields plus ``dataset`` (a name),
+    ``train_subset``/``test_subset`` and ``optimizer_options``. Returns
+    ``{"history": [...], "final": last row, "diverged", "message", "dataset"}``.
+    """
+    dataset = get_dataset(settings["dataset"], settings.get("train_subset"), settings.get("test_subset"))
+    values = {key: settings[key] for key in _CONFIG_KEYS if key in settings}
+    options = dict(settings.get("optimizer_options") or {})
+    config = TrainConfig.from_dict({**values, "dataset": settings["dataset"], "optimizer_options": options,
+                                    "progress": False})
+    tx = None
+    if config.optimizer.startswith("bdf") and config.optimizer[3:].isdigit():
+        if config.schedule != "constant":
+            raise ValueError("BDF runs of the studies use a constant learning rate.")
+        tx = build_optimizer(config.optimizer, config.learning_rate, options)
+    result = train(config, os.fspath(run_dir), dataset=dataset, tx=tx)
+    history = [row for row in result.history if not row.get("diverged")]
+    return {
+        "history": history,
+        "final": history[-1] if history else None,
+        "diverged": result.diverged,
+        "message": result.message,
+        "dataset": result.dataset_label,
+    }
+
+
+def row_at_grad_evals(history: list[dict[str, Any]], grad_evals: int) -> dict[str, Any] | None:
+    """The metrics row logged exactly at ``grad_evals`` gradient evaluations, if any."""
+    for row in history:
+        if row["grad_evals"] == grad_evals:
+            return row
+    return None
