@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.runner import RunSpec, Study
+from flowopt.training.data import SPECS
 from experiments.studies.training_runs import get_dataset, grads_per_step, row_at_grad_evals, train_run
 
 VIEWS = ("per_epoch", "equal_evals")
@@ -46,9 +47,13 @@ def _key(experiment: str, method: str, lr: float, kind: str) -> str:
 
 
 def steps_per_epoch(train: dict[str, Any]) -> int:
-    """Full minibatches per epoch of an experiment's training set."""
-    dataset = get_dataset(train["dataset"], train.get("train_subset"), train.get("test_subset"))
-    return len(dataset.x_train) // train["batch_size"]
+    """Full minibatches per epoch of an experiment's training set (named datasets are not loaded)."""
+    if train["dataset"] in SPECS:
+        size = SPECS[train["dataset"]].num_train
+    else:
+        size = len(get_dataset(train["dataset"]).x_train)
+    size = min(size, train.get("train_subset") or size)
+    return size // train["batch_size"]
 
 
 def budget(train: dict[str, Any]) -> int:
@@ -203,8 +208,21 @@ def markdown(config: dict[str, Any], table: list[dict[str, Any]], results: dict)
     return "\n".join(lines)
 
 
+def _view_history(experiment: dict[str, Any], method: str, lr: float, view: str, results: dict) -> list[dict]:
+    """The metrics rows behind one view: the per-epoch run, or the equal-budget run up to ``G``."""
+    train, name = experiment["train"], experiment["name"]
+    cost = grads_per_step(method)
+    separate = view == "equal_evals" and cost > 1 and not _reads_prefix(train, cost)
+    result = results.get(_key(name, method, lr, "evals" if separate else "epochs"))
+    if result is None:
+        return []
+    if view == "per_epoch":
+        return result["history"]
+    return [row for row in result["history"] if row["grad_evals"] <= budget(train)]
+
+
 def plot(config: dict[str, Any], table: list[dict[str, Any]], results: dict, output_dir: Path) -> None:
-    """Per experiment: training objective and test accuracy vs gradient evaluations and vs epochs."""
+    """Per experiment: the equal-budget runs against gradient evaluations, the per-epoch runs against epochs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,25 +231,29 @@ def plot(config: dict[str, Any], table: list[dict[str, Any]], results: dict, out
     for experiment in config["experiments"]:
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
         for index, method in enumerate(experiment["methods"]):
-            entry = next(e for e in table if e["experiment"] == experiment["name"] and e["view"] == "per_epoch"
-                         and e["method"] == method)
-            if "learning_rate" not in entry:
-                continue
-            history = results[_key(experiment["name"], method, entry["learning_rate"], "epochs")]["history"]
-            label = f"{method} (lr {entry['learning_rate']:g})"
-            evals = [r["grad_evals"] for r in history]
-            style = dict(color=f"C{index}", marker="o", markersize=3, label=label)
-            axes[0].plot(evals, [r["train_loss"] for r in history], **style)
-            axes[1].plot(evals, [100 * r["test_accuracy"] for r in history], **style)
-            axes[2].plot([r["epoch"] for r in history], [100 * r["test_accuracy"] for r in history], **style)
-        g = budget(experiment["train"])
+            for view, panels in (("equal_evals", (0, 1)), ("per_epoch", (2,))):
+                entry = next(e for e in table if e["experiment"] == experiment["name"] and e["view"] == view
+                             and e["method"] == method)
+                if "learning_rate" not in entry:
+                    continue
+                history = _view_history(experiment, method, entry["learning_rate"], view, results)
+                style = dict(color=f"C{index}", marker="o", markersize=3,
+                             label=f"{method} (lr {entry['learning_rate']:g})")
+                evals = [r["grad_evals"] for r in history]
+                if 0 in panels:
+                    axes[0].plot(evals, [r["train_loss"] for r in history], **style)
+                    axes[1].plot(evals, [100 * r["test_accuracy"] for r in history], **style)
+                else:
+                    axes[2].plot([r["epoch"] for r in history], [100 * r["test_accuracy"] for r in history], **style)
         for ax in axes[:2]:
-            ax.axvline(g, color="grey", lw=0.8, ls="--")
             ax.set_xlabel("gradient evaluations")
         axes[0].set(ylabel="training objective (epoch mean)", yscale="log")
-        axes[1].set(ylabel="test accuracy (%)", title="per gradient evaluation (dashed: budget G)")
-        axes[2].set(xlabel="epoch", ylabel="test accuracy (%)", title="per epoch")
+        axes[1].set(ylabel="test accuracy (%)",
+                    title=f"equal gradient evaluations (G = {budget(experiment['train'])})")
+        axes[2].set(xlabel="epoch", ylabel="test accuracy (%)",
+                    title=f"per epoch ({experiment['train']['epochs']} epochs)")
         axes[0].legend(fontsize=8)
+        axes[2].legend(fontsize=8)
         fig.suptitle(experiment.get("row", experiment["name"]))
         fig.tight_layout()
         fig.savefig(output_dir / f"{experiment['name']}.png", dpi=100)
