@@ -55,6 +55,11 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
 add_module_names = False
+# Keep optax's aliases as written instead of expanding them into long unions.
+autodoc_type_aliases = {
+    name: name
+    for name in ("optax.ScalarOrSchedule", "optax.Schedule", "optax.Params", "optax.Updates", "optax.OptState")
+}
 
 # Every reference to a flowopt object must resolve (-n). References into other
 # projects' APIs (jax, optax, flax, numpy, ...) are not checked: the build runs
