@@ -35,7 +35,8 @@ def runge_kutta(
 def euler(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
     """Forward Euler ``θ_{n+1} = θ_n - h ∇f(θ_n)``: gradient descent, identical to ``optax.sgd``.
 
-    Needs no oracle. Order 1.
+    Needs no oracle. Order 1 (Euler 1768; Hairer, Nørsett & Wanner, *Solving
+    ODEs I*, §I.7).
     """
     return runge_kutta(tableaus.EULER, learning_rate)
 
@@ -57,7 +58,10 @@ def ralston(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformati
 
 
 def midpoint(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
-    """Explicit midpoint: ``k2 = ∇f(θ - h k1/2)``, ``Δθ = -h k2``. Order 2."""
+    """Explicit midpoint: ``k2 = ∇f(θ - h k1/2)``, ``Δθ = -h k2``. Order 2.
+
+    Runge (1895); Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.1.
+    """
     return runge_kutta(tableaus.MIDPOINT, learning_rate)
 
 
