@@ -443,11 +443,15 @@ def _vector_field(
 
 
 def _velocity(eps: float, m: Params | None, v: Params | None, grads: Params) -> Params:
-    """``m / sqrt(v + ε)``, with ``m`` replaced by ``∇f`` and the scaling by 1 where absent."""
+    """``m / sqrt(max(v, 0) + ε)``, with ``m`` replaced by ``∇f`` and the scaling by 1 where absent.
+
+    The exact flow keeps ``v ≥ 0``; the clamp only matters at Runge–Kutta
+    stages that overshoot below zero, which would otherwise give NaN.
+    """
     direction = grads if m is None else m
     if v is None:
         return direction
-    return jax.tree.map(lambda d, v_: d / jnp.sqrt(v_ + _cast(eps, v_)), direction, v)
+    return jax.tree.map(lambda d, v_: d / jnp.sqrt(jnp.maximum(v_, 0) + _cast(eps, v_)), direction, v)
 
 
 def _moments_from_gradient(start: _Moments, grads: Params, first: jax.Array) -> _Moments:
