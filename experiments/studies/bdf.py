@@ -256,7 +256,7 @@ def _cell(entry: dict[str, Any] | None) -> str:
         return "not run"
     if not entry["rates_that_train"]:
         return "none trains"
-    cell = f"[{entry['min_rate']:g}, {entry['max_rate']:g}] ({entry['decades']:.1f})"
+    cell = f"[{entry['min_rate']:.3g}, {entry['max_rate']:.3g}] ({entry['decades']:.1f})"
     if not entry["contiguous"]:
         cell += " with gaps"
     if entry["rates"] == "h·L":
