@@ -24,7 +24,6 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-import flowopt
 from flowopt import tableaus
 from benchmarks import methods
 from benchmarks.problems import DESCRIPTIONS, classifier, elementwise, param_bytes

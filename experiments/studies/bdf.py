@@ -38,7 +38,8 @@ import numpy as np
 import flowopt
 from experiments import bdf_stability
 from experiments.runner import RunSpec, Study
-from experiments.studies.training_runs import build_optimizer, grads_per_step, train_run
+from experiments.studies.training_runs import grads_per_step, train_run
+from flowopt.training import make_optimizer
 
 EXPLICIT = {"gd": "euler", "heun": "heun", "rk4": "rk4"}
 
@@ -60,7 +61,7 @@ def optimizer_options(method: str, inner_steps: int) -> dict[str, Any]:
 def constructor(method: str, inner_steps: int):
     """``learning_rate -> optimizer`` for a method label."""
     name, options = optimizer_name(method), optimizer_options(method, inner_steps)
-    return lambda lr: build_optimizer(name, lr, options)
+    return lambda lr: make_optimizer(name, lr, **(options or {}))
 
 
 def rate_grid(spec: dict[str, Any]) -> np.ndarray:

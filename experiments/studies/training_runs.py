@@ -16,13 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optax
 
-import flowopt
 from flowopt.training.config import TrainConfig
 from flowopt.training.data import Dataset, load_dataset
 from flowopt.training.loop import train
-from flowopt.training.optimizers import make_optimizer
 
 # Gradient evaluations per step of each optimizer the studies name (fixed-step methods only).
 GRADS_PER_STEP = {
@@ -45,16 +42,6 @@ def grads_per_step(optimizer: str, options: dict[str, Any] | None = None) -> int
     if optimizer.startswith("bdf") or optimizer == "backward_euler":
         return 1 + int((options or {})["inner_steps"])
     raise ValueError(f"unknown cost per step of optimizer {optimizer!r}.")
-
-
-def build_optimizer(
-    optimizer: str, learning_rate: float | optax.Schedule, options: dict[str, Any] | None = None
-) -> optax.GradientTransformation:
-    """``make_optimizer`` plus ``bdf1``…``bdf6`` (``flowopt.bdf(order, ...)`` takes the order first)."""
-    options = dict(options or {})
-    if optimizer.startswith("bdf") and optimizer[3:].isdigit():
-        return flowopt.bdf(int(optimizer[3:]), learning_rate, **options)
-    return make_optimizer(optimizer, learning_rate, **options)
 
 
 @functools.lru_cache(maxsize=4)
@@ -94,12 +81,7 @@ def train_run(settings: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     options = dict(settings.get("optimizer_options") or {})
     config = TrainConfig.from_dict({**values, "dataset": settings["dataset"], "optimizer_options": options,
                                     "progress": False})
-    tx = None
-    if config.optimizer.startswith("bdf") and config.optimizer[3:].isdigit():
-        if config.schedule != "constant":
-            raise ValueError("BDF runs of the studies use a constant learning rate.")
-        tx = build_optimizer(config.optimizer, config.learning_rate, options)
-    result = train(config, os.fspath(run_dir), dataset=dataset, tx=tx)
+    result = train(config, os.fspath(run_dir), dataset=dataset)
     history = [row for row in result.history if not row.get("diverged")]
     return {
         "history": history,

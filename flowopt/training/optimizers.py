@@ -6,6 +6,8 @@ integrator added to flowopt is available here without any change.
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any, Callable
 
 import optax
@@ -29,9 +31,23 @@ INTEGRATORS = ("euler", "heun", "ralston", "midpoint", "rk3", "ssprk3", "rk4", "
 exported by ``flowopt`` that takes ``learning_rate`` works too."""
 
 
+ORDERED = {"bdf": range(1, 7), "adams_bashforth": range(1, 5)}
+"""Constructors whose first argument is an order: ``bdf2`` is ``flowopt.bdf(2, learning_rate, ...)``."""
+
+_ORDERED_NAME = re.compile(r"^(" + "|".join(ORDERED) + r")(\d+)$")
+
+
 def available_optimizers() -> tuple[str, ...]:
-    """Names :func:`make_optimizer` accepts (baselines and the integrators flowopt exports)."""
-    return tuple(BASELINES) + tuple(n for n in INTEGRATORS if hasattr(flowopt, n))
+    """Names :func:`make_optimizer` accepts (baselines, integrators, and ``bdf1``… ``adams_bashforth4``)."""
+    ordered = tuple(f"{family}{order}" for family, orders in ORDERED.items() for order in orders)
+    return tuple(BASELINES) + tuple(n for n in INTEGRATORS if hasattr(flowopt, n)) + ordered
+
+
+def _ordered_constructor(name: str) -> Callable[..., optax.GradientTransformation] | None:
+    match = _ORDERED_NAME.match(name)
+    if match is None:
+        return None
+    return functools.partial(getattr(flowopt, match[1]), int(match[2]))
 
 
 def make_optimizer(name: str, learning_rate: LearningRate, **options: Any) -> optax.GradientTransformation:
@@ -40,7 +56,8 @@ def make_optimizer(name: str, learning_rate: LearningRate, **options: Any) -> op
     Args:
       name: an optax baseline (``sgd``, ``momentum``, ``nesterov``, ``adam``,
         ``rmsprop``, ``adagrad``) or the name of a flowopt constructor
-        (``euler``, ``heun``, ``rk4``, ...).
+        (``euler``, ``heun``, ``rk4``, ...), or an order-suffixed name such as
+        ``bdf2`` or ``adams_bashforth3`` (see :data:`ORDERED`).
       learning_rate: step size or schedule.
       **options: further keyword arguments of the constructor.
 
@@ -49,6 +66,8 @@ def make_optimizer(name: str, learning_rate: LearningRate, **options: Any) -> op
     """
     if name in BASELINES:
         constructor = BASELINES[name]
+    elif _ordered_constructor(name) is not None:
+        constructor = _ordered_constructor(name)
     else:
         constructor = None if name.startswith("_") else getattr(flowopt, name, None)
         if not callable(constructor):
