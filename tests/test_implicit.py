@@ -8,9 +8,15 @@ import numpy as np
 import optax
 import pytest
 import scipy.linalg
+from linear_flow import integrate, random_quadratic
 
 import flowopt
-from flowopt.implicit import BDF_COEFFICIENTS, BDFState, extrapolation_weights, implicit_bdf
+from flowopt.implicit import (
+    BDF_COEFFICIENTS,
+    BDFState,
+    extrapolation_weights,
+    implicit_bdf,
+)
 
 # The table of Huang et al. / Hairer–Wanner, written out independently of the module.
 EXPECTED_BDF = {
@@ -21,29 +27,6 @@ EXPECTED_BDF = {
     5: ((F(-300, 137), F(300, 137), F(-200, 137), F(75, 137), F(-12, 137)), F(60, 137)),
     6: ((F(-120, 49), F(150, 49), F(-400, 147), F(75, 49), F(-24, 49), F(10, 147)), F(20, 49)),
 }
-
-
-def _quadratic(eigenvalues, seed=0):
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.normal(size=(len(eigenvalues), len(eigenvalues))))
-    return q @ np.diag(eigenvalues) @ q.T, rng.normal(size=len(eigenvalues))
-
-
-def _integrate(integrator, a, x0, h, num_steps):
-    """``num_steps`` steps of the stage function on f = ½xᵀAx; returns (x, state, oracle calls)."""
-    a = jnp.asarray(a)
-    oracle = lambda x: a @ x
-
-    def body(_, carry):
-        x, state, calls = carry
-        increment, state, new_calls = integrator.step(oracle, x, a @ x, h, state)
-        return x + increment, state, calls + new_calls
-
-    x0 = jnp.asarray(x0)
-    return jax.lax.fori_loop(0, num_steps, body, (x0, integrator.init(x0), jnp.zeros([], jnp.int32)))
-
-
-_integrate_jit = jax.jit(_integrate, static_argnums=0)
 
 
 # --- coefficients -----------------------------------------------------------------------------
@@ -98,7 +81,7 @@ def test_extrapolation_weights_and_their_stability(order):
 def test_step_matches_linear_solve(order, inner):
     """With a full history, one step equals (I + βhA)⁻¹ z to 1e-8 in float64."""
     with jax.enable_x64(True):
-        a, x = _quadratic([0.5, 1.0, 2.0, 3.0, 5.0])
+        a, x = random_quadratic([0.5, 1.0, 2.0, 3.0, 5.0])
         rng = np.random.default_rng(order)
         history = tuple(x + 0.1 * rng.normal(size=x.shape) for _ in range(order - 1))
         coefficients, beta = BDF_COEFFICIENTS[order]
@@ -136,9 +119,9 @@ def test_step_matches_linear_solve(order, inner):
 
 
 def _global_error(integrator, num_steps):
-    a, x0 = _quadratic([0.5, 1.0, 2.0, 3.0])
+    a, x0 = random_quadratic([0.5, 1.0, 2.0, 3.0])
     exact = scipy.linalg.expm(-a) @ x0
-    x, _, _ = _integrate_jit(integrator, a, x0, 1.0 / num_steps, num_steps)
+    x, _, _ = integrate(integrator, a, x0, 1.0 / num_steps, num_steps)
     return float(np.linalg.norm(np.asarray(x) - exact))
 
 
@@ -171,12 +154,12 @@ STIFF_INNER_STEPS = 5
 
 def _stiff_problem():
     """½xᵀAx with eigenvalues log-spaced on [1e-4, 1]: κ = 1e4, L = 1, minimiser 0."""
-    return _quadratic(np.logspace(-4, 0, 16), seed=1)
+    return random_quadratic(np.logspace(-4, 0, 16), seed=1)
 
 
 def test_gradient_descent_diverges_at_ten_over_l():
     a, x0 = _stiff_problem()
-    x, _, _ = _integrate_jit(flowopt.explicit.explicit_runge_kutta(flowopt.tableaus.EULER), a, x0, 10.0, 50)
+    x, _, _ = integrate(flowopt.explicit.explicit_runge_kutta(flowopt.tableaus.EULER), a, x0, 10.0, 50)
     assert not np.all(np.isfinite(np.asarray(x))) or np.linalg.norm(x) > 1e10 * np.linalg.norm(x0)
 
 
@@ -185,7 +168,7 @@ def test_stiff_quadratic_converges_with_few_inner_steps(order):
     """h = 10/L, STIFF_INNER_STEPS = 5 inner steps: backward Euler and BDF2 reach the minimiser."""
     a, x0 = _stiff_problem()
     integrator = implicit_bdf(order, inner_steps=STIFF_INNER_STEPS)
-    x, state, calls = _integrate_jit(integrator, a, x0, 10.0, STIFF_STEPS)
+    x, state, calls = integrate(integrator, a, x0, 10.0, STIFF_STEPS)
     error = np.linalg.norm(np.asarray(x)) / np.linalg.norm(x0)
     assert error < 1e-4, error
     # BDF2's start-up step solves three subproblems (1 + 2 substeps), every other step one.
@@ -211,7 +194,7 @@ def test_backward_euler_descends_on_stiff_quadratic():
 def test_inner_step_from_beta_h_alone_diverges_where_the_default_does_not():
     a, x0 = _stiff_problem()
     naive = implicit_bdf(1, inner_steps=STIFF_INNER_STEPS, inner_learning_rate=10.0)
-    x, _, _ = _integrate_jit(naive, a, x0, 10.0, 20)
+    x, _, _ = integrate(naive, a, x0, 10.0, 20)
     assert not np.all(np.isfinite(np.asarray(x))) or np.linalg.norm(x) > 1e6 * np.linalg.norm(x0)
 
 
@@ -276,7 +259,7 @@ def test_trains_mlp_with_schedule_in_a_chain():
 
 
 def test_backward_euler_is_bdf1():
-    a, x0 = _quadratic([0.5, 1.0, 2.0])
+    a, x0 = random_quadratic([0.5, 1.0, 2.0])
     loss = lambda x: 0.5 * x @ jnp.asarray(a) @ x
     x0 = jnp.asarray(x0, jnp.float32)
     results = []

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 import scipy.linalg
+from linear_flow import integrate
 
 import flowopt
 from flowopt.multistep import ADAMS_BASHFORTH_COEFFICIENTS, explicit_adams_bashforth
@@ -36,22 +37,6 @@ def test_order_conditions_hold_exactly(order):
     assert moment(order + 1) != F(1, order + 1)
 
 
-def _run(integrator, a, x0, h, num_steps):
-    a = jnp.asarray(a)
-    oracle = lambda x: a @ x
-
-    def body(_, carry):
-        x, state, calls = carry
-        increment, state, new_calls = integrator.step(oracle, x, a @ x, h, state)
-        return x + increment, state, calls + new_calls
-
-    x0 = jnp.asarray(x0)
-    return jax.lax.fori_loop(0, num_steps, body, (x0, integrator.init(x0), jnp.zeros([], jnp.int32)))
-
-
-_run_jit = jax.jit(_run, static_argnums=0)
-
-
 def _slope(integrator, steps=(16, 32, 64, 128)):
     rng = np.random.default_rng(0)
     q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
@@ -61,7 +46,7 @@ def _slope(integrator, steps=(16, 32, 64, 128)):
     errors = []
     with jax.enable_x64(True):
         for n in steps:
-            x, _, _ = _run_jit(integrator, a, x0, 1.0 / n, n)
+            x, _, _ = integrate(integrator, a, x0, 1.0 / n, n)
             errors.append(np.linalg.norm(np.asarray(x) - exact))
     return np.polyfit(np.log(1.0 / np.asarray(steps)), np.log(errors), 1)[0], errors
 
@@ -84,8 +69,8 @@ def test_stability_interval(order):
     limit = STABILITY_LIMIT[order]
     a = np.diag([1.0])
     integrator = explicit_adams_bashforth(order)
-    inside, _, _ = _run_jit(integrator, a, np.ones(1), 0.9 * limit, 2000)
-    outside, _, _ = _run_jit(integrator, a, np.ones(1), 1.1 * limit, 2000)
+    inside, _, _ = integrate(integrator, a, np.ones(1), 0.9 * limit, 2000)
+    outside, _, _ = integrate(integrator, a, np.ones(1), 1.1 * limit, 2000)
     assert abs(float(inside[0])) < 1e-3
     assert not np.isfinite(float(outside[0])) or abs(float(outside[0])) > 1e3
 
@@ -96,7 +81,7 @@ def test_oracle_is_called_only_during_start_up(order):
     integrator = explicit_adams_bashforth(order)
     assert integrator.needs_oracle == (order > 1)
     for steps in (order - 1, order + 5):
-        _, state, calls = _run_jit(integrator, np.eye(2), np.ones(2), 0.1, steps)
+        _, state, calls = integrate(integrator, np.eye(2), np.ones(2), 0.1, steps)
         assert int(calls) == (order - 1) ** 2
     assert int(state.filled) == order - 1
 

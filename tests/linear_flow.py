@@ -1,0 +1,29 @@
+"""Shared test helpers: stage functions run on the linear flow of ``f(x) = ½ xᵀAx``."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def random_quadratic(eigenvalues, seed=0):
+    """A symmetric matrix with the given eigenvalues in a random basis, and a random start."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(len(eigenvalues), len(eigenvalues))))
+    return q @ np.diag(eigenvalues) @ q.T, rng.normal(size=len(eigenvalues))
+
+
+def _integrate(integrator, a, x0, h, num_steps):
+    """``num_steps`` steps of ``integrator``'s stage function; returns (x, state, oracle calls)."""
+    a = jnp.asarray(a)
+    oracle = lambda x: a @ x
+
+    def body(_, carry):
+        x, state, calls = carry
+        increment, state, new_calls = integrator.step(oracle, x, a @ x, h, state)
+        return x + increment, state, calls + new_calls
+
+    x0 = jnp.asarray(x0)
+    return jax.lax.fori_loop(0, num_steps, body, (x0, integrator.init(x0), jnp.zeros([], jnp.int32)))
+
+
+integrate = jax.jit(_integrate, static_argnums=0)
