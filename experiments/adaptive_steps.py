@@ -31,7 +31,6 @@ learning rate, and the steps the adaptive methods chose)::
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -42,6 +41,7 @@ import numpy as np
 import optax
 
 import flowopt
+from experiments.tables import write_csv
 from flowopt import tableaus
 
 INITIAL_STEP = 1e-3
@@ -271,13 +271,6 @@ def summarize(rows: list[dict]) -> list[dict]:
             )
         )
     return summary
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def plot(rows: list[dict], traces: dict, path: Path, budget: int) -> None:

@@ -17,7 +17,6 @@ best rate, the median over the range) and ``bdf_stability.png``::
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import flowopt
+from experiments.tables import write_csv
 
 
 class Problem(NamedTuple):
@@ -164,14 +164,6 @@ def summarise(rows: list[dict], methods, problems) -> list[dict]:
                 )
             summary.append(entry)
     return summary
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def plot(path: Path, rows: list[dict], methods, problems, target: float, budget: int) -> None:

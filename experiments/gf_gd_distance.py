@@ -16,7 +16,6 @@ Writes ``gf_gd_relu.csv`` (per η and t: distances, bound, ∫λ_min⁻),
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import jax
@@ -29,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
+from experiments.tables import write_csv
 from flowopt import analysis  # noqa: E402
 
 
@@ -48,13 +48,6 @@ def relu_problem(hidden: int = 10, samples: int = 24, seed: int = 0):
         return 0.5 * jnp.mean((jax.nn.relu(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"] - y) ** 2)
 
     return loss, params0
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,6 @@ method is A(0)-stable on the whole negative axis) and ``stability_regions.png``
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from experiments.tables import write_csv
 from flowopt.analysis import stability  # noqa: E402
 
 
@@ -33,10 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         interval = stability.stability_interval(name)
         rows.append({"method": name, "stability_interval_hL": interval, "unbounded": math.isinf(interval)})
         print(f"{name:16s} h·L < {interval:.6g}")
-    with (args.output_dir / "stability_intervals.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.output_dir / "stability_intervals.csv", rows)
     figure = stability.plot_stability_regions(resolution=args.resolution)
     figure.savefig(args.output_dir / "stability_regions.png", dpi=110)
     print(f"wrote {args.output_dir}")

@@ -25,7 +25,6 @@ start-up steps cost more, and are counted).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -39,6 +38,7 @@ import flowopt
 from experiments import bdf_stability
 from experiments.runner import RunSpec, Study
 from experiments.studies.training_runs import grads_per_step, train_run
+from experiments.tables import write_csv
 from flowopt.training import make_optimizer
 
 EXPLICIT = {"gd": "euler", "heun": "heun", "rk4": "rk4"}
@@ -243,14 +243,6 @@ def sensitivity(config: dict[str, Any], results: dict, runs: list[dict[str, Any]
     return table
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _cell(entry: dict[str, Any] | None) -> str:
     """``[min, max] (decades)`` of the rates that train, then the best result."""
     if entry is None:
@@ -365,10 +357,10 @@ def summarize(config: dict[str, Any], results: dict, output_dir: Path) -> None:
     runs = mnist_rows(config, results)
     table = sensitivity(config, results, runs)
     if synthetic_rows:
-        _write_csv(output_dir / "synthetic_runs.csv", synthetic_rows)
+        write_csv(output_dir / "synthetic_runs.csv", synthetic_rows)
     if runs:
-        _write_csv(output_dir / "mnist_runs.csv", runs)
-    _write_csv(output_dir / "sensitivity.csv", table)
+        write_csv(output_dir / "mnist_runs.csv", runs)
+    write_csv(output_dir / "sensitivity.csv", table)
     (output_dir / "sensitivity.json").write_text(json.dumps(table, indent=2))
     (output_dir / "sensitivity.md").write_text(markdown(config, table))
     plot(config, results, runs, output_dir)

@@ -29,15 +29,20 @@ Configuration (JSON)::
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 from experiments.runner import RunSpec, Study
+from experiments.studies.training_runs import (
+    get_dataset,
+    grads_per_step,
+    row_at_grad_evals,
+    train_run,
+)
+from experiments.tables import write_csv
 from flowopt.training.data import SPECS
-from experiments.studies.training_runs import get_dataset, grads_per_step, row_at_grad_evals, train_run
 
 VIEWS = ("per_epoch", "equal_evals")
 
@@ -144,14 +149,6 @@ def selections(config: dict[str, Any], results: dict) -> list[dict[str, Any]]:
                     )
                 table.append(entry)
     return table
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def run_table(config: dict[str, Any], results: dict) -> list[dict[str, Any]]:
@@ -263,8 +260,8 @@ def plot(config: dict[str, Any], table: list[dict[str, Any]], results: dict, out
 def summarize(config: dict[str, Any], results: dict, output_dir: Path) -> None:
     """Write ``runs.csv``, ``results.csv``, ``results.md``, ``results.json`` and one figure per experiment."""
     table = selections(config, results)
-    _write_csv(output_dir / "runs.csv", run_table(config, results))
-    _write_csv(output_dir / "results.csv", table)
+    write_csv(output_dir / "runs.csv", run_table(config, results))
+    write_csv(output_dir / "results.csv", table)
     (output_dir / "results.json").write_text(json.dumps(table, indent=2))
     (output_dir / "results.md").write_text(markdown(config, table, results))
     plot(config, table, results, output_dir)
