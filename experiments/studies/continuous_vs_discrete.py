@@ -363,6 +363,7 @@ def summary_rows(config: dict[str, Any], results: dict[str, dict[str, Any]]) -> 
                 row[f"{name}_oracle_evals"] = result["flows"][name]["oracle_evals"]
         row.update(
             spectrum_along=spec_["along"], min_lambda_min=min(spec_["lambda_min"]),
+            initial_lambda_max=spec_["lambda_max"][0],
             max_lambda_max=max(spec_["lambda_max"]),
             integral_negative_lambda_min=spec_["negative_curvature_integral"][-1],
             bound_shape_final=spec_["bound_shape"][-1],
@@ -419,7 +420,7 @@ def markdown(config: dict[str, Any], rows: list[dict[str, Any]], results: dict[s
             "",
             "| model | iterations | final loss (seed) | ‖θ−θ₀‖ (seed 2.6–3.0) | "
             + "".join(f"max dist. to η₀/{r} | " for r in ratios)
-            + "max dist. to extrapolated flow | max dist. to dopri5 flow | min λ_min | max λ_max | ∫λ_min⁻ dt |",
+            + "max dist. to extrapolated flow | max dist. to toolkit flow | min λ_min | max λ_max | ∫λ_min⁻ dt |",
             "|---|---|---|---|" + "---|" * len(ratios) + "---|---|---|---|---|",
         ]
         for r in small:
@@ -437,8 +438,8 @@ def markdown(config: dict[str, Any], rows: list[dict[str, Any]], results: dict[s
         lines += [
             "### Large step (edge of stability): sharpness along GD, distance to the flow and to the modified flow",
             "",
-            "| model | η | 2/η | iterations | final loss | max λ_max along GD | first iteration λ_max ≥ 0.9·2/η | "
-            "max dist. to extrapolated flow (before that) | max dist. to dopri5 flow (before that) | "
+            "| model | η | 2/η | iterations | final loss | λ_max at init / max along GD | first iteration λ_max ≥ 0.9·2/η | "
+            "max dist. to extrapolated flow (before that) | max dist. to toolkit flow (before that) | "
             "max dist. to modified flow (before that) |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -446,7 +447,7 @@ def markdown(config: dict[str, Any], rows: list[dict[str, Any]], results: dict[s
             edge = r["first_iteration_sharpness_above_0.9x2/eta"]
             lines.append(
                 f"| {MODEL_LABELS[r['model']]} | {r['learning_rate']:g} | {_fmt(r['two_over_eta'])} | "
-                f"{r['iterations']} | {_fmt(r['final_loss'])} | {_fmt(r['max_lambda_max'])} | "
+                f"{r['iterations']} | {_fmt(r['final_loss'])} | {_fmt(r['initial_lambda_max'])} / {_fmt(r['max_lambda_max'])} | "
                 f"{edge if edge is not None else 'not reached'} | "
                 f"{_fmt(r.get('max_distance_to_extrapolated_flow'))} "
                 f"({_fmt(r.get('max_distance_to_extrapolated_flow_before_edge'))}) | "
@@ -489,7 +490,7 @@ def plot(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir:
             for name, style, color in (("extrapolated_flow", "-.", "C8"), ("flow", "--", "C7"),
                                        ("modified_flow", ":", "C9")):
                 if f"distance_to_{name}" in curves:
-                    label = {"flow": "dopri5 flow"}.get(name, name.replace("_", " "))
+                    label = f"toolkit flow ({s['flow']['method']})" if name == "flow" else name.replace("_", " ")
                     ax.semilogy(iterations[1:], curves[f"distance_to_{name}"][1:], ls=style, color=color, lw=2,
                                 label=f"to the {label}")
             ax.set_ylabel("distance")
