@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 
 from docutils import nodes
@@ -48,7 +49,7 @@ class ResultsGallery(SphinxDirective):
             self.env.note_dependency(str(path))
             label = str(path.relative_to(RESULTS.parent))
             if path.suffix == ".md":
-                rendered += self._markdown(path)
+                rendered += self._markdown(path, doc_dir)
             elif path.suffix == ".csv":
                 rendered.append(self._table(path, label))
             else:
@@ -68,9 +69,16 @@ class ResultsGallery(SphinxDirective):
             note += nodes.literal_block(text=self.options["command"], language="bash")
         return note
 
-    def _markdown(self, path: Path) -> list[nodes.Node]:
+    def _markdown(self, path: Path, doc_dir: Path) -> list[nodes.Node]:
+        """Parse a results note, with its image links made relative to the page that includes it."""
+
+        def relocate(match: re.Match) -> str:
+            target = os.path.relpath(path.parent / match[2], doc_dir)
+            return f"![{match[1]}]({target})"
+
+        text = _LOCAL_IMAGE.sub(relocate, path.read_text())
         container = nodes.container()
-        self.state.nested_parse(StringList(path.read_text().splitlines(), str(path)), 0, container)
+        self.state.nested_parse(StringList(text.splitlines(), str(path)), 0, container)
         return container.children
 
     def _table(self, path: Path, label: str) -> nodes.Node:
@@ -90,6 +98,9 @@ class ResultsGallery(SphinxDirective):
         group += _section(nodes.thead, [header])
         group += _section(nodes.tbody, [row + [""] * (len(header) - len(row)) for row in body])
         return table
+
+
+_LOCAL_IMAGE = re.compile(r"!\[([^\]]*)\]\((?!https?:)([^)\s]+)\)")
 
 
 def _section(kind: type[nodes.Element], rows: list[list[str]]) -> nodes.Element:

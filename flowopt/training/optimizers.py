@@ -57,7 +57,7 @@ def make_optimizer(name: str, learning_rate: LearningRate, **options: Any) -> op
       name: an optax baseline (``sgd``, ``momentum``, ``nesterov``, ``adam``,
         ``rmsprop``, ``adagrad``) or the name of a flowopt constructor
         (``euler``, ``heun``, ``rk4``, ...), or an order-suffixed name such as
-        ``bdf2`` or ``adams_bashforth3`` (see :data:`ORDERED`).
+        ``bdf2`` or ``adams_bashforth3`` (see ``ORDERED`` in this module).
       learning_rate: step size or schedule.
       **options: further keyword arguments of the constructor.
 
