@@ -28,7 +28,6 @@ Configuration (JSON)::
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -40,6 +39,7 @@ import flowopt
 from experiments import adam_ode_figures
 from experiments.runner import RunSpec, Study
 from experiments.studies.training_runs import get_dataset
+from experiments.tables import write_csv
 from flowopt import tableaus
 from flowopt.training.config import TrainConfig
 from flowopt.training.loop import train
@@ -200,14 +200,6 @@ def markdown(config: dict[str, Any], rows: list[dict[str, Any]], results: dict[s
     return "\n".join(lines)
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def plot(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir: Path) -> None:
     """``training.png``: train loss and test accuracy per step and per gradient evaluation, one column per rate."""
     import matplotlib
@@ -249,14 +241,14 @@ def plot(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir:
 def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir: Path) -> None:
     """``results.csv``, ``curves.csv``, ``results.md``, ``summary.json``, ``training.png``, and the figures."""
     rows = table(config, results)
-    _write_csv(output_dir / "results.csv", rows)
+    write_csv(output_dir / "results.csv", rows)
     curves = [
         {"integrator": r["settings"]["integrator"], "learning_rate": r["settings"]["learning_rate"],
          **{k: row[k] for k in ("epoch", "step", "grad_evals", "train_loss", "test_loss", "test_accuracy")},
          "full_train_loss": row.get("full_train_loss")}
         for key, r in sorted(results.items()) if r.get("kind") == "train" for row in r["history"]
     ]
-    _write_csv(output_dir / "curves.csv", curves)
+    write_csv(output_dir / "curves.csv", curves)
     (output_dir / "results.md").write_text(markdown(config, rows, results))
     figures = results.get(FIGURES_KEY)
     summary = {"training": rows, "figures": None if figures is None else figures["summary"], "budget": budget(config)}

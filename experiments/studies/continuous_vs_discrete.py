@@ -39,7 +39,6 @@ an interrupted run resumes mid-trajectory.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
@@ -55,6 +54,7 @@ from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
 from experiments.runner import RunSpec, Study
+from experiments.tables import write_csv
 from flowopt import analysis
 from flowopt.training.checkpoint import Checkpointer
 from flowopt.training.data import load_dataset, normalize
@@ -382,14 +382,6 @@ def summary_rows(config: dict[str, Any], results: dict[str, dict[str, Any]]) -> 
     return rows
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
-
-
 def _curve_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for key, result in sorted(results.items()):
@@ -515,8 +507,8 @@ def plot(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir:
 def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir: Path) -> None:
     """``summary.csv``, ``summary.md``, ``curves.csv``, ``spectrum.csv``, ``summary.json`` and the figures."""
     rows = summary_rows(config, results)
-    _write_csv(output_dir / "summary.csv", rows)
-    _write_csv(output_dir / "curves.csv", _curve_rows(results))
+    write_csv(output_dir / "summary.csv", rows)
+    write_csv(output_dir / "curves.csv", _curve_rows(results))
     spectra = [
         {"run": key, "iteration": it, "time": t, "lambda_min": lo, "lambda_max": hi,
          "negative_curvature_integral": neg, "bound_shape": b}
@@ -524,7 +516,7 @@ def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output
         for it, t, lo, hi, neg, b in zip(*(r["spectrum"][k] for k in (
             "iteration", "time", "lambda_min", "lambda_max", "negative_curvature_integral", "bound_shape")))
     ]
-    _write_csv(output_dir / "spectrum.csv", spectra)
+    write_csv(output_dir / "spectrum.csv", spectra)
     (output_dir / "summary.md").write_text(markdown(config, rows, results))
     (output_dir / "summary.json").write_text(json.dumps(
         {"rows": rows, "source": {"final_loss": SOURCE_FINAL_LOSS, "distance_from_init": SOURCE_DISTANCE_FROM_INIT,
