@@ -4,7 +4,9 @@ A study plans its runs from a configuration, executes each into its own
 directory, and summarises the finished results into CSV/JSON tables and
 figures. A run whose ``result.json`` exists is not redone, so an interrupted
 study resumes where it stopped (runs that checkpoint internally, such as
-training runs, also resume mid-run from their own directory).
+training runs, also resume mid-run from their own directory). A run whose
+data set this machine cannot provide is skipped with a message, not
+recorded, so it runs once the data is there; the others go on.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
+
+from flowopt.training.data import DataUnavailableError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 CONFIG_NAMES = ("smoke", "cpu", "gpu")
@@ -73,6 +78,7 @@ def run_study(study: Study, config: dict[str, Any], output_dir: Path, progress: 
     if len(set(keys)) != len(keys):
         raise ValueError(f"study {study.name} planned duplicate run keys.")
     results: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
     bar = tqdm(specs, desc=study.name, unit="run", disable=not progress)
     for spec in bar:
         bar.set_postfix_str(spec.key)
@@ -83,9 +89,19 @@ def run_study(study: Study, config: dict[str, Any], output_dir: Path, progress: 
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        result = study.execute(spec, config, run_dir)
+        try:
+            result = study.execute(spec, config, run_dir)
+        except DataUnavailableError as error:
+            skipped[spec.key] = str(error).splitlines()[0]
+            if not any(run_dir.iterdir()):
+                run_dir.rmdir()
+            continue
         result = {**result, "key": spec.key, "settings": spec.settings, "wall_seconds": time.perf_counter() - start}
         _write_json(done, result)
         results[spec.key] = result
+    if skipped:
+        reasons = sorted(set(skipped.values()))
+        print(f"{study.name}: skipped {len(skipped)} of {len(specs)} runs, their data is unavailable here: "
+              + " ".join(reasons))
     study.summarize(config, results, output_dir)
     return results

@@ -5,15 +5,16 @@ import json
 import pytest
 
 from experiments.runner import RunSpec, Study, load_config, run_study
+from flowopt.training import DataUnavailableError
 
 
-def _study(calls, fail_on=None):
+def _study(calls, fail_on=None, error=KeyboardInterrupt):
     def plan(config):
         return [RunSpec(f"lr{lr}", {"lr": lr}) for lr in config["learning_rates"]]
 
     def execute(spec, config, run_dir):
         if spec.key == fail_on:
-            raise KeyboardInterrupt
+            raise error("CIFAR-10: no source could provide it.")
         calls.append(spec.key)
         return {"loss": spec.settings["lr"] ** 2}
 
@@ -38,3 +39,14 @@ def test_interrupted_study_resumes_without_redoing_runs(tmp_path):
 def test_unknown_config_name_raises():
     with pytest.raises(ValueError, match="config must be one of"):
         load_config("runge-kutta", "huge")
+
+
+def test_run_without_its_data_is_skipped_not_recorded_and_runs_later(tmp_path, capsys):
+    config = {"learning_rates": [0.1, 0.2, 0.3]}
+    calls = []
+    results = run_study(_study(calls, fail_on="lr0.2", error=DataUnavailableError), config, tmp_path, progress=False)
+    assert calls == ["lr0.1", "lr0.3"] and set(results) == {"lr0.1", "lr0.3"}
+    assert "skipped 1 of 3 runs" in capsys.readouterr().out
+    assert not (tmp_path / "runs" / "lr0.2").exists()
+    run_study(_study(calls), config, tmp_path, progress=False)
+    assert calls == ["lr0.1", "lr0.3", "lr0.2"]
