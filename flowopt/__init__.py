@@ -1,7 +1,6 @@
 """flowopt: numerical integrators of the gradient flow ``θ' = -∇f(θ)`` as optax optimizers."""
 
-from flowopt import analysis
-from flowopt import tableaus
+from flowopt import analysis, tableaus
 from flowopt.adaptive import (
     AdaptiveState,
     PIController,
@@ -21,11 +20,20 @@ from flowopt.adaptive_flow import (
     nesterov_flow,
     rmsprop_flow,
 )
-from flowopt.alias_multistep import adams_bashforth, backward_euler, bdf
 from flowopt.alias import euler, heun, midpoint, ralston, rk3, rk4, rk38, runge_kutta, ssprk3
+from flowopt.alias_multistep import adams_bashforth, backward_euler, bdf
 from flowopt.guard import GuardState, guard_counts, guard_nonfinite
 from flowopt.integrator import Integrator, IntegratorState, as_optimizer, oracle_evaluations
 from flowopt.tableau import ButcherTableau
 from flowopt.train_state import TrainState
+
+__all__ = [
+    "adagrad_flow", "adam_coefficient", "adam_flow", "adam_flow_converges", "adams_bashforth", "adaptive_flow",
+    "adaptive_runge_kutta", "adaptive_step", "AdaptiveFlowState", "AdaptiveState", "analysis", "as_optimizer",
+    "backward_euler", "bdf", "ButcherTableau", "euler", "guard_counts", "guard_nonfinite", "GuardState",
+    "heavy_ball_flow", "heun", "Integrator", "IntegratorState", "midpoint", "minibatch_adaptive_runge_kutta",
+    "nesterov_flow", "oracle_evaluations", "PIController", "ralston", "rk3", "rk38", "rk4", "rmsprop_flow",
+    "runge_kutta", "ssprk3", "step_diagnostics", "tableaus", "TrainState",
+]
 
 __version__ = "0.1.0"

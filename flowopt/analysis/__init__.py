@@ -33,3 +33,12 @@ from flowopt.analysis.stability import (
     stability_interval,
     stability_polynomial,
 )
+
+__all__ = [
+    "adams_bashforth_method", "amplification", "bdf_method", "characteristic_roots", "ErrorBound",
+    "extreme_eigenvalues", "ExtremeEigenvalues", "FlowSolution", "gd_error_bound", "gradient_flow",
+    "hessian_vector_product", "hutchinson_trace", "is_stable", "lanczos", "LanczosResult", "LinearMultistep",
+    "modified_value_fn", "NAMED_METHODS", "optimizer_trajectory", "plot_stability_regions", "sharpness",
+    "spectrum_along", "stability_function", "stability_interval", "stability_polynomial", "step_times",
+    "TraceEstimate", "trajectory_distance",
+]
