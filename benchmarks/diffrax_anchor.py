@@ -21,7 +21,8 @@ are reported beside it: adaptive controllers that differ in small details
 from __future__ import annotations
 
 import importlib
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

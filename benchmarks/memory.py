@@ -24,11 +24,11 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from flowopt import tableaus
 from benchmarks import methods
 from benchmarks.problems import DESCRIPTIONS, classifier, elementwise, param_bytes
 from benchmarks.report import Report, Row
 from benchmarks.timing import compile_step, train_step
+from flowopt import tableaus
 
 TABLEAUS = {"euler": tableaus.EULER, "heun": tableaus.HEUN, "rk3": tableaus.RK3, "rk4": tableaus.RK4,
             "dopri5-fixed": tableaus.DOPRI5}  # fmt: skip
@@ -79,7 +79,8 @@ def run(config: Config, report: Report, compile_seconds: dict) -> None:
         problem = _problem(spec)
         size = param_bytes(problem.params)
         batch = sum(x.nbytes for x in jax.tree.leaves(problem.batch))
-        label = problem.name if spec.startswith("elementwise") else f"{DESCRIPTIONS[spec.rsplit('-', 1)[0]]}, batch {spec.rsplit('-', 1)[1]}"
+        model, _, batch_size = spec.rpartition("-")
+        label = problem.name if spec.startswith("elementwise") else f"{DESCRIPTIONS[model]}, batch {batch_size}"
         peaks = {}
         variants = [(m, True) for m in present]
         variants += [("optax.sgd", False), ("rk4", False)] if config.donation else []

@@ -71,7 +71,8 @@ def _report(report: Report, model: str, batch_size: int, runners, times, size: i
             ))  # fmt: skip
             continue
         if name == "adam_flow":
-            base, section, metric, target = times["optax.adam"], "2a. anchors: optax", "time / optax.adam time", at_most(OVERHEAD_TARGET)
+            base, section = times["optax.adam"], "2a. anchors: optax"
+            metric, target = "time / optax.adam time", at_most(OVERHEAD_TARGET)
             evals = 1.0
         else:
             evals = methods.gradients_per_step(runner.state, runner.steps)

@@ -9,7 +9,8 @@ pure function of the parameters and every oracle call sees the same network.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> Report:
     size.add_argument("--gpu-size", action="store_true", help="full configuration for an accelerator")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help=f"sections to run (default: {' '.join(DEFAULT_SECTIONS)})")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent.parent / "results" / "benchmarks")
-    parser.add_argument("--append", action="store_true", help="keep the rows already in the output table (run sections separately)")
+    parser.add_argument(
+        "--append", action="store_true", help="keep the rows already in the output table (run sections separately)"
+    )
     args = parser.parse_args(argv)
     size_name = "quick" if args.quick else "gpu" if args.gpu_size else "cpu"
     config = configs(size_name)

@@ -19,7 +19,6 @@ from typing import NamedTuple
 import numpy as np
 
 import flowopt
-
 from benchmarks import methods
 from benchmarks.problems import DESCRIPTIONS, classifier, elementwise
 from benchmarks.report import Report, Row, at_most, judged

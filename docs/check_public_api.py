@@ -24,9 +24,10 @@ import inspect
 import re
 import sys
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 PACKAGES = ("flowopt", "flowopt.analysis", "flowopt.training")
 

@@ -122,7 +122,8 @@ def write_csvs(output: Path, fig2: dict, fig3_paths: dict, fig3_errors: dict) ->
         writer.writerow(["method", "step", "x", "y", "loss", "grad_x", "grad_y", "sqrt_v_x", "sqrt_v_y"])
         for method, result in fig2.items():
             for k in _subsample(len(result["theta"]) - 1):
-                writer.writerow(_row(method, k, *result["theta"][k], result["loss"][k], *result["grad"][k], *np.sqrt(result["v"][k])))
+                theta, grad, v = result["theta"][k], result["grad"][k], result["v"][k]
+                writer.writerow(_row(method, k, *theta, result["loss"][k], *grad, *np.sqrt(v)))
     with open(output / "fig3_paths.csv", "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["mode", "learning_rate", "step", "time", "x", "y"])

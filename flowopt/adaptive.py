@@ -21,8 +21,9 @@ rejection; then ``h`` is clipped to ``[dtmin, dtmax]`` and a step proposed at
 ``dtmin`` is accepted (when finite). These are the conventions of diffrax's
 ``PIDController`` without its derivative term (Hairer, Nørsett & Wanner,
 *Solving ODEs I*, §II.4; Gustafsson 1991 and Söderlind 2002 for PI
-control); the default coefficients differ, see :class:`PIController`. A step whose stages, error or candidate contain NaN or inf is
-rejected with ``ε = ∞`` and never accepted, not even at ``dtmin``.
+control); the default coefficients differ, see :class:`PIController`. A
+step whose stages, error or candidate contain NaN or inf is rejected with
+``ε = ∞`` and never accepted, not even at ``dtmin``.
 
 **As an optimizer.** :func:`adaptive_runge_kutta` calls :func:`adaptive_step`
 once per ``update``: a rejected step returns zero updates and stores the
@@ -63,7 +64,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -40,7 +40,8 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -8,7 +8,7 @@ at a fixed step) are not evaluated.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

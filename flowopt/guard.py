@@ -32,7 +32,8 @@ last stage of the FSAL pairs ``BOSH3`` and ``DOPRI5``), or by the guard with
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -7,7 +7,8 @@ caller passes ``value_fn`` (params -> scalar loss, differentiated here) or
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -8,7 +8,8 @@ optimizer, such as a line search's ``value``/``grad``) through ``extra_args``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,7 @@ class TrainState(train_state.TrainState):
     """
 
     @classmethod
-    def create(cls, *, apply_fn: Callable, params: Any, tx: optax.GradientTransformation, **kwargs: Any) -> "TrainState":
+    def create(cls, *, apply_fn: Callable, params: Any, tx: optax.GradientTransformation, **kwargs: Any) -> TrainState:
         """As Flax's ``create``, with ``step`` an int32 array so a jitted step compiles once."""
         state = super().create(apply_fn=apply_fn, params=params, tx=tx, **kwargs)
         return state.replace(step=jnp.zeros([], jnp.int32))
@@ -41,7 +42,7 @@ class TrainState(train_state.TrainState):
         grad_fn: Callable[[Any], Any] | None = None,
         extra_args: dict[str, Any] | None = None,
         **replacements: Any,
-    ) -> "TrainState":
+    ) -> TrainState:
         """Take one optimizer step; ``replacements`` replace other dataclass fields as in Flax."""
         oracle = {k: v for k, v in (("value_fn", value_fn), ("grad_fn", grad_fn)) if v is not None}
         updates, opt_state = self.tx.update(

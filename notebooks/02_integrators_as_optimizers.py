@@ -234,7 +234,8 @@ def mlp_loss(p):
 
 lambda_min0, lambda_max0 = analysis.extreme_eigenvalues(mlp_loss, mlp0)
 print(f"{sum(v.size for v in jax.tree.leaves(mlp0))} parameters, initial loss {float(mlp_loss(mlp0)):.4f}")
-print(f"at initialisation: λ_max = {float(lambda_max0):.3f}, λ_min = {float(lambda_min0):.4f}, 2/λ_max = {2 / float(lambda_max0):.3f}")
+print(f"at initialisation: λ_max = {float(lambda_max0):.3f}, λ_min = {float(lambda_min0):.4f}, "
+      f"2/λ_max = {2 / float(lambda_max0):.3f}")
 
 # %%
 BUDGET = 1200  # gradient evaluations per run
@@ -268,7 +269,8 @@ for name in mlp_methods:
 
 fig, ax = plt.subplots(figsize=(7, 4))
 for name in mlp_methods:
-    ax.loglog(lr_grid * lambda_max0 / 2, np.minimum(finals[name], 10.0), "o-", ms=3, label=f"{name} ({BUDGET // STAGES[name]} steps)")
+    label = f"{name} ({BUDGET // STAGES[name]} steps)"
+    ax.loglog(lr_grid * lambda_max0 / 2, np.minimum(finals[name], 10.0), "o-", ms=3, label=label)
 ax.axhline(float(initial), color="0.5", linestyle=":", label="initial loss")
 ax.axvline(1.0, color="0.5", linewidth=0.8)
 ax.set(xlabel="learning rate × λ_max(0) / 2", ylabel="final loss (capped at 10)",

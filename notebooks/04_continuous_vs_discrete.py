@@ -17,7 +17,8 @@
 # Networks*, NeurIPS 2021) bound the distance by
 #
 # $$
-# \|\theta_k - \theta(k\eta)\| \;\lesssim\; \eta\, t\, \exp\Big(\int_0^t \lambda_{\min}^-\big(\nabla^2 f(\theta(t'))\big)\,dt'\Big),
+# \|\theta_k - \theta(k\eta)\| \;\lesssim\;
+# \eta\, t\, \exp\Big(\int_0^t \lambda_{\min}^-\big(\nabla^2 f(\theta(t'))\big)\,dt'\Big),
 # \qquad \lambda^-_{\min} = \max(-\lambda_{\min}, 0):
 # $$
 #
@@ -151,7 +152,8 @@ ax_bound.set(xlabel="time t", ylabel="‖θ_k - θ(kη)‖", title=f"η = {eta}"
 ax_bound.legend()
 plt.show()
 print(f"λ_min from {float(spectrum.lambda_min[0]):.3f} to {float(spectrum.lambda_min[-1]):.3f}; "
-      f"∫λ⁻_min dt up to T = {float(bound.negative_curvature[-1]):.2f}, so exp(∫) = {float(np.exp(bound.negative_curvature[-1])):.1f}")
+      f"∫λ⁻_min dt up to T = {float(bound.negative_curvature[-1]):.2f}, "
+      f"so exp(∫) = {float(np.exp(bound.negative_curvature[-1])):.1f}")
 
 # %% [markdown]
 # The curvature is negative along the whole flow, most at the start, and its

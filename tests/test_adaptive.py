@@ -190,8 +190,9 @@ def test_fewer_gradients_than_the_best_fixed_step_when_stiffness_fades(tableau):
 def test_heun_euler_pair_reaches_the_flow():
     with jax.enable_x64(True):
         lam, y0, exact = fading_stiffness()
+        field = lambda p: lam * p**3
         errors = [
-            np.linalg.norm(integrate(tableaus.HEUN_EULER, PIController(rtol=r, atol=r), lambda p: lam * p**3, y0, 1.0, 1e-4)[0] - exact(1.0))
+            np.linalg.norm(integrate(tableaus.HEUN_EULER, PIController(rtol=r, atol=r), field, y0, 1.0, 1e-4)[0] - exact(1.0))
             for r in (1e-3, 1e-5)
         ]  # fmt: skip
         assert errors[1] < errors[0] < 1e-2

@@ -64,7 +64,8 @@ def _trajectory(tx, params, loss, steps, **oracle):
 
 def _relative_gap(path, reference):
     """max over steps and entries of |θ - θ_ref|, relative to the largest |θ_ref|."""
-    gap = max(np.abs(a.astype(np.float64) - b.astype(np.float64)).max() for a, b in zip(jax.tree.leaves(path), jax.tree.leaves(reference)))
+    pairs = zip(jax.tree.leaves(path), jax.tree.leaves(reference))
+    gap = max(np.abs(a.astype(np.float64) - b.astype(np.float64)).max() for a, b in pairs)
     scale = max(np.abs(b.astype(np.float64)).max() for b in jax.tree.leaves(reference))
     return gap / scale
 

@@ -1,11 +1,10 @@
 """The Adam-ODE study: the seed's figures, equal gradient-evaluation budgets, reproducible and resumable."""
 
 import csv
-import json
 
 import pytest
 
-from experiments.runner import RunSpec, Study, load_config, run_study
+from experiments.runner import Study, load_config, run_study
 from experiments.studies import adam_ode
 from experiments.studies.adam_ode import GRADS_PER_STEP, STUDY, budget, plan
 

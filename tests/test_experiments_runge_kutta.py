@@ -87,3 +87,16 @@ def test_rerun_skips_finished_runs_and_redoes_lost_work_identically(smoke, tmp_p
     run_study(study, config, copy, progress=False)
     assert sorted(executed) == sorted([lost, cut.name])
     assert _rows(copy / "runs.csv") == _rows(output / "runs.csv")
+
+
+def test_experiment_whose_data_is_unavailable_is_reported_as_not_run(smoke, tmp_path):
+    config, output, results = smoke
+    missing = {**config["experiments"][0], "name": "offline", "row": "data not on this machine"}
+    config = {**config, "experiments": [*config["experiments"], missing]}
+    runge_kutta.summarize(config, results, tmp_path)
+    markdown = (tmp_path / "results.md").read_text()
+    offline = markdown[markdown.index("### data not on this machine"):]
+    assert offline.count("| not run | not run |") == len(missing["methods"])
+    assert "data set is not available on this machine" in offline
+    assert "not run" not in markdown[: markdown.index("### data not on this machine")].lower()
+    assert (tmp_path / "logreg.png").is_file() and not (tmp_path / "offline.png").exists()

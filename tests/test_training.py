@@ -17,7 +17,8 @@ import pytest
 from flax import nnx
 
 import flowopt
-from flowopt.training import cli, config as config_lib, data, loop, models, optimizers
+from flowopt.training import cli, data, loop, models, optimizers
+from flowopt.training import config as config_lib
 from flowopt.training.config import TrainConfig
 
 TINY = dict(model="mlp", model_options={"hidden": [16]}, dataset="synthetic_mnist", batch_size=32,

@@ -218,7 +218,8 @@ def plot(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir:
             history = result["history"]
             steps = [row["step"] for row in history]
             evals = [row["grad_evals"] for row in history]
-            style = {"color": f"C{color}", "marker": "o", "ms": 3, "label": f"{integrator} ({GRADS_PER_STEP[integrator]} grads/step)"}
+            label = f"{integrator} ({GRADS_PER_STEP[integrator]} grads/step)"
+            style = {"color": f"C{color}", "marker": "o", "ms": 3, "label": label}
             axes[0, column].semilogy(steps, [_loss(r) for r in history], **style)
             axes[1, column].semilogy(evals, [_loss(r) for r in history], **style)
             axes[2, column].plot(evals, [100 * r["test_accuracy"] for r in history], **style)

@@ -215,7 +215,7 @@ def _range(rates: list[float], trains: list[bool]) -> dict[str, Any]:
 def sensitivity(config: dict[str, Any], results: dict, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per problem and method: the range of rates that train and the best result."""
     table = []
-    for key, result in sorted(results.items()):
+    for _, result in sorted(results.items()):
         if result["kind"] != "synthetic":
             continue
         for method in config["methods"]:

@@ -43,8 +43,9 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -307,7 +308,8 @@ def _execute(s: dict[str, Any], config: dict[str, Any], run_dir: Path) -> dict[s
 
     spec_settings = s["spectrum"]
     reference, along_name = (flow_params, "flow") if flow_params is not None else (extrapolated, "extrapolated flow")
-    along, along_name = (reference, along_name) if spec_settings["along"] == "flow" and reference is not None else (gd.params, "gd")
+    along_flow = spec_settings["along"] == "flow" and reference is not None
+    along, along_name = (reference, along_name) if along_flow else (gd.params, "gd")
     index = np.unique(np.linspace(0, len(times) - 1, spec_settings["points"]).round().astype(int))
     start = time.perf_counter()
     lows, highs = spectrum(problem.value_fn, along[index], spec_settings["lanczos_iterations"])
@@ -464,7 +466,7 @@ def plot(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir:
         if not runs:
             continue
         fig, axes = plt.subplots(3, len(runs), figsize=(4.2 * len(runs), 10), squeeze=False)
-        for column, (key, result) in enumerate(runs):
+        for column, (_, result) in enumerate(runs):
             s, curves, spec_ = result["settings"], result["curves"], result["spectrum"]
             iterations = np.asarray(curves["iteration"])
             title = f"{MODEL_LABELS[s['model']]}\nη = {s['learning_rate']:g}"

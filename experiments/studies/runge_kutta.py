@@ -132,13 +132,14 @@ def selections(config: dict[str, Any], results: dict) -> list[dict[str, Any]]:
     for experiment in config["experiments"]:
         for view in VIEWS:
             for method, rates in experiment["methods"].items():
-                candidates = []
+                candidates, rates_run = [], 0
                 for lr in rates:
                     row = _view_row(experiment, method, lr, view, results)
+                    rates_run += row is not None
                     if row is not None and row["complete"] and not row["diverged"] and _finite(row["train_loss"]):
                         candidates.append((row["train_loss"], lr, row))
                 entry = {"experiment": experiment["name"], "row": experiment.get("row", experiment["name"]),
-                         "view": view, "method": method, "rates_tried": len(rates),
+                         "view": view, "method": method, "rates_tried": len(rates), "rates_run": rates_run,
                          "rates_complete": len(candidates)}
                 if candidates:
                     _, lr, row = min(candidates, key=lambda c: c[0])
@@ -171,6 +172,8 @@ def run_table(config: dict[str, Any], results: dict) -> list[dict[str, Any]]:
 
 
 def _fmt(entry: dict[str, Any]) -> str:
+    if not entry["rates_run"]:
+        return "not run"
     if "test_accuracy" not in entry:
         return "did not train"
     return f"{100 * entry['test_accuracy']:.2f}% / {entry['test_loss']:.4g} (lr {entry['learning_rate']:g})"
@@ -193,10 +196,15 @@ def markdown(config: dict[str, Any], table: list[dict[str, Any]], results: dict)
             f"equal gradient evaluations (G = {budget(train)}): test acc / test loss |",
             "|---|---|---|",
         ]
+        missing = False
         for method in experiment["methods"]:
             cells = [next(e for e in table if e["experiment"] == experiment["name"] and e["view"] == view
                           and e["method"] == method) for view in VIEWS]
             lines.append(f"| {method} | {_fmt(cells[0])} | {_fmt(cells[1])} |")
+            missing |= not all(cell["rates_run"] for cell in cells)
+        if missing:
+            lines += ["", "*Not run*: the data set is not available on this machine, or the study stopped before "
+                          "these runs; re-running the command runs them."]
         source = experiment.get("source")
         if source:
             lines += ["", "Source (Singhal, per epoch): " + "; ".join(
@@ -219,13 +227,15 @@ def _view_history(experiment: dict[str, Any], method: str, lr: float, view: str,
 
 
 def plot(config: dict[str, Any], table: list[dict[str, Any]], results: dict, output_dir: Path) -> None:
-    """Per experiment: the equal-budget runs against gradient evaluations, the per-epoch runs against epochs."""
+    """Per experiment that ran: the equal-budget runs against gradient evaluations, the per-epoch runs against epochs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     for experiment in config["experiments"]:
+        if not any(key.startswith(experiment["name"] + "-") for key in results):
+            continue  # nothing ran: no figure
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
         for index, method in enumerate(experiment["methods"]):
             for view, panels in (("equal_evals", (0, 1)), ("per_epoch", (2,))):

@@ -16,7 +16,8 @@ about the cost of two gradients, so nothing here forms the ``n × n`` matrix:
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -16,7 +16,7 @@ bounded times, against ``O(η)`` for the flow of ``f`` itself.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -22,7 +22,8 @@ is stable on every quadratic with curvature at most ``L``. Hairer & Wanner,
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 

@@ -17,8 +17,8 @@ from flowopt.training.config import TrainConfig
 from flowopt.training.data import (
     DATASET_NAMES,
     DataIntegrityError,
-    DataUnavailableError,
     Dataset,
+    DataUnavailableError,
     iterate_batches,
     load_dataset,
     normalize,

@@ -18,7 +18,8 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from flowopt.training.config import TrainConfig, read_config_file
 from flowopt.training.data import DATASET_NAMES, DataIntegrityError, DataUnavailableError

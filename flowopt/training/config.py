@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from flowopt.training.data import DATASET_NAMES
 from flowopt.training.models import MODELS
@@ -102,7 +103,7 @@ class TrainConfig:
             raise ValueError(f"The {self.schedule} schedule needs a length: set epochs or steps.")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Build from a mapping, rejecting unknown keys."""
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - valid)
@@ -111,7 +112,7 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "TrainConfig":
+    def from_file(cls, path: str | os.PathLike) -> TrainConfig:
         """Load a ``.json``, ``.yaml`` or ``.yml`` file."""
         return cls.from_dict(read_config_file(path))
 

@@ -15,7 +15,7 @@ Two optional hooks shape the training objective (see ``loop.objective``):
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -17,7 +17,8 @@ collectively by orbax; metrics are written by process 0.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
