@@ -122,6 +122,16 @@ def test_network_probe_returns_within_its_timeout():
     assert time.perf_counter() - start < 2
 
 
+def test_network_probe_does_not_wait_for_a_hanging_resolver(monkeypatch):
+    def hang(*args, **kwargs):
+        time.sleep(10)  # a resolver that ignores the socket timeout
+
+    monkeypatch.setattr(data.socket, "create_connection", hang)
+    start = time.perf_counter()
+    assert data._network_available(timeout=0.2) is False
+    assert time.perf_counter() - start < 2
+
+
 def _write_idx(path: Path, array: np.ndarray) -> None:
     header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     with gzip.open(path, "wb") as f:

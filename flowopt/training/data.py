@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -312,20 +313,24 @@ def random_crop_flip(key: jax.Array, images: jax.Array) -> jax.Array:
 
 
 def _network_available(timeout: float = 3.0) -> bool:
-    """Whether tfds's download host answers within ``timeout`` seconds (DNS included)."""
-    def probe() -> bool:
+    """Whether tfds's download host answers within ``timeout`` seconds (DNS included).
+
+    The probe runs in a daemon thread, so a resolver that hangs past the
+    timeout delays neither this call nor the interpreter's exit.
+    """
+    answered = threading.Event()
+
+    def probe() -> None:
         try:
             with socket.create_connection(_NETWORK_PROBE, timeout=timeout):
-                return True
+                answered.set()
         except OSError:
-            return False
+            pass
 
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        future = pool.submit(probe)
-        try:
-            return future.result(timeout=timeout + 0.5)
-        except concurrent.futures.TimeoutError:
-            return False
+    thread = threading.Thread(target=probe, name="flowopt-network-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return answered.is_set()
 
 
 def _load_tfds(name: str, spec: DatasetSpec, tfds_data_dir: str | os.PathLike | None) -> Dataset:
