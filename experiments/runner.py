@@ -4,9 +4,11 @@ A study plans its runs from a configuration, executes each into its own
 directory, and summarises the finished results into CSV/JSON tables and
 figures. A run whose ``result.json`` exists is not redone, so an interrupted
 study resumes where it stopped (runs that checkpoint internally, such as
-training runs, also resume mid-run from their own directory). A run whose
-data set this machine cannot provide is skipped with a message, not
-recorded, so it runs once the data is there; the others go on.
+training runs, also resume mid-run from their own directory). Summaries read
+every result back from its file, so a fresh and a resumed study write the
+same tables. A run whose data set this machine cannot provide is skipped
+with a message, not recorded, so it runs once the data is there; the others
+go on.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def run_study(study: Study, config: dict[str, Any], output_dir: Path, progress: 
             continue
         result = {**result, "key": spec.key, "settings": spec.settings, "wall_seconds": time.perf_counter() - start}
         _write_json(done, result)
-        results[spec.key] = result
+        results[spec.key] = json.loads(done.read_text())  # as a resumed study sees it
     if skipped:
         reasons = sorted(set(skipped.values()))
         print(f"{study.name}: skipped {len(skipped)} of {len(specs)} runs, their data is unavailable here: "

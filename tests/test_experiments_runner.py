@@ -50,3 +50,20 @@ def test_run_without_its_data_is_skipped_not_recorded_and_runs_later(tmp_path, c
     assert not (tmp_path / "runs" / "lr0.2").exists()
     run_study(_study(calls), config, tmp_path, progress=False)
     assert calls == ["lr0.1", "lr0.3", "lr0.2"]
+
+
+def test_summary_sees_fresh_results_exactly_as_resumed_ones(tmp_path):
+    seen = []
+
+    def execute(spec, config, run_dir):
+        return {"zeta": (1, 2), "alpha": spec.settings["lr"]}  # unsorted keys, a tuple
+
+    def summarize(config, results, output_dir):
+        seen.append(results)
+
+    study = Study("toy", lambda config: [RunSpec("a", {"lr": 0.1})], execute, summarize)
+    run_study(study, {}, tmp_path, progress=False)
+    run_study(study, {}, tmp_path, progress=False)
+    fresh, resumed = seen
+    assert fresh == resumed and list(fresh["a"]) == list(resumed["a"])
+    assert fresh["a"]["zeta"] == [1, 2]
