@@ -49,11 +49,11 @@ def configs(size: str) -> dict:
         return dict(
             overhead=overhead.Config(
                 {"logreg": (32, 256, 1024), "mlp": (32, 128, 512), "cnn": (32, 128), "resnet20": (32,)},
-                INTEGRATORS, ("mlp", "cnn"), 7, 0.03,
+                INTEGRATORS, ("mlp", "cnn"), 9, 0.06,
             ),
             diffrax=diffrax_anchor.Config(256, 10.0, 50, 1e-4, 1e-6, diffrax_anchor.CASES, 5, 0.03),
             memory=memory.Config(("elementwise-1000000", "mlp-32"), MEMORY_METHODS),
-            scaling=scaling.Config(tuple(10**k for k in range(3, 8)), 3, "mlp", 128, STAGE_METHODS, (1, 2, 4, 8), 7, 0.03),
+            scaling=scaling.Config(tuple(10**k for k in range(3, 8)), 3, "mlp", 128, STAGE_METHODS, (1, 2, 4, 8), 9, 0.06),
             multidevice=multidevice.Config(8, "mlp", 256, 3, 3, 0.03),
             rk4_overhead=overhead.Config({"mlp": (128,), "cnn": (128,)}, ("rk4",), (), 7, 0.05),
         )  # fmt: skip

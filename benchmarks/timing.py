@@ -107,16 +107,24 @@ def interleaved(runners: dict[str, Callable[[int], float]], repeats: int, block_
     """Time each runner in alternating blocks of about ``block_seconds``; ``repeats`` blocks each.
 
     The order of the runners is rotated every round. Each runner is first
-    called twice (warm-up), then its block length is chosen from one call.
+    warmed up, then its block length is calibrated on a run long enough
+    (a tenth of a block) that the synchronisation ending it is amortised.
     """
-    counts = {}
-    for name, run in runners.items():
-        run(1)
-        single = run(1)
-        counts[name] = max(1, int(block_seconds / max(single, 1e-7)))
+    counts = {name: _steps_per_block(run, block_seconds) for name, run in runners.items()}
     samples: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     for r in range(repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
             samples[name].append(runners[name](counts[name]))
     return {name: Timing(min(s), statistics.median(s)) for name, s in samples.items()}
+
+
+def _steps_per_block(run: Callable[[int], float], block_seconds: float) -> int:
+    """Steps that fill ``block_seconds``, from growing runs until one lasts a tenth of a block."""
+    run(1)
+    steps = 1
+    while True:
+        per_step = run(steps)
+        if per_step * steps >= block_seconds / 10 or steps >= 2**20:
+            return max(1, int(block_seconds / max(per_step, 1e-9)))
+        steps *= 4
