@@ -66,35 +66,62 @@ def test_same_seed_same_numbers_bitwise(tiny_data):
     assert _without_time(runs[0].history) == _without_time(runs[1].history)
 
 
-def test_killed_run_resumes_to_bitwise_identical_parameters(tiny_data, tmp_path, monkeypatch):
-    config = _config(optimizer="heun", epochs=3, checkpoint_every=5)
-    reference = loop.train(config, tmp_path / "reference", dataset=tiny_data)
-
+def _kill_after_steps(steps, config, output, dataset, monkeypatch) -> list[dict]:
+    """Train until the step after ``steps`` raises; return the metrics rows left on disk."""
     make_step = loop.make_train_step
 
-    def killed_after_13_steps(*args, **kwargs):
+    def killed(*args, **kwargs):
         step = make_step(*args, **kwargs)
         calls = []
 
         def counting(*a):
             calls.append(None)
-            if len(calls) > 13:
+            if len(calls) > steps:
                 raise KeyboardInterrupt("killed")
             return step(*a)
 
         return counting
 
-    monkeypatch.setattr(loop, "make_train_step", killed_after_13_steps)
+    monkeypatch.setattr(loop, "make_train_step", killed)
     with pytest.raises(KeyboardInterrupt):
-        loop.train(config, tmp_path / "run", dataset=tiny_data)
+        loop.train(config, output, dataset=dataset)
     monkeypatch.setattr(loop, "make_train_step", make_step)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_killed_run_resumes_to_bitwise_identical_parameters(tiny_data, tmp_path, monkeypatch):
+    config = _config(optimizer="heun", epochs=3, checkpoint_every=5)
+    reference = loop.train(config, tmp_path / "reference", dataset=tiny_data)
+    rows = _kill_after_steps(13, config, tmp_path / "run", tiny_data, monkeypatch)
     assert [r["step"] for r in rows] == [8]
     resumed = loop.train(config, tmp_path / "run", dataset=tiny_data)
     for a, b in zip(_leaves(reference), _leaves(resumed)):
         np.testing.assert_array_equal(a, b)
     assert _without_time(resumed.history) == _without_time(reference.history)
     assert int(resumed.state.grad_evals) == int(reference.state.grad_evals) == 2 * 24
+
+
+def test_eval_every_adds_rows_without_changing_the_trajectory(tiny_data, tmp_path, monkeypatch):
+    plain = loop.train(_config(optimizer="rk4", epochs=2), dataset=tiny_data)
+    fine = loop.train(_config(optimizer="rk4", epochs=2, eval_every=3), tmp_path / "fine", dataset=tiny_data)
+    for a, b in zip(_leaves(plain), _leaves(fine)):
+        np.testing.assert_array_equal(a, b)
+    assert [r["step"] for r in fine.history] == [3, 6, 8, 9, 12, 15, 16]  # multiples of 3, and epoch ends
+    assert [r["grad_evals"] for r in fine.history] == [4 * r["step"] for r in fine.history]
+    assert [r["partial"] for r in fine.history] == [True, True, False, True, True, True, False]
+    assert fine.history[0]["epoch"] == pytest.approx(3 / 8)
+    for epoch, rows in ((0, fine.history[:3]), (1, fine.history[3:])):
+        batches = np.diff([8 * epoch] + [r["step"] for r in rows])
+        mean = sum(n * r["train_loss"] for n, r in zip(batches, rows)) / batches.sum()
+        assert mean == pytest.approx(plain.history[epoch]["train_loss"], rel=1e-6)
+        assert rows[-1]["test_loss"] == plain.history[epoch]["test_loss"]
+    # Mid-epoch rows are not checkpoints: a killed run resumes from the last epoch end and redoes the rest.
+    assert sorted(int(p.name) for p in (tmp_path / "fine" / "checkpoints").iterdir() if p.name.isdigit()) == [8, 16]
+    config = _config(optimizer="rk4", epochs=2, eval_every=3)
+    rows = _kill_after_steps(13, config, tmp_path / "killed", tiny_data, monkeypatch)
+    assert [r["step"] for r in rows] == [3, 6, 8, 9, 12]
+    resumed = loop.train(config, tmp_path / "killed", dataset=tiny_data)
+    assert _without_time(resumed.history) == _without_time(fine.history)
 
 
 def test_resume_refuses_a_different_run_and_extends_a_budget(tiny_data, tmp_path):

@@ -33,7 +33,7 @@ _FLAGS = {  # flag dest -> config key, for flags that map one to one
     "learning_rate": "learning_rate", "batch_size": "batch_size", "epochs": "epochs",
     "steps": "steps", "grad_evals": "grad_evals", "seed": "seed", "weight_decay": "weight_decay",
     "schedule": "schedule", "warmup_steps": "warmup_steps", "augment": "augment",
-    "eval_batch_size": "eval_batch_size", "eval_train": "eval_train",
+    "eval_batch_size": "eval_batch_size", "eval_train": "eval_train", "eval_every": "eval_every",
     "checkpoint_every": "checkpoint_every", "devices": "num_devices",
 }
 
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-batch-size", type=int)
     parser.add_argument("--eval-train", action="store_true", default=None,
                         help="also evaluate the full training set each epoch")
+    parser.add_argument("--eval-every", type=int, help="also evaluate and log at every multiple of N steps")
     parser.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
     parser.add_argument("--devices", type=int, help="devices to shard the batch over (default: all)")
     parser.add_argument("--model-option", action="append", type=_option, default=[], metavar="KEY=VALUE")

@@ -294,10 +294,11 @@ def train(
       A :class:`RunResult`. Divergence does not raise: it is logged, recorded in
       the metrics and reported through ``diverged`` and ``message``.
 
-    Metrics (one row per epoch, and one when a budget ends mid-epoch):
-      ``epoch`` (epochs completed, fractional after a mid-epoch stop), ``step``,
-      ``grad_evals``; ``train_loss`` and ``train_accuracy`` (means over the
-      epoch's minibatches at the pre-update parameters; the loss is the
+    Metrics (one row per epoch, one at every multiple of ``eval_every``
+      steps, and one when a budget ends mid-epoch): ``epoch`` (epochs
+      completed, fractional within an epoch), ``step``, ``grad_evals``;
+      ``train_loss`` and ``train_accuracy`` (means over the minibatches since
+      the previous row, at the pre-update parameters; the loss is the
       optimised objective, penalty and weight decay included); ``test_loss``
       and ``test_accuracy`` (data loss and accuracy in evaluation mode);
       ``full_train_loss``/``full_train_accuracy`` with ``eval_train``;
@@ -401,6 +402,8 @@ def train(
                     break
                 progress["time_s"] = time.perf_counter() - started
                 save()
+            if config.eval_every and step % config.eval_every == 0 and progress["batch"] < steps_per_epoch:
+                break  # evaluate below, then go on with the epoch from the next batch
         if diverged:
             break
         if progress["count"] == 0:
@@ -434,7 +437,8 @@ def train(
         if progress["batch"] >= steps_per_epoch:
             progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
         progress.update(loss_sum=0.0, correct=0, count=0, time_s=row["time_s"])
-        save()
+        if not row["partial"] or stop:
+            save()
     bar.close()
     if diverged:
         kept = checkpointer.latest_step() if checkpointer is not None else None
