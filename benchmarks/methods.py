@@ -52,7 +52,7 @@ FACTORIES: dict[str, tuple[Factory, Callable[[], bool]]] = {
 
 MISSING_NOTE = {
     "bosh3-adaptive": "bosh3-adaptive skipped: flowopt.adaptive.adaptive_runge_kutta is not available.",
-    "adam_flow": "adam_flow skipped: flowopt.adaptive_flow.adam_flow is not available.",
+    "adam_flow": "adam_flow skipped: flowopt.adaptive_family.adam_flow is not available.",
 }
 
 

@@ -9,7 +9,7 @@ from flowopt.adaptive import (
     minibatch_adaptive_runge_kutta,
     step_diagnostics,
 )
-from flowopt.adaptive_flow import (
+from flowopt.adaptive_family import (
     AdaptiveFlowState,
     adagrad_flow,
     adam_coefficient,
