@@ -77,7 +77,7 @@ from flowopt.explicit import oracle_calls, scaled_sum, stage_gradients
 from flowopt.guard import GuardState, flag_nonfinite_loss, guard_counts, tree_all_finite
 from flowopt.integrator import check_learning_rate, oracle_evaluations
 from flowopt.oracle import GradFn, Params, check_updates_match, resolve_oracle
-from flowopt.tableau import ButcherTableau
+from flowopt.tableau import ButcherTableau, check_tableau
 
 
 class StepSizeState(NamedTuple):
@@ -226,8 +226,7 @@ class AdaptiveStep(NamedTuple):
 
 def check_embedded(tableau: ButcherTableau) -> None:
     """Raise ``ValueError`` unless ``tableau`` is an embedded pair with error weights."""
-    if not isinstance(tableau, ButcherTableau):
-        raise ValueError(f"tableau must be a flowopt.ButcherTableau, got {type(tableau).__name__}.")
+    check_tableau(tableau)
     if not tableau.is_embedded:
         raise ValueError(
             f"tableau {tableau.name} has no error weights (b_error): adaptive steps need an "

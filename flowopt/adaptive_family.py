@@ -199,12 +199,7 @@ def adaptive_flow(
     ) -> tuple[optax.Updates, AdaptiveFlowState]:
         del extra_args
         check_updates_match(name, updates, params)
-        if calls > 0:
-            oracle = resolve_oracle(name, params, value_fn, grad_fn)
-        elif value_fn is not None and grad_fn is not None:
-            raise ValueError(f"{name}: pass either value_fn or grad_fn to update(), not both.")
-        else:
-            oracle = None
+        oracle = resolve_oracle(name, params, value_fn, grad_fn, required=calls > 0)
         s = jnp.asarray(step_size(learning_rate, state.count), state.t.dtype)
         first = state.count == 0
         start = _Moments(params, state.m, state.v)

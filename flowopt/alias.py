@@ -14,7 +14,7 @@ import optax
 from flowopt import tableaus
 from flowopt.explicit import explicit_runge_kutta
 from flowopt.integrator import as_optimizer
-from flowopt.tableau import ButcherTableau
+from flowopt.tableau import ButcherTableau, check_tableau
 
 
 def runge_kutta(
@@ -27,8 +27,7 @@ def runge_kutta(
     weight uses are skipped). Butcher (1963); Singhal, *Gradient Flow
     Optimizers* (NYU poster) for its use as an optimizer.
     """
-    if not isinstance(tableau, ButcherTableau):
-        raise ValueError(f"tableau must be a flowopt.ButcherTableau, got {type(tableau).__name__}.")
+    check_tableau(tableau)
     return as_optimizer(explicit_runge_kutta(tableau), learning_rate)
 
 

@@ -75,9 +75,10 @@ def run(dataset: str, budget: int, learning_rate: float, batch_size: int, seed: 
                 idx = rng.integers(0, x_train.shape[0], batch_size)
                 params, state = step(params, state, x_train[idx], y_train[idx])
                 evals += evals_per_step
-            curve.append(float(test_metrics(params)[0]))
+            test_loss, test_accuracy = test_metrics(params)
+            curve.append(float(test_loss))
         curves[name] = curve
-        accuracy[name] = float(test_metrics(params)[1])
+        accuracy[name] = float(test_accuracy)
     return label, checkpoints, curves, accuracy
 
 

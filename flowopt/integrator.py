@@ -106,12 +106,7 @@ def as_optimizer(
     ) -> tuple[optax.Updates, IntegratorState]:
         del extra_args
         check_updates_match(integrator.name, updates, params)
-        if integrator.needs_oracle:
-            oracle = resolve_oracle(integrator.name, params, value_fn, grad_fn)
-        elif value_fn is not None and grad_fn is not None:
-            raise ValueError(f"{integrator.name}: pass either value_fn or grad_fn to update(), not both.")
-        else:
-            oracle = None
+        oracle = resolve_oracle(integrator.name, params, value_fn, grad_fn, required=integrator.needs_oracle)
         h = step_size(learning_rate, state.count)
         increment, stage_state, calls = integrator.step(oracle, params, updates, h, state.stage_state)
         new_state = IntegratorState(

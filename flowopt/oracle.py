@@ -23,11 +23,16 @@ def resolve_oracle(
     params: Params | None,
     value_fn: Callable[[Params], jax.Array] | None,
     grad_fn: GradFn | None,
-) -> GradFn:
+    *,
+    required: bool = True,
+) -> GradFn | None:
     """Turn the ``value_fn``/``grad_fn`` keyword arguments into a checked gradient oracle.
 
+    With ``required=False`` (a method that makes no oracle calls) the result
+    is ``None``, after the same check that not both oracles are given.
+
     Raises:
-      ValueError: if both or neither oracle is given, if ``params`` is missing,
+      ValueError: if both or (when required) neither oracle is given, if ``params`` is missing,
         or (when the oracle is first called) if ``value_fn`` is not scalar or
         the oracle's output does not match the structure of ``params``.
     """
@@ -35,6 +40,8 @@ def resolve_oracle(
         raise ValueError(
             f"{method}: pass either value_fn or grad_fn to update(), not both."
         )
+    if not required:
+        return None
     if value_fn is None and grad_fn is None:
         raise ValueError(
             f"{method} evaluates the gradient at intermediate points and needs an "

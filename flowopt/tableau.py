@@ -194,6 +194,12 @@ class ButcherTableau:
         return f"ButcherTableau(name={self.name!r}, stages={self.num_stages}, order={self.order}{pair})"
 
 
+def check_tableau(tableau: object) -> None:
+    """Raise ``ValueError`` unless ``tableau`` is a :class:`ButcherTableau`."""
+    if not isinstance(tableau, ButcherTableau):
+        raise ValueError(f"tableau must be a flowopt.ButcherTableau, got {type(tableau).__name__}.")
+
+
 def _as_float_array(values: Sequence | np.ndarray, label: str) -> np.ndarray:
     array = np.array(values, dtype=np.float64)
     if not np.all(np.isfinite(array)):

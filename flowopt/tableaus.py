@@ -70,12 +70,13 @@ HEUN_EULER = ButcherTableau(
     name="heun_euler",
 )
 
+_BOSH3_B = np.array([2 / 9, 1 / 3, 4 / 9, 0.0])
 BOSH3 = ButcherTableau(
-    a=lower_triangular([[1 / 2], [0.0, 3 / 4], [2 / 9, 1 / 3, 4 / 9]]),
-    b=[2 / 9, 1 / 3, 4 / 9, 0.0],
+    a=lower_triangular([[1 / 2], [0.0, 3 / 4], list(_BOSH3_B[:3])]),
+    b=_BOSH3_B,
     c=[0.0, 1 / 2, 3 / 4, 1.0],
     order=3,
-    b_error=np.array([2 / 9, 1 / 3, 4 / 9, 0.0]) - np.array([7 / 24, 1 / 4, 1 / 3, 1 / 8]),
+    b_error=_BOSH3_B - np.array([7 / 24, 1 / 4, 1 / 3, 1 / 8]),
     embedded_order=2,
     name="bosh3",
 )

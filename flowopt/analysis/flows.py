@@ -26,9 +26,10 @@ import numpy as np
 import optax
 
 from flowopt import tableaus
-from flowopt.adaptive import PIController, StepSizeState, adaptive_step, attempt_oracle_calls
+from flowopt.adaptive import PIController, StepSizeState, adaptive_step, attempt_oracle_calls, scaled_error_norm
 from flowopt.analysis._functions import as_partial
-from flowopt.explicit import oracle_calls, scaled_sum, stage_gradients
+from flowopt.explicit import explicit_runge_kutta, oracle_calls
+from flowopt.guard import tree_all_finite
 from flowopt.oracle import GradFn, Params, resolve_oracle
 from flowopt.tableau import ButcherTableau
 
@@ -171,20 +172,15 @@ def _check_times(times: jax.Array) -> np.ndarray | jax.Array:
     return array
 
 
-def _rms_norm(tree: Params) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    total = sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
-    return jnp.sqrt(total / sum(leaf.size for leaf in leaves))
-
-
 def _initial_step(oracle: GradFn, params: Params, k1: Params, order: int, rtol, atol) -> jax.Array:
     """Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.4: a first step from two gradients."""
-    scale = jax.tree.map(lambda y: atol + rtol * jnp.abs(y), params)
-    d0 = _rms_norm(jax.tree.map(jnp.divide, params, scale))
-    d1 = _rms_norm(jax.tree.map(jnp.divide, k1, scale))
+    def norm(tree: Params) -> jax.Array:  # RMS of tree / (atol + rtol·|θ|)
+        return scaled_error_norm(tree, params, params, rtol, atol)
+
+    d0, d1 = norm(params), norm(k1)
     h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
     probe = jax.tree.map(lambda y, k: y - h0 * k, params, k1)
-    d2 = _rms_norm(jax.tree.map(lambda a, b, s: (a - b) / s, oracle(probe), k1, scale)) / h0
+    d2 = norm(jax.tree.map(jnp.subtract, oracle(probe), k1)) / h0
     largest = jnp.maximum(d1, d2)
     h1 = jnp.where(largest <= 1e-15, jnp.maximum(1e-6, 1e-3 * h0), (0.01 / largest) ** (1.0 / (order + 1)))
     return jnp.minimum(100.0 * h0, h1)
@@ -244,19 +240,20 @@ def _adaptive_solve(value_fn, grad_fn, params0, times, initial_step, *, tableau,
     zero = jnp.zeros((), jnp.int32)
     init = _Carry(params0, k1, jnp.zeros((), times.dtype), controller.init(step, times.dtype), zero, zero, evals)
     final, trajectory = jax.lax.scan(interval, init, times)
-    successful = (final.time >= times[-1]) & _all_finite(final.params)
+    successful = (final.time >= times[-1]) & tree_all_finite(final.params)
     return FlowSolution(times, trajectory, final.num_steps, final.num_rejected, final.oracle_evals, successful)
 
 
 @functools.partial(jax.jit, static_argnames=("tableau",))
 def _fixed_solve(value_fn, grad_fn, params0, times, substeps, *, tableau):
     oracle = resolve_oracle("gradient_flow", params0, value_fn, grad_fn)
-    weights = (tableau.b,)
-    calls_per_step = 1 + oracle_calls(tableau, weights)
+    integrator = explicit_runge_kutta(tableau)
 
     def step(h: jax.Array, params: Params) -> Params:
-        ks = stage_gradients(tableau, oracle, params, oracle(params), h, weights)
-        return jax.tree.map(jnp.add, params, scaled_sum(tableau.b, ks, -h))
+        increment, _, _ = integrator.step(oracle, params, oracle(params), h, ())
+        return jax.tree.map(jnp.add, params, increment)
+
+    calls_per_step = 1 + oracle_calls(tableau, (tableau.b,))
 
     def interval(carry, end):
         params, start, num_steps = carry
@@ -267,8 +264,6 @@ def _fixed_solve(value_fn, grad_fn, params0, times, substeps, *, tableau):
 
     zero = jnp.zeros((), jnp.int32)
     (final, _, num_steps), trajectory = jax.lax.scan(interval, (params0, jnp.zeros((), times.dtype), zero), times)
-    return FlowSolution(times, trajectory, num_steps, zero, num_steps * calls_per_step, _all_finite(final))
+    return FlowSolution(times, trajectory, num_steps, zero, num_steps * calls_per_step, tree_all_finite(final))
 
 
-def _all_finite(tree: Params) -> jax.Array:
-    return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))

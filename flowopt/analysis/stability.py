@@ -30,7 +30,7 @@ import numpy as np
 from flowopt import tableaus
 from flowopt.implicit import BDF_COEFFICIENTS
 from flowopt.multistep import ADAMS_BASHFORTH_COEFFICIENTS
-from flowopt.tableau import ButcherTableau
+from flowopt.tableau import ButcherTableau, check_tableau
 
 
 class LinearMultistep(NamedTuple):
@@ -95,8 +95,7 @@ def stability_polynomial(tableau: ButcherTableau) -> np.ndarray:
 
     ``(I - zA)⁻¹ = Σ_k (zA)^k`` terminates because ``A`` is nilpotent.
     """
-    if not isinstance(tableau, ButcherTableau):
-        raise ValueError(f"tableau must be a flowopt.ButcherTableau, got {type(tableau).__name__}.")
+    check_tableau(tableau)
     coefficients = [1.0]
     power = np.ones(tableau.num_stages)
     for _ in range(tableau.num_stages):
