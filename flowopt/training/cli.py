@@ -21,21 +21,18 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from flowopt.training.config import TrainConfig, read_config_file
+from flowopt.training.config import SCHEDULES, TrainConfig, read_config_file
 from flowopt.training.data import DATASET_NAMES, DataIntegrityError, DataUnavailableError
 from flowopt.training.models import MODELS
 from flowopt.training.optimizers import available_optimizers
 
 EXIT_DIVERGED = 3
 
-_FLAGS = {  # flag dest -> config key, for flags that map one to one
-    "model": "model", "dataset": "dataset", "optimizer": "optimizer",
-    "learning_rate": "learning_rate", "batch_size": "batch_size", "epochs": "epochs",
-    "steps": "steps", "grad_evals": "grad_evals", "seed": "seed", "weight_decay": "weight_decay",
-    "schedule": "schedule", "warmup_steps": "warmup_steps", "augment": "augment",
-    "eval_batch_size": "eval_batch_size", "eval_train": "eval_train", "eval_every": "eval_every",
-    "checkpoint_every": "checkpoint_every", "devices": "num_devices",
-}
+_FLAGS = (  # flags whose destination is a config key of the same name
+    "model", "dataset", "optimizer", "learning_rate", "batch_size", "epochs", "steps", "grad_evals", "seed",
+    "weight_decay", "schedule", "warmup_steps", "augment", "eval_batch_size", "eval_train", "eval_every",
+    "checkpoint_every", "num_devices",
+)
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -68,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--grad-evals", type=int, help="gradient evaluations, oracle calls included")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--weight-decay", type=float, help="L2 coefficient on kernels, added to the loss")
-    parser.add_argument("--schedule", choices=("constant", "cosine", "warmup_cosine"))
+    parser.add_argument("--schedule", choices=SCHEDULES)
     parser.add_argument("--warmup-steps", type=int)
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                         help="CIFAR crop-4 + flip (default: on for 32x32 RGB data)")
@@ -77,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also evaluate the full training set each epoch")
     parser.add_argument("--eval-every", type=int, help="also evaluate and log at every multiple of N steps")
     parser.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
-    parser.add_argument("--devices", type=int, help="devices to shard the batch over (default: all)")
+    parser.add_argument("--devices", dest="num_devices", type=int, help="devices to shard the batch over (default: all)")
     parser.add_argument("--model-option", action="append", type=_option, default=[], metavar="KEY=VALUE")
     parser.add_argument("--optimizer-option", action="append", type=_option, default=[], metavar="KEY=VALUE")
     parser.add_argument("--data-path", help="local dataset copy (IDX dir, image folder or tar archive)")
@@ -90,9 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Merge a config file (if any) with the flags given on the command line."""
     values: dict[str, Any] = read_config_file(args.config) if args.config else {}
-    for dest, key in _FLAGS.items():
-        if getattr(args, dest) is not None:
-            values[key] = getattr(args, dest)
+    for key in _FLAGS:
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
     for field, pairs in (("model_options", args.model_option), ("optimizer_options", args.optimizer_option)):
         if pairs:
             values[field] = {**values.get(field, {}), **dict(pairs)}

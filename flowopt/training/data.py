@@ -503,9 +503,7 @@ def _read_idx_dir(folder: Path) -> tuple[np.ndarray, ...]:
     files = _idx_files(folder)
     if files is None:
         raise DataUnavailableError(f"{folder} does not hold the four MNIST-layout IDX files.")
-    arrays = [parse_idx(files[stem]) for stem in files]
-    x_train, y_train, x_test, y_test = arrays
-    return x_train[..., None], y_train.astype(np.int32), x_test[..., None], y_test.astype(np.int32)
+    return tuple(parse_idx(file) for file in files.values())  # _checked adds the channel axis, casts labels
 
 
 def parse_idx(file: Path) -> np.ndarray:
@@ -699,13 +697,14 @@ def _read_cache(cache: Path, key: str, name: str, spec: DatasetSpec) -> Dataset 
         expected = meta["sha256"]
     except (ValueError, KeyError) as error:
         raise DataIntegrityError(f"Unreadable cache record {record}: {error}. {repair}") from error
-    actual = _sha256(npz)
+    raw = npz.read_bytes()
+    actual = hashlib.sha256(raw).hexdigest()
     if actual != expected:
         raise DataIntegrityError(
             f"Cache {npz} is corrupt or partial: sha256 {actual} differs from the recorded {expected}. {repair}"
         )
     try:
-        with np.load(npz) as archive:
+        with np.load(io.BytesIO(raw)) as archive:
             arrays = {k: archive[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise DataIntegrityError(f"Cache {npz} is unreadable: {error}. {repair}") from error

@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 import flowopt
+from flowopt.guard import tree_all_finite
 from flowopt.training import models, parallel
 from flowopt.training.checkpoint import Checkpointer
 from flowopt.training.config import TrainConfig, trajectory_mismatch
@@ -182,19 +183,36 @@ def evaluate(
     mesh: Mesh,
 ) -> tuple[float, float]:
     """Mean data loss and accuracy over a whole split (the last batch is padded and masked)."""
-    batch_size = min(batch_size, len(images))
-    batch_size = -(-batch_size // mesh.size) * mesh.size
-    sums = []
-    for start in range(0, len(images), batch_size):
-        x, y = images[start : start + batch_size], labels[start : start + batch_size]
-        mask = np.arange(batch_size) < len(x)
-        pad = batch_size - len(x)
-        if pad:
-            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-            y = np.concatenate([y, np.zeros(pad, y.dtype)])
-        sums.append(eval_step(state.params, state.model_state, *parallel.shard_batch((x, y, mask), mesh)))
+    return _evaluate_split(eval_step, state, _EvalSplit.build(images, labels, batch_size, mesh))
+
+
+class _EvalSplit(NamedTuple):
+    """A split cut into equal, device-sharded ``(x, y, mask)`` batches once, for repeated evaluation."""
+
+    batches: list[tuple[jax.Array, jax.Array, jax.Array]]
+    size: int
+
+    @classmethod
+    def build(cls, images: np.ndarray, labels: np.ndarray, batch_size: int, mesh: Mesh) -> _EvalSplit:
+        batch_size = min(batch_size, len(images))
+        batch_size = -(-batch_size // mesh.size) * mesh.size
+        batches = []
+        for start in range(0, len(images), batch_size):
+            x, y = images[start : start + batch_size], labels[start : start + batch_size]
+            mask = np.arange(batch_size) < len(x)
+            pad = batch_size - len(x)
+            if pad:
+                x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+                y = np.concatenate([y, np.zeros(pad, y.dtype)])
+            batches.append(parallel.shard_batch((x, y, mask), mesh))
+        return cls(batches, len(images))
+
+
+def _evaluate_split(eval_step: Callable[..., tuple[jax.Array, jax.Array]], state: RunState,
+                    split: _EvalSplit) -> tuple[float, float]:
+    sums = [eval_step(state.params, state.model_state, *batch) for batch in split.batches]
     losses, corrects = zip(*jax.device_get(sums))
-    return math.fsum(map(float, losses)) / len(images), int(sum(map(int, corrects))) / len(images)
+    return math.fsum(map(float, losses)) / split.size, int(sum(map(int, corrects))) / split.size
 
 
 def init_state(
@@ -248,12 +266,6 @@ class RunResult:
     def model(self) -> nnx.Module:
         """The trained model."""
         return nnx.merge(self.graphdef, self.state.params, self.state.model_state)
-
-
-def _all_finite(tree: Any) -> bool:
-    return bool(jax.device_get(jax.tree.reduce(
-        jnp.logical_and, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree), jnp.bool_(True)
-    )))
 
 
 def _fresh_progress() -> dict[str, Any]:
@@ -317,9 +329,10 @@ def train(
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {len(dataset.x_train)} training examples.")
     lengths = [n for n in (config.steps, config.epochs and config.epochs * steps_per_epoch) if n]
+    total_steps = min(lengths, default=None)
     schedule = None
     if tx is None:
-        schedule = learning_rate_schedule(config, min(lengths) if lengths else None)
+        schedule = learning_rate_schedule(config, total_steps)
         tx = make_optimizer(config.optimizer, schedule, **config.optimizer_options)
     model = models.create_model(
         config.model, input_shape=dataset.image_shape, num_classes=dataset.num_classes,
@@ -330,6 +343,8 @@ def train(
     graphdef, state = init_state(model, tx, config.seed, mesh)
     train_step = make_train_step(graphdef, tx, prep, config.weight_decay, mesh)
     eval_step = make_eval_step(graphdef, prep, mesh)
+    test_split = _EvalSplit.build(dataset.x_test, dataset.y_test, config.eval_batch_size, mesh)
+    train_split = None  # built at the first full-training-set evaluation
 
     progress, resume_step, checkpointer = _fresh_progress(), None, None
     out = Path(output_dir) if output_dir is not None else None
@@ -360,7 +375,7 @@ def train(
     step, evals = (int(v) for v in jax.device_get((state.step, state.grad_evals)))
     by_evals = config.grad_evals is not None
     bar = tqdm(
-        total=config.grad_evals if by_evals else (min(lengths) if lengths else None),
+        total=config.grad_evals if by_evals else total_steps,
         initial=evals if by_evals else step, unit="eval" if by_evals else "step",
         disable=not config.progress, dynamic_ncols=True,
         desc=f"{config.model}/{config.optimizer} on {dataset.label}",
@@ -397,7 +412,7 @@ def train(
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
             if config.checkpoint_every and step % config.checkpoint_every == 0:
-                if not _all_finite(state.params):
+                if not tree_all_finite(state.params):
                     diverged, message = True, f"the parameters are not finite at step {step}"
                     break
                 progress["time_s"] = time.perf_counter() - started
@@ -408,12 +423,10 @@ def train(
             break
         if progress["count"] == 0:
             break
-        if not _all_finite(state.params):
+        if not tree_all_finite(state.params):
             diverged, message = True, f"the parameters are not finite at step {step}"
             break
-        test_loss, test_accuracy = evaluate(
-            eval_step, state, dataset.x_test, dataset.y_test, config.eval_batch_size, mesh
-        )
+        test_loss, test_accuracy = _evaluate_split(eval_step, state, test_split)
         epochs_done = progress["epoch"] + progress["batch"] / steps_per_epoch
         row = {
             "epoch": _number(epochs_done),
@@ -425,9 +438,10 @@ def train(
             "test_accuracy": test_accuracy,
         }
         if config.eval_train:
-            row["full_train_loss"], row["full_train_accuracy"] = evaluate(
-                eval_step, state, dataset.x_train, dataset.y_train, config.eval_batch_size, mesh
+            train_split = train_split or _EvalSplit.build(
+                dataset.x_train, dataset.y_train, config.eval_batch_size, mesh
             )
+            row["full_train_loss"], row["full_train_accuracy"] = _evaluate_split(eval_step, state, train_split)
         if schedule is not None:
             row["learning_rate"] = float(schedule(step - 1)) if callable(schedule) else schedule
         row["partial"] = progress["batch"] < steps_per_epoch

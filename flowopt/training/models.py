@@ -334,13 +334,10 @@ def create_model(
       **kwargs: model options, e.g. ``hidden=(512,)`` for ``mlp``, ``l1=1e-3``
         for ``lasso``, ``depth=16, widen_factor=4`` for ``wide_resnet``.
     """
-    if name not in MODELS:
-        raise ValueError(f"Unknown model {name!r}; valid names: {', '.join(MODELS)}.")
-    unknown = sorted(set(kwargs) - set(_MODEL_OPTIONS[name]))
+    options = model_options(name)
+    unknown = sorted(set(kwargs) - set(options))
     if unknown:
-        raise ValueError(
-            f"Model {name!r} has no option(s) {unknown}; valid options: {list(_MODEL_OPTIONS[name]) or 'none'}."
-        )
+        raise ValueError(f"Model {name!r} has no option(s) {unknown}; valid options: {list(options) or 'none'}.")
     return MODELS[name](tuple(input_shape), num_classes, rngs=nnx.Rngs(seed), **kwargs)
 
 

@@ -67,8 +67,8 @@ def make_optimizer(name: str, learning_rate: LearningRate, **options: Any) -> op
     """
     if name in BASELINES:
         constructor = BASELINES[name]
-    elif _ordered_constructor(name) is not None:
-        constructor = _ordered_constructor(name)
+    elif (ordered := _ordered_constructor(name)) is not None:
+        constructor = ordered
     else:
         constructor = None if name.startswith("_") else getattr(flowopt, name, None)
         if not callable(constructor):
