@@ -21,7 +21,6 @@ are reported beside it: adaptive controllers that differ in small details
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -29,7 +28,8 @@ import jax.numpy as jnp
 
 from benchmarks.problems import classifier, num_params
 from benchmarks.report import Report, Row, at_most, judged
-from benchmarks.timing import clock, interleaved
+from benchmarks.timing import interleaved, timed
+from flowopt.analysis import gradient_flow
 
 # flowopt method name, diffrax solver class name, adaptive?
 CASES = (
@@ -53,22 +53,9 @@ class Config(NamedTuple):
     block_seconds: float
 
 
-def _timed(fn: Callable, arg) -> Callable[[int], float]:
-    def run(n: int) -> float:
-        now = clock()
-        start = now()
-        for _ in range(n):
-            out = fn(arg)
-        jax.block_until_ready(out)
-        return (now() - start) / n
-
-    return run
-
-
 def run(config: Config, report: Report) -> None:
     try:
         diffrax = importlib.import_module("diffrax")
-        flows = importlib.import_module("flowopt.analysis.flows")
     except ImportError as error:
         report.note(f"diffrax comparison skipped: {error}.")
         return
@@ -84,7 +71,7 @@ def run(config: Config, report: Report) -> None:
         solver = getattr(diffrax, solver_name)()
         if adaptive:
             controller = diffrax.PIDController(rtol=config.rtol, atol=config.atol, pcoeff=0.4, icoeff=0.3)
-            options = dict(rtol=config.rtol, atol=config.atol, initial_step=first_step, max_steps=100_000)
+            options = dict(rtol=config.rtol, atol=config.atol, initial_step=first_step)
             max_steps = 100_000
         else:
             controller = diffrax.ConstantStepSize()
@@ -92,7 +79,7 @@ def run(config: Config, report: Report) -> None:
             max_steps = config.fixed_steps
 
         def ours(y0, method=method, options=options):
-            solution = flows.gradient_flow(value_fn, y0, jnp.asarray([end]), method=method, **options)
+            solution = gradient_flow(value_fn, y0, jnp.asarray([end]), method=method, **options)
             return jax.tree.map(lambda x: x[-1], solution.params), solution.num_steps, solution.num_rejected
 
         def theirs(y0, solver=solver, controller=controller, max_steps=max_steps):
@@ -108,7 +95,7 @@ def run(config: Config, report: Report) -> None:
         y_theirs, steps_theirs, rejected_theirs = theirs_jit(params0)
         gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(y_ours), jax.tree.leaves(y_theirs)))
         times = interleaved(
-            {"flowopt": _timed(ours_jit, params0), "diffrax": _timed(theirs_jit, params0)},
+            {"flowopt": timed(ours_jit, params0), "diffrax": timed(theirs_jit, params0)},
             config.repeats, config.block_seconds,
         )  # fmt: skip
         mode = f"adaptive rtol={config.rtol:g} atol={config.atol:g}" if adaptive else f"{config.fixed_steps} fixed steps"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import numpy as np
 
 from benchmarks import methods
@@ -29,6 +28,7 @@ from benchmarks.problems import DESCRIPTIONS, classifier, elementwise, param_byt
 from benchmarks.report import Report, Row
 from benchmarks.timing import compile_step, train_step
 from flowopt import tableaus
+from flowopt.explicit import needed_stages
 
 TABLEAUS = {"euler": tableaus.EULER, "heun": tableaus.HEUN, "rk3": tableaus.RK3, "rk4": tableaus.RK4,
             "dopri5-fixed": tableaus.DOPRI5}  # fmt: skip
@@ -54,8 +54,6 @@ def minimum_buffers(method: str) -> int | None:
 
 
 def _runge_kutta_buffers(tableau, weights) -> int:
-    from flowopt.explicit import needed_stages
-
     needed = needed_stages(tableau, weights)
     stages = [i for i in range(tableau.num_stages) if needed[i]]
     if len(stages) == 1:
@@ -68,21 +66,24 @@ def _runge_kutta_buffers(tableau, weights) -> int:
     return peak
 
 
-def _problem(spec: str):
-    kind, size = spec.rsplit("-", 1)
-    return elementwise(int(float(size))) if kind == "elementwise" else classifier(kind, int(size))
-
-
 def run(config: Config, report: Report, compile_seconds: dict) -> None:
-    present, _ = methods.available(list(config.methods))
+    _memory(config, report)
+    _compile_times(report, compile_seconds)
+
+
+def _memory(config: Config, report: Report) -> None:
     for spec in config.problems:
-        problem = _problem(spec)
+        kind, _, number = spec.rpartition("-")  # "elementwise-<params>" or "<model>-<batch size>"
+        if kind == "elementwise":
+            problem = elementwise(int(float(number)))
+            label = problem.name
+        else:
+            problem = classifier(kind, int(number))
+            label = f"{DESCRIPTIONS[kind]}, batch {number}"
         size = param_bytes(problem.params)
-        batch = sum(x.nbytes for x in jax.tree.leaves(problem.batch))
-        model, _, batch_size = spec.rpartition("-")
-        label = problem.name if spec.startswith("elementwise") else f"{DESCRIPTIONS[model]}, batch {batch_size}"
+        batch = param_bytes(problem.batch)
         peaks = {}
-        variants = [(m, True) for m in present]
+        variants = [(m, True) for m in config.methods]
         variants += [("optax.sgd", False), ("rk4", False)] if config.donation else []
         for name, donate in variants:
             tx = methods.build(name)
@@ -107,6 +108,9 @@ def run(config: Config, report: Report, compile_seconds: dict) -> None:
                 note=f"{parts}; peak / SGD's {peak / base:.2f}; minimum live buffers {minimum}; "
                      f"measured − minimum {peak / size - minimum:+.2f}P; compile {compiled.compile_seconds:.2f} s",
             ))  # fmt: skip
+
+
+def _compile_times(report: Report, compile_seconds: dict) -> None:
     sgd_compile = {model: s for (model, name), s in compile_seconds.items() if name == "optax.sgd"}
     for (model, name), seconds in compile_seconds.items():
         if name == "optax.sgd":

@@ -38,18 +38,10 @@ class Config(NamedTuple):
 
 
 def _shardings(num_devices: int):
-    import jax
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    from flowopt.training import parallel
 
-    try:
-        from flowopt.training import parallel
-
-        mesh = parallel.data_mesh(num_devices)
-        return mesh, parallel.replicated(mesh), parallel.batch_sharded(mesh), "flowopt.training.parallel"
-    except ImportError:
-        mesh = Mesh(np.asarray(jax.devices()[:num_devices]), ("data",))
-        return mesh, NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data")), "benchmark"
+    mesh = parallel.data_mesh(num_devices)
+    return mesh, parallel.replicated(mesh), parallel.batch_sharded(mesh), "flowopt.training.parallel"
 
 
 def measure(config: Config) -> list[dict]:
@@ -59,7 +51,7 @@ def measure(config: Config) -> list[dict]:
 
     import flowopt
     from benchmarks.problems import classifier
-    from benchmarks.timing import clock, compile_step, interleaved, train_step
+    from benchmarks.timing import compile_step, interleaved, timed, train_step
 
     problem = classifier(config.model, config.batch_size)
     tx = flowopt.rk4(0.05)
@@ -79,15 +71,7 @@ def measure(config: Config) -> list[dict]:
         reference = reference or final
         scale = max(float(jnp.max(jnp.abs(r))) for r in reference)
         gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(final, reference)) / scale
-
-        def run(k: int, p=params, s=state, call=compiled.call, batch=batch) -> float:
-            now = clock()
-            start = now()
-            for _ in range(k):
-                out = call(p, s, batch)
-            jax.block_until_ready(out)
-            return (now() - start) / k
-
+        run = timed(compiled.call, params, state, batch)
         seconds = interleaved({"step": run}, config.repeats, config.block_seconds)["step"].best
         results.append({
             "devices": n, "flops": float(compiled.cost.get("flops", float("nan"))), "gap": gap,

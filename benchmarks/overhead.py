@@ -36,17 +36,13 @@ class Config(NamedTuple):
 
 def run(config: Config, report: Report) -> dict:
     """Measure and report; returns ``{(model, method): compile seconds}`` at each model's first batch."""
-    integrators, notes = methods.available(list(config.integrators))
-    adam_pair, adam_notes = methods.available(["optax.adam", "adam_flow"])
-    for note in notes + adam_notes:
-        report.note(note)
     compile_seconds = {}
     for model, batches in config.batches.items():
         for i, batch_size in enumerate(batches):
             problem = classifier(model, batch_size)
-            names = ["optax.sgd", *integrators]
-            if model in config.anchors and i == 0 and len(adam_pair) == 2:
-                names += adam_pair
+            names = ["optax.sgd", *config.integrators]
+            if model in config.anchors and i == 0:
+                names += ["optax.adam", "adam_flow"]
             runners = {name: StepRunner(methods.build(name), problem) for name in names}
             runners["A/A"] = StepRunner(methods.build("optax.sgd"), problem, runners["optax.sgd"].compiled)
             times = interleaved(runners, config.repeats, config.block_seconds)

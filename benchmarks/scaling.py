@@ -8,8 +8,8 @@
 2. Evaluations: explicit Runge–Kutta methods with 1–6 gradient evaluations
    per step on the MLP. A least-squares line ``t = α + β·evals`` in units of
    one SGD step should have ``β ≈ 1`` and ``α ≈ 0``; ``R²`` shows linearity.
-   When BDF (``flowopt.implicit``) is available, its step time against the
-   number of inner iterations is fitted the same way.
+   BDF-1's step time against the number of inner iterations is fitted the
+   same way.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 import flowopt
 from benchmarks import methods
-from benchmarks.problems import DESCRIPTIONS, classifier, elementwise
+from benchmarks.problems import DESCRIPTIONS, Problem, classifier, elementwise
 from benchmarks.report import Report, Row, at_most, judged
 from benchmarks.timing import StepRunner, interleaved
 
@@ -46,8 +46,9 @@ def _slope(x, y) -> tuple[float, float]:
 
 def run(config: Config, report: Report) -> None:
     _parameters(config, report)
-    _evaluations(config, report)
-    _bdf(config, report)
+    problem = classifier(config.stages_model, config.stages_batch)
+    _evaluations(config, report, problem)
+    _bdf(config, report, problem)
 
 
 def _parameters(config: Config, report: Report) -> None:
@@ -78,37 +79,21 @@ def _parameters(config: Config, report: Report) -> None:
         ))  # fmt: skip
 
 
-def _evaluations(config: Config, report: Report) -> None:
-    section = "4b. scaling with gradient evaluations per step"
-    problem = classifier(config.stages_model, config.stages_batch)
-    names = ["optax.sgd", *methods.available(list(config.stage_methods))[0]]
-    runners = {name: StepRunner(methods.build(name), problem) for name in names}
-    measured = interleaved(runners, config.repeats, config.block_seconds)
-    sgd = measured["optax.sgd"].best
-    evals = [methods.gradients_per_step(runners[n].state, runners[n].steps) for n in names[1:]]
-    units = [measured[n].best / sgd for n in names[1:]]
-    slope, r2 = _slope(evals, units)
-    intercept = float(np.mean(units) - slope * np.mean(evals))
-    label = f"{DESCRIPTIONS[config.stages_model]}, batch {config.stages_batch}"
-    report.add(judged(Row(
-        section=section, model=label, method=", ".join(f"{n} ({e:g})" for n, e in zip(names[1:], evals)),
-        metric="β: SGD steps per extra gradient", value=slope,
-        note=f"t = α + β·evals in SGD steps: α = {intercept:+.3f}, R² = {r2:.4f}; "
-             + ", ".join(f"{n} {u:.2f}" for n, u in zip(names[1:], units)),
-        baseline_ms=1e3 * sgd,
-    ), at_most(1.03)))  # fmt: skip
+def _evaluations(config: Config, report: Report, problem: Problem) -> None:
+    _fit_evaluations(config, report, problem, {name: methods.build(name) for name in config.stage_methods})
 
 
-def _bdf(config: Config, report: Report) -> None:
-    build = getattr(flowopt, "bdf", None)
-    if build is None or not config.bdf_inner:
-        if config.bdf_inner:
-            report.note("BDF inner-iteration scaling skipped: flowopt.bdf is not available.")
+def _bdf(config: Config, report: Report, problem: Problem) -> None:
+    if not config.bdf_inner:
         return
-    problem = classifier(config.stages_model, config.stages_batch)
     # Backward Euler (BDF-1) with a fixed inner step, so every inner iteration is one oracle call.
-    txs = {f"bdf1 inner {n}": build(1, methods.LEARNING_RATE, inner_steps=n, inner_learning_rate=methods.LEARNING_RATE)
+    txs = {f"bdf1 inner {n}": flowopt.bdf(1, methods.LEARNING_RATE, inner_steps=n, inner_learning_rate=methods.LEARNING_RATE)
            for n in config.bdf_inner}  # fmt: skip
+    _fit_evaluations(config, report, problem, txs)
+
+
+def _fit_evaluations(config: Config, report: Report, problem: Problem, txs: dict) -> None:
+    """Time ``txs`` interleaved with SGD; report the line ``t = α + β·evals`` in SGD steps."""
     runners = {"optax.sgd": StepRunner(methods.build("optax.sgd"), problem)}
     runners |= {name: StepRunner(tx, problem) for name, tx in txs.items()}
     measured = interleaved(runners, config.repeats, config.block_seconds)

@@ -70,8 +70,18 @@ def clock() -> Callable[[], float]:
     return time.process_time if jax.default_backend() == "cpu" else time.perf_counter
 
 
-def clock_name() -> str:
-    return "process CPU time" if jax.default_backend() == "cpu" else "wall time"
+def timed(fn: Callable, *args: Any) -> Callable[[int], float]:
+    """``n -> seconds per call`` of ``fn(*args)`` called ``n`` times (for :func:`interleaved`)."""
+
+    def run(n: int) -> float:
+        now = clock()
+        start = now()
+        for _ in range(n):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        return (now() - start) / n
+
+    return run
 
 
 class StepRunner:

@@ -33,7 +33,7 @@ PACKAGES = ("flowopt", "flowopt.analysis", "flowopt.training")
 
 
 class PublicObject(NamedTuple):
-    """One public name: where users reach it, the object, and whether it is a module."""
+    """One public name: where users reach it, and the object."""
 
     qualified_name: str
     obj: Any
@@ -117,8 +117,8 @@ def read_inventory(path: str | Path) -> set[str]:
     return {line.split(" ", 1)[0] for line in body.splitlines() if re.match(r"\S+ py:", line)}
 
 
-def problems(documented: set[str] | None) -> list[str]:
-    objects = public_objects()
+def problems(documented: set[str] | None, objects: list[PublicObject] | None = None) -> list[str]:
+    objects = public_objects() if objects is None else objects
     report = [f"{name}: public but has no docstring" for name in missing_docstrings(objects)]
     if documented is not None:
         report += [
@@ -147,11 +147,12 @@ def setup(app):  # Sphinx extension entry point
 
 def main(argv: list[str]) -> int:
     documented = read_inventory(argv[0]) if argv else None
-    report = problems(documented)
+    objects = public_objects()
+    report = problems(documented, objects)
     for line in report:
         print(line)
     checked = "docstrings and API pages" if argv else "docstrings"
-    print(f"{len(public_objects())} public names, {len(report)} problems ({checked})")
+    print(f"{len(objects)} public names, {len(report)} problems ({checked})")
     return 1 if report else 0
 
 
