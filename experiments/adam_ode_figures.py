@@ -22,7 +22,7 @@ Writes ``fig2_paths.csv``, ``fig3_paths.csv``, ``fig3_errors.csv``,
 from __future__ import annotations
 
 import argparse
-import csv
+from collections.abc import Iterable
 from pathlib import Path
 
 import jax
@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 import flowopt
+from experiments.tables import write_csv
 from flowopt import tableaus
 
 START = (0.5, -2.5)
@@ -116,28 +117,23 @@ def _subsample(n: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, MAX_ROWS_PER_RUN)).round().astype(int))
 
 
+def _write(path: Path, columns: list[str], rows: Iterable[tuple]) -> None:
+    write_csv(path, (dict(zip(columns, _row(*row))) for row in rows))
+
+
 def write_csvs(output: Path, fig2: dict, fig3_paths: dict, fig3_errors: dict) -> list[list]:
-    with open(output / "fig2_paths.csv", "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["method", "step", "x", "y", "loss", "grad_x", "grad_y", "sqrt_v_x", "sqrt_v_y"])
-        for method, result in fig2.items():
-            for k in _subsample(len(result["theta"]) - 1):
-                theta, grad, v = result["theta"][k], result["grad"][k], result["v"][k]
-                writer.writerow(_row(method, k, *theta, result["loss"][k], *grad, *np.sqrt(v)))
-    with open(output / "fig3_paths.csv", "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["mode", "learning_rate", "step", "time", "x", "y"])
-        for mode, by_rate in fig3_paths.items():
-            for s, path in by_rate.items():
-                for k in _subsample(len(path)):
-                    writer.writerow(_row(mode, s, k, k * s, *path[k]))
-    with open(output / "fig3_errors.csv", "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["mode", "learning_rate", "step", "time", "error"])
-        for mode, by_rate in fig3_errors.items():
-            for s, error in by_rate.items():
-                for k in _subsample(len(error)):
-                    writer.writerow(_row(mode, s, k, k * s, error[k]))
+    _write(output / "fig2_paths.csv", ["method", "step", "x", "y", "loss", "grad_x", "grad_y", "sqrt_v_x", "sqrt_v_y"], (
+        (method, k, *result["theta"][k], result["loss"][k], *result["grad"][k], *np.sqrt(result["v"][k]))
+        for method, result in fig2.items() for k in _subsample(len(result["theta"]) - 1)
+    ))  # fmt: skip
+    _write(output / "fig3_paths.csv", ["mode", "learning_rate", "step", "time", "x", "y"], (
+        (mode, s, k, k * s, *path[k])
+        for mode, by_rate in fig3_paths.items() for s, path in by_rate.items() for k in _subsample(len(path))
+    ))  # fmt: skip
+    _write(output / "fig3_errors.csv", ["mode", "learning_rate", "step", "time", "error"], (
+        (mode, s, k, k * s, error[k])
+        for mode, by_rate in fig3_errors.items() for s, error in by_rate.items() for k in _subsample(len(error))
+    ))  # fmt: skip
     rates = np.array(FIG3_RATES)
     ode_errors = np.array([fig3_errors["fixed_ode"][s].max() for s in FIG3_RATES])
     summary = [
@@ -149,10 +145,7 @@ def write_csvs(output: Path, fig2: dict, fig3_paths: dict, fig3_errors: dict) ->
         *[[f"fig3 fixed ode max error s={s}", e] for s, e in zip(FIG3_RATES, ode_errors)],
         ["fig3 fixed ode error order (log-log slope)", float(np.polyfit(np.log(rates), np.log(ode_errors), 1)[0])],
     ]
-    with open(output / "summary.csv", "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["quantity", "value"])
-        writer.writerows(_row(*row) for row in summary)
+    _write(output / "summary.csv", ["quantity", "value"], summary)
     return summary
 
 
@@ -167,7 +160,7 @@ def plot(output: Path, fig2: dict, fig3_paths: dict, fig3_errors: dict) -> None:
     levels = np.logspace(-3, 2.5, 14)
 
     def contours(ax):
-        ax.contour(xx, yy, (xx + yy) ** 4 + (xx / 2 - yy / 2) ** 4, levels=levels, colors="0.8", linewidths=0.7)
+        ax.contour(xx, yy, quartic(np.stack([xx, yy])), levels=levels, colors="0.8", linewidths=0.7)
         ax.set_xlabel("x")
         ax.set_ylabel("y")
         ax.set_aspect("equal")

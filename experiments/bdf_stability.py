@@ -17,14 +17,16 @@ best rate, the median over the range) and ``bdf_stability.png``::
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import flowopt
 from experiments.tables import write_csv
@@ -87,6 +89,21 @@ METHODS: dict[str, Callable] = {
 }
 
 
+def rate_grid(min_rate: float, max_rate: float, per_decade: int) -> np.ndarray:
+    """Log-spaced learning rates × L from ``min_rate`` to ``max_rate``, ``per_decade`` per decade."""
+    count = round(math.log10(max_rate / min_rate) * per_decade) + 1
+    return np.logspace(math.log10(min_rate), math.log10(max_rate), count)
+
+
+def advance(
+    problem: Problem, tx: optax.GradientTransformation, gap0: float, x: jax.Array, state: Any
+) -> tuple[jax.Array, Any, jax.Array]:
+    """One optimizer step on ``problem`` (its oracle is the exact loss): new iterate, state, relative gap."""
+    updates, state = tx.update(jax.grad(problem.loss)(x), state, x, value_fn=problem.loss)
+    x = x + updates
+    return x, state, (problem.loss(x) - problem.minimum) / gap0
+
+
 def make_run(problem: Problem, constructor: Callable, target: float, budget: int):
     """A jitted ``learning_rate -> (reached, gradient evaluations, relative gap)``.
 
@@ -110,9 +127,8 @@ def make_run(problem: Problem, constructor: Callable, target: float, budget: int
 
         def step(carry):
             x, state, steps, _ = carry
-            updates, state = tx.update(jax.grad(problem.loss)(x), state, x, value_fn=problem.loss)
-            x = x + updates
-            return x, state, steps + 1, (problem.loss(x) - problem.minimum) / gap0
+            x, state, gap = advance(problem, tx, gap0, x, state)
+            return x, state, steps + 1, gap
 
         carry = (x0, tx.init(x0), jnp.zeros([], jnp.int32), jnp.ones([], x0.dtype))
         _, state, steps, gap = jax.lax.while_loop(keep_going, step, carry)
@@ -204,8 +220,7 @@ def main(argv: list[str] | None = None) -> None:
 
     jax.config.update("jax_enable_x64", True)
     problems = [quadratic(1e2), quadratic(1e4), quadratic(1e6), logistic_regression()]
-    decades = np.log10(args.max_rate / args.min_rate)
-    rates = np.logspace(np.log10(args.min_rate), np.log10(args.max_rate), round(decades * args.rates_per_decade) + 1)
+    rates = rate_grid(args.min_rate, args.max_rate, args.rates_per_decade)
     rows = measure(problems, METHODS, rates, args.target, args.budget)
     summary = summarise(rows, METHODS, problems)
     args.output_dir.mkdir(parents=True, exist_ok=True)

@@ -77,15 +77,15 @@ def main(argv: list[str] | None = None) -> None:
         steps, stride = int(round(args.horizon / eta)), int(round(eta / finest))
         iterates = analysis.optimizer_trajectory(optax.sgd(eta), loss, params0, steps)
         on_grid = lambda tree: jax.tree.map(lambda x: x[::stride], tree)
-        distance = np.asarray(analysis.trajectory_distance(iterates, on_grid(flow.params)))
+        flow_on_grid = on_grid(flow.params)
+        step_times = analysis.step_times(eta, steps)
+        distance = np.asarray(analysis.trajectory_distance(iterates, flow_on_grid))
         modified = analysis.gradient_flow(analysis.modified_value_fn(loss, eta), params0, times, rtol=1e-9, atol=1e-11)
         distance_modified = np.asarray(analysis.trajectory_distance(iterates, on_grid(modified.params)))
-        cheap = analysis.gradient_flow(
-            loss, params0, analysis.step_times(eta, steps), method="gd", substeps=args.refinement
-        )
-        cheap_error = np.asarray(analysis.trajectory_distance(cheap.params, on_grid(flow.params)))
+        cheap = analysis.gradient_flow(loss, params0, step_times, method="gd", substeps=args.refinement)
+        cheap_error = np.asarray(analysis.trajectory_distance(cheap.params, flow_on_grid))
         bound = analysis.gd_error_bound(spectrum_times, spectrum.lambda_min, eta)
-        step_times = np.asarray(analysis.step_times(eta, steps))
+        step_times = np.asarray(step_times)
         for t, d, dm, b, integral in zip(
             spectrum_times,
             np.interp(spectrum_times, step_times, distance),

@@ -8,6 +8,7 @@ import pytest
 
 from experiments.runner import Study, load_config, run_study
 from experiments.studies import continuous_vs_discrete as cvd
+from flowopt.training import load_dataset
 from flowopt.training.checkpoint import Checkpointer
 
 
@@ -26,7 +27,7 @@ def _rows(path):
 
 def test_training_subset_is_every_stride_th_of_the_pool():
     images, labels, label, _ = cvd.training_subset("synthetic_mnist", 1000, 10)
-    full = cvd.load_dataset("synthetic_mnist")
+    full = load_dataset("synthetic_mnist")
     assert images.shape[0] == labels.shape[0] == 100
     np.testing.assert_array_equal(images, full.x_train[:1000:10])
     assert "every 10th of the first 1000" in label

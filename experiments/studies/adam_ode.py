@@ -38,14 +38,12 @@ import jax
 import flowopt
 from experiments import adam_ode_figures
 from experiments.runner import RunSpec, Study
-from experiments.studies.training_runs import get_dataset
+from experiments.studies.training_runs import grads_per_step, row_at_grad_evals, steps_per_epoch, train_run
 from experiments.tables import write_csv
 from flowopt import tableaus
-from flowopt.training.config import TrainConfig
-from flowopt.training.loop import train
 
 INTEGRATORS = {"euler": None, "heun": tableaus.HEUN, "rk4": tableaus.RK4}
-GRADS_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4}
+GRADS_PER_STEP = {integrator: grads_per_step(integrator) for integrator in INTEGRATORS}
 FIGURES_KEY = "figures"
 VIEWS = ("per_step", "equal_evals")
 
@@ -64,15 +62,9 @@ def optimizer(integrator: str, learning_rate: float, config: dict[str, Any]):
     )
 
 
-def steps_per_epoch(config: dict[str, Any]) -> int:
-    train_settings = config["train"]
-    dataset = get_dataset(train_settings["dataset"], train_settings.get("train_subset"), train_settings.get("test_subset"))
-    return len(dataset.x_train) // train_settings["batch_size"]
-
-
 def budget(config: dict[str, Any]) -> int:
     """``G``: the gradient evaluations the Euler scheme (Adam) spends in ``epochs`` epochs."""
-    return config["train"]["epochs"] * steps_per_epoch(config)
+    return config["train"]["epochs"] * steps_per_epoch(config["train"])
 
 
 def plan(config: dict[str, Any]) -> list[RunSpec]:
@@ -104,19 +96,12 @@ def execute(spec: RunSpec, config: dict[str, Any], run_dir: Path) -> dict[str, A
     if spec.settings["kind"] == "figures":
         return _figures(run_dir)
     integrator, lr = spec.settings["integrator"], spec.settings["learning_rate"]
-    settings = dict(config["train"])
-    dataset = get_dataset(settings.pop("dataset"), settings.pop("train_subset", None), settings.pop("test_subset", None))
-    train_config = TrainConfig.from_dict({
-        **settings, "dataset": dataset.name, "optimizer": "adam_flow", "learning_rate": lr,
+    settings = {
+        **config["train"], "optimizer": "adam_flow", "learning_rate": lr, "seed": config.get("seed", 0),
         "optimizer_options": {"integrator": integrator, "b1": config.get("b1", 0.9), "b2": config.get("b2", 0.999),
                               "eps": config.get("eps", 1e-8)},
-        "seed": config.get("seed", 0), "progress": False,
-    })
-    result = train(train_config, run_dir, dataset=dataset, tx=optimizer(integrator, lr, config))
-    return {
-        "kind": "train", "history": [row for row in result.history if not row.get("diverged")],
-        "diverged": result.diverged, "message": result.message, "dataset": result.dataset_label,
     }
+    return {"kind": "train", **train_run(settings, run_dir, tx=optimizer(integrator, lr, config))}
 
 
 # --------------------------------------------------------------------------- summaries
@@ -133,8 +118,7 @@ def view_row(config: dict[str, Any], result: dict[str, Any], view: str) -> dict[
     if view == "per_step":
         row = history[-1] if history else None
         return row if row is not None and row["epoch"] == config["train"]["epochs"] else None
-    target = budget(config)
-    return next((row for row in history if row["grad_evals"] == target), None)
+    return row_at_grad_evals(history, budget(config))
 
 
 def table(config: dict[str, Any], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -209,7 +193,7 @@ def plot(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir:
 
     rates = config["learning_rates"]
     fig, axes = plt.subplots(3, len(rates), figsize=(4.8 * len(rates), 10), squeeze=False)
-    per_epoch = steps_per_epoch(config)
+    per_epoch = steps_per_epoch(config["train"])
     for column, lr in enumerate(rates):
         for color, integrator in enumerate(config["integrators"]):
             result = results.get(_key(integrator, lr))

@@ -61,14 +61,16 @@ def optimizer_options(method: str, inner_steps: int) -> dict[str, Any]:
 def constructor(method: str, inner_steps: int):
     """``learning_rate -> optimizer`` for a method label."""
     name, options = optimizer_name(method), optimizer_options(method, inner_steps)
-    return lambda lr: make_optimizer(name, lr, **(options or {}))
+    return lambda lr: make_optimizer(name, lr, **options)
+
+
+def _key(problem: str, method: str, lr: float) -> str:
+    return f"{problem}-{method}-lr{lr:g}"
 
 
 def rate_grid(spec: dict[str, Any]) -> np.ndarray:
     """Log-spaced ``h·L`` from ``min_rate`` to ``max_rate``, ``rates_per_decade`` per decade."""
-    decades = math.log10(spec["max_rate"] / spec["min_rate"])
-    count = round(decades * spec["rates_per_decade"]) + 1
-    return np.logspace(math.log10(spec["min_rate"]), math.log10(spec["max_rate"]), count)
+    return bdf_stability.rate_grid(spec["min_rate"], spec["max_rate"], spec["rates_per_decade"])
 
 
 def synthetic_problem(name: str, spec: dict[str, Any]) -> bdf_stability.Problem:
@@ -91,10 +93,9 @@ def loss_curve(problem: bdf_stability.Problem, make, cost: int, budget: int):
 
         def step(carry, _):
             x, state, steps = carry
-            updates, state = tx.update(jax.grad(problem.loss)(x), state, x, value_fn=problem.loss)
-            x = x + updates
+            x, state, gap = bdf_stability.advance(problem, tx, gap0, x, state)
             evals = flowopt.oracle_evaluations(state) + steps + 1
-            return (x, state, steps + 1), (evals, (problem.loss(x) - problem.minimum) / gap0)
+            return (x, state, steps + 1), (evals, gap)
 
         carry = (x0, tx.init(x0), jnp.zeros([], jnp.int32))
         _, (evals, gaps) = jax.lax.scan(step, carry, None, length=budget // cost)
@@ -162,7 +163,7 @@ def plan(config: dict[str, Any]) -> list[RunSpec]:
                     "optimizer_options": optimizer_options(method, config["inner_steps"]),
                     "kind": "mnist", "problem": problem["name"], "method": method,
                 }
-                specs.append(RunSpec(f"{problem['name']}-{method}-lr{lr:g}", settings))
+                specs.append(RunSpec(_key(problem["name"], method, lr), settings))
     return specs
 
 
@@ -189,7 +190,7 @@ def mnist_rows(config: dict[str, Any], results: dict) -> list[dict[str, Any]]:
     for problem in config.get("mnist", []):
         for method in problem_methods(config, problem):
             for lr in problem["rates"]:
-                result = results.get(f"{problem['name']}-{method}-lr{lr:g}")
+                result = results.get(_key(problem["name"], method, lr))
                 if result is None:
                     continue
                 loss, final = _final_loss(result), result["final"] or {}
@@ -335,7 +336,7 @@ def plot(config: dict[str, Any], results: dict, runs: list[dict[str, Any]], outp
                 finished = [r for r in rows if r["final_train_loss"] is not None]
                 if finished:
                     best = min(finished, key=lambda r: r["final_train_loss"])
-                    history = results[f"{problem['name']}-{method}-lr{best['learning_rate']:g}"]["history"]
+                    history = results[_key(problem["name"], method, best["learning_rate"])]["history"]
                     bottom.plot([h["grad_evals"] for h in history],
                                 [h.get("full_train_loss", h["train_loss"]) for h in history], marker="o", ms=3,
                                 color=colors[method], label=f"{method} (lr {best['learning_rate']:g})")

@@ -55,10 +55,11 @@ from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
 from experiments.runner import RunSpec, Study
+from experiments.studies.training_runs import get_dataset
 from experiments.tables import write_csv
 from flowopt import analysis
 from flowopt.training.checkpoint import Checkpointer
-from flowopt.training.data import load_dataset, normalize
+from flowopt.training.data import normalize
 from flowopt.training.loop import make_objective
 from flowopt.training.models import create_model
 
@@ -93,7 +94,7 @@ class Trajectory(NamedTuple):
 
 def training_subset(dataset: str, pool: int, stride: int) -> tuple[np.ndarray, np.ndarray, str, tuple]:
     """Every ``stride``-th of the first ``pool`` training examples, with its label and normalisation."""
-    data = load_dataset(dataset)
+    data = get_dataset(dataset)
     if pool > len(data.x_train):
         raise ValueError(f"pool {pool} exceeds the {len(data.x_train)} training examples of {dataset}.")
     images, labels = data.x_train[:pool:stride], data.y_train[:pool:stride]
@@ -226,16 +227,6 @@ def extrapolated_flow(coarse: tuple[int, np.ndarray], fine: tuple[int, np.ndarra
     return (r2 * theta2 - r1 * theta1) / (r2 - r1)
 
 
-def spectrum(value_fn: Callable, points: np.ndarray, lanczos_iterations: int) -> tuple[list[float], list[float]]:
-    """``(λ_min, λ_max)`` of the Hessian at each row of ``points`` (Lanczos, fixed start vector)."""
-    lows, highs = [], []
-    for theta in points:
-        low, high = analysis.extreme_eigenvalues(value_fn, jnp.asarray(theta), lanczos_iterations)
-        lows.append(float(low))
-        highs.append(float(high))
-    return lows, highs
-
-
 def _distance(a: np.ndarray, b: np.ndarray) -> list[float]:
     return np.linalg.norm(a.astype(np.float64) - b, axis=1).tolist()
 
@@ -312,7 +303,8 @@ def _execute(s: dict[str, Any], config: dict[str, Any], run_dir: Path) -> dict[s
     along, along_name = (reference, along_name) if along_flow else (gd.params, "gd")
     index = np.unique(np.linspace(0, len(times) - 1, spec_settings["points"]).round().astype(int))
     start = time.perf_counter()
-    lows, highs = spectrum(problem.value_fn, along[index], spec_settings["lanczos_iterations"])
+    extremes = analysis.spectrum_along(problem.value_fn, jnp.asarray(along[index]), spec_settings["lanczos_iterations"])
+    lows, highs = extremes.lambda_min.tolist(), extremes.lambda_max.tolist()
     seconds["spectrum"] = time.perf_counter() - start
     bound = analysis.gd_error_bound(jnp.asarray(times[index]), jnp.asarray(lows), lr)
     return {

@@ -36,29 +36,18 @@ from typing import Any
 
 from experiments.runner import RunSpec, Study
 from experiments.studies.training_runs import (
-    get_dataset,
     grads_per_step,
     row_at_grad_evals,
+    steps_per_epoch,
     train_run,
 )
 from experiments.tables import write_csv
-from flowopt.training.data import SPECS
 
 VIEWS = ("per_epoch", "equal_evals")
 
 
 def _key(experiment: str, method: str, lr: float, kind: str) -> str:
     return f"{experiment}-{method}-lr{lr:g}-{kind}"
-
-
-def steps_per_epoch(train: dict[str, Any]) -> int:
-    """Full minibatches per epoch of an experiment's training set (named datasets are not loaded)."""
-    if train["dataset"] in SPECS:
-        size = SPECS[train["dataset"]].num_train
-    else:
-        size = len(get_dataset(train["dataset"]).x_train)
-    size = min(size, train.get("train_subset") or size)
-    return size // train["batch_size"]
 
 
 def budget(train: dict[str, Any]) -> int:
@@ -71,6 +60,17 @@ def _reads_prefix(train: dict[str, Any], cost: int) -> bool:
     return train.get("schedule", "constant") == "constant" and train["epochs"] % cost == 0
 
 
+def _separate(train: dict[str, Any], cost: int) -> bool:
+    """Whether an s-stage method's equal-budget result needs its own run (not a prefix of the per-epoch run)."""
+    return cost > 1 and not _reads_prefix(train, cost)
+
+
+def _view_result(experiment: dict[str, Any], method: str, lr: float, view: str, results: dict) -> dict | None:
+    """The run behind one method, rate and view, if it has finished."""
+    separate = view == "equal_evals" and _separate(experiment["train"], grads_per_step(method))
+    return results.get(_key(experiment["name"], method, lr, "evals" if separate else "epochs"))
+
+
 def plan(config: dict[str, Any]) -> list[RunSpec]:
     """Equal-budget runs of every method first (the fair comparison), then the per-epoch runs."""
     equal, per_epoch = [], []
@@ -81,7 +81,7 @@ def plan(config: dict[str, Any]) -> list[RunSpec]:
             for lr in rates:
                 settings = {**train, "optimizer": method, "learning_rate": lr, "experiment": name}
                 epochs_run = RunSpec(_key(name, method, lr, "epochs"), settings)
-                if cost == 1 or _reads_prefix(train, cost):
+                if not _separate(train, cost):
                     (equal if cost == 1 else per_epoch).append(epochs_run)
                     continue
                 g = budget(train)
@@ -100,18 +100,14 @@ def execute(spec: RunSpec, config: dict[str, Any], run_dir: Path) -> dict[str, A
 
 def _view_row(experiment: dict[str, Any], method: str, lr: float, view: str, results: dict) -> dict | None:
     """The metrics row of one method and rate in one view, or None if it is missing or diverged."""
-    train, name = experiment["train"], experiment["name"]
-    cost = grads_per_step(method)
-    if view == "per_epoch" or cost == 1 or _reads_prefix(train, cost):
-        result = results.get(_key(name, method, lr, "epochs"))
-    else:
-        result = results.get(_key(name, method, lr, "evals"))
+    train, cost = experiment["train"], grads_per_step(method)
+    result = _view_result(experiment, method, lr, view, results)
     if result is None or not result["history"]:
         return None
     if view == "per_epoch":
         row = result["history"][-1]
         complete = row["epoch"] == train["epochs"]
-    elif cost > 1 and _reads_prefix(train, cost):
+    elif cost > 1 and not _separate(train, cost):
         row = row_at_grad_evals(result["history"], budget(train))
         complete = row is not None
     else:
@@ -215,15 +211,12 @@ def markdown(config: dict[str, Any], table: list[dict[str, Any]], results: dict)
 
 def _view_history(experiment: dict[str, Any], method: str, lr: float, view: str, results: dict) -> list[dict]:
     """The metrics rows behind one view: the per-epoch run, or the equal-budget run up to ``G``."""
-    train, name = experiment["train"], experiment["name"]
-    cost = grads_per_step(method)
-    separate = view == "equal_evals" and cost > 1 and not _reads_prefix(train, cost)
-    result = results.get(_key(name, method, lr, "evals" if separate else "epochs"))
+    result = _view_result(experiment, method, lr, view, results)
     if result is None:
         return []
     if view == "per_epoch":
         return result["history"]
-    return [row for row in result["history"] if row["grad_evals"] <= budget(train)]
+    return [row for row in result["history"] if row["grad_evals"] <= budget(experiment["train"])]
 
 
 def plot(config: dict[str, Any], table: list[dict[str, Any]], results: dict, output_dir: Path) -> None:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optax
 
 from flowopt.training.config import TrainConfig
-from flowopt.training.data import Dataset, load_dataset
+from flowopt.training.data import SPECS, Dataset, load_dataset
 from flowopt.training.loop import train
 
 # Gradient evaluations per step of each optimizer the studies name (fixed-step methods only).
@@ -69,11 +70,22 @@ def get_dataset(name: str, train_subset: int | None = None, test_subset: int | N
     )
 
 
-def train_run(settings: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def steps_per_epoch(train: dict[str, Any]) -> int:
+    """Full minibatches per epoch of a run's training set (named datasets are not loaded)."""
+    if train["dataset"] in SPECS:
+        size = SPECS[train["dataset"]].num_train
+    else:
+        size = len(get_dataset(train["dataset"]).x_train)
+    size = min(size, train.get("train_subset") or size)
+    return size // train["batch_size"]
+
+
+def train_run(settings: dict[str, Any], run_dir: Path, tx: optax.GradientTransformation | None = None) -> dict[str, Any]:
     """Train one run described by ``settings`` in ``run_dir``; return its metrics.
 
     ``settings`` holds TrainConfig fields plus ``dataset`` (a name),
-    ``train_subset``/``test_subset`` and ``optimizer_options``. Returns
+    ``train_subset``/``test_subset`` and ``optimizer_options``; ``tx``, if
+    given, replaces the optimizer that ``settings["optimizer"]`` names. Returns
     ``{"history": [...], "final": last row, "diverged", "message", "dataset"}``.
     """
     dataset = get_dataset(settings["dataset"], settings.get("train_subset"), settings.get("test_subset"))
@@ -81,7 +93,7 @@ def train_run(settings: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     options = dict(settings.get("optimizer_options") or {})
     config = TrainConfig.from_dict({**values, "dataset": settings["dataset"], "optimizer_options": options,
                                     "progress": False})
-    result = train(config, os.fspath(run_dir), dataset=dataset)
+    result = train(config, os.fspath(run_dir), dataset=dataset, tx=tx)
     history = [row for row in result.history if not row.get("diverged")]
     return {
         "history": history,
