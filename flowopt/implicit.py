@@ -305,8 +305,8 @@ def implicit_bdf(
         return solution.params, solution.curvature, solution.residual, solution.calls
 
     def extrapolated_backward_euler(oracle, params, k1, h, curvature):
-        total, calls, residual = None, jnp.zeros([], jnp.int32), jnp.zeros([], curvature.dtype)
-        for substeps, weight in enumerate(weights, start=1):
+        ends, calls, residual = [], jnp.zeros([], jnp.int32), jnp.zeros([], curvature.dtype)
+        for substeps in range(1, len(weights) + 1):
 
             def substep(_, carry, substeps=substeps):
                 y, gy, estimate, _, count = carry
@@ -316,8 +316,8 @@ def implicit_bdf(
             y, _, curvature, residual, calls = jax.lax.fori_loop(
                 0, substeps, substep, (params, k1, curvature, residual, calls)
             )
-            total = weighted_sum([weight], [y]) if total is None else weighted_sum([1.0, weight], [total, y])
-        return total, curvature, residual, calls
+            ends.append(y)
+        return weighted_sum(weights, ends), curvature, residual, calls
 
     def step(oracle: GradFn, params: Params, k1: Params, h: jax.Array, state: BDFState):
         points = (params,) + state.history
@@ -336,7 +336,7 @@ def implicit_bdf(
             new, curvature, residual, calls = bdf(oracle, points, k1, h, curvature, a_row, jnp.asarray(betas)[row])
         increment = jax.tree.map(jnp.subtract, new, params)
         new_state = BDFState(
-            history=((params,) + state.history)[: order - 1],
+            history=points[: order - 1],
             filled=jnp.minimum(state.filled + 1, order - 1),
             curvature=curvature,
             inner_residual=residual,
