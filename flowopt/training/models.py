@@ -14,6 +14,7 @@ Two optional hooks shape the training objective (see ``loop.objective``):
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 
@@ -275,50 +276,44 @@ class WideResNet(nnx.Module):
         return self.head(jnp.mean(x, axis=(1, 2)))
 
 
-def _fc(hidden: Sequence[int], activation: str | None, use_bias: bool) -> Callable[..., nnx.Module]:
+def _options(cls: type) -> tuple[str, ...]:
+    """The keyword-only options of a model class (``rngs`` aside)."""
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return tuple(p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.name != "rngs")
+
+
+def _builder(cls: type, *, flat: bool, **defaults) -> Callable[..., nnx.Module]:
+    """``(input_shape, num_classes, *, rngs, **options) -> cls(...)``.
+
+    Flat models get the input size ``H·W·C``, image models the channel count
+    ``C`` (and ``image_size = H`` when they take one).
+    """
+
     def build(input_shape, num_classes, *, rngs, **kwargs):
-        kwargs = {"hidden": hidden, "activation": activation, "use_bias": use_bias, **kwargs}
-        return FullyConnected(math.prod(input_shape), num_classes, rngs=rngs, **kwargs)
-    return build
-
-
-def _flat(cls: type) -> Callable[..., nnx.Module]:
-    def build(input_shape, num_classes, *, rngs, **kwargs):
-        return cls(math.prod(input_shape), num_classes, rngs=rngs, **kwargs)
-    return build
-
-
-def _image(cls: type, **defaults) -> Callable[..., nnx.Module]:
-    def build(input_shape, num_classes, *, rngs, **kwargs):
-        if cls in (BiasFreeConvNet, LeNet5):
+        kwargs = {**defaults, **kwargs}
+        if "image_size" in build.options:
             kwargs.setdefault("image_size", input_shape[0])
-        return cls(input_shape[-1], num_classes, rngs=rngs, **{**defaults, **kwargs})
+        first = math.prod(input_shape) if flat else input_shape[-1]
+        return cls(first, num_classes, rngs=rngs, **kwargs)
+
+    build.options = _options(cls)
     return build
 
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
-    "logistic_regression": _flat(LogisticRegression),
-    "lasso": _flat(Lasso),
-    "mlp": _fc((256, 256), "relu", True),
-    "deep_linear": _fc((50, 50), None, False),
-    "relu_fc": _fc((50, 50), "relu", False),
-    "bias_free_cnn": _image(BiasFreeConvNet),
-    "lenet5": _image(LeNet5),
-    "resnet18": _image(ResNet, stage_sizes=(2, 2, 2, 2), widths=(64, 128, 256, 512)),
-    "resnet20": _image(ResNet, stage_sizes=(3, 3, 3), widths=(16, 32, 64), shortcut="pad"),
-    "wide_resnet": _image(WideResNet),
+    "logistic_regression": _builder(LogisticRegression, flat=True),
+    "lasso": _builder(Lasso, flat=True),
+    "mlp": _builder(FullyConnected, flat=True, hidden=(256, 256), activation="relu", use_bias=True),
+    "deep_linear": _builder(FullyConnected, flat=True, hidden=(50, 50), activation=None, use_bias=False),
+    "relu_fc": _builder(FullyConnected, flat=True, hidden=(50, 50), activation="relu", use_bias=False),
+    "bias_free_cnn": _builder(BiasFreeConvNet, flat=False),
+    "lenet5": _builder(LeNet5, flat=False),
+    "resnet18": _builder(ResNet, flat=False, stage_sizes=(2, 2, 2, 2), widths=(64, 128, 256, 512)),
+    "resnet20": _builder(ResNet, flat=False, stage_sizes=(3, 3, 3), widths=(16, 32, 64), shortcut="pad"),
+    "wide_resnet": _builder(WideResNet, flat=False),
 }
 """Model names for :func:`create_model`. ``deep_linear`` and ``relu_fc`` are the
 bias-free 784-50-50-10 nets; ``mlp`` is 784-256-256-10 with biases."""
-
-_MODEL_OPTIONS = {
-    "logistic_regression": (), "lasso": ("l1",),
-    "mlp": ("hidden", "activation", "use_bias"), "deep_linear": ("hidden", "activation", "use_bias"),
-    "relu_fc": ("hidden", "activation", "use_bias"),
-    "bias_free_cnn": ("image_size",), "lenet5": ("image_size",),
-    "resnet18": ("stage_sizes", "widths", "shortcut"), "resnet20": ("stage_sizes", "widths", "shortcut"),
-    "wide_resnet": ("depth", "widen_factor", "dropout_rate"),
-}
 
 
 def create_model(
@@ -345,7 +340,7 @@ def model_options(name: str) -> tuple[str, ...]:
     """The keyword options :func:`create_model` accepts for model ``name``."""
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}; valid names: {', '.join(MODELS)}.")
-    return _MODEL_OPTIONS[name]
+    return MODELS[name].options
 
 
 def task_loss(model: nnx.Module) -> str:
