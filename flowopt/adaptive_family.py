@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import optax
 
 from flowopt.explicit import needed_stages, oracle_calls, scaled_sum
-from flowopt.integrator import check_learning_rate, step_size
+from flowopt.integrator import check_learning_rate, checked_step_size, commit_step
 from flowopt.oracle import GradFn, Params, check_updates_match, resolve_oracle
 from flowopt.tableau import ButcherTableau
 
@@ -60,7 +60,12 @@ class AdaptiveFlowState(NamedTuple):
     """State of an :func:`adaptive_flow` optimizer.
 
     Attributes:
-      count: number of steps taken (int32).
+      count: number of calls to ``update`` (int32); schedules are evaluated at it.
+      taken: number of steps applied (int32): calls with a zero step size
+        (a warm-up from 0) or a skipped step (see ``skipped``) do not count, and
+        the flow's time advances only with the steps taken.
+      skipped: steps not applied because their size was negative or not finite,
+        or their increment not finite (int32); see :func:`flowopt.as_optimizer`.
       oracle_evals: oracle calls made so far (int32); the incoming gradients
         are not included.
       t: the flow's time (see the module docstring for which point it dates).
@@ -69,6 +74,8 @@ class AdaptiveFlowState(NamedTuple):
     """
 
     count: jax.Array
+    taken: jax.Array
+    skipped: jax.Array
     oracle_evals: jax.Array
     t: jax.Array
     m: optax.Updates | None
@@ -182,10 +189,14 @@ def adaptive_flow(
     def init_fn(params: Params) -> AdaptiveFlowState:
         return AdaptiveFlowState(
             count=jnp.zeros([], jnp.int32),
+            taken=jnp.zeros([], jnp.int32),
+            skipped=jnp.zeros([], jnp.int32),
             oracle_evals=jnp.zeros([], jnp.int32),
             t=jnp.asarray(initial_time, _time_dtype()),
             m=None if coefficients.h is None else optax.tree.zeros_like(params),
-            v=None if coefficients.p is None else optax.tree.full_like(params, initial_v),
+            v=None if coefficients.p is None else jax.tree.map(
+                lambda x: jnp.full(jnp.shape(x), initial_v, _real_dtype(x)), params
+            ),
         )
 
     def update_fn(
@@ -200,30 +211,36 @@ def adaptive_flow(
         del extra_args
         check_updates_match(name, updates, params)
         oracle = resolve_oracle(name, params, value_fn, grad_fn, required=calls > 0)
-        s = jnp.asarray(step_size(learning_rate, state.count), state.t.dtype)
-        first = state.count == 0
+        h = checked_step_size(name, learning_rate, state.count)
+        s = jnp.asarray(h, state.t.dtype)
+        first = state.taken == 0
         start = _Moments(params, state.m, state.v)
         if init_from_gradient:
             start = _moments_from_gradient(start, updates, first)
         if integrator is None:
             if init_from_gradient:  # the first call only sets the moments, at t₀
-                t = jnp.where(first, state.t, clock(state.count, state.t + s, s))
+                t = jnp.where(first, state.t, clock(state.taken, state.t + s, s))
             else:
-                t = clock(state.count + 1, state.t + s, s)
+                t = clock(state.taken + 1, state.t + s, s)
             increment, moments = _euler_eq3_step(
                 name, coefficients, eps, updates, t, start, s, first if init_from_gradient else None
             )
         else:
-            t = clock(state.count + 1, state.t + s, s)
+            t = clock(state.taken + 1, state.t + s, s)
             increment, moments = _runge_kutta_step(
-                name, integrator, coefficients, eps, oracle, updates, clock(state.count, state.t, s), start, s
+                name, integrator, coefficients, eps, oracle, updates, clock(state.taken, state.t, s), start, s
             )
+        increment, (t, m, v), taken, fault = commit_step(
+            name, h, state.count, increment, (t, moments.m, moments.v), (state.t, state.m, state.v)
+        )
         new_state = AdaptiveFlowState(
             count=optax.safe_increment(state.count),
+            taken=state.taken + taken,
+            skipped=state.skipped + fault,
             oracle_evals=state.oracle_evals + jnp.asarray(calls, jnp.int32),
             t=t,
-            m=moments.m,
-            v=moments.v,
+            m=m,
+            v=v,
         )
         return increment, new_state
 
@@ -382,7 +399,7 @@ def _euler_eq3_step(
         m = jax.tree.map(lambda m_, g: _cast(1 - s * r, m_) * m_ + _cast(s * h, g) * g, m, grads)
     if v is not None:
         p, q = _evaluate(name, "p", coefficients.p, t), _evaluate(name, "q", coefficients.q, t)
-        v = jax.tree.map(lambda v_, g: _cast(1 - s * q, v_) * v_ + _cast(s * p, g) * (g * g), v, grads)
+        v = jax.tree.map(lambda v_, g: _cast(1 - s * q, v_) * v_ + _cast(s * p, v_) * _abs2(g), v, grads)
     if first is not None:
         m = None if m is None else jax.tree.map(lambda a, b: jnp.where(first, a, b), start.m, m)
         v = None if v is None else jax.tree.map(lambda a, b: jnp.where(first, a, b), start.v, v)
@@ -434,7 +451,7 @@ def _vector_field(
         dm = jax.tree.map(lambda m, g: _cast(h, g) * g - _cast(r, m) * m, state.m, grads)
     if state.v is not None:
         p, q = _evaluate(name, "p", coefficients.p, t), _evaluate(name, "q", coefficients.q, t)
-        dv = jax.tree.map(lambda v, g: _cast(p, g) * (g * g) - _cast(q, v) * v, state.v, grads)
+        dv = jax.tree.map(lambda v, g: _cast(p, v) * _abs2(g) - _cast(q, v) * v, state.v, grads)
     return _Moments(dtheta, dm, dv)
 
 
@@ -454,7 +471,7 @@ def _moments_from_gradient(start: _Moments, grads: Params, first: jax.Array) -> 
     """On the first step, ``m₀ = ∇f(θ₀)`` and ``v₀ = ∇f(θ₀)²`` (the seed's eq. 4)."""
     pick = lambda new, old: jnp.where(first, new, old)  # noqa: E731
     m = None if start.m is None else jax.tree.map(pick, grads, start.m)
-    v = None if start.v is None else jax.tree.map(lambda g, old: pick(g * g, old), grads, start.v)
+    v = None if start.v is None else jax.tree.map(lambda g, old: pick(_abs2(g), old), grads, start.v)
     return _Moments(start.theta, m, v)
 
 
@@ -516,7 +533,8 @@ def _sqrt_step(learning_rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
     """The flow step ``s = sqrt(learning_rate)`` of the second-order (momentum) flows."""
     check_learning_rate(learning_rate)
     if callable(learning_rate):
-        return lambda count: jnp.sqrt(learning_rate(count))
+        # A negative rate keeps its sign, so that the fault is reported as such.
+        return lambda count: jnp.sign(value := learning_rate(count)) * jnp.sqrt(jnp.abs(value))
     return math.sqrt(float(learning_rate))
 
 
@@ -535,6 +553,16 @@ def _check_unit_interval(label: str, value: float) -> None:
     _check_finite(label, value)
     if not 0.0 < value < 1.0:
         raise ValueError(f"{label} must lie in the open interval (0, 1), got {value!r}.")
+
+
+def _abs2(g: jax.Array) -> jax.Array:
+    """``|g|²`` elementwise, real also for complex gradients (optax's second-moment convention)."""
+    return jnp.real(g * jnp.conj(g)) if jnp.iscomplexobj(g) else g * g
+
+
+def _real_dtype(x: jax.Array) -> jnp.dtype:
+    """The real dtype of ``x`` (``float32`` for ``complex64``): second moments are real."""
+    return jnp.real(jnp.zeros([], jnp.result_type(x))).dtype
 
 
 def _cast(value: jax.Array | float, like: jax.Array) -> jax.Array:

@@ -9,19 +9,30 @@ An :class:`Integrator` is a pure, jit-compatible step over pytrees::
 increment is what to add to ``params``. :func:`as_optimizer` turns it into an
 ``optax.GradientTransformationExtraArgs`` whose state counts steps and oracle
 calls.
+
+**Steps that are not taken.** A step of size ``h = 0`` (a warm-up schedule
+starting at zero) is the identity: zero increment, the integrator's state
+unchanged. A step whose size is negative or not finite (a faulty schedule), or
+whose increment is not finite (a NaN loss, an overflowing stage), is never
+applied either: the increment is zero, the state is kept, the step is counted
+in ``skipped`` and a ``RuntimeWarning`` names the step. Outside ``jit`` a
+schedule value that is negative or not finite raises ``ValueError`` at once.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from flowopt.oracle import GradFn, Params, check_updates_match, resolve_oracle
+from flowopt.oracle import GradFn, Params, check_updates_match, resolve_oracle, tree_all_finite
 
 StageFn = Callable[[GradFn | None, Params, Params, jax.Array, Any], tuple[Params, Any, jax.Array | int]]
 
@@ -49,18 +60,35 @@ class IntegratorState(NamedTuple):
       count: number of steps taken (int32).
       oracle_evals: number of oracle calls made so far (int32); the gradients
         passed in as ``updates`` are not included.
+      skipped: steps not applied because their size or increment was not a
+        finite number (or the size was negative), see the module docstring (int32).
       stage_state: the integrator's own state.
     """
 
     count: jax.Array
     oracle_evals: jax.Array
+    skipped: jax.Array
     stage_state: Any
 
 
 def check_learning_rate(learning_rate: optax.ScalarOrSchedule, name: str = "learning_rate") -> None:
-    """Raise ``ValueError`` unless ``learning_rate`` is a schedule or a finite positive number."""
+    """Raise ``ValueError`` unless ``learning_rate`` is a schedule of the step count or a finite positive number.
+
+    A schedule is checked to return a scalar for an integer step count; its
+    values are checked at each step (see :func:`checked_step_size`).
+    """
     if callable(learning_rate):
+        try:
+            shape = jax.eval_shape(learning_rate, jax.ShapeDtypeStruct((), jnp.int32)).shape
+        except Exception as error:  # any failure means it is not a usable schedule
+            raise ValueError(
+                f"{name} schedule could not be evaluated at an int32 step count: {type(error).__name__}: {error}"
+            ) from None
+        if shape != ():
+            raise ValueError(f"{name} schedule must return a scalar, got shape {shape}.")
         return
+    if isinstance(learning_rate, (bool, str)):
+        raise ValueError(f"{name} must be a positive number or an optax schedule, got {learning_rate!r}.")
     try:
         value = float(learning_rate)
     except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
@@ -78,6 +106,64 @@ def step_size(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Ar
     return learning_rate(count) if callable(learning_rate) else jnp.asarray(learning_rate)
 
 
+def checked_step_size(method: str, learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
+    """:func:`step_size`, raising ``ValueError`` for a concrete value that is negative or not finite.
+
+    Traced values (inside ``jit``) cannot raise; :func:`commit_step` skips such steps instead.
+    """
+    h = step_size(learning_rate, count)
+    if not isinstance(h, jax.core.Tracer):
+        value = float(np.real(h))
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"{method}: the learning-rate schedule returned {value!r} at step {int(count)}; "
+                "a step size must be finite and non-negative."
+            )
+    return h
+
+
+def _warn_skipped(method: str, fault: np.ndarray, h: np.ndarray, count: np.ndarray) -> None:
+    for is_fault, h_, count_ in np.broadcast(fault, h, count):
+        if not is_fault:
+            continue
+        reason = (
+            f"the step size {float(h_)!r} is not a finite non-negative number"
+            if not (math.isfinite(float(h_)) and float(h_) >= 0)
+            else "the increment or the new state is not finite (a NaN or inf gradient or loss)"
+        )
+        warnings.warn(f"{method}: step {int(count_)} skipped: {reason}; parameters left unchanged.",
+                      RuntimeWarning, stacklevel=1)
+
+
+def commit_step(
+    method: str,
+    h: jax.Array,
+    count: jax.Array,
+    increment: Params,
+    new_state: Any,
+    old_state: Any,
+) -> tuple[Params, Any, jax.Array, jax.Array]:
+    """Apply a computed step only when ``h > 0`` and the increment and new state are finite.
+
+    Returns ``(increment, state, taken, fault)``: the increment and the new
+    state when the step is taken; otherwise a zero increment and ``old_state``.
+    ``h = 0`` is a silent identity; a negative or non-finite ``h`` or a
+    non-finite increment sets ``fault`` and emits a ``RuntimeWarning`` from the
+    device. ``taken`` and ``fault`` are int32 0 or 1.
+    """
+    h = jnp.real(jnp.asarray(h))
+    valid_size = jnp.isfinite(h) & (h >= 0)
+    positive = valid_size & (h > 0)
+    finite = tree_all_finite((increment, new_state))
+    take = positive & finite
+    fault = ~valid_size | (positive & ~finite)
+    callback = functools.partial(_warn_skipped, method)
+    jax.lax.cond(fault, lambda: jax.debug.callback(callback, fault, h, count), lambda: None)
+    increment = jax.tree.map(lambda x: jnp.where(take, x, jnp.zeros_like(x)), increment)
+    state = optax.tree_utils.tree_where(take, new_state, old_state)
+    return increment, state, take.astype(jnp.int32), fault.astype(jnp.int32)
+
+
 def as_optimizer(
     integrator: Integrator, learning_rate: optax.ScalarOrSchedule
 ) -> optax.GradientTransformationExtraArgs:
@@ -92,6 +178,7 @@ def as_optimizer(
         return IntegratorState(
             count=jnp.zeros([], jnp.int32),
             oracle_evals=jnp.zeros([], jnp.int32),
+            skipped=jnp.zeros([], jnp.int32),
             stage_state=integrator.init(params),
         )
 
@@ -107,11 +194,15 @@ def as_optimizer(
         del extra_args
         check_updates_match(integrator.name, updates, params)
         oracle = resolve_oracle(integrator.name, params, value_fn, grad_fn, required=integrator.needs_oracle)
-        h = step_size(learning_rate, state.count)
+        h = checked_step_size(integrator.name, learning_rate, state.count)
         increment, stage_state, calls = integrator.step(oracle, params, updates, h, state.stage_state)
+        increment, stage_state, _, fault = commit_step(
+            integrator.name, h, state.count, increment, stage_state, state.stage_state
+        )
         new_state = IntegratorState(
             count=optax.safe_increment(state.count),
             oracle_evals=state.oracle_evals + jnp.asarray(calls, jnp.int32),
+            skipped=state.skipped + fault,
             stage_state=stage_state,
         )
         return increment, new_state

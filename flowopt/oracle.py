@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Params = Any
@@ -51,18 +52,51 @@ def resolve_oracle(
     if params is None:
         raise ValueError(f"{method}: update() needs params to evaluate the oracle.")
     if value_fn is not None:
-        gradient = jax.grad(_scalar_checked(method, value_fn))
+        if not callable(value_fn):
+            raise ValueError(f"{method}: value_fn must be a callable params -> scalar loss, got {type(value_fn).__name__}.")
+        differentiate = jax.grad(_scalar_checked(method, value_fn))
+        gradient = lambda p: jax.tree.map(conjugate_if_complex, differentiate(p))
     else:
+        if not callable(grad_fn):
+            raise ValueError(f"{method}: grad_fn must be a callable params -> gradient pytree, got {type(grad_fn).__name__}.")
         gradient = grad_fn
     return _structure_checked(method, gradient, params)
+
+
+def conjugate_if_complex(gradient: jax.Array) -> jax.Array:
+    """optax's convention for complex parameters: the update direction is ``conj(jax.grad(f))``.
+
+    ``jax.grad`` of a real loss ``f(z)`` returns ``∂f/∂x - i ∂f/∂y``; descent
+    moves along its conjugate ``∂f/∂x + i ∂f/∂y``, which is what optax expects
+    as the incoming gradient of complex parameters. The oracle follows the same
+    convention so that every stage integrates the same vector field as ``k1``.
+    """
+    return jnp.conj(gradient) if jnp.iscomplexobj(gradient) else gradient
 
 
 def _scalar_checked(method: str, value_fn: Callable[[Params], jax.Array]) -> Callable:
     def checked(p: Params) -> jax.Array:
         value = value_fn(p)
-        if jnp.ndim(value) != 0:
+        if value is None:
+            raise ValueError(f"{method}: value_fn returned None; it must return the scalar loss.")
+        if isinstance(value, (tuple, list, dict)):
             raise ValueError(
-                f"{method}: value_fn must return a scalar loss, got shape {jnp.shape(value)}."
+                f"{method}: value_fn returned a {type(value).__name__}; it must return the scalar loss alone "
+                "(for a loss_fn returning (loss, aux), pass value_fn=lambda p: loss_fn(p)[0])."
+            )
+        try:
+            value = jnp.asarray(value)
+        except TypeError:
+            raise ValueError(
+                f"{method}: value_fn must return a scalar loss, got {type(value).__name__}."
+            ) from None
+        if value.ndim != 0:
+            raise ValueError(f"{method}: value_fn must return a scalar loss, got shape {value.shape}.")
+        if not jnp.issubdtype(value.dtype, jnp.floating):
+            kind = "complex" if jnp.issubdtype(value.dtype, jnp.complexfloating) else "non-floating"
+            raise ValueError(
+                f"{method}: value_fn must return a real floating-point loss, got the {kind} dtype {value.dtype} "
+                "(it cannot be differentiated as a loss)."
             )
         return value
 
@@ -76,6 +110,8 @@ def _structure_checked(method: str, gradient: GradFn, params: Params) -> GradFn:
 
     def oracle(p: Params) -> Params:
         grads = gradient(p)
+        if grads is None and expected.num_leaves:
+            raise ValueError(f"{method}: the oracle returned None, expected a gradient pytree like params.")
         if jax.tree.structure(grads) != expected:
             raise ValueError(
                 f"{method}: the oracle returned a pytree with structure "
@@ -87,13 +123,23 @@ def _structure_checked(method: str, gradient: GradFn, params: Params) -> GradFn:
                 f"{method}: the oracle returned leaves of shapes {shapes}, "
                 f"expected the shapes of params {expected_shapes}."
             )
+        _check_inexact(method, "the oracle's gradient", grads)
         return grads
 
     return oracle
 
 
 def check_updates_match(method: str, updates: optax.Updates, params: Params | None) -> None:
-    """Check that the incoming gradient ``updates`` has the layout of ``params``."""
+    """Check the incoming gradient ``updates`` and ``params`` before a step.
+
+    Both must be pytrees of floating-point (or complex) arrays with the same
+    structure and leaf shapes: an integer parameter would be truncated by
+    ``optax.apply_updates`` and a scalar gradient leaf would be broadcast over
+    a vector parameter, both silently.
+    """
+    if params is not None:
+        _check_inexact(method, "params", params)
+    _check_inexact(method, "the gradient passed to update()", updates)
     if params is None:
         return
     if jax.tree.structure(updates) != jax.tree.structure(params):
@@ -101,3 +147,33 @@ def check_updates_match(method: str, updates: optax.Updates, params: Params | No
             f"{method}: the gradient passed to update() has structure "
             f"{jax.tree.structure(updates)}, params have {jax.tree.structure(params)}."
         )
+    for (path, leaf), grad in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(updates)):
+        if jnp.shape(grad) != jnp.shape(leaf):
+            raise ValueError(
+                f"{method}: the gradient leaf at {jax.tree_util.keystr(path) or 'the root'} has shape "
+                f"{jnp.shape(grad)}, its parameter has shape {jnp.shape(leaf)}."
+            )
+
+
+def _check_inexact(method: str, what: str, tree: Params) -> None:
+    """Raise ``ValueError`` unless every leaf of ``tree`` is a floating-point or complex array."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        dtype = jnp.result_type(leaf) if _is_array_like(leaf) else None
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+            where = jax.tree_util.keystr(path) or "the root"
+            found = f"dtype {dtype}" if dtype is not None else f"a {type(leaf).__name__}"
+            raise ValueError(
+                f"{method}: {what} must hold floating-point arrays, but the leaf at {where} is {found}. "
+                "Integer or boolean leaves cannot follow a gradient flow: cast them to a float dtype, "
+                "or keep them out of the optimised pytree (optax.masked, optax.multi_transform)."
+            )
+
+
+def _is_array_like(leaf: Any) -> bool:
+    return isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, complex, int)) and not isinstance(leaf, bool)
+
+
+def tree_all_finite(tree: Any) -> jax.Array:
+    """Whether every element of every leaf of ``tree`` is finite (a boolean scalar)."""
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])) if leaves else jnp.array(True)
