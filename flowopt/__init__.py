@@ -23,7 +23,7 @@ from flowopt.adaptive_family import (
 from flowopt.alias import euler, heun, midpoint, ralston, rk3, rk4, rk38, runge_kutta, ssprk3
 from flowopt.alias_multistep import adams_bashforth, backward_euler, bdf
 from flowopt.guard import GuardState, guard_counts, guard_nonfinite
-from flowopt.integrator import Integrator, IntegratorState, as_optimizer, oracle_evaluations
+from flowopt.integrator import Integrator, IntegratorState, as_optimizer, oracle_evaluations, skipped_steps
 from flowopt.tableau import ButcherTableau
 from flowopt.train_state import TrainState
 
@@ -33,7 +33,7 @@ __all__ = [
     "backward_euler", "bdf", "ButcherTableau", "euler", "guard_counts", "guard_nonfinite", "GuardState",
     "heavy_ball_flow", "heun", "Integrator", "IntegratorState", "midpoint", "minibatch_adaptive_runge_kutta",
     "nesterov_flow", "oracle_evaluations", "PIController", "ralston", "rk3", "rk38", "rk4", "rmsprop_flow",
-    "runge_kutta", "ssprk3", "step_diagnostics", "tableaus", "TrainState",
+    "runge_kutta", "skipped_steps", "ssprk3", "step_diagnostics", "tableaus", "TrainState",
 ]
 
 __version__ = "0.1.0"

@@ -231,7 +231,7 @@ def adaptive_flow(
                 name, integrator, coefficients, eps, oracle, updates, clock(state.taken, state.t, s), start, s
             )
         increment, (t, m, v), taken, fault = commit_step(
-            name, h, state.count, increment, (t, moments.m, moments.v), (state.t, state.m, state.v)
+            h, increment, (t, moments.m, moments.v), (state.t, state.m, state.v)
         )
         new_state = AdaptiveFlowState(
             count=optax.safe_increment(state.count),

@@ -13,17 +13,18 @@ calls.
 **Steps that are not taken.** A step of size ``h = 0`` (a warm-up schedule
 starting at zero) is the identity: zero increment, the integrator's state
 unchanged. A step whose size is negative or not finite (a faulty schedule), or
-whose increment is not finite (a NaN loss, an overflowing stage), is never
-applied either: the increment is zero, the state is kept, the step is counted
-in ``skipped`` and a ``RuntimeWarning`` names the step. Outside ``jit`` a
-schedule value that is negative or not finite raises ``ValueError`` at once.
+whose increment or new state is not finite (a NaN loss, an overflowing stage),
+is never applied either: the increment is zero, the state is kept and the step
+is counted in the state's ``skipped`` (:func:`skipped_steps` sums them over a
+chain; ``flowopt.training`` stops a run on them). Outside ``jit`` a schedule
+value that is negative or not finite raises ``ValueError`` at once. Inside
+``jit`` nothing can raise, and a host callback that warned would synchronise
+every step, so the count is the report.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -109,7 +110,7 @@ def step_size(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Ar
 def checked_step_size(method: str, learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
     """:func:`step_size`, raising ``ValueError`` for a concrete value that is negative or not finite.
 
-    Traced values (inside ``jit``) cannot raise; :func:`commit_step` skips such steps instead.
+    Traced values (inside ``jit``) cannot raise; :func:`commit_step` skips and counts such steps instead.
     """
     h = step_size(learning_rate, count)
     if not isinstance(h, jax.core.Tracer):
@@ -122,23 +123,8 @@ def checked_step_size(method: str, learning_rate: optax.ScalarOrSchedule, count:
     return h
 
 
-def _warn_skipped(method: str, fault: np.ndarray, h: np.ndarray, count: np.ndarray) -> None:
-    for is_fault, h_, count_ in np.broadcast(fault, h, count):
-        if not is_fault:
-            continue
-        reason = (
-            f"the step size {float(h_)!r} is not a finite non-negative number"
-            if not (math.isfinite(float(h_)) and float(h_) >= 0)
-            else "the increment or the new state is not finite (a NaN or inf gradient or loss)"
-        )
-        warnings.warn(f"{method}: step {int(count_)} skipped: {reason}; parameters left unchanged.",
-                      RuntimeWarning, stacklevel=1)
-
-
 def commit_step(
-    method: str,
     h: jax.Array,
-    count: jax.Array,
     increment: Params,
     new_state: Any,
     old_state: Any,
@@ -147,9 +133,10 @@ def commit_step(
 
     Returns ``(increment, state, taken, fault)``: the increment and the new
     state when the step is taken; otherwise a zero increment and ``old_state``.
-    ``h = 0`` is a silent identity; a negative or non-finite ``h`` or a
-    non-finite increment sets ``fault`` and emits a ``RuntimeWarning`` from the
-    device. ``taken`` and ``fault`` are int32 0 or 1.
+    ``h = 0`` is the identity; a negative or non-finite ``h`` or a non-finite
+    increment or state sets ``fault``. ``taken`` and ``fault`` are int32 0 or 1.
+    The decision is a select, not a ``lax.cond``: no host synchronisation, and
+    under ``vmap`` each member decides for itself.
     """
     h = jnp.real(jnp.asarray(h))
     valid_size = jnp.isfinite(h) & (h >= 0)
@@ -157,8 +144,6 @@ def commit_step(
     finite = tree_all_finite((increment, new_state))
     take = positive & finite
     fault = ~valid_size | (positive & ~finite)
-    callback = functools.partial(_warn_skipped, method)
-    jax.lax.cond(fault, lambda: jax.debug.callback(callback, fault, h, count), lambda: None)
     increment = jax.tree.map(lambda x: jnp.where(take, x, jnp.zeros_like(x)), increment)
     state = optax.tree_utils.tree_where(take, new_state, old_state)
     return increment, state, take.astype(jnp.int32), fault.astype(jnp.int32)
@@ -196,9 +181,7 @@ def as_optimizer(
         oracle = resolve_oracle(integrator.name, params, value_fn, grad_fn, required=integrator.needs_oracle)
         h = checked_step_size(integrator.name, learning_rate, state.count)
         increment, stage_state, calls = integrator.step(oracle, params, updates, h, state.stage_state)
-        increment, stage_state, _, fault = commit_step(
-            integrator.name, h, state.count, increment, stage_state, state.stage_state
-        )
+        increment, stage_state, _, fault = commit_step(h, increment, stage_state, state.stage_state)
         new_state = IntegratorState(
             count=optax.safe_increment(state.count),
             oracle_evals=state.oracle_evals + jnp.asarray(calls, jnp.int32),
@@ -218,4 +201,16 @@ def oracle_evaluations(opt_state: optax.OptState) -> jax.Array:
     taken (one incoming gradient each) plus this number.
     """
     found = optax.tree_utils.tree_get_all_with_path(opt_state, "oracle_evals")
+    return sum((jnp.asarray(value, jnp.int32) for _, value in found), jnp.zeros([], jnp.int32))
+
+
+def skipped_steps(opt_state: optax.OptState) -> jax.Array:
+    """Steps not applied because their size or result was not finite (or the size negative), summed over a chain.
+
+    Every flowopt state exposes a field ``skipped`` (see the module docstring);
+    plain optax states contribute zero. A run whose count grows is not
+    progressing: look for a schedule returning NaN or a negative value, or a
+    loss that is NaN or overflows at the step's stage points.
+    """
+    found = optax.tree_utils.tree_get_all_with_path(opt_state, "skipped")
     return sum((jnp.asarray(value, jnp.int32) for _, value in found), jnp.zeros([], jnp.int32))

@@ -1,12 +1,10 @@
 """Fault injection for the optimizers: faulty step sizes, non-finite losses, bad dtypes and oracle outputs.
 
 The rule: a step of size 0 is the identity; a step whose size is negative or not
-finite, or whose increment is not finite, is never applied and is reported (a
-``RuntimeWarning`` from the device, the state's ``skipped`` counter, a
-``ValueError`` outside ``jit``); every bad input is a ``ValueError`` naming it.
+finite, or whose increment is not finite, is never applied and is reported (the
+state's ``skipped`` counter, ``flowopt.skipped_steps``, a ``ValueError`` outside
+``jit``); every bad input is a ``ValueError`` naming it.
 """
-
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +55,6 @@ def _run(tx, steps, value_fn=loss):
     for _ in range(steps):
         params, updates, state = step(params, state)
         history.append(updates)
-    jax.effects_barrier()
     return params, state, history
 
 
@@ -65,14 +62,12 @@ def _run(tx, steps, value_fn=loss):
 @pytest.mark.parametrize("name", sorted(SCHEDULED))
 def test_schedule_starting_at_zero_is_identity_then_descends(name, schedule):
     tx = SCHEDULED[name](schedule)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # a zero step is not a fault
-        params, state, history = _run(tx, 25)
+    params, state, history = _run(tx, 25)
     first = history[0]["w"]
     np.testing.assert_array_equal(np.asarray(first), 0.0)
     assert bool(jnp.all(jnp.isfinite(params["w"])))
     assert float(loss(params)) < 0.5 * float(loss(PARAMS))
-    assert int(state.skipped) == 0 if hasattr(state, "skipped") else True
+    assert int(flowopt.skipped_steps(state)) == 0  # a zero step is not a fault
 
 
 def test_zero_step_keeps_the_integrator_state():
@@ -90,25 +85,20 @@ def _faulty(count):
 
 
 @pytest.mark.parametrize("name", ["rk4", "bdf2", "adam_flow", "heavy_ball_flow"])
-def test_negative_or_nan_step_is_skipped_and_reported(name):
+def test_negative_or_nan_step_is_skipped_and_counted(name):
     tx = SCHEDULED[name](_faulty)
-    with pytest.warns(RuntimeWarning) as caught:
-        params, state, history = _run(tx, 6)
-    messages = [str(w.message) for w in caught if "skipped" in str(w.message)]
-    assert len(messages) == 2
-    assert "step 2 skipped" in messages[0] and "step size -0." in messages[0]
-    assert "step 4 skipped" in messages[1] and "nan" in messages[1]
-    for k in (2, 4):
-        np.testing.assert_array_equal(np.asarray(history[k]["w"]), 0.0)
+    params, state, history = _run(tx, 6)
+    for k in range(6):
+        moved = bool(jnp.any(history[k]["w"] != 0))
+        assert moved == (k not in (2, 4)), k
     assert bool(jnp.all(jnp.isfinite(params["w"])))
-    assert int(state.skipped) == 2
+    assert int(state.skipped) == 2 == int(flowopt.skipped_steps(state))
     # No ascent: the loss never increases over the run.
     assert float(loss(params)) < float(loss(PARAMS))
 
 
 def test_skipped_steps_leave_the_same_trajectory_as_omitting_them():
-    with pytest.warns(RuntimeWarning, match="step 1 skipped"):
-        faulty, _, _ = _run(flowopt.rk4(lambda c: jnp.where(c == 1, -1.0, 0.05)), 3)
+    faulty, _, _ = _run(flowopt.rk4(lambda c: jnp.where(c == 1, -1.0, 0.05)), 3)
     clean, _, _ = _run(flowopt.rk4(0.05), 2)
     np.testing.assert_allclose(np.asarray(faulty["w"]), np.asarray(clean["w"]), rtol=1e-6)
 
@@ -120,7 +110,7 @@ def test_bad_schedule_value_outside_jit_raises(value):
         tx.update(jax.grad(loss)(PARAMS), tx.init(PARAMS), PARAMS, value_fn=loss)
 
 
-def test_vmapped_steps_report_only_the_faulty_members():
+def test_vmapped_steps_skip_only_the_faulty_members():
     tx = flowopt.heun(0.1)
     scales = jnp.array([1.0, jnp.nan, 2.0])
 
@@ -129,12 +119,10 @@ def test_vmapped_steps_report_only_the_faulty_members():
         updates, state = tx.update(jax.grad(value_fn)(PARAMS), tx.init(PARAMS), PARAMS, value_fn=value_fn)
         return updates, state.skipped
 
-    with pytest.warns(RuntimeWarning) as caught:
-        updates, skipped = jax.jit(jax.vmap(one))(scales)
-        jax.effects_barrier()
+    updates, skipped = jax.jit(jax.vmap(one))(scales)
     assert [int(s) for s in skipped] == [0, 1, 0]
-    assert len([w for w in caught if "skipped" in str(w.message)]) == 1
     assert bool(jnp.all(jnp.isfinite(updates["w"])))
+    assert bool(jnp.all(updates["w"][0] != 0)) and bool(jnp.all(updates["w"][1] == 0))
 
 
 @pytest.mark.parametrize("name", ["heun", "rk4", "adam_flow_heun"])
@@ -144,8 +132,7 @@ def test_nan_loss_at_a_stage_is_not_applied(name):
             "adam_flow_heun": lambda: flowopt.adam_flow(0.1, integrator=flowopt.tableaus.HEUN)}[name]
     tx = make()
     nan_away_from_start = lambda p: loss(p) * jnp.where(jnp.all(p["w"] == PARAMS["w"]), 1.0, jnp.nan)
-    with pytest.warns(RuntimeWarning, match="increment or the new state is not finite"):
-        params, state, history = _run(tx, 2, value_fn=nan_away_from_start)
+    params, state, history = _run(tx, 2, value_fn=nan_away_from_start)
     np.testing.assert_array_equal(np.asarray(params["w"]), np.asarray(PARAMS["w"]))
     assert int(state.skipped) == 2
 
@@ -153,9 +140,7 @@ def test_nan_loss_at_a_stage_is_not_applied(name):
 def test_nan_incoming_gradient_with_euler_is_not_applied():
     tx = flowopt.euler(0.1)
     grads = {"w": jnp.array([jnp.nan, 1.0])}
-    with pytest.warns(RuntimeWarning, match="step 0 skipped"):
-        updates, state = tx.update(grads, tx.init(PARAMS), PARAMS)
-        jax.effects_barrier()
+    updates, state = tx.update(grads, tx.init(PARAMS), PARAMS)
     np.testing.assert_array_equal(np.asarray(updates["w"]), 0.0)
     assert int(state.skipped) == 1
 
