@@ -291,9 +291,8 @@ def implicit_bdf(
         )
 
     def init(params: Params) -> BDFState:
-        zeros = jax.tree.map(jnp.zeros_like, params)
         return BDFState(
-            history=tuple(zeros for _ in range(order - 1)),
+            history=tuple(jax.tree.map(jnp.zeros_like, params) for _ in range(order - 1)),  # distinct buffers
             filled=jnp.zeros([], jnp.int32),
             curvature=jnp.zeros([], jnp.result_type(float)),
             inner_residual=jnp.zeros([], jnp.result_type(float)),

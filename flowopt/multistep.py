@@ -75,9 +75,9 @@ def explicit_adams_bashforth(order: int, startup: str = "high_order") -> Integra
     starter = explicit_runge_kutta(STARTUP_TABLEAUS[order]) if high_order_start else None
 
     def init(params: Params) -> AdamsBashforthState:
-        zeros = jax.tree.map(jnp.zeros_like, params)
         return AdamsBashforthState(
-            gradients=tuple(zeros for _ in range(order - 1)), filled=jnp.zeros([], jnp.int32)
+            gradients=tuple(jax.tree.map(jnp.zeros_like, params) for _ in range(order - 1)),  # distinct buffers
+            filled=jnp.zeros([], jnp.int32),
         )
 
     def multistep(gradients, h, coefficients):

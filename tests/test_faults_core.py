@@ -274,3 +274,21 @@ def test_complex_adam_flow_uses_squared_modulus(integrator):
         reference = _complex_run(optax.adam(0.05, eps=0.0, eps_root=1e-8), complex_loss, params)["w"]
         np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=1e-5)
     assert float(complex_loss({"w": ours})) < 0.5 * float(complex_loss(params))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: flowopt.adams_bashforth(3, 0.1), lambda: flowopt.bdf(3, 0.1, 2), lambda: flowopt.rk4(0.1),
+     lambda: flowopt.adam_flow(0.1)],
+    ids=["adams_bashforth3", "bdf3", "rk4", "adam_flow"],
+)
+def test_state_can_be_donated(make):
+    tx = make()
+    state = tx.init(PARAMS)
+    buffers = [id(leaf) for leaf in jax.tree.leaves(state)]
+    assert len(set(buffers)) == len(buffers)  # init allocates one buffer per leaf
+    step = jax.jit(lambda params, state: tx.update(jax.grad(loss)(params), state, params, value_fn=loss),
+                   donate_argnums=(1,))
+    for _ in range(3):
+        _, state = step(PARAMS, state)
+    assert int(state.count) == 3
