@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import optax
 
 from flowopt.explicit import needed_stages, oracle_calls, scaled_sum
-from flowopt.integrator import check_learning_rate, checked_step_size, commit_step
+from flowopt.integrator import check_learning_rate, check_state_matches, checked_step_size, commit_step
 from flowopt.oracle import GradFn, Params, check_updates_match, resolve_oracle
 from flowopt.tableau import ButcherTableau
 
@@ -210,6 +210,7 @@ def adaptive_flow(
     ) -> tuple[optax.Updates, AdaptiveFlowState]:
         del extra_args
         check_updates_match(name, updates, params)
+        check_state_matches(name, state, init_fn, params)
         oracle = resolve_oracle(name, params, value_fn, grad_fn, required=calls > 0)
         h = checked_step_size(name, learning_rate, state.count)
         s = jnp.asarray(h, state.t.dtype)

@@ -149,6 +149,28 @@ def commit_step(
     return increment, state, take.astype(jnp.int32), fault.astype(jnp.int32)
 
 
+def check_state_matches(method: str, state: Any, init: Callable[[Params], Any], params: Params | None) -> None:
+    """Raise ``ValueError`` unless ``state`` has the layout that ``init(params)`` would give.
+
+    A state initialised for other parameters (another model, a pytree with a
+    leaf more or less, other shapes) would otherwise fail deep inside a tree
+    map, or broadcast silently. Only shapes and structure are compared, at
+    trace time (``jax.eval_shape``: nothing is computed).
+    """
+    if params is None:
+        return
+    expected = jax.eval_shape(init, params)
+    same_structure = jax.tree.structure(expected) == jax.tree.structure(state)
+    if not same_structure or any(
+        jnp.shape(x) != jnp.shape(y) for x, y in zip(jax.tree.leaves(expected), jax.tree.leaves(state))
+    ):
+        raise ValueError(
+            f"{method}: the optimizer state does not match params: it was initialised for a different "
+            "parameter pytree (structure or shapes differ). Call tx.init(params) with the parameters "
+            "passed to update()."
+        )
+
+
 def as_optimizer(
     integrator: Integrator, learning_rate: optax.ScalarOrSchedule
 ) -> optax.GradientTransformationExtraArgs:
@@ -178,6 +200,7 @@ def as_optimizer(
     ) -> tuple[optax.Updates, IntegratorState]:
         del extra_args
         check_updates_match(integrator.name, updates, params)
+        check_state_matches(integrator.name, state, init_fn, params)
         oracle = resolve_oracle(integrator.name, params, value_fn, grad_fn, required=integrator.needs_oracle)
         h = checked_step_size(integrator.name, learning_rate, state.count)
         increment, stage_state, calls = integrator.step(oracle, params, updates, h, state.stage_state)

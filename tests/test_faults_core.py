@@ -292,3 +292,18 @@ def test_state_can_be_donated(make):
     for _ in range(3):
         _, state = step(PARAMS, state)
     assert int(state.count) == 3
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: flowopt.bdf(2, 0.1, 2), lambda: flowopt.adams_bashforth(2, 0.1), lambda: flowopt.adam_flow(0.1),
+     lambda: flowopt.heavy_ball_flow(0.1)],
+    ids=["bdf2", "adams_bashforth2", "adam_flow", "heavy_ball_flow"],
+)
+@pytest.mark.parametrize("other", [{"w": jnp.ones(2), "b": jnp.ones(3)}, {"w": jnp.ones(4)}], ids=["structure", "shape"])
+def test_state_initialised_for_other_params_raises(make, other):
+    tx = make()
+    state = tx.init(PARAMS)
+    other_loss = lambda p: sum(jnp.sum(x**2) for x in jax.tree.leaves(p))
+    with pytest.raises(ValueError, match=r"state does not match params.*Call tx.init\(params\)"):
+        tx.update(jax.grad(other_loss)(other), state, other, value_fn=other_loss)
