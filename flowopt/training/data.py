@@ -208,7 +208,7 @@ def load_dataset(
         if value is not None and (not isinstance(value, (str, os.PathLike)) or not os.fspath(value)):
             raise ValueError(f"{option} must be a non-empty path, got {value!r}.")
     spec = SPECS[name]
-    cache = Path(data_dir) if data_dir is not None else default_data_dir()
+    cache = (Path(data_dir) if data_dir is not None else default_data_dir()).expanduser().absolute()
     if path is None and name == "cifar10":
         path = os.environ.get("FLOWOPT_CIFAR10_ARCHIVE") or None
     attempts: list[tuple[str, Callable[[], Dataset]]] = [
