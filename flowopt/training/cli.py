@@ -9,7 +9,8 @@ Examples::
 Flags override the config file. The output directory receives ``config.json``,
 ``metrics.jsonl`` (one JSON object per epoch) and ``checkpoints/``; running the
 same command again resumes from the newest checkpoint. Exit status: 0 when the
-budget is spent, 3 when training diverged, 2 for bad arguments.
+budget is spent, 3 when training diverged, 2 for bad arguments (one line on
+stderr naming the flag, or the config file and key, at fault).
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
-from flowopt.training.config import SCHEDULES, TrainConfig, read_config_file
+from flowopt.training.config import SCHEDULES, ConfigError, TrainConfig, read_config_file
 from flowopt.training.data import DATASET_NAMES, DataIntegrityError, DataUnavailableError
 from flowopt.training.models import MODELS
 from flowopt.training.optimizers import available_optimizers
@@ -35,20 +39,71 @@ _FLAGS = (  # flags whose destination is a config key of the same name
 )
 
 
+_FLAG_OF = {
+    **{key: "--" + key.replace("_", "-") for key in _FLAGS}, "num_devices": "--devices",
+    "model_options": "--model-option", "optimizer_options": "--optimizer-option", "progress": "--no-progress",
+}
+_DATA_FLAG_OF = {"path": "--data-path", "data_dir": "--data-dir"}
+
+
+def one_line(text: object) -> str:
+    """``text`` on one line: its lines joined by ``"; "``, every run of whitespace collapsed to one space."""
+    lines = [" ".join(line.split()) for line in str(text).splitlines()]
+    lines = [line for line in lines if line]
+    return "; ".join([line.removesuffix(".") for line in lines[:-1]] + lines[-1:])
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
 def _option(text: str) -> tuple[str, Any]:
     """Parse ``KEY=VALUE``; the value is JSON when it parses, else a string."""
     key, sep, value = text.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key, json.loads(value)
+        return key.strip(), json.loads(value)
     except json.JSONDecodeError:
-        return key, value
+        return key.strip(), value
+
+
+class _Origins:
+    """Where each config value came from: a flag, or the ``--config`` file."""
+
+    def __init__(self, config_file: str | None):
+        self.config_file = config_file
+        self.flags: dict[tuple[str, str | None], str] = {}
+
+    def set_flag(self, field: str, key: str | None = None, flag: str | None = None) -> None:
+        self.flags[(field, key)] = flag or _FLAG_OF[field]
+
+    def describe(self, error: ConfigError) -> str:
+        """The one-line message for a bad field: ``argument --flag: ...`` or ``argument --config FILE: ...``."""
+        field, key = error.field, error.key
+        flag = self.flags.get((field, key)) or (self.flags.get((field, None)) if key is None else None)
+        if flag is None and key is None:
+            flags = [f for (name, _), f in self.flags.items() if name == field]
+            flag = flags[0] if len(flags) == 1 else None
+        if flag is not None:
+            return f"argument {flag}: {one_line(error)}"
+        if self.config_file is not None:
+            where = f"key {field}" + (f".{key}" if key is not None else "")
+            return f"argument --config: {self.config_file}: {where}: {one_line(error)}"
+        if field in BUDGET_FLAGS_FIELDS:
+            return f"argument --epochs/--steps/--grad-evals: {one_line(error)}"
+        return f"argument {_FLAG_OF.get(field, '--' + field.replace('_', '-'))}: {one_line(error)}"
+
+
+BUDGET_FLAGS_FIELDS = ("epochs", "steps", "grad_evals")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``flowopt-train``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="flowopt-train", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -84,25 +139,105 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Merge a config file (if any) with the flags given on the command line."""
-    values: dict[str, Any] = read_config_file(args.config) if args.config else {}
+def _merge(args: argparse.Namespace) -> tuple[dict[str, Any], _Origins]:
+    """The config mapping of the config file (if any) with the flags on top, and where each value came from."""
+    if args.config is not None and not args.config.strip():
+        raise ValueError("argument --config: the file name is empty.")
+    try:
+        values: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    except ValueError as error:
+        raise ValueError(f"argument --config: {one_line(error)}") from error
+    origins = _Origins(args.config)
     for key in _FLAGS:
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
+            origins.set_flag(key)
     for field, pairs in (("model_options", args.model_option), ("optimizer_options", args.optimizer_option)):
         if pairs:
+            if not isinstance(values.get(field, {}), dict):
+                raise ValueError(f"argument --config: {args.config}: key {field} must be a mapping of options.")
             values[field] = {**values.get(field, {}), **dict(pairs)}
+            for key, _ in pairs:
+                origins.set_flag(field, key)
+    if not isinstance(values.get("dataset_options", {}), dict):
+        raise ValueError(f"argument --config: {args.config}: key dataset_options must be a mapping of options.")
     data_options = dict(values.get("dataset_options", {}))
-    if args.data_path:
-        data_options["path"] = args.data_path
-    if args.data_dir:
-        data_options["data_dir"] = args.data_dir
+    for key, flag in (("path", "data_path"), ("data_dir", "data_dir")):
+        value = getattr(args, flag)
+        if value is not None:
+            if not value.strip():
+                raise ValueError(f"argument {_DATA_FLAG_OF[key]}: the path is empty.")
+            data_options[key] = value
+            origins.set_flag("dataset_options", key, _DATA_FLAG_OF[key])
     if data_options:
         values["dataset_options"] = data_options
     if args.no_progress:
         values["progress"] = False
-    return TrainConfig.from_dict(values)
+    return values, origins
+
+
+def _build(values: dict[str, Any], origins: _Origins) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(values)
+    except ConfigError as error:
+        raise ValueError(origins.describe(error)) from error
+    except ValueError as error:  # unknown keys: only a config file can hold those
+        raise ValueError(f"argument --config: {origins.config_file}: {one_line(error)}") from error
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Merge a config file (if any) with the flags given on the command line.
+
+    Raises:
+      ValueError: a one-line message naming the flag (or the config file and key) at fault.
+    """
+    return _build(*_merge(args))
+
+
+def _check_paths(config: TrainConfig, output: str, origins: _Origins) -> None:
+    """The data path must exist, the cache and output directories must be (or become) writable directories."""
+    for key in ("path", "data_dir", "tfds_data_dir"):
+        value = config.dataset_options.get(key)
+        if value is None:
+            continue
+        where = origins.describe(ConfigError("dataset_options", "", key)).removesuffix(": ")
+        path = Path(value).expanduser()
+        if key == "path" and not path.exists():
+            raise ValueError(f"{where}: {path} does not exist.")
+        if key != "path" and path.exists() and not path.is_dir():
+            raise ValueError(f"{where}: {path} exists and is not a directory.")
+    if not output.strip():
+        raise ValueError("argument --output: the directory name is empty.")
+    out = Path(output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"argument --output: {out} exists and is not a directory.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out, prefix=".flowopt-write-test-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"argument --output: {out} is not a writable directory: {error.strerror or error}.") \
+            from error
+
+
+def _check_devices(config: TrainConfig, origins: _Origins) -> None:
+    from flowopt.training import parallel
+
+    try:
+        mesh = parallel.data_mesh(config.num_devices)
+    except ValueError as error:
+        raise ValueError(origins.describe(ConfigError("num_devices", str(error)))) from error
+    try:
+        parallel.check_batch_size(config.batch_size, mesh)
+    except ValueError as error:
+        raise ValueError(origins.describe(ConfigError("batch_size", str(error)))) from error
+
+
+def _data_error(error: Exception, config: TrainConfig, origins: _Origins) -> str:
+    key = "path" if "path" in config.dataset_options else None
+    if key is not None:
+        return origins.describe(ConfigError("dataset_options", one_line(error), key))
+    return origins.describe(ConfigError("dataset", one_line(error)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,20 +249,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("datasets:   " + ", ".join(DATASET_NAMES))
         print("optimizers: " + ", ".join(available_optimizers()) + " (and any flowopt constructor)")
         return 0
-    if not args.output:
-        parser.error("--output DIR is required")
+    if args.output is None:
+        parser.error("the following arguments are required: --output")
     try:
-        config = config_from_args(args)
-    except (ValueError, OSError) as error:
+        values, origins = _merge(args)
+        config = _build(values, origins)
+        try:
+            config.check_buildable()
+        except ConfigError as error:
+            raise ValueError(origins.describe(error)) from error
+        _check_devices(config, origins)
+        _check_paths(config, args.output, origins)
+    except ValueError as error:
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("flowopt.training.data").setLevel(logging.WARNING)  # a failure names every source it tried
     from flowopt.training.loop import train
 
     try:
-        result = train(config, args.output)
-    except (ValueError, DataIntegrityError, DataUnavailableError) as error:
-        print(f"flowopt-train: error: {error}", file=sys.stderr)
-        return 2
+        result = train(config, os.fspath(Path(args.output).expanduser()))
+    except (DataIntegrityError, DataUnavailableError) as error:
+        parser.error(_data_error(error, config, origins))
+    except ValueError as error:
+        message = one_line(error)
+        if os.fspath(Path(args.output).expanduser()) in message:
+            message = f"argument --output: {message}"
+        parser.error(message)
+    except OSError as error:
+        parser.error(f"{error.filename or args.output}: {error.strerror or error}")
     last = next((r for r in reversed(result.history) if "test_accuracy" in r), None)
     summary = f"{result.message} Dataset: {result.dataset_label}."
     if last is not None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flowopt.training.data import DATASET_NAMES
+from flowopt.training import models, optimizers
+from flowopt.training.data import DATASET_NAMES, SOURCES, SPECS, SYNTHETIC
 from flowopt.training.models import MODELS
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -20,6 +22,76 @@ TRAJECTORY_FIELDS = (
     "schedule", "warmup_steps", "augment", "model_options", "optimizer_options",
 )
 BUDGET_FIELDS = ("epochs", "steps", "grad_evals")
+DATASET_OPTIONS = ("path", "data_dir", "source", "refresh", "tfds_data_dir")
+MAX_COUNT = 2**31 - 1  # step and gradient-evaluation counters are int32 on the device
+MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: larger seeds would repeat smaller ones
+SYNTHETIC_TRAIN_EXAMPLES = 2048  # synthetic_dataset's default size
+
+
+class ConfigError(ValueError):
+    """A :class:`TrainConfig` field holds a bad value.
+
+    Attributes:
+      field: the field's name, e.g. ``"learning_rate"``.
+      key: for the option mappings (``model_options``, ...), the option at fault, if one is.
+    """
+
+    def __init__(self, field: str, message: str, key: str | None = None):
+        super().__init__(message)
+        self.field = field
+        self.key = key
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return f"the string {value!r}"
+        return f"the string {value!r} (quoted, or in YAML an exponent without a decimal point, e.g. 1e-3 for 1.0e-3)"
+    return repr(value)
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    """``value`` must fit the field's annotation (``int``, ``float``, ``bool``, ``str``, ``X | None``, mappings)."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None:
+        if "None" in kinds:
+            return
+        raise ConfigError(name, f"{name} must not be null.")
+    kind = next(k for k in kinds if k != "None")
+    if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(name, f"{name} must be an integer, got {_kind(value)}.")
+    if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(name, f"{name} must be a number, got {_kind(value)}.")
+    if kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(name, f"{name} must be true or false, got {_kind(value)}.")
+    if kind == "str" and not isinstance(value, str):
+        raise ConfigError(name, f"{name} must be a string, got {value!r}.")
+    if kind.startswith("Mapping"):
+        if not isinstance(value, Mapping):
+            raise ConfigError(name, f"{name} must be a mapping of option names to values, got {value!r}.")
+        for key in value:
+            if not isinstance(key, str) or not key:
+                raise ConfigError(name, f"{name} keys must be non-empty strings, got {key!r}.")
+        for key, item in value.items():
+            try:
+                json.dumps(item, allow_nan=False)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(
+                    name, f"{name} {key} must be plain JSON (finite numbers, strings, lists, true/false, null), "
+                    f"got {item!r}.", key,
+                ) from error
+
+
+def nominal_shape(dataset: str) -> tuple[int, int, int]:
+    """The image shape ``(H, W, C)`` of dataset ``dataset`` as :func:`load_dataset` returns it."""
+    return SPECS[dataset].image_shape if dataset in SPECS else SYNTHETIC[dataset][1]
+
+
+def nominal_train_size(dataset: str) -> int:
+    """The number of training examples :func:`load_dataset` returns for ``dataset``."""
+    return SPECS[dataset].num_train if dataset in SPECS else SYNTHETIC_TRAIN_EXAMPLES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,31 +156,131 @@ class TrainConfig:
     resume: bool = True
 
     def __post_init__(self) -> None:
+        """Reject every field value that would fail later or be silently ignored (:class:`ConfigError`)."""
+        for field in dataclasses.fields(self):
+            _check_type(field.name, getattr(self, field.name), str(field.type))
         if self.model not in MODELS:
-            raise ValueError(f"Unknown model {self.model!r}; valid names: {', '.join(MODELS)}.")
+            raise ConfigError("model", f"Unknown model {self.model!r}; valid names: {', '.join(MODELS)}.")
         if self.dataset not in DATASET_NAMES:
-            raise ValueError(f"Unknown dataset {self.dataset!r}; valid names: {', '.join(DATASET_NAMES)}.")
+            raise ConfigError(
+                "dataset", f"Unknown dataset {self.dataset!r}; valid names: {', '.join(DATASET_NAMES)}."
+            )
+        try:
+            optimizers.resolve_optimizer(self.optimizer)
+        except ValueError as error:
+            raise ConfigError("optimizer", str(error)) from error
         if all(getattr(self, f) is None for f in BUDGET_FIELDS):
-            raise ValueError("Set a budget: epochs, steps or grad_evals.")
-        for name in (*BUDGET_FIELDS, "eval_every", "checkpoint_every", "num_devices"):
+            raise ConfigError("epochs", "Set a budget: epochs, steps or grad_evals.")
+        for name in (*BUDGET_FIELDS, "eval_every", "checkpoint_every", "num_devices", "batch_size",
+                     "eval_batch_size", "keep_checkpoints"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
-        for name in ("batch_size", "eval_batch_size", "keep_checkpoints"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}.")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay!r}.")
+            if value is not None and not 1 <= value <= MAX_COUNT:
+                raise ConfigError(name, f"{name} must be an integer in [1, {MAX_COUNT}], got {value!r}.")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError("seed", f"seed must be an integer in [0, {MAX_SEED}], got {self.seed!r}.")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(
+                "learning_rate", f"learning_rate must be a positive finite number, got {self.learning_rate!r}."
+            )
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(
+                "weight_decay", f"weight_decay must be a non-negative finite number, got {self.weight_decay!r}."
+            )
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"Unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}.")
+            raise ConfigError("schedule", f"Unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}.")
         if self.schedule != "constant" and self.epochs is None and self.steps is None:
-            raise ValueError(f"The {self.schedule} schedule needs a length: set epochs or steps.")
+            raise ConfigError("schedule", f"The {self.schedule} schedule needs a length: set epochs or steps.")
+        if not 0 <= self.warmup_steps <= MAX_COUNT:
+            raise ConfigError(
+                "warmup_steps", f"warmup_steps must be an integer in [0, {MAX_COUNT}], got {self.warmup_steps!r}."
+            )
+        if self.warmup_steps and self.schedule != "warmup_cosine":
+            raise ConfigError(
+                "warmup_steps",
+                f"warmup_steps ({self.warmup_steps}) only applies to the warmup_cosine schedule, "
+                f"not to {self.schedule}.",
+            )
+        if self.warmup_steps and self.steps is not None and self.warmup_steps >= self.steps:
+            raise ConfigError(
+                "warmup_steps", f"warmup_steps ({self.warmup_steps}) must be less than steps ({self.steps})."
+            )
+        self._check_dataset_options()
+        if self.model_options:
+            try:
+                models.check_model_options(self.model, dict(self.model_options))
+            except ValueError as error:
+                raise ConfigError("model_options", str(error), _key_in(error, self.model_options)) from error
+        try:
+            optimizers.check_option_values(self.optimizer, dict(self.optimizer_options))
+        except ValueError as error:
+            raise ConfigError("optimizer_options", str(error), _key_in(error, self.optimizer_options)) from error
+
+    def _check_dataset_options(self) -> None:
+        options = self.dataset_options
+        if options and self.dataset in SYNTHETIC:
+            raise ConfigError(
+                "dataset_options",
+                f"dataset_options {sorted(options)} do not apply to the synthetic dataset {self.dataset!r}.",
+                next(iter(options)),
+            )
+        for key, value in options.items():
+            if key not in DATASET_OPTIONS:
+                raise ConfigError(
+                    "dataset_options", f"Unknown dataset option {key!r}; valid: {', '.join(DATASET_OPTIONS)}.", key
+                )
+            if key == "refresh" and not isinstance(value, bool):
+                raise ConfigError("dataset_options", f"dataset option refresh must be true or false, got {value!r}.", key)
+            if key == "source" and value not in SOURCES:
+                raise ConfigError(
+                    "dataset_options", f"Unknown dataset source {value!r}; valid: {', '.join(SOURCES)}.", key
+                )
+            if key in ("path", "data_dir", "tfds_data_dir") and (not isinstance(value, str) or not value):
+                raise ConfigError("dataset_options", f"dataset option {key} must be a non-empty path, got {value!r}.", key)
+
+    def check_buildable(self, input_shape: tuple[int, ...] | None = None, num_train: int | None = None) -> None:
+        """Build the model and the optimizer abstractly (nothing is allocated or computed) and check the run length.
+
+        ``input_shape`` and ``num_train`` default to those of the named data
+        set. Raises :class:`ConfigError` naming the field at fault: a model
+        option the constructor rejects or that does not fit the images, an
+        optimizer option of the wrong type, a batch larger than the training
+        set, a warm-up as long as the run.
+        """
+        shape = tuple(input_shape) if input_shape is not None else nominal_shape(self.dataset)
+        size = num_train if num_train is not None else nominal_train_size(self.dataset)
+        try:
+            models.check_model_options(self.model, dict(self.model_options), input_shape=shape)
+        except ValueError as error:
+            field = "model_options" if self.model_options else "model"
+            raise ConfigError(field, f"{error} (images of shape {shape})", _key_in(error, self.model_options)) \
+                from error
+        if self.schedule == "constant":
+            rate = self.learning_rate
+        else:
+            import optax
+
+            rate = optax.cosine_decay_schedule(self.learning_rate, 100)
+        try:
+            optimizers.check_optimizer(self.optimizer, rate, **dict(self.optimizer_options))
+        except ValueError as error:
+            field = "optimizer_options" if self.optimizer_options else "optimizer"
+            raise ConfigError(field, str(error), _key_in(error, self.optimizer_options)) from error
+        if self.batch_size > size:
+            raise ConfigError(
+                "batch_size", f"batch_size {self.batch_size} exceeds the {size} training examples of {self.dataset}."
+            )
+        lengths = [n for n in (self.steps, self.epochs and self.epochs * (size // self.batch_size)) if n]
+        if self.warmup_steps and lengths and self.warmup_steps >= min(lengths):
+            raise ConfigError(
+                "warmup_steps",
+                f"warmup_steps ({self.warmup_steps}) must be less than the run's {min(lengths)} steps.",
+            )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Build from a mapping, rejecting unknown keys."""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"A config must be a mapping of config keys, got {type(values).__name__}.")
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - valid)
         if unknown:
@@ -125,20 +297,42 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
+def _key_in(error: Exception, options: Mapping[str, Any]) -> str | None:
+    """The option of ``options`` an error message names, if exactly one is named."""
+    text = str(error)
+    named = [k for k in options if f" {k} " in text or f"'{k}'" in text or f"[{k!r}]" in text]
+    return named[0] if len(named) == 1 else None
+
+
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a config mapping from JSON or YAML."""
+    """Read a config mapping from JSON or YAML; every failure is a one-line ValueError naming the file."""
     path = Path(path)
-    text = path.read_text()
+    if path.suffix not in (".json", ".yaml", ".yml"):
+        raise ValueError(f"Config files must be .json, .yaml or .yml, got {path.name}.")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise ValueError(f"cannot read {path}: {reason}.") from error
     if path.suffix == ".json":
-        values = json.loads(text)
-    elif path.suffix in (".yaml", ".yml"):
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}.") \
+                from error
+    else:
         import yaml
 
-        values = yaml.safe_load(text) or {}
-    else:
-        raise ValueError(f"Config files must be .json, .yaml or .yml, got {path.name}.")
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error)
+            raise ValueError(f"{path} is not valid YAML: {' '.join(str(problem).split())}{where}.") from error
+        values = {} if values is None else values
     if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of config keys.")
+        raise ValueError(f"{path} must hold a mapping of config keys, got {type(values).__name__}.")
     return values
 
 

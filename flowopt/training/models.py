@@ -255,6 +255,8 @@ class WideResNet(nnx.Module):
     ):
         if (depth - 4) % 6 != 0 or depth < 10:
             raise ValueError(f"WideResNet depth must be 6n+4 with n ≥ 1, got {depth}.")
+        if not 0 <= dropout_rate < 1:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}.")
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.stem = _conv3x3(in_channels, widths[0], 1, rngs)
@@ -297,6 +299,7 @@ def _builder(cls: type, *, flat: bool, **defaults) -> Callable[..., nnx.Module]:
         return cls(first, num_classes, rngs=rngs, **kwargs)
 
     build.options = _options(cls)
+    build.parameters = dict(inspect.signature(cls.__init__).parameters)
     return build
 
 
@@ -343,6 +346,76 @@ def model_options(name: str) -> tuple[str, ...]:
     return MODELS[name].options
 
 
+def _annotation_matches(value: object, annotation: str) -> bool:
+    """Whether ``value`` fits a constructor annotation such as ``int``, ``str | None`` or ``Sequence[int]``.
+
+    Annotations of other forms are not checked here (the constructor is).
+    """
+    def one(value: object, kind: str) -> bool:
+        kind = kind.strip()
+        if kind == "None":
+            return value is None
+        if kind == "bool":
+            return isinstance(value, bool)
+        if kind == "int":
+            return isinstance(value, int) and not isinstance(value, bool)
+        if kind == "float":
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind == "str":
+            return isinstance(value, str)
+        if kind.startswith("Sequence[") and kind.endswith("]"):
+            return isinstance(value, (list, tuple)) and all(one(v, kind[len("Sequence["):-1]) for v in value)
+        return True
+
+    return any(one(value, kind) for kind in str(annotation).split("|"))
+
+
+def _describe(annotation: str) -> str:
+    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+            "Sequence[int]": "a list of integers", "str | None": "a string or null"}.get(annotation, annotation)
+
+
+def check_model_options(name: str, options: dict, input_shape: Sequence[int] | None = None,
+                        num_classes: int = 10) -> None:
+    """Raise ValueError naming the option when ``options`` cannot build model ``name``.
+
+    Checks the option names, each value against the constructor's annotation
+    (integers and sizes must be positive, numbers finite), then builds the
+    model abstractly (no parameters are allocated); with ``input_shape`` the
+    model is also applied to an abstract batch of that shape.
+    """
+    valid = model_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"Model {name!r} has no option(s) {unknown}; valid options: {list(valid) or 'none'}.")
+    cls_parameters = MODELS[name].parameters
+    for key, value in options.items():
+        annotation = cls_parameters[key].annotation
+        if annotation is not inspect.Parameter.empty and not _annotation_matches(value, annotation):
+            raise ValueError(f"Model option {key} of {name!r} must be {_describe(annotation)}, got {value!r}.")
+        leaves = value if isinstance(value, (list, tuple)) else [value]
+        for leaf in leaves:
+            if isinstance(leaf, float) and not math.isfinite(leaf):
+                raise ValueError(f"Model option {key} of {name!r} must be finite, got {value!r}.")
+            counts = str(annotation) in ("int", "Sequence[int]")
+            if counts and isinstance(leaf, int) and not isinstance(leaf, bool) and leaf < 1:
+                raise ValueError(f"Model option {key} of {name!r} must hold positive integers, got {value!r}.")
+    shape = tuple(input_shape) if input_shape is not None else (28, 28, 1)
+
+    def build():
+        model = create_model(name, input_shape=shape, num_classes=num_classes, **options)
+        if input_shape is not None:
+            model.eval()
+            return model(jnp.zeros((2, *shape), jnp.float32))
+        return None
+
+    try:
+        jax.eval_shape(build)
+    except (TypeError, ValueError, IndexError, ZeroDivisionError) as error:
+        message = " ".join(str(error).split())
+        raise ValueError(f"Model {name!r} cannot be built with options {dict(options)}: {message}") from error
+
+
 def task_loss(model: nnx.Module) -> str:
     """The data-fit loss a model is trained with: ``"cross_entropy"`` or ``"squared_error"``."""
     return getattr(model, "task_loss", "cross_entropy")
@@ -355,6 +428,6 @@ def penalty(model: nnx.Module) -> jax.Array:
 
 __all__ = [
     "MODELS", "BasicBlock", "BiasFreeConvNet", "FullyConnected", "Lasso", "LeNet5",
-    "LogisticRegression", "ResNet", "WideBlock", "WideResNet", "create_model", "model_options",
+    "LogisticRegression", "ResNet", "WideBlock", "WideResNet", "check_model_options", "create_model", "model_options",
     "penalty", "task_loss",
 ]
