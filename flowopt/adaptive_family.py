@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from flowopt.explicit import needed_stages, oracle_calls, scaled_sum
@@ -103,7 +104,7 @@ def adam_flow_converges(b1: float, b2: float) -> bool:
     """
     _check_unit_interval("b1", b1)
     _check_unit_interval("b2", b2)
-    return 3.0 + b2 > 4.0 * b1
+    return bool(3.0 + b2 > 4.0 * b1)
 
 
 def adam_coefficient(beta: float, timescale: float) -> Coefficient:
@@ -118,7 +119,7 @@ def adam_coefficient(beta: float, timescale: float) -> Coefficient:
     _check_positive("timescale", timescale)
 
     def coefficient(t: jax.Array) -> jax.Array:
-        return (1.0 - beta) / (timescale * -jnp.expm1(t / timescale * math.log(beta)))
+        return (1.0 - beta) / (timescale * -jnp.expm1(t / timescale * _log(beta)))
 
     return coefficient
 
@@ -162,11 +163,10 @@ def adaptive_flow(
         raise ValueError("adaptive_flow: give both h and r (a first moment) or neither.")
     if (coefficients.p is None) != (coefficients.q is None):
         raise ValueError("adaptive_flow: give both p and q (a second moment) or neither.")
-    check_learning_rate(learning_rate)
+    check_learning_rate(learning_rate, allow_zero=True)
     _check_positive("eps", eps)
     _check_finite("initial_time", initial_time)
-    _check_finite("initial_v", initial_v)
-    if initial_v < 0:
+    if (value := _check_finite("initial_v", initial_v)) is not None and value < 0:
         raise ValueError(f"initial_v must be non-negative, got {initial_v!r}.")
     if integrator is not None and not isinstance(integrator, ButcherTableau):
         raise ValueError(
@@ -264,8 +264,11 @@ def adam_flow(
     ``βᵢ = e^{-λ/αᵢ}``, the seed's Euler scheme with ``s = λ`` is Adam with
     the square root's ``ε`` inside: it equals
     ``optax.adam(learning_rate, b1, b2, eps=0, eps_root=eps)``, with ``m, v``
-    the bias-corrected moments. With a schedule, ``λ`` fixes the ODE and must
-    be given; the steps then follow the schedule along the same flow.
+    the bias-corrected moments. With a schedule, ``λ`` fixes the ODE (default:
+    the schedule's largest value over its first :data:`REFERENCE_HORIZON`
+    steps) and the steps follow the schedule along that one flow. Under
+    ``optax.inject_hyperparams(adam_flow)`` the optimizer is rebuilt at every
+    step with the current rate as ``λ``, which is ``optax.adam(schedule)`` exactly.
 
     ``init_from_gradient`` (the seed's eq. 4: ``m₀ = ∇f(θ₀)``, ``v₀ = ∇f(θ₀)²``
     at ``t₀ = λ``) gives the same Euler steps as the zero start; it is the
@@ -273,7 +276,9 @@ def adam_flow(
     ``t = 0`` rules out the zero start. Warns when ``3 + β₂ ≤ 4β₁``, outside
     the seed's convergence condition (:func:`adam_flow_converges`).
     """
-    if not adam_flow_converges(b1, b2):
+    _check_unit_interval("b1", b1)
+    _check_unit_interval("b2", b2)
+    if _is_concrete(b1, b2) and not adam_flow_converges(b1, b2):
         warnings.warn(
             f"adam_flow: b1={b1}, b2={b2} violate 3 + b2 > 4 b1, the sufficient condition "
             "for the convergence of Adam's flow (Belotto da Silva & Gazeau, Theorem 1).",
@@ -303,7 +308,7 @@ def rmsprop_flow(
     """RMSProp's flow ``θ' = -∇f/sqrt(v+ε)``, ``v' = α₂(∇f² - v)``, without a first moment.
 
     ``p = q = α₂ = (1 - decay)/λ`` with ``λ = reference_learning_rate``
-    (default: ``learning_rate``; required with a schedule), ``v₀ = initial_scale``.
+    (default: ``learning_rate``, or a schedule's peak), ``v₀ = initial_scale``.
     The seed's Euler scheme with ``s = λ`` equals ``optax.rmsprop(learning_rate,
     decay, eps, initial_scale, eps_in_sqrt=True)`` (no momentum, not centered).
     """
@@ -325,8 +330,8 @@ def adagrad_flow(
 ) -> optax.GradientTransformationExtraArgs:
     """AdaGrad's flow ``θ' = -∇f/sqrt(v+ε)``, ``v' = ∇f²/λ`` (``q ≡ 0``), without a first moment.
 
-    ``p = 1/λ`` with ``λ = reference_learning_rate`` (default: ``learning_rate``;
-    required with a schedule), ``v₀ = initial_accumulator_value``. The seed's
+    ``p = 1/λ`` with ``λ = reference_learning_rate`` (default: ``learning_rate``,
+    or a schedule's peak), ``v₀ = initial_accumulator_value``. The seed's
     Euler scheme with ``s = λ`` equals ``optax.adagrad(learning_rate,
     initial_accumulator_value, eps)``.
     """
@@ -353,7 +358,7 @@ def heavy_ball_flow(
     """
     _check_unit_interval("momentum", momentum)
     timescale = _reference("heavy_ball_flow", learning_rate, reference_learning_rate)
-    damping = (1.0 - momentum) / math.sqrt(timescale)
+    damping = (1.0 - momentum) / _sqrt(timescale)
     return adaptive_flow(1.0, damping, None, None, _sqrt_step(learning_rate), integrator=integrator)
 
 
@@ -487,14 +492,10 @@ def _as_coefficient(label: str, coefficient: CoefficientLike) -> Coefficient | N
     """A callable of ``t`` (numbers become constants), checked to return a scalar."""
     if coefficient is None:
         return None
-    if isinstance(coefficient, numbers.Real):
-        _check_finite(label, coefficient)
-        value = float(coefficient)
-        return lambda t: jnp.asarray(value, t.dtype)
     if not callable(coefficient):
-        raise ValueError(
-            f"coefficient {label} must be a callable of t, a number or None, got {type(coefficient).__name__}."
-        )
+        value = _check_finite(f"coefficient {label}", coefficient)
+        value = coefficient if value is None else value  # a traced constant (optax.inject_hyperparams)
+        return lambda t: jnp.asarray(value, t.dtype)
     shape = jax.eval_shape(coefficient, jax.ShapeDtypeStruct((), _time_dtype())).shape
     if shape != ():
         raise ValueError(f"the coefficient {label}(t) must return a scalar, got shape {shape}.")
@@ -507,8 +508,10 @@ def _check_finite_at_start(name: str, coefficients: _Coefficients, initial_time:
         if coefficient is None:
             continue
         with jax.ensure_compile_time_eval():
-            value = float(coefficient(jnp.asarray(initial_time, _time_dtype())))
-        if not math.isfinite(value):
+            value = coefficient(jnp.asarray(initial_time, _time_dtype()))
+        if not _is_concrete(value):  # traced hyperparameters: checked when concrete
+            continue
+        if not math.isfinite(float(value)):
             raise ValueError(
                 f"{name}: the coefficient {label}(t) is not finite at the initial time t0={initial_time}, "
                 "where a Runge–Kutta integrator evaluates it. Start the flow at a later initial_time "
@@ -516,44 +519,94 @@ def _check_finite_at_start(name: str, coefficients: _Coefficients, initial_time:
             )
 
 
-def _reference(method: str, learning_rate: optax.ScalarOrSchedule, reference: float | None) -> float:
-    """The learning rate ``λ`` that fixes the ODE's coefficients."""
-    check_learning_rate(learning_rate)
+REFERENCE_HORIZON = 10_000
+"""Steps over which a schedule's peak is taken as the default reference learning rate."""
+
+
+def _reference(method: str, learning_rate: optax.ScalarOrSchedule, reference: float | None) -> float | jax.Array:
+    """The learning rate ``λ`` that fixes the ODE's coefficients.
+
+    Default: ``learning_rate`` itself, or for a schedule its largest value over
+    the first :data:`REFERENCE_HORIZON` steps (the peak of a warm-up schedule):
+    the Euler scheme then equals the optax optimizer at that peak rate.
+    """
+    check_learning_rate(learning_rate, allow_zero=True)
     if reference is None:
         if callable(learning_rate):
+            with jax.ensure_compile_time_eval():
+                values = jax.vmap(learning_rate)(jnp.arange(REFERENCE_HORIZON, dtype=jnp.int32))
+                peak = jnp.max(jnp.where(jnp.isfinite(values), values, -jnp.inf))
+            if not _is_concrete(peak) or not float(peak) > 0:
+                raise ValueError(
+                    f"{method}: the schedule has no positive finite value in its first {REFERENCE_HORIZON} steps "
+                    "to serve as the reference learning rate; pass reference_learning_rate (the seed's λ)."
+                )
+            return float(peak)
+        if _is_concrete(learning_rate) and float(learning_rate) == 0:
             raise ValueError(
-                f"{method}: with a learning-rate schedule, pass reference_learning_rate (the seed's λ), "
-                "the constant learning rate at which the Euler scheme reproduces the optax optimizer."
+                f"{method}: learning_rate is 0, which cannot serve as the reference rate λ that fixes the "
+                "flow; pass reference_learning_rate (also under optax.inject_hyperparams with a warm-up "
+                "schedule starting at 0)."
             )
-        reference = float(learning_rate)
-    _check_positive("reference_learning_rate", reference)
-    return float(reference)
+        reference = learning_rate
+    value = _check_positive("reference_learning_rate", reference)
+    return reference if value is None else value
 
 
 def _sqrt_step(learning_rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
     """The flow step ``s = sqrt(learning_rate)`` of the second-order (momentum) flows."""
-    check_learning_rate(learning_rate)
+    check_learning_rate(learning_rate, allow_zero=True)
     if callable(learning_rate):
         # A negative rate keeps its sign, so that the fault is reported as such.
         return lambda count: jnp.sign(value := learning_rate(count)) * jnp.sqrt(jnp.abs(value))
-    return math.sqrt(float(learning_rate))
+    return _sqrt(learning_rate)
 
 
-def _check_positive(label: str, value: float) -> None:
-    _check_finite(label, value)
-    if value <= 0:
-        raise ValueError(f"{label} must be positive, got {value!r}.")
+def _is_concrete(*values: Any) -> bool:
+    return not any(isinstance(value, jax.core.Tracer) for value in values)
 
 
-def _check_finite(label: str, value: float) -> None:
-    if not isinstance(value, numbers.Real) or not math.isfinite(value):
+def _sqrt(value: float | jax.Array) -> float | jax.Array:
+    return math.sqrt(float(value)) if _is_concrete(value) else jnp.sqrt(value)
+
+
+def _log(value: float | jax.Array) -> float | jax.Array:
+    return math.log(float(value)) if _is_concrete(value) else jnp.log(value)
+
+
+def _check_finite(label: str, value: Any) -> float | None:
+    """Raise ``ValueError`` unless ``value`` is a finite real scalar; return it as a float.
+
+    Traced values (``optax.inject_hyperparams`` under ``jit``) pass unchecked
+    and give ``None``; concrete JAX or NumPy scalars are checked like numbers.
+    """
+    if isinstance(value, jax.core.Tracer):
+        return None
+    array = None
+    if not isinstance(value, (bool, np.bool_)) and isinstance(value, (numbers.Real, np.ndarray, np.generic, jax.Array)):
+        array = np.asarray(value)
+    if array is None or array.shape != () or not (
+        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+    ):
         raise ValueError(f"{label} must be a finite real number, got {value!r}.")
+    number = float(array)
+    if not math.isfinite(number):
+        raise ValueError(f"{label} must be a finite real number, got {value!r}.")
+    return number
 
 
-def _check_unit_interval(label: str, value: float) -> None:
-    _check_finite(label, value)
-    if not 0.0 < value < 1.0:
+def _check_positive(label: str, value: Any) -> float | None:
+    number = _check_finite(label, value)
+    if number is not None and number <= 0:
+        raise ValueError(f"{label} must be positive, got {value!r}.")
+    return number
+
+
+def _check_unit_interval(label: str, value: Any) -> float | None:
+    number = _check_finite(label, value)
+    if number is not None and not 0.0 < number < 1.0:
         raise ValueError(f"{label} must lie in the open interval (0, 1), got {value!r}.")
+    return number
 
 
 def _abs2(g: jax.Array) -> jax.Array:

@@ -72,8 +72,14 @@ class IntegratorState(NamedTuple):
     stage_state: Any
 
 
-def check_learning_rate(learning_rate: optax.ScalarOrSchedule, name: str = "learning_rate") -> None:
+def check_learning_rate(
+    learning_rate: optax.ScalarOrSchedule, name: str = "learning_rate", *, allow_zero: bool = False
+) -> None:
     """Raise ``ValueError`` unless ``learning_rate`` is a schedule of the step count or a finite positive number.
+
+    With ``allow_zero`` a constant 0 is accepted too (every step is then the
+    identity, as with ``optax.sgd(0.0)``; ``optax.inject_hyperparams`` passes
+    a warm-up schedule's first value, 0, as a constant).
 
     A schedule is checked to return a scalar for an integer step count; its
     values are checked at each step (see :func:`checked_step_size`).
@@ -98,8 +104,9 @@ def check_learning_rate(learning_rate: optax.ScalarOrSchedule, name: str = "lear
         raise ValueError(
             f"{name} must be a positive number or an optax schedule, got {learning_rate!r}."
         ) from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be finite and positive, got {value!r}.")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be finite and {bound}, got {value!r}.")
 
 
 def step_size(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
@@ -179,7 +186,7 @@ def as_optimizer(
     ``update(grads, state, params, value_fn=..., grad_fn=..., **ignored)``
     returns the increment ``θ_{n+1} - θ_n``: add it with ``optax.apply_updates``.
     """
-    check_learning_rate(learning_rate)
+    check_learning_rate(learning_rate, allow_zero=True)
 
     def init_fn(params: Params) -> IntegratorState:
         return IntegratorState(

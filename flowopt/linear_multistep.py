@@ -22,6 +22,11 @@ def check_startup(startup: str) -> str:
 
 def check_integer(value, name: str, low: int, high: int | None = None) -> int:
     """Raise ``ValueError`` unless ``value`` is an integer in ``[low, high]``."""
+    if isinstance(value, jax.Array) and not isinstance(value, bool):
+        raise ValueError(
+            f"{name} must be a Python integer (it fixes the structure of the method), got a JAX array; "
+            f"with optax.inject_hyperparams, list it in static_args=({name!r}, ...)."
+        )
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer, got {value!r}.")
     if value < low or (high is not None and value > high):

@@ -220,10 +220,18 @@ def test_unusable_schedule_raises_at_construction(schedule, match):
         flowopt.rk4(schedule)
 
 
-@pytest.mark.parametrize("bad", [True, "0.1", [0.1], 0.0, -1.0])
+@pytest.mark.parametrize("bad", [True, "0.1", [0.1], -1.0])
 def test_bad_constant_learning_rate_raises(bad):
     with pytest.raises(ValueError, match="learning_rate"):
         flowopt.heun(bad)
+
+
+def test_constant_zero_learning_rate_is_the_identity():
+    # As optax.sgd(0.0); optax.inject_hyperparams passes a warm-up's first value as such a constant.
+    tx = flowopt.bdf(2, 0.0, 3)
+    updates, state = tx.update(jax.grad(loss)(PARAMS), tx.init(PARAMS), PARAMS, value_fn=loss)
+    np.testing.assert_array_equal(np.asarray(updates["w"]), 0.0)
+    assert int(state.skipped) == 0
 
 
 # Complex parameters: f(z) = Σ a |z - c|², and the same problem on the real pair (Re z, Im z).

@@ -15,7 +15,7 @@ def _update(tx, **kwargs):
     return tx.update(jax.grad(LOSS)(PARAMS), tx.init(PARAMS), PARAMS, **kwargs)
 
 
-@pytest.mark.parametrize("bad", [0.0, -0.1, float("nan"), float("inf"), "fast", None])
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "fast", None, True])
 def test_bad_learning_rate_raises(bad):
     with pytest.raises(ValueError, match="learning_rate"):
         flowopt.rk4(bad)

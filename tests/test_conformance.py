@@ -1,0 +1,97 @@
+"""flowopt inside optax's wrappers: inject_hyperparams, schedules for the flows, static integer arguments."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import flowopt
+
+X0 = np.array([1.0, -1.0])  # made a JAX array inside each run, in its precision
+
+
+def loss(x):
+    return 0.5 * jnp.sum(jnp.array([1.0, 10.0]) * x**2) + jnp.sum(jnp.sin(x))
+
+
+def run(tx, steps=30):
+    @jax.jit
+    def step(x, state):
+        updates, state = tx.update(jax.grad(loss)(x), state, x, value_fn=loss)
+        return optax.apply_updates(x, updates), state
+
+    x = jnp.asarray(X0)
+    state = tx.init(x)
+    for _ in range(steps):
+        x, state = step(x, state)
+    return x
+
+
+FLOWS = [flowopt.adam_flow, flowopt.rmsprop_flow, flowopt.adagrad_flow, flowopt.heavy_ball_flow, flowopt.nesterov_flow]
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.__name__)
+def test_inject_hyperparams_equals_the_plain_flow(flow):
+    with jax.enable_x64(True):
+        injected = run(optax.inject_hyperparams(flow)(learning_rate=0.05))
+        plain = run(flow(0.05))
+    np.testing.assert_allclose(np.asarray(injected), np.asarray(plain), rtol=0, atol=1e-14)
+
+
+def test_injected_hyperparameters_are_used():
+    with jax.enable_x64(True):
+        injected = run(optax.inject_hyperparams(flowopt.adam_flow)(learning_rate=0.05, b1=0.8, b2=0.99))
+        reference = run(optax.adam(0.05, b1=0.8, b2=0.99, eps=0.0, eps_root=1e-8))
+    np.testing.assert_allclose(np.asarray(injected), np.asarray(reference), rtol=0, atol=1e-14)
+
+
+def test_injected_schedule_is_optax_adam_with_that_schedule():
+    schedule = optax.warmup_cosine_decay_schedule(0.01, 0.1, 5, 50)
+    with jax.enable_x64(True):
+        injected = run(optax.inject_hyperparams(flowopt.adam_flow)(learning_rate=schedule))
+        reference = run(optax.adam(schedule, eps=0.0, eps_root=1e-8))
+    np.testing.assert_allclose(np.asarray(injected), np.asarray(reference), rtol=0, atol=1e-14)
+
+
+def test_injected_warmup_from_zero_needs_and_takes_a_reference_rate():
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 0.1, 5, 50)
+    with pytest.raises(ValueError, match="learning_rate is 0.*reference_learning_rate"):
+        optax.inject_hyperparams(flowopt.adam_flow)(learning_rate=schedule).init(jnp.asarray(X0))
+    x = run(optax.inject_hyperparams(flowopt.adam_flow)(learning_rate=schedule, reference_learning_rate=0.1))
+    assert float(loss(x)) < float(loss(X0))
+
+
+@pytest.mark.parametrize("flow", FLOWS[:4], ids=lambda f: f.__name__)
+def test_flow_takes_a_schedule_with_its_peak_as_reference(flow):
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 0.1, 5, 50)
+    with jax.enable_x64(True):
+        default = run(flow(schedule))
+        explicit = run(flow(schedule, reference_learning_rate=0.1))
+    # The peak is the schedule's own value at its peak step (0.1 rounded as the schedule computes it).
+    np.testing.assert_allclose(np.asarray(default), np.asarray(explicit), rtol=1e-6)
+    assert float(loss(default)) < float(loss(X0))
+
+
+def test_constant_schedule_equals_the_float_rate_for_the_flows():
+    with jax.enable_x64(True):
+        scheduled = run(flowopt.adam_flow(optax.constant_schedule(0.05)))
+        constant = run(flowopt.adam_flow(0.05))
+    np.testing.assert_allclose(np.asarray(scheduled), np.asarray(constant), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "factory, kwargs, static",
+    [
+        (flowopt.bdf, {"order": 2, "learning_rate": 0.1, "inner_steps": 3}, ("order", "inner_steps")),
+        (flowopt.adams_bashforth, {"order": 3, "learning_rate": 0.1}, ("order",)),
+        (flowopt.backward_euler, {"learning_rate": 0.1, "inner_steps": 3}, ("inner_steps",)),
+    ],
+    ids=["bdf", "adams_bashforth", "backward_euler"],
+)
+def test_integer_structure_arguments_are_static_args(factory, kwargs, static):
+    name = static[0]
+    with pytest.raises(ValueError, match=f"{name} must be a Python integer.*static_args"):
+        optax.inject_hyperparams(factory)(**kwargs).init(jnp.asarray(X0))
+    injected = run(optax.inject_hyperparams(factory, static_args=static)(**kwargs))
+    np.testing.assert_allclose(np.asarray(injected), np.asarray(run(factory(**kwargs))), rtol=1e-6)
