@@ -237,14 +237,16 @@ class TrainConfig:
             if key in ("path", "data_dir", "tfds_data_dir") and (not isinstance(value, str) or not value):
                 raise ConfigError("dataset_options", f"dataset option {key} must be a non-empty path, got {value!r}.", key)
 
-    def check_buildable(self, input_shape: tuple[int, ...] | None = None, num_train: int | None = None) -> None:
+    def check_buildable(self, input_shape: tuple[int, ...] | None = None, num_train: int | None = None,
+                        optimizer: bool = True) -> None:
         """Build the model and the optimizer abstractly (nothing is allocated or computed) and check the run length.
 
         ``input_shape`` and ``num_train`` default to those of the named data
         set. Raises :class:`ConfigError` naming the field at fault: a model
         option the constructor rejects or that does not fit the images, an
         optimizer option of the wrong type, a batch larger than the training
-        set, a warm-up as long as the run.
+        set, a warm-up as long as the run. ``optimizer=False`` skips the
+        optimizer (for runs given their own ``tx``).
         """
         shape = tuple(input_shape) if input_shape is not None else nominal_shape(self.dataset)
         size = num_train if num_train is not None else nominal_train_size(self.dataset)
@@ -254,6 +256,20 @@ class TrainConfig:
             field = "model_options" if self.model_options else "model"
             raise ConfigError(field, f"{error} (images of shape {shape})", _key_in(error, self.model_options)) \
                 from error
+        if optimizer:
+            self._check_optimizer()
+        if self.batch_size > size:
+            raise ConfigError(
+                "batch_size", f"batch_size {self.batch_size} exceeds the {size} training examples of {self.dataset}."
+            )
+        lengths = [n for n in (self.steps, self.epochs and self.epochs * (size // self.batch_size)) if n]
+        if self.warmup_steps and lengths and self.warmup_steps >= min(lengths):
+            raise ConfigError(
+                "warmup_steps",
+                f"warmup_steps ({self.warmup_steps}) must be less than the run's {min(lengths)} steps.",
+            )
+
+    def _check_optimizer(self) -> None:
         if self.schedule == "constant":
             rate = self.learning_rate
         else:
@@ -265,16 +281,6 @@ class TrainConfig:
         except ValueError as error:
             field = "optimizer_options" if self.optimizer_options else "optimizer"
             raise ConfigError(field, str(error), _key_in(error, self.optimizer_options)) from error
-        if self.batch_size > size:
-            raise ConfigError(
-                "batch_size", f"batch_size {self.batch_size} exceeds the {size} training examples of {self.dataset}."
-            )
-        lengths = [n for n in (self.steps, self.epochs and self.epochs * (size // self.batch_size)) if n]
-        if self.warmup_steps and lengths and self.warmup_steps >= min(lengths):
-            raise ConfigError(
-                "warmup_steps",
-                f"warmup_steps ({self.warmup_steps}) must be less than the run's {min(lengths)} steps.",
-            )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:

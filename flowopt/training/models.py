@@ -14,7 +14,9 @@ Two optional hooks shape the training objective (see ``loop.objective``):
 
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 import math
 from collections.abc import Callable, Sequence
 
@@ -400,7 +402,20 @@ def check_model_options(name: str, options: dict, input_shape: Sequence[int] | N
             counts = str(annotation) in ("int", "Sequence[int]")
             if counts and isinstance(leaf, int) and not isinstance(leaf, bool) and leaf < 1:
                 raise ValueError(f"Model option {key} of {name!r} must hold positive integers, got {value!r}.")
-    shape = tuple(input_shape) if input_shape is not None else (28, 28, 1)
+    shape = tuple(input_shape) if input_shape is not None else None
+    try:
+        key = json.dumps(options, sort_keys=True)
+    except (TypeError, ValueError):  # not plain JSON: checked without the cache
+        _check_build.__wrapped__(name, options, shape, num_classes)
+    else:
+        _check_build(name, key, shape, num_classes)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_build(name: str, options: str | dict, input_shape: tuple[int, ...] | None, num_classes: int) -> None:
+    """Build model ``name`` abstractly (and apply it to an abstract batch when ``input_shape`` is given)."""
+    options = json.loads(options) if isinstance(options, str) else options
+    shape = input_shape if input_shape is not None else (28, 28, 1)
 
     def build():
         model = create_model(name, input_shape=shape, num_classes=num_classes, **options)
