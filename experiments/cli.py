@@ -1,12 +1,18 @@
-"""``flowopt-experiment STUDY --config {smoke,cpu,gpu}``: run one study end to end."""
+"""``flowopt-experiment STUDY --config {smoke,cpu,gpu}``: run one study end to end.
+
+Exit status: 0 when the study ran, 2 for bad arguments or a malformed
+configuration (one line on stderr naming the flag, or the file and key).
+"""
 
 from __future__ import annotations
 
-import argparse
 import importlib
+import sys
+import tempfile
 from pathlib import Path
 
-from experiments.runner import CONFIG_NAMES, Study, load_config, run_study
+from experiments.runner import CONFIG_NAMES, ConfigFileError, Study, check_config, config_path, load_config, run_study
+from flowopt.training.cli import OneLineParser
 
 STUDIES = {
     "runge-kutta": "experiments.studies.runge_kutta",
@@ -23,18 +29,49 @@ def get_study(name: str) -> Study:
     return importlib.import_module(STUDIES[name]).STUDY
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run a flowopt study; finished runs are kept and skipped on re-runs.")
+def _check_output(output: Path) -> None:
+    """``output`` must be, or become, a writable directory."""
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"argument --output: {output} exists and is not a directory.")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output, prefix=".flowopt-write-test-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"argument --output: {output} is not a writable directory: {error.strerror or error}.") \
+            from error
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``flowopt-experiment``; returns the exit status."""
+    parser = OneLineParser(
+        prog="flowopt-experiment",
+        description="Run a flowopt study; finished runs are kept and reused while their configuration matches.",
+    )
     parser.add_argument("study", choices=sorted(STUDIES))
     parser.add_argument("--config", default="cpu", help=f"one of {CONFIG_NAMES} or a JSON file")
-    parser.add_argument("--output", type=Path, default=None, help="default: results/<study>/<config>")
+    parser.add_argument("--output", default=None, help="default: results/<study>/<config>")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    config = load_config(args.study, args.config)
-    output = args.output or Path("results") / args.study / config["config_name"]
-    run_study(get_study(args.study), config, output, progress=not args.no_progress)
+    if args.output is not None and not args.output.strip():
+        parser.error("argument --output: the directory name is empty.")
+    study = get_study(args.study)
+    try:
+        config = load_config(args.study, args.config)
+        source = config_path(args.study, args.config)
+        check_config(study, config, source)
+    except ConfigFileError as error:
+        parser.error(f"argument --config: {error}")
+    output = Path(args.output).expanduser() if args.output is not None else (
+        Path("results") / args.study / config["config_name"])
+    try:
+        _check_output(output)
+    except ValueError as error:
+        parser.error(str(error))
+    run_study(study, config, output, progress=not args.no_progress, source=source)
     print(f"results written to {output}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -36,9 +36,16 @@ from typing import Any
 import jax
 
 import flowopt
-from experiments import adam_ode_figures
+from experiments import adam_ode_figures, runner
 from experiments.runner import RunSpec, Study
-from experiments.studies.training_runs import grads_per_step, row_at_grad_evals, steps_per_epoch, train_run
+from experiments.studies.training_runs import (
+    check_train_run,
+    grads_per_step,
+    row_at_grad_evals,
+    steps_per_epoch,
+    train_run,
+    train_schema,
+)
 from experiments.tables import write_csv
 from flowopt import tableaus
 
@@ -91,17 +98,46 @@ def _figures(run_dir: Path) -> dict[str, Any]:
     return {"kind": "figures", "summary": {name: float(value) for name, value in summary}}
 
 
+def _train_settings(spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
+    integrator, lr = spec.settings["integrator"], spec.settings["learning_rate"]
+    return {
+        **config["train"], "optimizer": "adam_flow", "learning_rate": lr, "seed": config.get("seed", 0),
+        "optimizer_options": {"integrator": integrator, "b1": config.get("b1", 0.9), "b2": config.get("b2", 0.999),
+                              "eps": config.get("eps", 1e-8)},
+    }
+
+
 def execute(spec: RunSpec, config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Draw the figures, or train one integrator at one rate (resuming from ``run_dir``'s checkpoints)."""
     if spec.settings["kind"] == "figures":
         return _figures(run_dir)
     integrator, lr = spec.settings["integrator"], spec.settings["learning_rate"]
-    settings = {
-        **config["train"], "optimizer": "adam_flow", "learning_rate": lr, "seed": config.get("seed", 0),
-        "optimizer_options": {"integrator": integrator, "b1": config.get("b1", 0.9), "b2": config.get("b2", 0.999),
-                              "eps": config.get("eps", 1e-8)},
-    }
-    return {"kind": "train", **train_run(settings, run_dir, tx=optimizer(integrator, lr, config))}
+    return {"kind": "train", **train_run(_train_settings(spec, config), run_dir, tx=optimizer(integrator, lr, config))}
+
+
+def run_config(spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
+    """Everything a run's result depends on: the figures depend on nothing, a training run on its full settings."""
+    if spec.settings["kind"] == "figures":
+        return dict(spec.settings)
+    return {**spec.settings, **_train_settings(spec, config)}
+
+
+def check_run(spec: RunSpec, config: dict[str, Any]) -> None:
+    """Settings TrainConfig or adam_flow rejects, before any run starts."""
+    if spec.settings["kind"] == "train":
+        check_train_run(_train_settings(spec, config), build_optimizer=False)
+        optimizer(spec.settings["integrator"], spec.settings["learning_rate"], config)
+
+
+_BETA = runner.satisfies("a number in [0, 1)", lambda v: runner.NUMBER.test(v) and 0 <= v < 1)
+SCHEMA = {
+    **runner.COMMON,
+    "figures": runner.optional(runner.BOOL),
+    "b1": runner.optional(_BETA), "b2": runner.optional(_BETA), "eps": runner.optional(runner.POSITIVE),
+    "integrators": runner.ListOf(runner.one_of(*INTEGRATORS)),
+    "learning_rates": runner.ListOf(runner.POSITIVE),
+    "train": train_schema("epochs"),
+}
 
 
 # --------------------------------------------------------------------------- summaries
@@ -248,4 +284,4 @@ def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output
     plot(config, results, output_dir)
 
 
-STUDY = Study("adam-ode", plan, execute, summarize)
+STUDY = Study("adam-ode", plan, execute, summarize, SCHEMA, run_config, check_run)

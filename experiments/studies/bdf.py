@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import flowopt
-from experiments import bdf_stability
+from experiments import bdf_stability, runner
 from experiments.runner import RunSpec, Study
-from experiments.studies.training_runs import grads_per_step, train_run
+from experiments.studies.training_runs import check_train_run, grads_per_step, train_run, train_schema
 from experiments.tables import write_csv
 from flowopt.training import make_optimizer
 
@@ -367,4 +367,66 @@ def summarize(config: dict[str, Any], results: dict, output_dir: Path) -> None:
     plot(config, results, runs, output_dir)
 
 
-STUDY = Study("bdf", plan, execute, summarize)
+def _is_method(value: Any) -> bool:
+    try:
+        optimizer_name(value)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return not value.startswith("bdf") or 1 <= int(value[3:]) <= 6
+
+
+def _is_problem(value: Any) -> bool:
+    if value == "logistic_regression":
+        return True
+    if not isinstance(value, str) or not value.startswith("quadratic_kappa"):
+        return False
+    try:
+        return float(value[len("quadratic_kappa"):]) >= 1
+    except ValueError:
+        return False
+
+
+METHOD = runner.satisfies("one of gd, heun, rk4, bdf1 ... bdf6", _is_method)
+SCHEMA = {
+    **runner.COMMON,
+    "inner_steps": runner.POSITIVE_INT,
+    "methods": runner.ListOf(METHOD),
+    "synthetic": runner.optional({
+        "problems": runner.ListOf(runner.satisfies(
+            "logistic_regression or quadratic_kappa<condition number ≥ 1>", _is_problem), min_length=0),
+        "dim": runner.optional(runner.POSITIVE_INT),
+        "min_rate": runner.POSITIVE, "max_rate": runner.POSITIVE, "rates_per_decade": runner.POSITIVE_INT,
+        "target": runner.POSITIVE, "budget": runner.POSITIVE_INT, "curve_budget": runner.POSITIVE_INT,
+    }),
+    "mnist": runner.optional(runner.ListOf({
+        "name": runner.STRING,
+        "methods": runner.optional(runner.ListOf(METHOD)),
+        "rates": runner.ListOf(runner.POSITIVE),
+        "loss_target": runner.POSITIVE,
+        "train": train_schema("grad_evals"),
+    }, min_length=0, unique="name")),
+}
+
+
+def run_config(spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
+    """Everything a run's result depends on: a synthetic sweep reads the study's methods, inner steps and
+    synthetic block; a training run its settings and the seed."""
+    if spec.settings["kind"] == "synthetic":
+        return {**spec.settings, "synthetic": config["synthetic"], "methods": config["methods"],
+                "inner_steps": config["inner_steps"]}
+    return {**spec.settings, "seed": config.get("seed", 0)}
+
+
+def check_run(spec: RunSpec, config: dict[str, Any]) -> None:
+    """Settings TrainConfig rejects, and a synthetic rate range that is empty, before any run starts."""
+    if spec.settings["kind"] == "synthetic":
+        synthetic = config["synthetic"]
+        if synthetic["min_rate"] > synthetic["max_rate"]:
+            raise ValueError(f"synthetic.min_rate ({synthetic['min_rate']}) exceeds "
+                             f"synthetic.max_rate ({synthetic['max_rate']}).")
+        return
+    settings = {k: v for k, v in run_config(spec, config).items() if k not in ("kind", "problem", "method")}
+    check_train_run(settings)
+
+
+STUDY = Study("bdf", plan, execute, summarize, SCHEMA, run_config, check_run)

@@ -54,14 +54,15 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
+from experiments import runner
 from experiments.runner import RunSpec, Study
 from experiments.studies.training_runs import get_dataset
 from experiments.tables import write_csv
 from flowopt import analysis
 from flowopt.training.checkpoint import Checkpointer
-from flowopt.training.data import normalize
+from flowopt.training.data import DATASET_NAMES, normalize
 from flowopt.training.loop import make_objective
-from flowopt.training.models import create_model
+from flowopt.training.models import MODELS, create_model
 
 # Read off the seed's plots (loss after 10⁴ iterations at η₀ = 10⁻³).
 SOURCE_FINAL_LOSS = {"deep_linear": 0.1, "relu_fc": 0.1, "bias_free_cnn": 0.04, "lenet5": 0.03}
@@ -519,4 +520,45 @@ def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output
     plot(config, results, output_dir)
 
 
-STUDY = Study("continuous-vs-discrete", plan, execute, summarize)
+_FLOW = runner.MapOf(runner.ANY)  # keyword arguments of analysis.gradient_flow, checked by check_run
+_BLOCK = {
+    "models": runner.ListOf(runner.one_of(*MODELS)),
+    "learning_rates": runner.ListOf(runner.POSITIVE),
+    "iterations": runner.POSITIVE_INT,
+    "record_points": runner.POSITIVE_INT,
+    "ratios": runner.optional(runner.ListOf(
+        runner.satisfies("an integer ≥ 2", lambda v: runner.POSITIVE_INT.test(v) and v >= 2), min_length=0)),
+    "flow": runner.Nullable(_FLOW),
+    "spectrum": {"points": runner.POSITIVE_INT, "lanczos_iterations": runner.POSITIVE_INT},
+}
+_OVERRIDE = {key: runner.optional(value) for key, value in _BLOCK.items() if key != "models"}
+SCHEMA = {
+    **runner.COMMON,
+    "checkpoint_seconds": runner.optional(runner.POSITIVE),
+    "data": {"dataset": runner.one_of(*DATASET_NAMES), "pool": runner.POSITIVE_INT, "stride": runner.POSITIVE_INT},
+    **{regime: runner.optional({**_BLOCK, "overrides": runner.optional(runner.MapOf(
+        _OVERRIDE, keys=runner.one_of(*MODELS)))}, nullable=True) for regime in REGIMES},
+}
+
+
+def run_config(spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
+    """Everything a run's result depends on: its settings hold all of it (checkpoint_seconds changes nothing)."""
+    return dict(spec.settings)
+
+
+def check_run(spec: RunSpec, config: dict[str, Any]) -> None:
+    """Flow options gradient_flow does not take, a large step without a flow, before any run starts."""
+    import inspect
+
+    flow = spec.settings["flow"]
+    if flow is None and spec.settings["modified_flow"]:
+        raise ValueError(f"{spec.settings['regime']}: flow must be set: the large-step runs integrate the modified flow.")
+    if flow is not None:
+        valid = [k for k, p in inspect.signature(analysis.gradient_flow).parameters.items()
+                 if p.kind is p.KEYWORD_ONLY and k != "grad_fn"]
+        unknown = sorted(set(flow) - set(valid))
+        if unknown:
+            raise ValueError(f"{spec.settings['regime']}: flow has unknown option(s) {unknown}; valid: {valid}.")
+
+
+STUDY = Study("continuous-vs-discrete", plan, execute, summarize, SCHEMA, run_config, check_run)

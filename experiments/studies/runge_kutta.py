@@ -34,12 +34,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+from experiments import runner
 from experiments.runner import RunSpec, Study
 from experiments.studies.training_runs import (
+    GRADS_PER_STEP,
+    check_train_run,
     grads_per_step,
     row_at_grad_evals,
     steps_per_epoch,
     train_run,
+    train_schema,
 )
 from experiments.tables import write_csv
 
@@ -270,4 +274,27 @@ def summarize(config: dict[str, Any], results: dict, output_dir: Path) -> None:
     plot(config, table, results, output_dir)
 
 
-STUDY = Study("runge-kutta", plan, execute, summarize)
+SCHEMA = {
+    **runner.COMMON,
+    "experiments": runner.ListOf({
+        "name": runner.STRING,
+        "row": runner.optional(runner.STRING),
+        "train": train_schema("epochs"),
+        "methods": runner.MapOf(runner.ListOf(runner.POSITIVE), keys=runner.one_of(*GRADS_PER_STEP), min_length=1),
+        "source": runner.optional(runner.MapOf(runner.ListOf(runner.NUMBER))),
+    }, unique="name"),
+}
+
+
+def run_config(spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
+    """Everything a run's result depends on: its settings and the study's seed."""
+    return {**spec.settings, "seed": config.get("seed", 0)}
+
+
+def check_run(spec: RunSpec, config: dict[str, Any]) -> None:
+    """Settings TrainConfig rejects, before any run starts."""
+    settings = {k: v for k, v in run_config(spec, config).items() if k != "experiment"}
+    check_train_run(settings)
+
+
+STUDY = Study("runge-kutta", plan, execute, summarize, SCHEMA, run_config, check_run)

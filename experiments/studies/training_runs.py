@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 import optax
 
-from flowopt.training.config import TrainConfig
-from flowopt.training.data import SPECS, Dataset, load_dataset
+from experiments import runner
+from flowopt.training.config import SCHEDULES, ConfigError, TrainConfig, nominal_train_size
+from flowopt.training.data import DATASET_NAMES, SPECS, Dataset, load_dataset
 from flowopt.training.loop import train
+from flowopt.training.models import MODELS
 
 # Gradient evaluations per step of each optimizer the studies name (fixed-step methods only).
 GRADS_PER_STEP = {
@@ -34,6 +36,49 @@ _CONFIG_KEYS = (
     "weight_decay", "schedule", "warmup_steps", "augment", "model_options", "eval_batch_size",
     "eval_train", "checkpoint_every",
 )
+
+
+def train_schema(*required: str, optimizer: bool = False) -> dict[str, Any]:
+    """The schema of a study's ``train`` block: TrainConfig fields plus the data subset; ``required`` budgets."""
+    schema: dict[str, Any] = {
+        "model": runner.one_of(*MODELS), "dataset": runner.one_of(*DATASET_NAMES),
+        "batch_size": runner.POSITIVE_INT,
+        "epochs": runner.optional(runner.POSITIVE_INT), "steps": runner.optional(runner.POSITIVE_INT),
+        "grad_evals": runner.optional(runner.POSITIVE_INT),
+        "train_subset": runner.optional(runner.POSITIVE_INT), "test_subset": runner.optional(runner.POSITIVE_INT),
+        "weight_decay": runner.optional(runner.NON_NEGATIVE), "schedule": runner.optional(runner.one_of(*SCHEDULES)),
+        "warmup_steps": runner.optional(runner.NON_NEGATIVE_INT), "augment": runner.optional(runner.BOOL, True),
+        "model_options": runner.optional(runner.MapOf(runner.ANY)),
+        "eval_batch_size": runner.optional(runner.POSITIVE_INT), "eval_train": runner.optional(runner.BOOL),
+        "checkpoint_every": runner.optional(runner.POSITIVE_INT),
+    }
+    if optimizer:
+        schema["optimizer_options"] = runner.optional(runner.MapOf(runner.ANY))
+    for key in required:
+        schema[key] = schema[key].inner if isinstance(schema[key], runner.Optional_) else schema[key]
+    return schema
+
+
+def check_train_run(settings: dict[str, Any], build_optimizer: bool = True) -> None:
+    """Raise ValueError naming the field when ``settings`` cannot make a run (nothing is loaded or trained).
+
+    ``build_optimizer=False`` when the study passes its own optimizer (``tx``).
+    """
+    values = {key: settings[key] for key in _CONFIG_KEYS if key in settings}
+    options = dict(settings.get("optimizer_options") or {})
+    try:
+        config = TrainConfig.from_dict({**values, "dataset": settings["dataset"], "optimizer_options": options,
+                                        "progress": False})
+        size = nominal_train_size(config.dataset)
+        for key, full in (("train_subset", size), ("test_subset", SPECS[config.dataset].num_test
+                                                    if config.dataset in SPECS else None)):
+            subset = settings.get(key)
+            if subset is not None and full is not None and subset > full:
+                raise ValueError(f"{key}: {key} {subset} exceeds the {full} examples of {config.dataset}.")
+        size = min(size, settings.get("train_subset") or size)
+        config.check_buildable(num_train=size, optimizer=build_optimizer)
+    except ConfigError as error:
+        raise ValueError(f"{error.field}: {error}") from error
 
 
 def grads_per_step(optimizer: str, options: dict[str, Any] | None = None) -> int:
