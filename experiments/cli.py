@@ -1,7 +1,8 @@
 """``flowopt-experiment STUDY --config {smoke,cpu,gpu}``: run one study end to end.
 
-Exit status: 0 when the study ran, 2 for bad arguments or a malformed
-configuration (one line on stderr naming the flag, or the file and key).
+Exit status: 0 when the study ran, 2 for bad arguments, a malformed
+configuration, a damaged data cache or an unwritable output (one line on
+stderr naming the flag, or the file and key).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from experiments.runner import CONFIG_NAMES, ConfigFileError, Study, check_config, config_path, load_config, run_study
 from flowopt.training.cli import OneLineParser
+from flowopt.training.data import DataIntegrityError
 
 STUDIES = {
     "runge-kutta": "experiments.studies.runge_kutta",
@@ -68,7 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         _check_output(output)
     except ValueError as error:
         parser.error(str(error))
-    run_study(study, config, output, progress=not args.no_progress, source=source)
+    try:
+        run_study(study, config, output, progress=not args.no_progress, source=source)
+    except ConfigFileError as error:
+        parser.error(f"argument --config: {error}")
+    except DataIntegrityError as error:  # a damaged cache: the message says how to repair it
+        parser.error(str(error))
+    except OSError as error:
+        parser.error(f"{error.filename or output}: {error.strerror or error}")
     print(f"results written to {output}")
     return 0
 
