@@ -359,25 +359,49 @@ def _set_aside(run_dir: Path, output_dir: Path) -> Path:
     return target
 
 
-def _stale_reason(run_dir: Path, run_config: dict[str, Any], spec: RunSpec) -> tuple[str | None, dict | None]:
+def _record(study: Study, spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
+    """What is stored to recognise a run: its full configuration, its settings and the study's configuration."""
+    return json.loads(json.dumps({
+        "run_config": full_run_config(study, spec, config), "settings": spec.settings,
+        "study_config": {k: v for k, v in config.items() if k not in _DESCRIPTIVE},
+    }, sort_keys=True))
+
+
+def _changes(study: Study, stored: dict[str, Any], current: dict[str, Any]) -> list[str] | None:
+    """How a stored record differs from the current one ([] if it matches); None if it cannot be compared.
+
+    A study with a ``run_config`` compares those; one without compares the
+    settings and the whole study configuration.
+    """
+    if study.run_config is not None:
+        if "run_config" not in stored:
+            return None
+        return _differences(stored["run_config"], current["run_config"])
+    if "study_config" not in stored:
+        return None
+    return _differences({"settings": stored.get("settings"), "config": stored["study_config"]},
+                        {"settings": current["settings"], "config": current["study_config"]})
+
+
+def _stale_reason(study: Study, run_dir: Path, record: dict[str, Any]) -> tuple[str | None, dict | None]:
     """Why the run in ``run_dir`` cannot be reused (None if it can), and its result if it is finished."""
     done = run_dir / "result.json"
     if done.is_file():
         result = _read_json(done)
         if not isinstance(result, dict):
             return "its result.json is unreadable or not a JSON object", None
-        if "run_config" in result:
-            changes = _differences(result["run_config"], run_config)
-            return (f"its configuration changed ({'; '.join(changes)})" if changes else None), result
-        stored = json.loads(json.dumps(result.get("settings"), sort_keys=True))
-        changes = _differences(stored, json.loads(json.dumps(spec.settings, sort_keys=True)))
-        if changes:
-            return f"its settings changed ({'; '.join(changes)})", result
-        return None, result
+        changes = _changes(study, result, record)
+        if changes is None:  # recorded before full configurations were stored: the settings at least must match
+            stored = json.loads(json.dumps(result.get("settings"), sort_keys=True))
+            changes = _differences(stored, record["settings"])
+            return (f"its settings changed ({'; '.join(changes)})" if changes else None), result
+        return (f"its configuration changed ({'; '.join(changes)})" if changes else None), result
     started = run_dir / "run_config.json"
     if started.is_file():
         stored = _read_json(started)
-        changes = _differences(stored, run_config) if stored is not None else ["run_config.json is unreadable"]
+        changes = _changes(study, stored, record) if isinstance(stored, dict) else None
+        if changes is None:
+            return "its run_config.json is unreadable", None
         if changes:
             return f"its configuration changed since it started ({'; '.join(changes)})", None
     return None, None
@@ -402,19 +426,19 @@ def run_study(study: Study, config: dict[str, Any], output_dir: Path, progress: 
         bar.set_postfix_str(spec.key)
         run_dir = output_dir / "runs" / spec.key
         done = run_dir / "result.json"
-        run_config = full_run_config(study, spec, config)
+        record = _record(study, spec, config)
         if run_dir.is_dir():
-            reason, result = _stale_reason(run_dir, run_config, spec)
+            reason, result = _stale_reason(study, run_dir, record)
             if reason is not None:
                 moved = _set_aside(run_dir, output_dir)
                 tqdm.write(f"{study.name}: run {spec.key}: {reason}; running it again (the old run is kept in {moved}).")
             elif result is not None:
-                if "run_config" not in result:
+                if "study_config" not in result:
                     unchecked.append(spec.key)
                 results[spec.key] = result
                 continue
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / "run_config.json", run_config)
+        _write_json(run_dir / "run_config.json", record)
         start = time.perf_counter()
         try:
             result = study.execute(spec, config, run_dir)
@@ -424,8 +448,7 @@ def run_study(study: Study, config: dict[str, Any], output_dir: Path, progress: 
             if not any(run_dir.iterdir()):
                 run_dir.rmdir()
             continue
-        result = {**result, "key": spec.key, "settings": spec.settings, "run_config": run_config,
-                  "wall_seconds": time.perf_counter() - start}
+        result = {**result, **record, "key": spec.key, "wall_seconds": time.perf_counter() - start}
         _write_json(done, result)
         results[spec.key] = json.loads(done.read_text())  # as a resumed study sees it
     if unchecked:

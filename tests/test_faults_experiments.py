@@ -99,7 +99,7 @@ def test_results_written_before_run_configs_were_stored(tmp_path, capsys):
     for key, settings in (("lr1", {"lr": 1}), ("lr2", {"lr": 99})):  # lr2: the settings no longer match
         done = tmp_path / "runs" / key / "result.json"
         old = json.loads(done.read_text())
-        del old["run_config"]
+        del old["run_config"], old["study_config"]
         old["settings"] = settings
         done.write_text(json.dumps(old))
         (tmp_path / "runs" / key / "run_config.json").unlink()
@@ -275,3 +275,14 @@ def test_continuous_vs_discrete_plan_is_checked_too():
     config["small_step"]["record_points"] = 7
     with pytest.raises(ConfigFileError, match="small_step/deep_linear: iterations must be a multiple of record_points"):
         check_config(continuous_vs_discrete.STUDY, config)
+
+
+def test_a_study_without_run_config_compares_the_whole_configuration(tmp_path, capsys):
+    calls = []
+    plain = _toy(calls)._replace(run_config=None)
+    run_study(plain, {"learning_rates": [1], "scale": 10, "description": "a"}, tmp_path, progress=False)
+    run_study(plain, {"learning_rates": [1], "scale": 10, "description": "b"}, tmp_path, progress=False)
+    assert calls == ["lr1"], "a changed description changes no result"
+    run_study(plain, {"learning_rates": [1], "scale": 11}, tmp_path, progress=False)
+    assert calls == ["lr1", "lr1"]
+    assert "its configuration changed (config.scale: 10 → 11)" in capsys.readouterr().out
