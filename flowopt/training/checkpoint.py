@@ -4,15 +4,34 @@ A checkpoint holds everything a run needs to continue bitwise as if never
 stopped: parameters, model state (BatchNorm statistics, dropout RNG), optimizer
 state, step and gradient-evaluation counters, augmentation key, and (as JSON)
 the position in the data stream and the running epoch sums.
+
+Every checkpoint also stores a SHA-256 of each array and of its JSON record,
+checked on restore: orbax does not notice a flipped bit in array data, and a
+checkpoint that is unreadable or fails its checks is skipped for the newest
+one that passes (with a warning naming it). A step is never saved twice.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+logger = logging.getLogger(__name__)
+
+_FORMAT = "flowopt-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be written, or no stored checkpoint could be restored and verified."""
 
 
 def _is_key(x: Any) -> bool:
@@ -31,45 +50,188 @@ def _from_storable(tree: Any, like: Any) -> Any:
     )
 
 
+def _host_copy(x: Any) -> np.ndarray:
+    """The value of ``x`` on this host (one replica of an array not fully addressable here)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_shards[0].data)
+    return np.asarray(jax.device_get(x))
+
+
+def array_checksums(tree: Any) -> list[list[str]]:
+    """``[path, dtype, shape, sha256]`` for each leaf of a storable tree, in flattening order."""
+    sums = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        value = np.ascontiguousarray(_host_copy(leaf))
+        digest = hashlib.sha256(value.tobytes()).hexdigest()
+        sums.append([jax.tree_util.keystr(path), str(value.dtype), str(list(value.shape)), digest])
+    return sums
+
+
+def _digest(record: Any, arrays: Any) -> str:
+    text = json.dumps({"record": record, "arrays": arrays}, sort_keys=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _positive_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
 class Checkpointer:
-    """Save and restore ``(state, progress)`` pairs under ``directory``, keeping the newest ``keep``."""
+    """Save and restore ``(state, record)`` pairs under ``directory``, keeping the newest ``keep``.
+
+    ``record`` is any JSON-serialisable mapping (the train loop stores the
+    config, the position in the data and the running sums there).
+    """
 
     def __init__(self, directory: str | os.PathLike, keep: int = 2):
-        self._manager = ocp.CheckpointManager(
-            os.path.abspath(directory),
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=False, create=True
-            ),
-        )
+        if directory is None or not os.fspath(directory):
+            raise ValueError(f"directory must be a non-empty path, got {directory!r}.")
+        self._keep = _positive_int("keep", keep, 1)
+        self.directory = Path(os.path.abspath(directory))
+        self.skipped: dict[int, str] = {}
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        try:
+            return ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=self._keep, enable_async_checkpointing=False, create=True,
+                    cleanup_tmp_directories=True,
+                ),
+            )
+        except OSError as error:
+            raise CheckpointError(f"Cannot use the checkpoint directory {self.directory}: {error}") from error
+
+    def all_steps(self) -> list[int]:
+        """Steps of the stored checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
         """Step of the newest checkpoint, or None."""
         return self._manager.latest_step()
 
-    def save(self, step: int, state: Any, progress: dict[str, Any]) -> None:
-        """Write a checkpoint for ``step`` (replacing one already there)."""
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_to_storable(state)), progress=ocp.args.JsonSave(progress)
-            ),
-            force=True,
-        )
-        self._manager.wait_until_finished()
+    def save(self, step: int, state: Any, record: dict[str, Any]) -> None:
+        """Write a checkpoint for ``step``, with checksums of its arrays and record.
 
-    def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-        """Restore the newest (or given) checkpoint into the structure and shardings of ``like``."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"No checkpoint in {self._manager.directory}.")
+        Raises:
+          ValueError: ``step`` is not a non-negative integer, is already saved,
+            or ``record`` is not JSON-serialisable.
+          CheckpointError: writing failed (disk full, unwritable directory);
+            the checkpoints already there are left as they were.
+        """
+        step = _positive_int("step", step, 0)
+        if step in self._manager.all_steps():
+            raise ValueError(f"A checkpoint for step {step} already exists in {self.directory}; "
+                             "a step is never saved twice.")
+        storable = _to_storable(state)
+        arrays = array_checksums(storable)
+        try:
+            item = {"format": _FORMAT, "record": record, "arrays": arrays, "sha256": _digest(record, arrays)}
+            json.dumps(item, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"The checkpoint record is not JSON-serialisable: {error}") from error
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(storable), progress=ocp.args.JsonSave(item)),
+            )
+            self._manager.wait_until_finished()
+        except Exception as error:
+            self._manager.close()
+            self._manager = self._open()  # clears the unfinished temporary directory
+            raise CheckpointError(
+                f"Could not write the checkpoint for step {step} in {self.directory}: {error}"
+            ) from error
+        if step not in self._manager.all_steps():
+            raise CheckpointError(f"The checkpoint for step {step} was not written to {self.directory}.")
+
+    def _restore_one(self, like: Any, step: int) -> tuple[Any, dict[str, Any]]:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_storable(like))
         restored = self._manager.restore(
             step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()
-            ),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()),
         )
-        return _from_storable(restored["state"], like), dict(restored["progress"])
+        item = restored["progress"]
+        if not isinstance(item, dict):
+            raise ValueError("its JSON record is not a mapping")
+        if item.get("format") != _FORMAT:
+            logger.warning("The checkpoint for step %d in %s has no checksums (an older format); "
+                           "it is restored unverified.", step, self.directory)
+            return _from_storable(restored["state"], like), dict(item)
+        record, arrays = item.get("record"), item.get("arrays")
+        if item.get("sha256") != _digest(record, arrays) or not isinstance(record, dict):
+            raise ValueError("its JSON record fails its checksum")
+        actual = array_checksums(restored["state"])
+        if actual != arrays:
+            bad = [a[0] for a, b in zip(actual, arrays) if a != b] if len(actual) == len(arrays) else ["structure"]
+            raise ValueError(f"array data fails its checksum ({', '.join(bad)})")
+        return _from_storable(restored["state"], like), dict(record)
+
+    def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Restore into the structure and shardings of ``like``: the given step, or the newest good one.
+
+        Without ``step``, a checkpoint that cannot be read or fails its checksums
+        is skipped with a warning and the next older one is tried; the skipped
+        steps are listed in :attr:`skipped` (see :meth:`quarantine`).
+
+        Raises:
+          CheckpointError: no checkpoint (or not the given step) could be restored and verified.
+        """
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if step is not None:
+            step = _positive_int("step", step, 0)
+            if step not in steps:
+                raise CheckpointError(f"No checkpoint for step {step} in {self.directory} "
+                                      f"(stored: {sorted(steps) or 'none'}).")
+            steps = [step]
+        if not steps:
+            raise CheckpointError(f"No checkpoint in {self.directory}.")
+        self.skipped = {}
+        for candidate in steps:
+            try:
+                result = self._restore_one(like, candidate)
+            except Exception as error:  # orbax, tensorstore and json raise many kinds
+                reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+                self.skipped[candidate] = reason
+                logger.warning("The checkpoint for step %d in %s is unusable (%s).",
+                               candidate, self.directory / str(candidate), reason)
+                continue
+            if self.skipped:
+                logger.warning("Falling back to the checkpoint for step %d in %s (newest that passed its checks).",
+                               candidate, self.directory)
+            return result
+        raise CheckpointError(
+            f"No usable checkpoint in {self.directory}: "
+            + "; ".join(f"step {s}: {r}" for s, r in self.skipped.items())
+        )
+
+    def quarantine(self, steps: list[int] | None = None) -> list[Path]:
+        """Move the given (default: last skipped) checkpoints out of the way, into ``<directory>-corrupt/``.
+
+        They are kept for inspection rather than deleted; the run can then save
+        those steps again.
+        """
+        steps = sorted(self.skipped if steps is None else steps)
+        moved = []
+        target_root = self.directory.with_name(self.directory.name + "-corrupt")
+        for step in steps:
+            source = self.directory / str(step)
+            if not source.exists():
+                continue
+            target_root.mkdir(parents=True, exist_ok=True)
+            target, n = target_root / str(step), 1
+            while target.exists():
+                target, n = target_root / f"{step}.{n}", n + 1
+            shutil.move(str(source), str(target))
+            logger.warning("Moved the unusable checkpoint for step %d to %s.", step, target)
+            moved.append(target)
+        if moved:
+            self._manager.close()
+            self._manager = self._open()
+        return moved
 
     def close(self) -> None:
         """Release the manager's resources."""

@@ -22,6 +22,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +45,7 @@ from flowopt.training.config import TrainConfig, trajectory_mismatch
 from flowopt.training.data import Dataset, iterate_batches, load_dataset, normalize, random_crop_flip
 from flowopt.training.metrics import MetricsLog
 from flowopt.training.optimizers import make_optimizer
+from flowopt.training.rundir import RunDirectoryError, RunLock, kill_point, make_run_dir, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -284,12 +287,121 @@ def _number(x: float) -> float | int:
     return int(x) if float(x).is_integer() else float(x)
 
 
+def _notice(message: str) -> None:
+    """Tell the user, whether or not logging is configured to show INFO records."""
+    if logger.isEnabledFor(logging.INFO) and logging.getLogger().handlers:
+        logger.info(message)
+    else:
+        print(f"flowopt: {message}", file=sys.stderr, flush=True)
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """The ``config.json`` record of a run directory, None if there is none."""
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunDirectoryError(f"{path} is not a readable run record ({error}); repair or remove it, "
+                                "or overwrite the run.") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise RunDirectoryError(f"{path} is not a run record (no 'config' mapping); repair or remove it, "
+                                "or overwrite the run.")
+    return record
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+_RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "checkpoints-corrupt")
+
+
+def _remove_run(out: Path) -> None:
+    """Delete what a run left in ``out`` (only the files a run writes)."""
+    present = [name for name in _RUN_FILES if (out / name).exists()]
+    if not present:
+        return
+    _notice(f"Overwriting the run in {out}: removing {', '.join(present)}.")
+    for name in present:
+        path = out / name
+        try:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        except OSError as error:
+            raise RunDirectoryError(f"Cannot remove {path}: {error.strerror or error}.") from error
+
+
+def _open_run(
+    out: Path, config: TrainConfig, state: RunState, record: dict[str, Any], overwrite: bool
+) -> tuple[Checkpointer, RunState, dict[str, Any], MetricsLog]:
+    """Check the run directory and resume what it holds: (checkpointer, state, progress, metrics log).
+
+    Nothing in ``out`` changes before every check has passed.
+    """
+    writer = jax.process_index() == 0
+    config_file, metrics_file = out / "config.json", out / "metrics.jsonl"
+    if overwrite and writer:
+        _remove_run(out)
+    checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
+    progress = _fresh_progress()
+    try:
+        if checkpointer.all_steps():
+            if not config.resume:
+                raise RunDirectoryError(
+                    f"{out} already holds checkpoints; resume, overwrite (--overwrite), or use a fresh directory."
+                )
+            state, stored = checkpointer.restore(state)
+            mismatch = trajectory_mismatch(stored.get("config", {}), config)
+            if mismatch:
+                raise RunDirectoryError(
+                    f"{out} holds a run that differs in {mismatch}; use a fresh output directory, "
+                    "or overwrite (--overwrite) to replace it."
+                )
+            progress = {**progress, **stored["progress"]}
+            resume_step = int(state.step)
+            rows = stored.get("metrics")
+            log = (MetricsLog(metrics_file, resume_step) if rows is None
+                   else MetricsLog(metrics_file, rows=rows["rows"], sha256=rows["sha256"]))
+            if checkpointer.skipped:
+                checkpointer.quarantine()
+            _notice(f"Resuming {out} from step {resume_step}.")
+        else:
+            old = None if overwrite else _read_record(config_file)
+            has_rows = metrics_file.exists() and metrics_file.stat().st_size > 0
+            if not overwrite and old is None and has_rows:
+                raise RunDirectoryError(
+                    f"{out} holds {metrics_file.name} but no config.json: it is not known which run wrote it. "
+                    "Use a fresh output directory, or overwrite (--overwrite) to replace it."
+                )
+            if old is not None:
+                mismatch = trajectory_mismatch(old["config"], config)
+                if mismatch:
+                    raise RunDirectoryError(
+                        f"{out} holds a different run (it differs in {mismatch}); use a fresh output directory, "
+                        "or overwrite (--overwrite) to replace it."
+                    )
+                if has_rows:
+                    _notice(f"{out} holds no checkpoint of this run: starting it again from step 0.")
+            log = MetricsLog(metrics_file)
+        if writer:
+            old = _read_record(config_file) if config_file.exists() else None
+            if old != record:
+                if old is not None:
+                    _notice(f"Updating {config_file}: {'; '.join(_differences(old['config'], record['config']))}.")
+                write_atomic(config_file, (json.dumps(record, indent=2) + "\n").encode())
+    except BaseException:
+        checkpointer.close()
+        raise
+    return checkpointer, state, progress, log
+
+
 def train(
     config: TrainConfig,
     output_dir: str | os.PathLike | None = None,
     *,
     dataset: Dataset | None = None,
     tx: optax.GradientTransformation | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train ``config.model`` on ``config.dataset`` until the first budget is reached.
 
@@ -297,14 +409,20 @@ def train(
       config: the run.
       output_dir: receives ``config.json``, ``metrics.jsonl`` and ``checkpoints/``;
         a directory with checkpoints is resumed (bitwise: the data order, the
-        augmentation keys and all state are restored). None: nothing is written.
+        augmentation keys, all state and the metrics rows are restored, and rows
+        written after the checkpoint are redone). The directory is locked while
+        the run uses it. None: nothing is written.
       dataset: use these arrays instead of ``load_dataset(config.dataset, **config.dataset_options)``.
       tx: use this optimizer instead of ``make_optimizer(config.optimizer, ...)``
         (``config.optimizer`` then only names it).
+      overwrite: delete the run ``output_dir`` holds (checkpoints, metrics,
+        config) and start afresh. Without it a directory holding a different run
+        is refused.
 
     Returns:
       A :class:`RunResult`. Divergence does not raise: it is logged, recorded in
-      the metrics and reported through ``diverged`` and ``message``.
+      the metrics and reported through ``diverged`` and ``message``. A finished
+      run given again returns its history without training.
 
     Metrics (one row per epoch, one at every multiple of ``eval_every``
       steps, and one when a budget ends mid-epoch): ``epoch`` (epochs
@@ -319,8 +437,14 @@ def train(
 
     Raises:
       ValueError: bad names or options, a batch that does not split over the
-        devices, or an output directory holding a different run.
+        devices. ``RunDirectoryError`` (a ``ValueError``): the output directory
+        holds a different run, is in use by another run, cannot be written, or
+        its metrics or checkpoints are damaged beyond the last good checkpoint.
     """
+    if not isinstance(overwrite, bool):
+        raise ValueError(f"overwrite must be True or False, got {overwrite!r}.")
+    if output_dir is not None and (not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir)):
+        raise ValueError(f"output_dir must be a non-empty path or None, got {output_dir!r}.")
     if dataset is None:
         dataset = load_dataset(config.dataset, **config.dataset_options)
     mesh = parallel.data_mesh(config.num_devices)
@@ -344,92 +468,51 @@ def train(
     train_step = make_train_step(graphdef, tx, prep, config.weight_decay, mesh)
     eval_step = make_eval_step(graphdef, prep, mesh)
     test_split = _EvalSplit.build(dataset.x_test, dataset.y_test, config.eval_batch_size, mesh)
-    train_split = None  # built at the first full-training-set evaluation
 
-    progress, resume_step, checkpointer = _fresh_progress(), None, None
     out = Path(output_dir) if output_dir is not None else None
-    if out is not None:
-        checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
-        if checkpointer.latest_step() is not None:
-            if not config.resume:
-                raise ValueError(f"{out} already holds checkpoints; resume, or use a fresh directory.")
-            state, stored = checkpointer.restore(state)
-            mismatch = trajectory_mismatch(stored["config"], config)
-            if mismatch:
-                raise ValueError(
-                    f"{out} holds a run that differs in {mismatch}; use a fresh output directory."
-                )
-            progress, resume_step = stored["progress"], int(state.step)
-            logger.info("Resuming %s from step %d.", out, resume_step)
-        if jax.process_index() == 0:
-            out.mkdir(parents=True, exist_ok=True)
+    lock = checkpointer = None
+    try:
+        progress, log = _fresh_progress(), MetricsLog(None)
+        if out is not None:
+            if jax.process_index() == 0:
+                make_run_dir(out)
+                lock = RunLock(out)
             record = {"config": config.to_dict(), "dataset": dataset.label, "source": dataset.source,
                       "devices": mesh.size, "augment": augment}
-            (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
-    log = MetricsLog(out / "metrics.jsonl" if out is not None else None, resume_step)
-
-    def save() -> None:
+            checkpointer, state, progress, log = _open_run(out, config, state, record, overwrite)
+        if progress["batch"] > steps_per_epoch:
+            raise RunDirectoryError(
+                f"The checkpoint in {out} is at batch {progress['batch']} of an epoch of {steps_per_epoch} "
+                "batches: the training set differs from the one the run started with."
+            )
+        return _run(config, dataset, mesh, state, graphdef, train_step, eval_step, test_split, schedule,
+                    steps_per_epoch, total_steps, progress, log, checkpointer, out)
+    finally:
         if checkpointer is not None:
-            checkpointer.save(int(state.step), state, {"config": config.to_dict(), "progress": progress})
+            checkpointer.close()
+        if lock is not None:
+            lock.release()
 
+
+def _run(config, dataset, mesh, state, graphdef, train_step, eval_step, test_split, schedule,
+         steps_per_epoch, total_steps, progress, log, checkpointer, out) -> RunResult:
+    """The loop of :func:`train`, from ``progress`` on."""
+    train_split = None  # built at the first full-training-set evaluation
     step, evals = (int(v) for v in jax.device_get((state.step, state.grad_evals)))
     by_evals = config.grad_evals is not None
-    bar = tqdm(
-        total=config.grad_evals if by_evals else total_steps,
-        initial=evals if by_evals else step, unit="eval" if by_evals else "step",
-        disable=not config.progress, dynamic_ncols=True,
-        desc=f"{config.model}/{config.optimizer} on {dataset.label}",
-    )
     started = time.perf_counter() - progress["time_s"]
-    message, diverged, stop = "", False, False
-    while not stop and (config.epochs is None or progress["epoch"] < config.epochs):
-        batches = (
-            parallel.shard_batch(batch, mesh)
-            for batch in iterate_batches(
-                dataset.x_train, dataset.y_train, config.batch_size,
-                seed=config.seed, epoch=progress["epoch"], start=progress["batch"],
-            )
+
+    def finished() -> bool:
+        return not _budget_left(config, step, evals, progress["last_cost"]) or (
+            config.epochs is not None and progress["epoch"] >= config.epochs
         )
-        batch = next(batches, None)
-        while batch is not None:
-            if not _budget_left(config, step, evals, progress["last_cost"]):
-                stop = True
-                break
-            new_state, metrics = train_step(state, *batch)
-            batch = next(batches, None)  # prepared while the device runs the step
-            loss, correct, new_evals = jax.device_get((metrics.loss, metrics.correct, new_state.grad_evals))
-            if not np.isfinite(loss):
-                diverged = True
-                message = f"the minibatch loss is {float(loss)} at step {step}"
-                break
-            state, progress["last_cost"] = new_state, int(new_evals) - evals
-            step, evals = step + 1, int(new_evals)
-            progress["batch"] += 1
-            progress["loss_sum"] += float(loss)
-            progress["correct"] += int(correct)
-            progress["count"] += config.batch_size
-            bar.update(progress["last_cost"] if by_evals else 1)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                if not tree_all_finite(state.params):
-                    diverged, message = True, f"the parameters are not finite at step {step}"
-                    break
-                progress["time_s"] = time.perf_counter() - started
-                save()
-            if config.eval_every and step % config.eval_every == 0 and progress["batch"] < steps_per_epoch:
-                break  # evaluate below, then go on with the epoch from the next batch
-        if diverged:
-            break
-        if progress["count"] == 0:
-            break
-        if not tree_all_finite(state.params):
-            diverged, message = True, f"the parameters are not finite at step {step}"
-            break
+
+    def write_row(epoch_end: bool) -> None:
+        nonlocal train_split
         test_loss, test_accuracy = _evaluate_split(eval_step, state, test_split)
-        epochs_done = progress["epoch"] + progress["batch"] / steps_per_epoch
+        kill_point("eval", step)
         row = {
-            "epoch": _number(epochs_done),
+            "epoch": _number(progress["epoch"] + progress["batch"] / steps_per_epoch),
             "step": step,
             "grad_evals": evals,
             "train_loss": progress["loss_sum"] * config.batch_size / progress["count"],
@@ -444,16 +527,84 @@ def train(
             row["full_train_loss"], row["full_train_accuracy"] = _evaluate_split(eval_step, state, train_split)
         if schedule is not None:
             row["learning_rate"] = float(schedule(step - 1)) if callable(schedule) else schedule
-        row["partial"] = progress["batch"] < steps_per_epoch
+        row["partial"] = not epoch_end
         row["time_s"] = time.perf_counter() - started
         log.write(row)
+        kill_point("row", step)
         bar.set_postfix(loss=f"{row['train_loss']:.4f}", test_acc=f"{test_accuracy:.4f}")
-        if progress["batch"] >= steps_per_epoch:
+        progress.update(loss_sum=0.0, correct=0, count=0)
+        if epoch_end:
             progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
-        progress.update(loss_sum=0.0, correct=0, count=0, time_s=row["time_s"])
-        if not row["partial"] or stop:
-            save()
-    bar.close()
+
+    def save() -> None:
+        # After the step's row: the checkpoint vouches for the rows written so far and nothing is pending.
+        if checkpointer is not None:
+            progress["time_s"] = time.perf_counter() - started
+            checkpointer.save(step, state, {
+                "config": config.to_dict(), "progress": dict(progress),
+                "metrics": {"rows": len(log.rows), "sha256": log.sha256()},
+            })
+            kill_point("save", step)
+
+    bar = tqdm(
+        total=config.grad_evals if by_evals else total_steps,
+        initial=evals if by_evals else step, unit="eval" if by_evals else "step",
+        disable=not config.progress, dynamic_ncols=True,
+        desc=f"{config.model}/{config.optimizer} on {dataset.label}",
+    )
+    message, diverged = "", False
+    try:
+        if progress["batch"] == steps_per_epoch:  # an older checkpoint, saved at an epoch end before its row
+            if progress["count"]:
+                write_row(True)
+            else:
+                progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
+        if finished() and out is not None:
+            _notice(f"The run in {out} is already complete (step {step}); nothing to do.")
+        while not diverged and not finished():
+            batches = (
+                parallel.shard_batch(batch, mesh)
+                for batch in iterate_batches(
+                    dataset.x_train, dataset.y_train, config.batch_size,
+                    seed=config.seed, epoch=progress["epoch"], start=progress["batch"],
+                )
+            )
+            batch = next(batches, None)
+            while batch is not None:
+                new_state, metrics = train_step(state, *batch)
+                batch = next(batches, None)  # prepared while the device runs the step
+                loss, correct, new_evals = jax.device_get((metrics.loss, metrics.correct, new_state.grad_evals))
+                if not np.isfinite(loss):
+                    diverged = True
+                    message = f"the minibatch loss is {float(loss)} at step {step}"
+                    break
+                state, progress["last_cost"] = new_state, int(new_evals) - evals
+                step, evals = step + 1, int(new_evals)
+                progress["batch"] += 1
+                progress["loss_sum"] += float(loss)
+                progress["correct"] += int(correct)
+                progress["count"] += config.batch_size
+                bar.update(progress["last_cost"] if by_evals else 1)
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+                kill_point("step", step)
+                epoch_end = progress["batch"] >= steps_per_epoch
+                stop = not _budget_left(config, step, evals, progress["last_cost"]) or (
+                    epoch_end and config.epochs is not None and progress["epoch"] + 1 >= config.epochs
+                )
+                row_due = epoch_end or stop or bool(config.eval_every and step % config.eval_every == 0)
+                save_due = epoch_end or stop or bool(config.checkpoint_every and step % config.checkpoint_every == 0)
+                if (row_due or save_due) and not tree_all_finite(state.params):
+                    diverged, message = True, f"the parameters are not finite at step {step}"
+                    break
+                if row_due:
+                    write_row(epoch_end)
+                if save_due:
+                    save()
+                if stop:
+                    break
+    finally:
+        bar.close()
     if diverged:
         kept = checkpointer.latest_step() if checkpointer is not None else None
         message = (
@@ -469,6 +620,4 @@ def train(
         })
     else:
         message = f"Finished after {step} steps and {evals} gradient evaluations."
-    if checkpointer is not None:
-        checkpointer.close()
     return RunResult(state, graphdef, log.rows, diverged, message, dataset.label)
