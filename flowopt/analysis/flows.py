@@ -27,6 +27,7 @@ import optax
 
 from flowopt import tableaus
 from flowopt.adaptive import PIController, StepSizeState, adaptive_step, attempt_oracle_calls, scaled_error_norm
+from flowopt.analysis._checks import INT32_MAX, check_callable, check_int, check_params, check_real, merge_complex, split_complex
 from flowopt.analysis._functions import as_partial
 from flowopt.explicit import explicit_runge_kutta, oracle_calls
 from flowopt.guard import tree_all_finite
@@ -96,7 +97,9 @@ def gradient_flow(
       value_fn: ``params -> scalar`` loss (or ``None`` with ``grad_fn``).
         A ``jax.tree_util.Partial`` is traced through, so calling again with
         other bound values reuses the compiled solver.
-      params0: initial parameters, any pytree of floating arrays.
+      params0: initial parameters, any pytree of floating arrays. Complex
+        leaves follow optax's convention: the flow is the real gradient flow
+        of ``f(x + iy)`` in ``(x, y)``, ``z' = -conj(jax.grad(f)(z))``.
       times: nondecreasing, nonnegative output times ``(T,)``.
       method: an embedded-pair tableau or name (adaptive), or a fixed-step
         tableau or name (``'gd'`` is ``'euler'``) used with ``substeps``.
@@ -107,13 +110,30 @@ def gradient_flow(
       initial_step: first step of the adaptive mode; Hairer's starting-step
         heuristic (one extra gradient) by default.
       max_steps: bound on accepted plus rejected steps; when exceeded the
-        solution is marked unsuccessful (a ``RuntimeError`` outside ``jit``).
+        solution is marked unsuccessful (a ``RuntimeError`` outside ``jit``,
+        saying where the integration stopped and why). Under ``jit``, times
+        that are not finite, nonnegative and nondecreasing also make the
+        solution unsuccessful (concrete times are checked up front).
       grad_fn: ``params -> gradient``, instead of ``value_fn``.
 
     Returns:
       A :class:`FlowSolution`.
     """
+    name = "gradient_flow"
     tableau = _resolve_method(method)
+    if value_fn is None and grad_fn is None:
+        raise ValueError(
+            "gradient_flow needs an oracle: pass value_fn (params -> scalar loss) or grad_fn= (params -> gradient)."
+        )
+    if value_fn is not None and grad_fn is not None:
+        raise ValueError("gradient_flow: pass either value_fn or grad_fn, not both.")
+    if value_fn is not None:
+        check_callable(name, "value_fn", value_fn)
+    else:
+        check_callable(name, "grad_fn", grad_fn, "a callable params -> gradient pytree")
+    if params0 is None:
+        raise ValueError("gradient_flow: params0 is None; pass the initial parameters (a pytree of floating arrays).")
+    check_params(name, "params0", params0)
     times_array = _check_times(times)
     adaptive = substeps is None
     if adaptive and not tableau.is_embedded:
@@ -121,34 +141,60 @@ def gradient_flow(
             f"gradient_flow: method {tableau.name!r} has no error estimate; pass substeps= for "
             "fixed steps, or use an embedded pair ('dopri5', 'bosh3', 'heun_euler')."
         )
-    if not adaptive and (isinstance(substeps, bool) or not isinstance(substeps, (int, np.integer)) or substeps < 1):
-        raise ValueError(f"gradient_flow: substeps must be a positive integer, got {substeps!r}.")
-    if initial_step is not None and not float(initial_step) > 0:
-        raise ValueError(f"gradient_flow: initial_step must be positive, got {initial_step!r}.")
-    if int(max_steps) < 1:
-        raise ValueError(f"gradient_flow: max_steps must be positive, got {max_steps!r}.")
-    resolve_oracle("gradient_flow", params0, value_fn, grad_fn)  # argument checks, eagerly
+    num_times = jnp.shape(times_array)[0]
+    if not adaptive:
+        check_int(name, "substeps", substeps, maximum=INT32_MAX // max(num_times, 1))
+    if initial_step is not None:
+        check_real(name, "initial_step", initial_step, positive=True)
+    max_steps = check_int(name, "max_steps", max_steps)
 
-    dtype = jnp.result_type(*jax.tree.leaves(params0))
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"gradient_flow: params0 must be floating point, got dtype {dtype}.")
-    args = (as_partial(value_fn), as_partial(grad_fn), params0, jnp.asarray(times_array, dtype))
+    real_dtype = jnp.finfo(jnp.result_type(*jax.tree.leaves(params0))).dtype  # complex64 -> float32
+    args = (as_partial(value_fn), as_partial(grad_fn), params0, jnp.asarray(times_array, real_dtype))
     if adaptive:
-        first = jnp.asarray(-1.0 if initial_step is None else initial_step, dtype)
-        default_rtol, default_atol = _DEFAULT_TOLERANCES[jnp.dtype(dtype).itemsize >= 8]
-        controller = PIController(
-            rtol=default_rtol if rtol is None else rtol, atol=default_atol if atol is None else atol
+        default_rtol, default_atol = _DEFAULT_TOLERANCES[real_dtype.itemsize >= 8]
+        tolerances = {}
+        for key, value, default in (("rtol", rtol, default_rtol), ("atol", atol, default_atol)):
+            value = default if value is None else check_real(name, key, value, positive=True, allow_traced=False)
+            if value > float(jnp.finfo(real_dtype).max) / 4:
+                raise ValueError(f"gradient_flow: {key} = {value!r} is beyond the range of the parameters' "
+                                 f"{real_dtype}.")
+            tolerances[key] = value
+        first = jnp.asarray(-1.0 if initial_step is None else initial_step, real_dtype)
+        controller = PIController(**tolerances)
+        solution, final_time, start_finite = _adaptive_solve(
+            *args, first, tableau=tableau, controller=controller, max_steps=max_steps
         )
-        solution = _adaptive_solve(*args, first, tableau=tableau, controller=controller, max_steps=int(max_steps))
     else:
-        solution = _fixed_solve(*args, jnp.asarray(substeps, jnp.int32), tableau=tableau)
+        solution, final_time, start_finite = _fixed_solve(*args, jnp.asarray(substeps, jnp.int32), tableau=tableau)
     if not isinstance(solution.successful, jax.core.Tracer) and not bool(solution.successful):
-        raise RuntimeError(
-            f"gradient_flow: did not reach t = {float(times_array[-1])} within max_steps = {max_steps} "
-            f"({int(solution.num_steps)} accepted, {int(solution.num_rejected)} rejected steps) "
-            "or the flow became non-finite; raise max_steps or loosen rtol/atol."
-        )
+        _report_failure(solution, float(final_time), bool(start_finite), float(times_array[-1]), max_steps, adaptive)
     return solution
+
+
+def _report_failure(solution: FlowSolution, reached: float, start_finite: bool, end: float, max_steps: int,
+                    adaptive: bool) -> None:
+    attempts = int(solution.num_steps) + int(solution.num_rejected)
+    counts = f"({int(solution.num_steps)} accepted, {int(solution.num_rejected)} rejected steps)"
+    if not start_finite:
+        raise ValueError(
+            "gradient_flow: the gradient at params0 is not finite (value_fn or grad_fn returns NaN or inf there); "
+            "nothing was integrated."
+        )
+    if not adaptive:
+        raise RuntimeError(
+            f"gradient_flow: the flow became non-finite by t = {reached:.6g} {counts}: the gradient overflows "
+            "or is NaN along the way (the flow may blow up in finite time, or the substeps are too long to be stable)."
+        )
+    if attempts >= max_steps:
+        raise RuntimeError(
+            f"gradient_flow: did not reach t = {end:.6g} within max_steps = {max_steps}: stopped at "
+            f"t = {reached:.6g} {counts}; raise max_steps or loosen rtol/atol."
+        )
+    raise RuntimeError(
+        f"gradient_flow: the step size fell to rounding level at t = {reached:.6g} {counts}: the tolerance cannot "
+        "be met (rtol/atol too tight for the dtype, or the loss is not smooth there) or the flow became non-finite; "
+        "loosen rtol/atol or use fixed steps (substeps=)."
+    )
 
 
 def _resolve_method(method: ButcherTableau | str) -> ButcherTableau:
@@ -163,13 +209,46 @@ def _resolve_method(method: ButcherTableau | str) -> ButcherTableau:
 
 def _check_times(times: jax.Array) -> np.ndarray | jax.Array:
     if isinstance(times, jax.core.Tracer):
-        return times
-    array = np.asarray(times, dtype=np.float64)
+        if times.ndim != 1 or jnp.issubdtype(times.dtype, jnp.complexfloating):
+            raise ValueError(f"gradient_flow: times must be a real 1-D array, got a traced {times.dtype}{list(times.shape)}.")
+        return times  # checked inside the solver: a bad traced grid makes the solution unsuccessful
+    try:
+        raw = np.asarray(times)
+    except Exception:  # ragged lists and the like
+        raw = np.asarray(times, dtype=object)
+    if raw.dtype == object or not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)) \
+            or raw.dtype == np.bool_:
+        raise ValueError(f"gradient_flow: times must be a 1-D array of real numbers, got {times!r:.80}.")
+    array = raw.astype(np.float64)
     if array.ndim != 1 or array.size == 0:
         raise ValueError(f"gradient_flow: times must be a non-empty 1-D array, got shape {array.shape}.")
-    if not np.all(np.isfinite(array)) or array[0] < 0 or np.any(np.diff(array) < 0):
-        raise ValueError("gradient_flow: times must be finite, nonnegative and nondecreasing.")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"gradient_flow: times must be finite, got {array[~np.isfinite(array)][0]} at index "
+                         f"{int(np.flatnonzero(~np.isfinite(array))[0])}.")
+    if array[0] < 0:
+        raise ValueError(f"gradient_flow: times must be nonnegative (the flow starts at t = 0), got times[0] = {array[0]}.")
+    if np.any(np.diff(array) < 0):
+        i = int(np.flatnonzero(np.diff(array) < 0)[0])
+        raise ValueError(f"gradient_flow: times must be nondecreasing, got times[{i}] = {array[i]} > "
+                         f"times[{i + 1}] = {array[i + 1]}.")
     return array
+
+
+def _times_valid(times: jax.Array) -> jax.Array:
+    """In-graph version of the check above, for traced times."""
+    return jnp.all(jnp.isfinite(times)) & (times[0] >= 0) & jnp.all(jnp.diff(times) >= 0)
+
+
+def _real_oracle(value_fn, grad_fn, params0):
+    """The checked oracle on real parameters: complex leaves become (real, imag) pairs.
+
+    The oracle's gradient of a complex leaf follows optax's convention
+    ``conj(jax.grad f) = ∂f/∂x + i ∂f/∂y``, so the flow of the pairs is the
+    real gradient flow of ``f(x + iy)``.
+    """
+    oracle = resolve_oracle("gradient_flow", params0, value_fn, grad_fn)
+    real0 = split_complex(params0)
+    return (lambda p: split_complex(oracle(merge_complex(params0, p)))), real0
 
 
 def _initial_step(oracle: GradFn, params: Params, k1: Params, order: int, rtol, atol) -> jax.Array:
@@ -197,8 +276,8 @@ class _Carry(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("tableau", "controller", "max_steps"))
-def _adaptive_solve(value_fn, grad_fn, params0, times, initial_step, *, tableau, controller, max_steps):
-    oracle = resolve_oracle("gradient_flow", params0, value_fn, grad_fn)
+def _adaptive_solve(value_fn, grad_fn, complex_params0, times, initial_step, *, tableau, controller, max_steps):
+    oracle, params0 = _real_oracle(value_fn, grad_fn, complex_params0)
     # With a deterministic oracle the last stage of an FSAL pair is the next k1.
     reuse_last = tableau.fsal
     calls_per_attempt = attempt_oracle_calls(tableau) + (0 if reuse_last else 1)
@@ -240,13 +319,17 @@ def _adaptive_solve(value_fn, grad_fn, params0, times, initial_step, *, tableau,
     zero = jnp.zeros((), jnp.int32)
     init = _Carry(params0, k1, jnp.zeros((), times.dtype), controller.init(step, times.dtype), zero, zero, evals)
     final, trajectory = jax.lax.scan(interval, init, times)
-    successful = (final.time >= times[-1]) & tree_all_finite(final.params)
-    return FlowSolution(times, trajectory, final.num_steps, final.num_rejected, final.oracle_evals, successful)
+    successful = (final.time >= times[-1]) & tree_all_finite(final.params) & _times_valid(times)
+    solution = FlowSolution(
+        times, merge_complex(complex_params0, trajectory), final.num_steps, final.num_rejected, final.oracle_evals,
+        successful,
+    )
+    return solution, final.time, tree_all_finite(k1)
 
 
 @functools.partial(jax.jit, static_argnames=("tableau",))
-def _fixed_solve(value_fn, grad_fn, params0, times, substeps, *, tableau):
-    oracle = resolve_oracle("gradient_flow", params0, value_fn, grad_fn)
+def _fixed_solve(value_fn, grad_fn, complex_params0, times, substeps, *, tableau):
+    oracle, params0 = _real_oracle(value_fn, grad_fn, complex_params0)
     integrator = explicit_runge_kutta(tableau)
 
     def step(h: jax.Array, params: Params) -> Params:
@@ -264,6 +347,16 @@ def _fixed_solve(value_fn, grad_fn, params0, times, substeps, *, tableau):
 
     zero = jnp.zeros((), jnp.int32)
     (final, _, num_steps), trajectory = jax.lax.scan(interval, (params0, jnp.zeros((), times.dtype), zero), times)
-    return FlowSolution(times, trajectory, num_steps, zero, num_steps * calls_per_step, tree_all_finite(final))
+    finite_at = jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(leaf).reshape(times.shape[0], -1), axis=1) for leaf in jax.tree.leaves(trajectory)]),
+        axis=0,
+    )
+    finite = jnp.all(finite_at)
+    reached = times[jnp.argmin(finite_at)]  # the first output time with a non-finite value
+    solution = FlowSolution(
+        times, merge_complex(complex_params0, trajectory), num_steps, zero, num_steps * calls_per_step,
+        finite & _times_valid(times),
+    )
+    return solution, reached, tree_all_finite(oracle(params0))
 
 
