@@ -11,8 +11,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import flowopt
 from flowopt import analysis
 
 CURVATURES = jnp.array([1.0, 2.0])
@@ -111,3 +113,108 @@ def test_gradient_flow_of_complex_parameters_is_the_real_flow(mode):
     flow = analysis.gradient_flow(squared_modulus, z0, TIMES, **mode)
     assert flow.params.dtype == jnp.complex64
     np.testing.assert_allclose(flow.params, np.exp(-2 * np.asarray(TIMES))[:, None] * np.asarray(z0), rtol=1e-4)
+
+
+# ------------------------------------------------------------------------- step_times, trajectories, distances
+
+
+@pytest.mark.parametrize("learning_rate, num_steps, message", [
+    (-0.1, 3, "step_times: learning_rate must be a finite nonnegative number, got -0.1"),
+    (float("nan"), 3, "learning_rate must be a finite nonnegative number, got nan"),
+    (float("inf"), 3, "learning_rate must be a finite nonnegative number, got inf"),
+    ("x", 3, "learning_rate must be a finite nonnegative number, got 'x'"),
+    (None, 3, "learning_rate must be a finite nonnegative number, got None"),
+    (True, 3, "learning_rate must be a finite nonnegative number, got True"),
+    (1 + 1j, 3, "learning_rate must be a finite nonnegative number, got \\(1\\+1j\\)"),
+    (jnp.array([0.1, 0.2]), 3, "learning_rate must be .* \\(a scalar\\), got an array of shape \\(2,\\)"),
+    (lambda count: jnp.where(count == 2, jnp.nan, 0.1), 3, "schedule returned nan at step 2"),
+    (lambda count: -0.1 + 0.0 * count, 3, "schedule returned -0.1.* at step 0; steps must be finite and nonnegative"),
+    (lambda count: jnp.ones(2) * count, 3, "schedule must return a real scalar per step, got float32\\[2\\]"),
+    (lambda: 0.1, 3, "schedule could not be evaluated"),
+    (0.1, -1, "num_steps must be a nonnegative integer .* got -1"),
+    (0.1, 1.5, "num_steps must be a nonnegative integer .* got 1.5"),
+    (0.1, None, "num_steps must be a nonnegative integer .* got None"),
+    (0.1, True, "num_steps must be a nonnegative integer .* got True"),
+    (0.1, 2**40, "num_steps must be a nonnegative integer \\(at most 100000000\\), got 1099511627776"),
+])
+def test_step_times_rejects_bad_input(learning_rate, num_steps, message):
+    with pytest.raises(ValueError, match=message):
+        analysis.step_times(learning_rate, num_steps)
+
+
+def test_step_times_of_an_integer_schedule_are_floats_and_traced_rates_pass():
+    times = analysis.step_times(lambda count: count, 3)
+    assert times.dtype == jnp.float32
+    np.testing.assert_array_equal(times, [0.0, 0.0, 1.0, 3.0])
+    np.testing.assert_allclose(jax.jit(lambda lr: analysis.step_times(lr, 2))(0.5), [0.0, 0.5, 1.0])
+
+
+@pytest.mark.parametrize("optimizer, oracle, params0, num_steps, message", [
+    ("sgd", dict(value_fn=loss), PARAMS, 2, "optimizer must be an optax.GradientTransformation, got 'sgd'"),
+    (flowopt.rk4, dict(value_fn=loss), PARAMS, 2, "call it with a learning rate, e.g. flowopt.rk4\\(0.1\\)"),
+    (None, dict(value_fn=loss), PARAMS, 2, "optimizer must be an optax.GradientTransformation, got None"),
+    (optax.sgd(0.1), dict(value_fn="f"), PARAMS, 2, "value_fn must be a callable .* got 'f'"),
+    (optax.sgd(0.1), dict(value_fn=lambda p: p["w"]), PARAMS, 2, "optimizer_trajectory: value_fn must return a scalar"),
+    (optax.sgd(0.1), dict(value_fn=lambda p: jnp.nan * loss(p)), PARAMS, 2, "gradient at params0 is not finite"),
+    (flowopt.rk4(0.1), dict(value_fn=lambda p: jnp.nan * loss(p)), PARAMS, 2, "gradient at params0 is not finite"),
+    (optax.sgd(0.1), dict(grad_fn=lambda p: {"w": jnp.ones(())}), PARAMS, 2, "oracle returned leaves of shapes \\[\\(\\)\\]"),
+    (optax.sgd(0.1), dict(grad_fn=lambda p: p["w"]), PARAMS, 2, "oracle returned a pytree with structure"),
+    (optax.sgd(0.1), dict(value_fn=loss), {"w": jnp.array([1, 2])}, 2, r"params0 .* \['w'\] is dtype int32"),
+    (optax.sgd(0.1), dict(value_fn=loss), {}, 2, "params0 has no array leaves"),
+    (optax.sgd(0.1), dict(value_fn=loss), None, 2, "params0 is None"),
+    (optax.sgd(0.1), dict(value_fn=loss), PARAMS, 1.5, "num_steps must be a nonnegative integer .* got 1.5"),
+    (optax.sgd(0.1), dict(value_fn=loss), PARAMS, "3", "num_steps must be a nonnegative integer .* got '3'"),
+    (optax.sgd(0.1), dict(value_fn=loss), PARAMS, 2**40, "num_steps must be a nonnegative integer"),
+    (optax.sgd(0.1), dict(value_fn=loss), {"w": jnp.zeros(10**6)}, 10**5, "would store 373 GiB of iterates"),
+])
+def test_optimizer_trajectory_rejects_bad_input(optimizer, oracle, params0, num_steps, message):
+    with pytest.raises(ValueError, match=message):
+        analysis.optimizer_trajectory(optimizer, params0=params0, num_steps=num_steps, **{"value_fn": None} | oracle)
+
+
+RK4_FACTOR = 1 - 0.2 + 0.2**2 / 2 - 0.2**3 / 6 + 0.2**4 / 24  # R(-0.2) of RK4
+
+
+@pytest.mark.parametrize("optimizer, factor", [(optax.sgd(0.1), 0.8), (flowopt.euler(0.1), 0.8), (flowopt.rk4(0.1), RK4_FACTOR)])
+def test_optimizer_trajectory_of_complex_parameters_follows_optax_convention(optimizer, factor):
+    # f(z) = |z|²: descent moves along conj(jax.grad f) = 2z, so one step of size 0.1 scales z by R(-0.2).
+    iterates = analysis.optimizer_trajectory(optimizer, squared_modulus, jnp.array([1.0 + 1.0j]), 1)
+    np.testing.assert_allclose(iterates[1], [factor * (1 + 1j)], rtol=1e-6)
+
+
+def test_optimizer_trajectory_warns_about_divergence_and_skipped_steps():
+    with pytest.warns(RuntimeWarning, match="not finite from step 2 on"):  # GD at η = 1e20 overflows float32
+        analysis.optimizer_trajectory(optax.sgd(1e20), loss, PARAMS, 3)
+    schedule = lambda count: jnp.where(count == 1, -0.1, 0.1)
+    with pytest.warns(RuntimeWarning, match="skipped 1 of 3 steps"):
+        iterates = analysis.optimizer_trajectory(flowopt.euler(schedule), loss, PARAMS, 3)
+    np.testing.assert_array_equal(iterates["w"][1], iterates["w"][2])
+
+
+TRAJECTORY = {"w": jnp.ones((3, 2))}
+REFERENCE = {"w": jnp.zeros((3, 2))}
+
+
+@pytest.mark.parametrize("trajectory, reference, where, message", [
+    ({}, {}, None, "trajectory_distance: trajectory has no array leaves"),
+    (None, None, None, "trajectory has no array leaves"),
+    ({"w": jnp.ones(())}, {"w": jnp.zeros(())}, None, r"leaf at \['w'\] is a scalar; leaves need a leading time axis"),
+    ({"w": "abc"}, {"w": "abc"}, None, r"trajectory leaf at \['w'\] is a str, expected a numeric array"),
+    (TRAJECTORY, {"v": jnp.zeros((3, 2))}, None, "differ in structure"),
+    (TRAJECTORY, {"w": jnp.zeros((4, 2))}, None, "times must match"),
+    (TRAJECTORY, REFERENCE, lambda path, x: x > 0, r"`where` must return True or False for each leaf, got Array"),
+    (TRAJECTORY, REFERENCE, {"w": jnp.ones(2)}, "the mask `where` must hold True or False per leaf"),
+    (TRAJECTORY, REFERENCE, {"w": False}, "`where` selects no parameters"),
+])
+def test_trajectory_distance_rejects_bad_input(trajectory, reference, where, message):
+    with pytest.raises(ValueError, match=message):
+        analysis.trajectory_distance(trajectory, reference, where=where)
+
+
+def test_trajectory_distance_of_complex_and_integer_leaves_and_nan():
+    np.testing.assert_allclose(analysis.trajectory_distance({"z": jnp.array([[3 + 4j]])}, {"z": jnp.array([[0j]])}), [5.0])
+    ints = analysis.trajectory_distance({"n": jnp.array([[3]], jnp.int8)}, {"n": jnp.array([[-100]], jnp.int8)})
+    np.testing.assert_allclose(ints, [103.0])  # no int8 wrap-around
+    assert analysis.trajectory_distance(TRAJECTORY, REFERENCE, where={"w": jnp.array(True)}).shape == (3,)
+    with pytest.warns(RuntimeWarning, match="not finite from time index 1 on"):
+        analysis.trajectory_distance({"w": jnp.array([[0.0], [jnp.nan]])}, {"w": jnp.zeros((2, 1))})

@@ -16,25 +16,63 @@ second order.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from flowopt.analysis._checks import check_callable, check_int, check_params, check_real, is_traced, leaf_dtype
 from flowopt.analysis._functions import as_partial
-from flowopt.oracle import GradFn, Params
+from flowopt.guard import tree_all_finite
+from flowopt.integrator import skipped_steps as flowopt_skipped_steps
+from flowopt.oracle import GradFn, Params, resolve_oracle
 
 Where = Callable[[tuple, jax.Array], bool] | Params | None
 
 
+MAX_STEPS = 10**8  # more iterates than any study needs; beyond it a typo costs minutes and gigabytes
+_MAX_TRAJECTORY_BYTES = 16 * 2**30
+
+
 def step_times(learning_rate: optax.ScalarOrSchedule, num_steps: int) -> jax.Array:
-    """The flow times ``t_k = Σ_{i<k} η_i`` of iterates ``k = 0..num_steps`` (``kη`` for a constant)."""
-    if int(num_steps) < 0:
-        raise ValueError(f"num_steps must be nonnegative, got {num_steps!r}.")
-    counts = jnp.arange(int(num_steps))
-    steps = jax.vmap(learning_rate)(counts) if callable(learning_rate) else jnp.full(counts.shape, learning_rate)
+    """The flow times ``t_k = Σ_{i<k} η_i`` of iterates ``k = 0..num_steps`` (``kη`` for a constant).
+
+    Steps must be finite and nonnegative: a concrete constant or schedule value
+    that is not is a ``ValueError`` naming the first offending step (flowopt's
+    optimizers skip such steps, so they have no flow time).
+    """
+    name = "step_times"
+    num_steps = check_int(name, "num_steps", num_steps, minimum=0, maximum=MAX_STEPS)
+    counts = jnp.arange(num_steps, dtype=jnp.int32)
+    if callable(learning_rate):
+        try:
+            steps = jax.vmap(learning_rate)(counts)
+        except Exception as error:
+            raise ValueError(
+                f"{name}: the learning_rate schedule could not be evaluated on int32 step counts: "
+                f"{type(error).__name__}: {error}"
+            ) from None
+        if jnp.shape(steps) != (num_steps,) or not jnp.issubdtype(jnp.result_type(steps), jnp.integer) \
+                and not jnp.issubdtype(jnp.result_type(steps), jnp.floating):
+            raise ValueError(
+                f"{name}: the learning_rate schedule must return a real scalar per step, got "
+                f"{jnp.result_type(steps)}{list(jnp.shape(steps)[1:])} values."
+            )
+        if not is_traced(steps):
+            bad = np.flatnonzero(~(np.isfinite(np.asarray(steps, np.float64)) & (np.asarray(steps) >= 0)))
+            if bad.size:
+                raise ValueError(
+                    f"{name}: the learning_rate schedule returned {float(steps[bad[0]])!r} at step {int(bad[0])}; "
+                    "steps must be finite and nonnegative."
+                )
+    else:
+        check_real(name, "learning_rate", learning_rate, nonnegative=True)
+        steps = jnp.full(counts.shape, learning_rate)
+    steps = steps.astype(jnp.promote_types(steps.dtype, jnp.float32))
     return jnp.concatenate([jnp.zeros(1, steps.dtype), jnp.cumsum(steps)])
 
 
@@ -51,22 +89,70 @@ def optimizer_trajectory(
     Each step computes the gradient at the current parameters and calls
     ``optimizer.update(grads, state, params, value_fn=...)`` (or ``grad_fn=``),
     so flowopt's multi-stage methods get their oracle and plain optax
-    transformations simply ignore it.
+    transformations simply ignore it. Complex parameters follow optax's
+    convention: the incoming gradient is ``conj(jax.grad(value_fn))``.
+
+    Outside ``jit``, a run whose iterates become non-finite or whose optimizer
+    skipped steps (:func:`flowopt.skipped_steps`) warns with a ``RuntimeWarning``.
 
     Returns:
       A pytree like ``params0`` with a leading axis of length ``num_steps + 1``.
     """
+    name = "optimizer_trajectory"
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        hint = " (call it with a learning rate, e.g. flowopt.rk4(0.1))" if callable(optimizer) else ""
+        raise ValueError(
+            f"{name}: optimizer must be an optax.GradientTransformation{hint}, got {optimizer!r:.80}."
+        )
     if (value_fn is None) == (grad_fn is None):
-        raise ValueError("optimizer_trajectory: pass exactly one of value_fn and grad_fn.")
-    if int(num_steps) < 0:
-        raise ValueError(f"optimizer_trajectory: num_steps must be nonnegative, got {num_steps!r}.")
+        raise ValueError(f"{name}: pass exactly one of value_fn and grad_fn.")
+    if value_fn is not None:
+        check_callable(name, "value_fn", value_fn)
+    else:
+        check_callable(name, "grad_fn", grad_fn, "a callable params -> gradient pytree")
+    if params0 is None:
+        raise ValueError(f"{name}: params0 is None; pass the initial parameters (a pytree of floating arrays).")
+    check_params(name, "params0", params0)
+    num_steps = check_int(name, "num_steps", num_steps, minimum=0, maximum=MAX_STEPS)
+    size = sum(jnp.size(leaf) * jnp.result_type(leaf).itemsize for leaf in jax.tree.leaves(params0))
+    if (num_steps + 1) * size > _MAX_TRAJECTORY_BYTES:
+        raise ValueError(
+            f"{name}: num_steps = {num_steps} would store {(num_steps + 1) * size / 2**30:.0f} GiB of iterates "
+            f"(at most {_MAX_TRAJECTORY_BYTES // 2**30} GiB); run fewer steps or keep fewer parameters."
+        )
     optimizer = optax.with_extra_args_support(optimizer)
-    return _run(optimizer, as_partial(value_fn), as_partial(grad_fn), params0, num_steps=int(num_steps))
+    iterates, state, start_finite = _run(optimizer, as_partial(value_fn), as_partial(grad_fn), params0, num_steps=num_steps)
+    if not is_traced(start_finite):
+        if not bool(start_finite):
+            raise ValueError(
+                f"{name}: the gradient at params0 is not finite (value_fn or grad_fn returns NaN or inf there)."
+            )
+        skipped = int(flowopt_skipped_steps(state))
+        if skipped:
+            warnings.warn(
+                f"{name}: the optimizer skipped {skipped} of {num_steps} steps (a non-finite or negative step "
+                "size, or a non-finite increment); those iterates repeat the previous one.",
+                RuntimeWarning, stacklevel=2,
+            )
+        finite = _finite_per_step(iterates)
+        if not bool(np.all(finite)):
+            first = int(np.argmin(finite))
+            warnings.warn(
+                f"{name}: the iterates are not finite from step {first} on (the optimizer diverged).",
+                RuntimeWarning, stacklevel=2,
+            )
+    return iterates
+
+
+def _finite_per_step(stacked: Params) -> np.ndarray:
+    leaves = jax.tree.leaves(stacked)
+    return np.all(np.stack([np.isfinite(np.asarray(leaf)).reshape(leaf.shape[0], -1).all(axis=1) for leaf in leaves]),
+                  axis=0)
 
 
 @functools.partial(jax.jit, static_argnames=("optimizer", "num_steps"))
 def _run(optimizer, value_fn, grad_fn, params0, *, num_steps):
-    gradient = jax.grad(value_fn) if grad_fn is None else grad_fn
+    gradient = resolve_oracle("optimizer_trajectory", params0, value_fn, grad_fn)
     oracle = {"value_fn": value_fn} if grad_fn is None else {"grad_fn": grad_fn}
 
     def step(carry, _):
@@ -75,8 +161,9 @@ def _run(optimizer, value_fn, grad_fn, params0, *, num_steps):
         params = optax.apply_updates(params, updates)
         return (params, state), params
 
-    _, iterates = jax.lax.scan(step, (params0, optimizer.init(params0)), length=num_steps)
-    return jax.tree.map(lambda x0, xs: jnp.concatenate([x0[None], xs]), params0, iterates)
+    (_, state), iterates = jax.lax.scan(step, (params0, optimizer.init(params0)), length=num_steps)
+    stacked = jax.tree.map(lambda x0, xs: jnp.concatenate([x0[None], xs]), params0, iterates)
+    return stacked, state, tree_all_finite(gradient(params0))
 
 
 def trajectory_distance(trajectory: Params, reference: Params, *, where: Where = None) -> jax.Array:
@@ -97,40 +184,86 @@ def trajectory_distance(trajectory: Params, reference: Params, *, where: Where =
     Returns:
       ``(T,)`` Euclidean distances over the selected parameters.
     """
+    name = "trajectory_distance"
     paths_and_leaves, structure = jax.tree_util.tree_flatten_with_path(trajectory)
     reference_leaves, reference_structure = jax.tree.flatten(reference)
+    if not paths_and_leaves:
+        raise ValueError(f"{name}: trajectory has no array leaves (got {trajectory!r:.80}).")
     if structure != reference_structure:
         raise ValueError(
-            f"trajectory_distance: trajectory and reference differ in structure: {structure} vs {reference_structure}."
+            f"{name}: trajectory and reference differ in structure: {structure} vs {reference_structure}."
         )
     for (path, leaf), other in zip(paths_and_leaves, reference_leaves):
+        where_ = jax.tree_util.keystr(path) or "the root"
+        for label, value in (("trajectory", leaf), ("reference", other)):
+            dtype = leaf_dtype(value)
+            if dtype is None or not (jnp.issubdtype(dtype, jnp.number)):
+                found = f"dtype {dtype}" if dtype is not None else f"a {type(value).__name__}"
+                raise ValueError(f"{name}: the {label} leaf at {where_} is {found}, expected a numeric array.")
+        if jnp.ndim(leaf) == 0:
+            raise ValueError(
+                f"{name}: the leaf at {where_} is a scalar; leaves need a leading time axis (stacked iterates)."
+            )
         if jnp.shape(leaf) != jnp.shape(other):
             raise ValueError(
-                f"trajectory_distance: leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)} in the "
+                f"{name}: leaf {where_} has shape {jnp.shape(leaf)} in the "
                 f"trajectory and {jnp.shape(other)} in the reference (times must match)."
             )
     selected = _selection(paths_and_leaves, structure, where)
     if not any(selected):
-        raise ValueError("trajectory_distance: `where` selects no parameters.")
+        raise ValueError(f"{name}: `where` selects no parameters.")
     lengths = {jnp.shape(leaf)[0] for (_, leaf), keep in zip(paths_and_leaves, selected) if keep}
     if len(lengths) != 1:
-        raise ValueError(f"trajectory_distance: leaves disagree on the number of times: {sorted(lengths)}.")
-    squares = [
-        jnp.sum(jnp.square(leaf - other).reshape(leaf.shape[0], -1), axis=1)
-        for (_, leaf), other, keep in zip(paths_and_leaves, reference_leaves, selected)
-        if keep
-    ]
-    return jnp.sqrt(sum(squares))
+        raise ValueError(f"{name}: leaves disagree on the number of times: {sorted(lengths)}.")
+
+    def squared(leaf, other):
+        dtype = jnp.promote_types(jnp.result_type(leaf, other), jnp.float32)  # no integer wrap-around
+        difference = jnp.asarray(leaf, dtype) - jnp.asarray(other, dtype)
+        return jnp.sum(jnp.square(jnp.abs(difference)).reshape(difference.shape[0], -1), axis=1)  # |·|² for complex
+
+    squares = [squared(leaf, other) for (_, leaf), other, keep in zip(paths_and_leaves, reference_leaves, selected) if keep]
+    distance = jnp.sqrt(sum(squares))
+    if not is_traced(distance) and not bool(jnp.all(jnp.isfinite(distance))):
+        first = int(np.argmin(np.isfinite(np.asarray(distance))))
+        warnings.warn(
+            f"{name}: the distance is not finite from time index {first} on (the trajectory or the reference "
+            "holds NaN or inf there).",
+            RuntimeWarning, stacklevel=2,
+        )
+    return distance
 
 
 def _selection(paths_and_leaves: list[tuple[Any, jax.Array]], structure, where: Where) -> list[bool]:
     if where is None:
         return [True] * len(paths_and_leaves)
     if callable(where):
-        return [bool(where(path, leaf[0])) for path, leaf in paths_and_leaves]
+        selected = []
+        for path, leaf in paths_and_leaves:
+            keep = where(path, leaf[0])
+            if not _is_boolean(keep):
+                raise ValueError(
+                    f"trajectory_distance: `where` must return True or False for each leaf, got {keep!r:.60} for "
+                    f"the leaf at {jax.tree_util.keystr(path) or 'the root'}."
+                )
+            selected.append(bool(keep))
+        return selected
     mask, mask_structure = jax.tree.flatten(where)
     if mask_structure != structure:
         raise ValueError(
             f"trajectory_distance: the mask `where` has structure {mask_structure}, the parameters {structure}."
         )
+    for (path, _), keep in zip(paths_and_leaves, mask):
+        if not _is_boolean(keep):
+            raise ValueError(
+                f"trajectory_distance: the mask `where` must hold True or False per leaf, got {keep!r:.60} at "
+                f"{jax.tree_util.keystr(path) or 'the root'}."
+            )
     return [bool(keep) for keep in mask]
+
+
+def _is_boolean(value: Any) -> bool:
+    """A Python or NumPy bool, or a concrete 0-d boolean array."""
+    if isinstance(value, (bool, np.bool_)):
+        return True
+    return isinstance(value, (np.ndarray, jax.Array)) and not is_traced(value) and value.shape == () \
+        and value.dtype == bool
