@@ -148,6 +148,29 @@ class Checkpointer:
         if step not in self._manager.all_steps():
             raise CheckpointError(f"The checkpoint for step {step} was not written to {self.directory}.")
 
+    def read_record(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON record of the given (default: newest) checkpoint, checksum-verified, without its arrays.
+
+        Raises:
+          CheckpointError: there is no such checkpoint, or its record is unreadable or fails its checksum.
+        """
+        step = self.latest_step() if step is None else _positive_int("step", step, 0)
+        if step is None or step not in self._manager.all_steps():
+            raise CheckpointError(f"No checkpoint{'' if step is None else f' for step {step}'} in {self.directory}.")
+        try:
+            item = self._manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))["progress"]
+        except Exception as error:
+            raise CheckpointError(f"The record of the checkpoint for step {step} in {self.directory} "
+                                  f"is unreadable: {error}") from error
+        if not isinstance(item, dict):
+            raise CheckpointError(f"The record of the checkpoint for step {step} in {self.directory} is not a mapping.")
+        if item.get("format") != _FORMAT:
+            return dict(item)
+        if item.get("sha256") != _digest(item.get("record"), item.get("arrays")) or not isinstance(item["record"], dict):
+            raise CheckpointError(f"The record of the checkpoint for step {step} in {self.directory} "
+                                  "fails its checksum.")
+        return dict(item["record"])
+
     def _restore_one(self, like: Any, step: int) -> tuple[Any, dict[str, Any]]:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_storable(like))
         restored = self._manager.restore(

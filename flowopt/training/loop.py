@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 import flowopt
 from flowopt.guard import tree_all_finite
 from flowopt.training import models, parallel
-from flowopt.training.checkpoint import Checkpointer
+from flowopt.training.checkpoint import Checkpointer, CheckpointError
 from flowopt.training.config import TrainConfig, trajectory_mismatch
 from flowopt.training.data import Dataset, iterate_batches, load_dataset, normalize, random_crop_flip
 from flowopt.training.metrics import MetricsLog
@@ -331,6 +331,15 @@ def _remove_run(out: Path) -> None:
             raise RunDirectoryError(f"Cannot remove {path}: {error.strerror or error}.") from error
 
 
+def _check_same_run(out: Path, stored: dict[str, Any], config: TrainConfig) -> None:
+    mismatch = trajectory_mismatch(stored, config)
+    if mismatch:
+        raise RunDirectoryError(
+            f"{out} holds a run that differs in {mismatch}; use a fresh output directory, "
+            "or overwrite (--overwrite) to replace it."
+        )
+
+
 def _open_run(
     out: Path, config: TrainConfig, state: RunState, record: dict[str, Any], overwrite: bool
 ) -> tuple[Checkpointer, RunState, dict[str, Any], MetricsLog]:
@@ -350,13 +359,12 @@ def _open_run(
                 raise RunDirectoryError(
                     f"{out} already holds checkpoints; resume, overwrite (--overwrite), or use a fresh directory."
                 )
+            try:  # a different run is refused before its arrays are read (they may not even fit)
+                _check_same_run(out, checkpointer.read_record().get("config", {}), config)
+            except CheckpointError:
+                pass  # the newest checkpoint is damaged: restore() falls back, and the record is checked then
             state, stored = checkpointer.restore(state)
-            mismatch = trajectory_mismatch(stored.get("config", {}), config)
-            if mismatch:
-                raise RunDirectoryError(
-                    f"{out} holds a run that differs in {mismatch}; use a fresh output directory, "
-                    "or overwrite (--overwrite) to replace it."
-                )
+            _check_same_run(out, stored.get("config", {}), config)
             progress = {**progress, **stored["progress"]}
             resume_step = int(state.step)
             rows = stored.get("metrics")
