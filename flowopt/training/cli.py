@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-path", help="local dataset copy (IDX dir, image folder or tar archive)")
     parser.add_argument("--data-dir", help="dataset cache directory (default $FLOWOPT_DATA_DIR or ~/.cache/flowopt)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run the output directory holds (checkpoints, metrics) with a fresh one")
     parser.add_argument("--list", action="store_true", help="list models, datasets and optimizers, then exit")
     return parser
 
@@ -267,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flowopt.training.loop import train
 
     try:
-        result = train(config, os.fspath(Path(args.output).expanduser()))
+        result = train(config, os.fspath(Path(args.output).expanduser()), overwrite=args.overwrite)
     except (DataIntegrityError, DataUnavailableError) as error:
         parser.error(_data_error(error, config, origins))
     except ValueError as error:
