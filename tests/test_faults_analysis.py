@@ -218,3 +218,158 @@ def test_trajectory_distance_of_complex_and_integer_leaves_and_nan():
     assert analysis.trajectory_distance(TRAJECTORY, REFERENCE, where={"w": jnp.array(True)}).shape == (3,)
     with pytest.warns(RuntimeWarning, match="not finite from time index 1 on"):
         analysis.trajectory_distance({"w": jnp.array([[0.0], [jnp.nan]])}, {"w": jnp.zeros((2, 1))})
+
+
+# ---------------------------------------------------------------------------------- Hessians and modified flows
+
+QUADRATIC = jnp.array([1.0, 2.0, 3.0])
+POINT = {"w": jnp.array([1.0, 2.0, 0.5])}
+KEY = jax.random.key(0)
+
+
+def quadratic(params):
+    return 0.5 * jnp.sum(QUADRATIC * params["w"] ** 2)
+
+
+def matvec(v):
+    return QUADRATIC * v
+
+
+HESSIAN_FUNCTIONS = {
+    "extreme_eigenvalues": analysis.extreme_eigenvalues,
+    "hutchinson_trace": analysis.hutchinson_trace,
+    "hessian_vector_product": lambda f, p, *rest: analysis.hessian_vector_product(f, p, jax.tree.map(jnp.ones_like, p)),
+}
+
+
+@pytest.mark.parametrize("function", list(HESSIAN_FUNCTIONS))
+@pytest.mark.parametrize("value_fn, params, message", [
+    ("f", POINT, "value_fn must be a callable .* got 'f'"),
+    (None, POINT, "value_fn must be a callable .* got None"),
+    (lambda p: p["w"], POINT, "value_fn must return a scalar loss, got shape \\(3,\\)"),
+    (lambda p: (quadratic(p), 0), POINT, "value_fn must return the scalar loss alone, got a tuple"),
+    (lambda p: jnp.nan * quadratic(p), POINT, "the (Hessian|product) is not finite at params"),
+    (quadratic, {"w": jnp.array([1, 2, 3])}, r"params must hold floating-point .* \['w'\] is dtype int32"),
+    (lambda p: quadratic(p) + jnp.sum(p["n"]), POINT | {"n": jnp.array([1])}, r"\['n'\] is dtype int32"),
+    (lambda p: 0.0, {}, "params has no array leaves"),
+])
+def test_hessian_tools_reject_bad_input(function, value_fn, params, message):
+    with pytest.raises(ValueError, match=f"{function}: .*{message}"):
+        HESSIAN_FUNCTIONS[function](value_fn, params)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: analysis.extreme_eigenvalues(quadratic, POINT, 0), "num_iterations must be a positive integer .* got 0"),
+    (lambda: analysis.extreme_eigenvalues(quadratic, POINT, 1.5), "num_iterations must be a positive integer .* got 1.5"),
+    (lambda: analysis.extreme_eigenvalues(quadratic, POINT, None), "num_iterations .* got None"),
+    (lambda: analysis.extreme_eigenvalues(quadratic, POINT, True), "num_iterations .* got True"),
+    (lambda: analysis.extreme_eigenvalues(quadratic, POINT, 3, 0), "key must be a single PRNG key .* got 0"),
+    (lambda: analysis.extreme_eigenvalues(quadratic, None), "params is None"),
+    (lambda: analysis.extreme_eigenvalues(quadratic, {"w": jnp.zeros(10**6)}, 10**4), "dimension 1000000 needs a 75 GiB"),
+    (lambda: analysis.hutchinson_trace(quadratic, POINT, 1), "num_samples .* must be an integer of at least 2"),
+    (lambda: analysis.hutchinson_trace(quadratic, POINT, 10**9), "num_samples .* \\(at most 1000000\\), got 1000000000"),
+    (lambda: analysis.hutchinson_trace(quadratic, POINT, 4, "k"), "key must be a single PRNG key .* got 'k'"),
+    (lambda: analysis.hessian_vector_product(quadratic, POINT, jnp.ones(3)), "vector has structure"),
+    (lambda: analysis.hessian_vector_product(quadratic, POINT, {"w": jnp.ones(4)}), r"vector leaf at \['w'\] has shape \(4,\)"),
+    (lambda: analysis.hessian_vector_product(quadratic, POINT, {"w": jnp.ones(3, complex)}), "is complex, its parameter real"),
+    (lambda: analysis.lanczos(matvec, 0, 3, KEY), "lanczos: dimension must be a positive integer .* got 0"),
+    (lambda: analysis.lanczos(matvec, 3.0, 3, KEY), "dimension must be a positive integer .* got 3.0"),
+    (lambda: analysis.lanczos(matvec, 3, 0, KEY), "num_iterations must be a positive integer .* got 0"),
+    (lambda: analysis.lanczos(matvec, 3, "3", KEY), "num_iterations must be a positive integer .* got '3'"),
+    (lambda: analysis.lanczos(matvec, 4, 3, KEY), "matvec failed on a vector of shape \\(4,\\) \\(does dimension = 4"),
+    (lambda: analysis.lanczos(jnp.sum, 3, 3, KEY), "matvec must map a vector of shape \\(3,\\) .* got float32\\[\\]"),
+    (lambda: analysis.lanczos(lambda v: v[:, None], 3, 3, KEY), "got float32\\[3, 1\\]"),
+    (lambda: analysis.lanczos(lambda v: 1j * v, 3, 3, KEY), "got complex64\\[3\\]"),
+    (lambda: analysis.lanczos(lambda v: jnp.nan * v, 3, 3, KEY), "matvec returned non-finite values"),
+    (lambda: analysis.lanczos(None, 3, 3, KEY), "matvec must be a callable"),
+    (lambda: analysis.lanczos(matvec, 3, 3, 0), "key must be a single PRNG key"),
+    (lambda: analysis.lanczos(matvec, 3, 3, KEY, jnp.int32), "dtype must be a real floating dtype .* got int32"),
+    (lambda: analysis.lanczos(matvec, 3, 3, KEY, jnp.complex64), "dtype must be a real floating dtype .* got complex64"),
+    (lambda: analysis.lanczos(matvec, 3, 3, KEY, "blah"), "dtype must be a real floating dtype, got 'blah'"),
+    (lambda: analysis.spectrum_along(quadratic, {}), "spectrum_along: trajectory has no array leaves"),
+    (lambda: analysis.sharpness(quadratic, None), "spectrum_along: trajectory has no array leaves"),
+    (lambda: analysis.spectrum_along(quadratic, {"w": jnp.zeros((0, 3))}), "has no points"),
+    (lambda: analysis.spectrum_along(quadratic, {"w": jnp.array(1.0)}), "same leading time axis"),
+    (lambda: analysis.spectrum_along(lambda p: quadratic(p) * jnp.where(p["w"][0] > 1.5, jnp.nan, 1.0),
+                                     {"w": jnp.array([[1.0, 1.0, 1.0], [2.0, 1.0, 1.0]])}, 3),
+     "spectrum_along: at point 1 of the trajectory, extreme_eigenvalues: the Hessian is not finite"),
+])
+def test_hessian_tool_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_hessian_tools_accept_raw_keys_cap_iterations_and_pass_traced_values():
+    low, high = analysis.extreme_eigenvalues(quadratic, POINT, 100, jax.random.PRNGKey(1))  # m capped at n = 3
+    np.testing.assert_allclose([low, high], [1.0, 3.0], rtol=1e-5)
+    result = analysis.lanczos(matvec, 3, 10**6, KEY)
+    np.testing.assert_allclose(result.ritz_values, [1.0, 2.0, 3.0], rtol=1e-5)
+    traced = jax.jit(lambda p: analysis.extreme_eigenvalues(lambda q: jnp.nan * quadratic(q), p, 3))(POINT)
+    assert np.isnan(traced[0])  # no check inside jit: a traced result cannot be inspected
+    vector = {"w": jnp.array([1, 0, 0], jnp.int32)}  # cast to the parameters' dtype
+    np.testing.assert_allclose(analysis.hessian_vector_product(quadratic, POINT, vector)["w"], [1.0, 0.0, 0.0])
+
+
+def test_hessian_of_complex_parameters_is_the_real_hessian():
+    # f(z) = Re(z²) = x² - y²: real Hessian diag(2, -2); f = |z|²: 2I in each of the 2n real coordinates.
+    low, high = analysis.extreme_eigenvalues(lambda z: jnp.sum(jnp.real(z**2)), jnp.array([1.0 + 1.0j]))
+    np.testing.assert_allclose([low, high], [-2.0, 2.0], rtol=1e-5)
+    np.testing.assert_allclose(analysis.hutchinson_trace(squared_modulus, jnp.array([1.0 + 1j, 2.0])).trace, 8.0,
+                               rtol=1e-5)
+    product = analysis.hessian_vector_product(lambda z: jnp.sum(jnp.real(z**2)), jnp.array([1.0 + 1j]), jnp.array([1.0 + 1j]))
+    np.testing.assert_allclose(product, [2.0 - 2.0j], rtol=1e-5)
+
+
+TIMES3 = jnp.array([0.0, 1.0, 2.0])
+LAMBDA3 = jnp.array([-1.0, 0.0, -1.0])
+
+
+@pytest.mark.parametrize("times, lambda_min, learning_rate, message", [
+    (TIMES3[::-1], LAMBDA3, 0.1, r"times must be nondecreasing, got times\[0\] = 2.0 > times\[1\] = 1.0"),
+    (TIMES3.at[1].set(jnp.nan), LAMBDA3, 0.1, "times must be finite, got nan at index 1"),
+    (TIMES3, LAMBDA3.at[2].set(jnp.inf), 0.1, "lambda_min must be finite, got inf at index 2"),
+    (jnp.zeros(0), jnp.zeros(0), 0.1, "must be 1-D of equal length \\(at least 1\\), got shapes \\(0,\\)"),
+    (TIMES3, LAMBDA3[:2], 0.1, "equal length"),
+    ("abc", LAMBDA3, 0.1, "times must be a real 1-D array, got 'abc'"),
+    (TIMES3, LAMBDA3 + 1j, 0.1, "lambda_min must be a real 1-D array"),
+    (TIMES3, LAMBDA3, -0.1, "learning_rate must be a finite nonnegative number, got -0.1"),
+    (TIMES3, LAMBDA3, float("nan"), "learning_rate must be a finite nonnegative number, got nan"),
+    (TIMES3, LAMBDA3, None, "learning_rate must be a finite nonnegative number, got None"),
+    (TIMES3, LAMBDA3, jnp.ones(3), "learning_rate must be .* \\(a scalar\\), got an array of shape \\(3,\\)"),
+])
+def test_gd_error_bound_rejects_bad_input(times, lambda_min, learning_rate, message):
+    with pytest.raises(ValueError, match=f"gd_error_bound: .*{message}"):
+        analysis.gd_error_bound(times, lambda_min, learning_rate)
+
+
+def test_gd_error_bound_edge_values():
+    np.testing.assert_array_equal(analysis.gd_error_bound(TIMES3, LAMBDA3, 0.0).bound, [0.0, 0.0, 0.0])
+    overflow = analysis.gd_error_bound(1000 * TIMES3, LAMBDA3, 0.0)  # 0 · exp(1000) is 0, not NaN
+    np.testing.assert_array_equal(overflow.bound, [0.0, 0.0, 0.0])
+    np.testing.assert_allclose(analysis.gd_error_bound([0, 1, 2], LAMBDA3, 0.1).bound, 0.1 * TIMES3 * np.exp([0, 0.5, 1]),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("value_fn, learning_rate, message", [
+    ("f", 0.1, "value_fn must be a callable .* got 'f'"),
+    (quadratic, -0.1, "learning_rate must be a finite nonnegative number, got -0.1"),
+    (quadratic, float("inf"), "learning_rate must be a finite nonnegative number, got inf"),
+    (quadratic, "x", "learning_rate must be a finite nonnegative number, got 'x'"),
+    (quadratic, None, "learning_rate must be a finite nonnegative number, got None"),
+    (quadratic, 1 + 1j, "learning_rate must be a finite nonnegative number, got \\(1\\+1j\\)"),
+    (quadratic, jnp.ones(3), "\\(a scalar\\), got an array of shape \\(3,\\)"),
+])
+def test_modified_value_fn_rejects_bad_input(value_fn, learning_rate, message):
+    with pytest.raises(ValueError, match=f"modified_value_fn: .*{message}"):
+        analysis.modified_value_fn(value_fn, learning_rate)
+
+
+def test_modified_value_fn_checks_params_and_value_and_handles_complex():
+    modified = analysis.modified_value_fn(squared_modulus, 0.1)
+    # f = |z|² = 2 at 1 + i, ‖∇f‖² = |2z|² = 8 over the real coordinates: f̃ = 2 + 0.025 · 8.
+    np.testing.assert_allclose(modified(jnp.array([1.0 + 1.0j])), 2.2, rtol=1e-6)
+    with pytest.raises(ValueError, match="modified_value_fn: params must hold floating-point .* dtype int32"):
+        modified(jnp.array([1, 2]))
+    with pytest.raises(ValueError, match="modified_value_fn: value_fn must return a scalar loss, got shape \\(2,\\)"):
+        analysis.modified_value_fn(lambda p: p, 0.1)(jnp.array([1.0, 2.0]))
+    np.testing.assert_allclose(jax.jit(lambda lr: analysis.modified_value_fn(quadratic, lr)(POINT))(0.0), quadratic(POINT))

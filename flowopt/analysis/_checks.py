@@ -146,3 +146,22 @@ def any_nonfinite(tree: Any) -> bool:
     if any(is_traced(leaf) for leaf in leaves):
         return False
     return not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves)
+
+
+def checked_value(function: str, value_fn: Any) -> Any:
+    """``value_fn`` whose output is checked (at trace time) to be a real floating scalar."""
+    def checked(params: Any) -> jax.Array:
+        value = value_fn(params)
+        if value is None or isinstance(value, (tuple, list, dict, str)):
+            raise ValueError(
+                f"{function}: value_fn must return the scalar loss alone, got a {type(value).__name__} "
+                "(for a loss_fn returning (loss, aux), pass lambda p: loss_fn(p)[0])."
+            )
+        value = jnp.asarray(value)
+        if value.ndim != 0:
+            raise ValueError(f"{function}: value_fn must return a scalar loss, got shape {value.shape}.")
+        if not jnp.issubdtype(value.dtype, jnp.floating):
+            raise ValueError(f"{function}: value_fn must return a real floating-point loss, got dtype {value.dtype}.")
+        return value
+
+    return checked

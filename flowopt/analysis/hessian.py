@@ -21,8 +21,23 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from flowopt.analysis._checks import (
+    INT32_MAX,
+    any_nonfinite,
+    check_callable,
+    check_int,
+    check_key,
+    check_params,
+    check_real,
+    checked_value,
+    is_traced,
+    leaf_dtype,
+    merge_complex,
+    split_complex,
+)
 from flowopt.analysis._functions import as_partial
 from flowopt.oracle import Params
 
@@ -30,8 +45,39 @@ ValueFn = Callable[[Params], jax.Array]
 
 
 def hessian_vector_product(value_fn: ValueFn, params: Params, vector: Params) -> Params:
-    """``∇²f(params) · vector`` by forward-over-reverse differentiation, as a pytree like ``params``."""
-    return jax.jvp(jax.grad(value_fn), (params,), (vector,))[1]
+    """``∇²f(params) · vector`` by forward-over-reverse differentiation, as a pytree like ``params``.
+
+    ``vector`` must have the structure and leaf shapes of ``params`` (its leaves
+    are cast to the parameters' dtypes). Complex leaves are pairs ``(x, y)`` of
+    real coordinates, as in optax's convention: the result is the real Hessian
+    of ``f(x + iy)`` applied to ``(Re v, Im v)``, returned as ``Hv_x + i Hv_y``.
+    Outside ``jit``, a non-finite product is a ``ValueError``.
+    """
+    name = "hessian_vector_product"
+    check_callable(name, "value_fn", value_fn)
+    check_params(name, "params", params)
+    if jax.tree.structure(vector) != jax.tree.structure(params):
+        raise ValueError(
+            f"{name}: vector has structure {jax.tree.structure(vector)}, params have {jax.tree.structure(params)}."
+        )
+    for (path, leaf), direction in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(vector)):
+        dtype = leaf_dtype(direction)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.number):
+            raise ValueError(f"{name}: the vector leaf at {jax.tree_util.keystr(path)} is not a numeric array.")
+        if jnp.shape(direction) != jnp.shape(leaf):
+            raise ValueError(
+                f"{name}: the vector leaf at {jax.tree_util.keystr(path) or 'the root'} has shape "
+                f"{jnp.shape(direction)}, its parameter {jnp.shape(leaf)}."
+            )
+        if jnp.iscomplexobj(direction) and not jnp.iscomplexobj(leaf):
+            raise ValueError(f"{name}: the vector leaf at {jax.tree_util.keystr(path)} is complex, its parameter real.")
+    vector = jax.tree.map(lambda v, p: jnp.asarray(v, jnp.result_type(p)), vector, params)
+    real_value = lambda real: checked_value(name, value_fn)(merge_complex(params, real))
+    product = jax.jvp(jax.grad(real_value), (split_complex(params),), (split_complex(vector),))[1]
+    product = merge_complex(params, product)
+    if any_nonfinite(product):
+        raise ValueError(f"{name}: the product is not finite at params (value_fn or its derivatives are NaN or inf).")
+    return product
 
 
 class LanczosResult(NamedTuple):
@@ -70,7 +116,34 @@ def lanczos(
       key: PRNG key for the starting vector and restarts.
       dtype: floating dtype of the basis.
     """
-    return _lanczos_jit(matvec, int(dimension), int(num_iterations), key, jnp.dtype(dtype))
+    name = "lanczos"
+    check_callable(name, "matvec", matvec, "a callable v -> H v on flat vectors")
+    dimension = check_int(name, "dimension", dimension)
+    num_iterations = check_int(name, "num_iterations", num_iterations)
+    key = check_key(name, key)
+    try:
+        dtype = jnp.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"lanczos: dtype must be a real floating dtype, got {dtype!r}.") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"lanczos: dtype must be a real floating dtype (the operator is symmetric), got {dtype}.")
+    _check_memory(name, dimension, num_iterations, dtype)
+    result = _lanczos_jit(matvec, dimension, num_iterations, key, dtype)
+    if any_nonfinite(result):
+        raise ValueError("lanczos: matvec returned non-finite values; the Ritz values would be NaN.")
+    return result
+
+
+_MAX_BASIS_BYTES = 16 * 2**30
+
+
+def _check_memory(name: str, dimension: int, num_iterations: int, dtype) -> None:
+    size = min(num_iterations, dimension) * dimension * jnp.dtype(dtype).itemsize
+    if size > _MAX_BASIS_BYTES:
+        raise ValueError(
+            f"{name}: num_iterations = {num_iterations} on dimension {dimension} needs a {size / 2**30:.0f} GiB "
+            f"basis (at most {_MAX_BASIS_BYTES // 2**30} GiB); use fewer iterations."
+        )
 
 
 def _lanczos(matvec, dimension: int, num_iterations: int, key: jax.Array, dtype) -> LanczosResult:
@@ -85,10 +158,27 @@ def _lanczos(matvec, dimension: int, num_iterations: int, key: jax.Array, dtype)
             vector = vector - basis.T @ (basis @ vector)
         return vector / jnp.linalg.norm(vector)
 
+    def checked_matvec(q: jax.Array) -> jax.Array:
+        try:
+            w = matvec(q)
+        except (TypeError, ValueError) as error:
+            if str(error).startswith("lanczos:"):
+                raise
+            raise ValueError(
+                f"lanczos: matvec failed on a vector of shape ({dimension},) (does dimension = {dimension} match "
+                f"the operator?): {type(error).__name__}: {str(error).splitlines()[0]}"
+            ) from None
+        if jnp.shape(w) != (dimension,) or not jnp.issubdtype(jnp.result_type(w), jnp.floating):
+            raise ValueError(
+                f"lanczos: matvec must map a vector of shape ({dimension},) to a real floating vector of the same "
+                f"shape, got {jnp.result_type(w)}{list(jnp.shape(w))}."
+            )
+        return w.astype(dtype)
+
     def body(j, carry):
         basis, alpha, beta, q, scale = carry
         basis = basis.at[j].set(q)
-        w = matvec(q).astype(dtype)
+        w = checked_matvec(q)
         alpha = alpha.at[j].set(jnp.vdot(q, w))
         for _ in range(2):
             w = w - basis.T @ (basis @ w)
@@ -112,14 +202,24 @@ def _lanczos(matvec, dimension: int, num_iterations: int, key: jax.Array, dtype)
 _lanczos_jit = jax.jit(_lanczos, static_argnums=(0, 1, 2, 4))
 
 
-def _flat_hessian_operator(value_fn: ValueFn, params: Params):
-    flat, unravel = ravel_pytree(params)
-    grad = jax.grad(value_fn)
+def _flat_hessian_operator(name: str, value_fn: ValueFn, params: Params):
+    """``v -> ∇²f v`` on the flat real coordinates of ``params`` (complex leaves as (x, y) pairs)."""
+    flat, unravel = ravel_pytree(split_complex(params))
+    grad = jax.grad(lambda v: checked_value(name, value_fn)(merge_complex(params, unravel(v))))
 
     def matvec(vector: jax.Array) -> jax.Array:
-        return ravel_pytree(jax.jvp(grad, (params,), (unravel(vector.astype(flat.dtype)),))[1])[0]
+        return jax.jvp(grad, (flat,), (vector.astype(flat.dtype),))[1]
 
     return matvec, flat.size, flat.dtype
+
+
+def _check_hessian_arguments(name: str, value_fn: ValueFn, params: Params, key, count_name: str, count,
+                             minimum: int, maximum: int):
+    check_callable(name, "value_fn", value_fn)
+    if params is None:
+        raise ValueError(f"{name}: params is None; pass a pytree of floating arrays.")
+    check_params(name, "params", params)
+    return check_int(name, count_name, count, minimum=minimum, maximum=maximum), check_key(name, key)
 
 
 def extreme_eigenvalues(
@@ -150,13 +250,22 @@ def extreme_eigenvalues(
       num_iterations: Lanczos steps ``m`` (static; capped at the parameter count).
       key: PRNG key for the start vector; ``jax.random.key(0)`` by default.
     """
-    key = jax.random.key(0) if key is None else key
-    return _extreme_eigenvalues(as_partial(value_fn), params, key, num_iterations=int(num_iterations))
+    name = "extreme_eigenvalues"
+    num_iterations, key = _check_hessian_arguments(name, value_fn, params, key, "num_iterations", num_iterations, 1,
+                                                   INT32_MAX)
+    dimension = sum(2 * jnp.size(x) if jnp.iscomplexobj(x) else jnp.size(x) for x in jax.tree.leaves(params))
+    _check_memory(name, dimension, num_iterations, jnp.float64)
+    low, high = _extreme_eigenvalues(as_partial(value_fn), params, key, num_iterations=num_iterations)
+    if any_nonfinite((low, high)):
+        raise ValueError(
+            f"{name}: the Hessian is not finite at params (value_fn or its derivatives are NaN or inf there)."
+        )
+    return low, high
 
 
 @functools.partial(jax.jit, static_argnames=("num_iterations",))
 def _extreme_eigenvalues(value_fn, params, key, *, num_iterations):
-    matvec, dimension, dtype = _flat_hessian_operator(value_fn, params)
+    matvec, dimension, dtype = _flat_hessian_operator("extreme_eigenvalues", value_fn, params)
     result = _lanczos(matvec, dimension, num_iterations, key, dtype)
     return result.ritz_values[0], result.ritz_values[-1]
 
@@ -179,15 +288,21 @@ def hutchinson_trace(
     Unbiased, with variance ``2(‖∇²f‖_F² - Σ_i (∇²f)_ii²)/S`` (Hutchinson 1989).
     Probes are drawn one at a time (memory of one Hessian-vector product).
     """
-    if int(num_samples) < 2:
-        raise ValueError(f"num_samples must be at least 2 to estimate an error, got {num_samples}.")
-    key = jax.random.key(0) if key is None else key
-    return _hutchinson_trace(as_partial(value_fn), params, key, num_samples=int(num_samples))
+    name = "hutchinson_trace"
+    num_samples, key = _check_hessian_arguments(name, value_fn, params, key, "num_samples (at least 2 to estimate "
+                                                "an error)", num_samples, 2, MAX_SAMPLES)
+    estimate = _hutchinson_trace(as_partial(value_fn), params, key, num_samples=num_samples)
+    if any_nonfinite(estimate):
+        raise ValueError(f"{name}: the Hessian is not finite at params (value_fn or its derivatives are NaN or inf there).")
+    return estimate
+
+
+MAX_SAMPLES = 10**6  # one Hessian-vector product each
 
 
 @functools.partial(jax.jit, static_argnames=("num_samples",))
 def _hutchinson_trace(value_fn, params, key, *, num_samples):
-    matvec, dimension, dtype = _flat_hessian_operator(value_fn, params)
+    matvec, dimension, dtype = _flat_hessian_operator("hutchinson_trace", value_fn, params)
 
     def quadratic_form(sample_key: jax.Array) -> jax.Array:
         probe = jax.random.rademacher(sample_key, (dimension,), dtype)
@@ -220,14 +335,22 @@ def spectrum_along(
         every leaf, e.g. ``gradient_flow(...).params`` or stacked iterates.
     """
     leaves = jax.tree.leaves(trajectory)
+    if not leaves:
+        raise ValueError(f"spectrum_along: trajectory has no array leaves (got {trajectory!r:.80}).")
     lengths = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in leaves}
     if len(lengths) != 1 or None in lengths:
         raise ValueError(f"spectrum_along: every leaf needs the same leading time axis, got lengths {lengths}.")
     (length,) = lengths
-    pairs = [
-        extreme_eigenvalues(value_fn, jax.tree.map(lambda x: x[k], trajectory), num_iterations, key)
-        for k in range(length)
-    ]
+    if length == 0:
+        raise ValueError("spectrum_along: the trajectory has no points (its leading time axis has length 0).")
+    pairs = []
+    for k in range(length):
+        try:
+            pairs.append(extreme_eigenvalues(value_fn, jax.tree.map(lambda x: x[k], trajectory), num_iterations, key))
+        except ValueError as error:
+            if "not finite" not in str(error):
+                raise
+            raise ValueError(f"spectrum_along: at point {k} of the trajectory, {error}") from None
     return ExtremeEigenvalues(jnp.stack([low for low, _ in pairs]), jnp.stack([high for _, high in pairs]))
 
 
@@ -267,14 +390,46 @@ def gd_error_bound(times: jax.Array, lambda_min: jax.Array, learning_rate: float
     trajectories diverge, so the nonconvexity ``λ_min⁻`` is integrated here
     (trapezoid rule, cumulative from ``times[0]``), e.g. with ``lambda_min``
     from :func:`spectrum_along` on the flow ``θ(t)``.
+
+    ``times`` must be finite and nondecreasing, ``lambda_min`` finite and
+    ``learning_rate`` finite and nonnegative (``ValueError`` otherwise, for
+    concrete values); a bound beyond the float range is ``inf``.
     """
-    times = jnp.asarray(times)
-    lambda_min = jnp.asarray(lambda_min)
-    if times.ndim != 1 or times.shape != lambda_min.shape:
+    name = "gd_error_bound"
+    times = _real_array(name, "times", times)
+    lambda_min = _real_array(name, "lambda_min", lambda_min)
+    if times.ndim != 1 or times.shape != lambda_min.shape or times.shape[0] == 0:
         raise ValueError(
-            f"times and lambda_min must be 1-D of equal length, got shapes {times.shape} and {lambda_min.shape}."
+            f"{name}: times and lambda_min must be 1-D of equal length (at least 1), got shapes {times.shape} and "
+            f"{lambda_min.shape}."
+        )
+    learning_rate = check_real(name, "learning_rate", learning_rate, nonnegative=True)
+    for label, values in (("times", times), ("lambda_min", lambda_min)):
+        if not is_traced(values) and not bool(jnp.all(jnp.isfinite(values))):
+            index = int(jnp.argmin(jnp.isfinite(values)))
+            raise ValueError(f"{name}: {label} must be finite, got {float(values[index])} at index {index}.")
+    if not is_traced(times) and bool(jnp.any(jnp.diff(times) < 0)):
+        index = int(jnp.argmax(jnp.diff(times) < 0))
+        raise ValueError(
+            f"{name}: times must be nondecreasing, got times[{index}] = {float(times[index])} > "
+            f"times[{index + 1}] = {float(times[index + 1])}."
         )
     negative = jnp.maximum(-lambda_min, 0.0)
     pieces = 0.5 * (negative[1:] + negative[:-1]) * jnp.diff(times)
     integral = jnp.concatenate([jnp.zeros(1, pieces.dtype), jnp.cumsum(pieces)])
-    return ErrorBound(integral, learning_rate * (times - times[0]) * jnp.exp(integral))
+    prefactor = learning_rate * (times - times[0])
+    return ErrorBound(integral, jnp.where(prefactor == 0, 0.0, prefactor * jnp.exp(integral)))
+
+
+def _real_array(function: str, name: str, values) -> jax.Array:
+    if is_traced(values):
+        array = values
+    else:
+        try:
+            array = np.asarray(values)
+        except Exception:
+            array = np.asarray(values, dtype=object)
+    dtype = array.dtype
+    if dtype.kind not in "iuf" and not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{function}: {name} must be a real 1-D array, got {values!r:.80}.")
+    return jnp.asarray(array).astype(jnp.promote_types(dtype, jnp.float32))

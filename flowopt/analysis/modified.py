@@ -22,13 +22,16 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
+from flowopt.analysis._checks import check_callable, check_params, check_real, checked_value
 from flowopt.analysis._functions import as_partial
 from flowopt.oracle import Params
 
 
 def _modified_value(value_fn: Callable[[Params], jax.Array], learning_rate: jax.Array, params: Params) -> jax.Array:
-    value, gradient = jax.value_and_grad(value_fn)(params)
-    squared_norm = sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(gradient))
+    check_params("modified_value_fn", "params", params)
+    value, gradient = jax.value_and_grad(checked_value("modified_value_fn", value_fn))(params)
+    # ‖∇f‖² over real coordinates: |g|² for a complex leaf (optax's convention, g = ∂f/∂x - i ∂f/∂y).
+    squared_norm = sum(jnp.sum(jnp.square(jnp.abs(leaf))) for leaf in jax.tree.leaves(gradient))
     return value + 0.25 * learning_rate * squared_norm
 
 
@@ -43,11 +46,10 @@ def modified_value_fn(value_fn: Callable[[Params], jax.Array], learning_rate: fl
     Args:
       value_fn: ``params -> scalar``, twice differentiable.
       learning_rate: the gradient-descent step ``η`` (a number, or a traced scalar).
+
+    Complex parameters count as pairs of real coordinates (optax's convention),
+    so the penalty is ``(η/4) Σ |∂f/∂x + i ∂f/∂y|²``.
     """
-    if not callable(value_fn):
-        raise ValueError(f"value_fn must be callable, got {type(value_fn).__name__}.")
-    if not isinstance(learning_rate, jax.core.Tracer):
-        value = float(learning_rate)
-        if not value >= 0 or value == float("inf"):
-            raise ValueError(f"learning_rate must be finite and nonnegative, got {learning_rate!r}.")
+    check_callable("modified_value_fn", "value_fn", value_fn)
+    check_real("modified_value_fn", "learning_rate", learning_rate, nonnegative=True)
     return Partial(_modified_value, as_partial(value_fn), jnp.asarray(learning_rate))
