@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import flowopt
-from flowopt import analysis
+from flowopt import analysis, tableaus
 
 CURVATURES = jnp.array([1.0, 2.0])
 PARAMS = {"w": jnp.array([1.0, 2.0])}
@@ -373,3 +373,63 @@ def test_modified_value_fn_checks_params_and_value_and_handles_complex():
     with pytest.raises(ValueError, match="modified_value_fn: value_fn must return a scalar loss, got shape \\(2,\\)"):
         analysis.modified_value_fn(lambda p: p, 0.1)(jnp.array([1.0, 2.0]))
     np.testing.assert_allclose(jax.jit(lambda lr: analysis.modified_value_fn(quadratic, lr)(POINT))(0.0), quadratic(POINT))
+
+
+# ------------------------------------------------------------------------------------------------- stability
+
+LMM = analysis.LinearMultistep
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: analysis.bdf_method(2.0), "BDF order must be in \\[1, 2, 3, 4, 5, 6\\], got 2.0"),
+    (lambda: analysis.bdf_method(True), "BDF order must be in .* got True"),
+    (lambda: analysis.adams_bashforth_method(True), "Adams–Bashforth order must be in .* got True"),
+    (lambda: analysis.adams_bashforth_method("2"), "Adams–Bashforth order must be in .* got '2'"),
+    (lambda: analysis.stability_function(tableaus.RK4)(np.nan), "stability_function: z must be finite, got nan"),
+    (lambda: analysis.stability_function(tableaus.RK4)("a"), "stability_function: z must be a number or array"),
+    (lambda: analysis.characteristic_roots("bdf2", np.array([-1.0, -2.0])), "z must be a single complex number"),
+    (lambda: analysis.characteristic_roots("bdf2", np.inf), "characteristic_roots: z must be finite, got inf"),
+    (lambda: analysis.characteristic_roots("bdf2", None), "characteristic_roots: z must be a complex number, got None"),
+    (lambda: analysis.characteristic_roots("bdf2", "1"), "z must be a complex number, got '1'"),
+    (lambda: analysis.is_stable("rk4", np.array([-1.0, -10.0])), "z must be a single complex number"),
+    (lambda: analysis.is_stable("rk4", np.nan), "z must be finite, got nan"),
+    (lambda: analysis.amplification("rk4", np.nan), "amplification: z must be finite, got nan"),
+    (lambda: analysis.amplification("rk4", None), "amplification: z must be a number or array of numbers, got None"),
+    (lambda: analysis.stability_interval(LMM("x", np.array([1.0, -1.0]), np.array([0.0, 1.0, 0.0]))),
+     "LinearMultistep 'x': rho and sigma must have equal lengths .* got 2 and 3"),
+    (lambda: analysis.stability_interval(LMM("x", np.array([0.0, 1.0, -1.0]), np.array([0.0, 0.0, 1.0]))),
+     "leading coefficient rho\\[0\\] must be nonzero"),
+    (lambda: analysis.stability_interval(LMM("x", np.array([1.0, np.nan]), np.array([0.0, 1.0]))), "rho must be finite"),
+    (lambda: analysis.stability_interval(LMM("x", np.array([1.0, -1.0]), np.array([0.0, 0.0]))), "sigma is zero"),
+    (lambda: analysis.stability_interval(LMM("x", "ab", "cd")), "rho must be a 1-D array of at least 2 real coefficients"),
+    (lambda: analysis.stability_interval(LMM("x", np.array([1.0, -1j]), np.array([0.0, 1.0]))), "rho must be a 1-D array"),
+    (lambda: analysis.stability_interval(LMM("x", np.array([1.0]), np.array([1.0]))), "at least 2 real coefficients"),
+    (lambda: analysis.plot_stability_regions([]), "plot_stability_regions: methods is empty"),
+    (lambda: analysis.plot_stability_regions(3), "methods must be a method or a sequence of methods, got 3"),
+    (lambda: analysis.plot_stability_regions(["rk4"], resolution=1), "resolution must be an integer in \\[2, 4000\\], got 1"),
+    (lambda: analysis.plot_stability_regions(["rk4"], resolution=1.5), "resolution must be an integer .* got 1.5"),
+    (lambda: analysis.plot_stability_regions(["rk4"], resolution=10**6), "resolution must be an integer .* got 1000000"),
+    (lambda: analysis.plot_stability_regions(["rk4"], figure="x"), "figure must be a matplotlib.figure.Figure or None"),
+])
+def test_stability_tools_reject_bad_input(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_a_root_at_infinity_is_unstable():
+    # Backward Euler: ζ = 1/(1 - z); at z = 1 the root is infinite (the step divides by zero).
+    assert not analysis.is_stable("bdf1", 1.0)
+    assert analysis.is_stable("bdf1", 2.0)  # ζ = -1: on the unit circle, simple
+    assert np.isinf(analysis.characteristic_roots("backward_euler", 1.0)).all()
+    beta = float(analysis.bdf_method(2).sigma[0])
+    np.testing.assert_array_equal(analysis.amplification("bdf2", np.array([1.0 / beta, -1.0])) == np.inf, [True, False])
+    # Lists are accepted as coefficients: AB1 written by hand is Euler, stable on [-2, 0].
+    assert analysis.stability_interval(LMM("ab1_by_hand", [1.0, -1.0], [0.0, 1.0])) == pytest.approx(2.0)
+
+
+def test_plot_takes_a_single_method():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    figure = analysis.plot_stability_regions("rk4", resolution=8)
+    assert len(figure.axes) == 1

@@ -43,7 +43,7 @@ class LinearMultistep(NamedTuple):
 
 def bdf_method(order: int) -> LinearMultistep:
     """BDF-τ: ``ρ(ζ) = ζ^τ + Σ_j a_j ζ^{τ-j}``, ``σ(ζ) = β ζ^τ`` (coefficients from :mod:`flowopt.implicit`)."""
-    if order not in BDF_COEFFICIENTS:
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order not in BDF_COEFFICIENTS:
         raise ValueError(f"BDF order must be in {sorted(BDF_COEFFICIENTS)}, got {order!r}.")
     a, beta = BDF_COEFFICIENTS[order]
     sigma = np.zeros(order + 1)
@@ -53,7 +53,7 @@ def bdf_method(order: int) -> LinearMultistep:
 
 def adams_bashforth_method(order: int) -> LinearMultistep:
     """AB-τ: ``ρ(ζ) = ζ^τ - ζ^{τ-1}``, ``σ(ζ) = Σ_j b_j ζ^{τ-1-j}`` (from :mod:`flowopt.multistep`)."""
-    if order not in ADAMS_BASHFORTH_COEFFICIENTS:
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order not in ADAMS_BASHFORTH_COEFFICIENTS:
         raise ValueError(f"Adams–Bashforth order must be in {sorted(ADAMS_BASHFORTH_COEFFICIENTS)}, got {order!r}.")
     rho = np.zeros(order + 1)
     rho[:2] = [1.0, -1.0]
@@ -76,14 +76,67 @@ _ROOT_SLACK = 1e-9
 
 
 def _resolve(method: Method) -> ButcherTableau | LinearMultistep:
-    if isinstance(method, (ButcherTableau, LinearMultistep)):
+    if isinstance(method, ButcherTableau):
         return method
+    if isinstance(method, LinearMultistep):
+        return _check_multistep(method)
     if isinstance(method, str) and method.lower() in _NAMED:
         return _NAMED[method.lower()]
     raise ValueError(
         "method must be a flowopt.ButcherTableau, a LinearMultistep or one of "
         f"{', '.join(NAMED_METHODS)}; got {method!r}."
     )
+
+
+def _check_multistep(method: LinearMultistep) -> LinearMultistep:
+    """Real, finite, equal-length coefficients with ``α_0 ≠ 0`` and ``σ ≠ 0``, as float arrays."""
+    arrays = []
+    for label in ("rho", "sigma"):
+        value = getattr(method, label)
+        try:
+            array = np.asarray(value)
+            ok = array.dtype.kind in "iuf" and array.ndim == 1 and array.size >= 2
+        except Exception:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"LinearMultistep {method.name!r}: {label} must be a 1-D array of at least 2 real coefficients "
+                f"(highest degree first), got {value!r:.80}."
+            )
+        array = array.astype(float)
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"LinearMultistep {method.name!r}: {label} must be finite, got {array}.")
+        arrays.append(array)
+    rho, sigma = arrays
+    if rho.size != sigma.size:
+        raise ValueError(
+            f"LinearMultistep {method.name!r}: rho and sigma must have equal lengths (pad sigma with leading zeros "
+            f"for an explicit method), got {rho.size} and {sigma.size}."
+        )
+    if rho[0] == 0:
+        raise ValueError(f"LinearMultistep {method.name!r}: the leading coefficient rho[0] must be nonzero, got {rho}.")
+    if not np.any(sigma):
+        raise ValueError(f"LinearMultistep {method.name!r}: sigma is zero, so the method ignores the gradient.")
+    return LinearMultistep(method.name, rho, sigma)
+
+
+def _check_z(function: str, z, *, scalar: bool) -> np.ndarray:
+    """``z = hλ`` as a finite complex array (a scalar where ``scalar``)."""
+    try:
+        array = np.asarray(z)
+        ok = array.dtype.kind in "iufc"
+    except Exception:
+        ok = False
+    if not ok:
+        raise ValueError(f"{function}: z must be a {'complex number' if scalar else 'number or array of numbers'}, "
+                         f"got {z!r:.80}.")
+    if scalar and array.ndim != 0:
+        raise ValueError(f"{function}: z must be a single complex number, got an array of shape {array.shape} "
+                         "(use amplification for arrays).")
+    array = array.astype(complex)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{function}: z must be finite, got {z!r:.80}.")
+    return array
 
 
 def _name(method: Method) -> str:
@@ -107,15 +160,23 @@ def stability_polynomial(tableau: ButcherTableau) -> np.ndarray:
 def stability_function(tableau: ButcherTableau) -> Callable[[np.ndarray], np.ndarray]:
     """``R(z) = 1 + z bᵀ(I - zA)⁻¹𝟙`` of an explicit tableau, vectorised over complex ``z``."""
     coefficients = stability_polynomial(tableau)
-    return lambda z: np.polynomial.polynomial.polyval(np.asarray(z, dtype=complex), coefficients)
+    return lambda z: np.polynomial.polynomial.polyval(_check_z("stability_function", z, scalar=False), coefficients)
 
 
 def characteristic_roots(method: Method, z: complex) -> np.ndarray:
-    """The roots ``ζ`` of ``ρ(ζ) - zσ(ζ)`` (a multistep method) or ``[R(z)]`` (a Runge–Kutta tableau)."""
+    """The roots ``ζ`` of ``ρ(ζ) - zσ(ζ)`` (a multistep method) or ``[R(z)]`` (a Runge–Kutta tableau).
+
+    Where the leading coefficient ``α_0 - zβ_0`` of an implicit method vanishes
+    (``z = α_0/β_0``), one root has gone to infinity and is returned as ``inf``.
+    """
     resolved = _resolve(method)
+    z = complex(_check_z("characteristic_roots", z, scalar=True))
     if isinstance(resolved, ButcherTableau):
         return np.atleast_1d(stability_function(resolved)(z))
-    return np.roots(resolved.rho - complex(z) * resolved.sigma)
+    coefficients = resolved.rho - z * resolved.sigma
+    degree = resolved.rho.size - 1
+    roots = np.roots(coefficients)  # drops leading zeros: those roots are at infinity
+    return np.concatenate([np.full(degree - roots.size, complex(np.inf)), roots.astype(complex)])
 
 
 def amplification(method: Method, z: np.ndarray | complex) -> np.ndarray:
@@ -125,7 +186,7 @@ def amplification(method: Method, z: np.ndarray | complex) -> np.ndarray:
     methods, roots of modulus one are simple).
     """
     resolved = _resolve(method)
-    z = np.asarray(z, dtype=complex)
+    z = _check_z("amplification", z, scalar=False)
     if isinstance(resolved, ButcherTableau):
         return np.abs(stability_function(resolved)(z))
     return _spectral_radius(resolved, z)
@@ -231,10 +292,13 @@ def _spectral_radius(method: LinearMultistep, z: np.ndarray) -> np.ndarray:
     """The largest root modulus of ``ρ - zσ`` at every ``z``, by batched companion-matrix eigenvalues."""
     coefficients = method.rho[None, :] - z.ravel()[:, None] * method.sigma[None, :]
     order = method.rho.size - 1
+    degenerate = coefficients[:, 0] == 0  # a root at infinity
+    leading = np.where(degenerate, 1.0, coefficients[:, 0])
     companion = np.zeros((z.size, order, order), dtype=complex)
-    companion[:, 0, :] = -coefficients[:, 1:] / coefficients[:, :1]
+    companion[:, 0, :] = -coefficients[:, 1:] / leading[:, None]
     companion[:, np.arange(1, order), np.arange(order - 1)] = 1.0
-    return np.abs(np.linalg.eigvals(companion)).max(axis=-1).reshape(z.shape)
+    radius = np.abs(np.linalg.eigvals(companion)).max(axis=-1) if z.size else np.zeros(0)
+    return np.where(degenerate, np.inf, radius).reshape(z.shape)
 
 
 _PANELS = {
@@ -277,7 +341,25 @@ def plot_stability_regions(
     import matplotlib.figure
     from matplotlib.lines import Line2D
 
-    methods = list(NAMED_METHODS if methods is None else methods)
+    if methods is None:
+        methods = list(NAMED_METHODS)
+    elif isinstance(methods, (str, ButcherTableau, LinearMultistep)):
+        methods = [methods]
+    else:
+        try:
+            methods = list(methods)
+        except TypeError:
+            raise ValueError(
+                f"plot_stability_regions: methods must be a method or a sequence of methods, got {methods!r:.80}."
+            ) from None
+    if not methods:
+        raise ValueError("plot_stability_regions: methods is empty; pass at least one method (or None for all).")
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or not 2 <= resolution <= 4000:
+        raise ValueError(f"plot_stability_regions: resolution must be an integer in [2, 4000], got {resolution!r}.")
+    if figure is not None and not isinstance(figure, matplotlib.figure.Figure):
+        raise ValueError(
+            f"plot_stability_regions: figure must be a matplotlib.figure.Figure or None, got {type(figure).__name__}."
+        )
     panels: dict[str, dict[tuple, list[Method]]] = {title: {} for title in _PANELS}
     for method in methods:
         resolved = _resolve(method)
