@@ -16,6 +16,11 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from flowopt.oracle import _check_inexact, check_updates_match
+
+_CREATE = "flowopt.TrainState.create"
+_APPLY = "flowopt.TrainState.apply_gradients"
+
 
 class TrainState(train_state.TrainState):
     """``flax.training.train_state.TrainState`` that forwards the oracle to ``tx.update``.
@@ -30,7 +35,18 @@ class TrainState(train_state.TrainState):
 
     @classmethod
     def create(cls, *, apply_fn: Callable, params: Any, tx: optax.GradientTransformation, **kwargs: Any) -> TrainState:
-        """As Flax's ``create``, with ``step`` an int32 array so a jitted step compiles once."""
+        """As Flax's ``create``, with ``step`` an int32 array so a jitted step compiles once.
+
+        Raises:
+          ValueError: if ``tx`` is not an optax transformation or ``params`` is
+            not a pytree of floating-point (or complex) arrays.
+        """
+        if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+            hint = " (call it with a learning rate, e.g. flowopt.rk4(0.1))" if callable(tx) else ""
+            raise ValueError(f"flowopt.TrainState.create: tx must be an optax.GradientTransformation{hint}, got {tx!r:.80}.")
+        if params is None:
+            raise ValueError("flowopt.TrainState.create: params is None; pass the model's parameters.")
+        _check_inexact(_CREATE, "params", params)
         state = super().create(apply_fn=apply_fn, params=params, tx=tx, **kwargs)
         return state.replace(step=jnp.zeros([], jnp.int32))
 
@@ -43,11 +59,38 @@ class TrainState(train_state.TrainState):
         extra_args: dict[str, Any] | None = None,
         **replacements: Any,
     ) -> TrainState:
-        """Take one optimizer step; ``replacements`` replace other dataclass fields as in Flax."""
+        """Take one optimizer step; ``replacements`` replace other dataclass fields as in Flax.
+
+        ``grads`` must match ``params`` in structure and leaf shapes (a
+        ``ValueError`` otherwise, instead of a silent broadcast or integer
+        truncation by ``optax.apply_updates``). Complex parameters follow
+        optax's convention: pass ``conj(jax.grad(loss))`` as ``grads``.
+        """
+        extra_args = {} if extra_args is None else extra_args
+        if not isinstance(extra_args, dict):
+            raise ValueError(f"{_APPLY}: extra_args must be a dict of keyword arguments for tx.update, "
+                             f"got {type(extra_args).__name__}.")
         oracle = {k: v for k, v in (("value_fn", value_fn), ("grad_fn", grad_fn)) if v is not None}
-        updates, opt_state = self.tx.update(
-            grads, self.opt_state, self.params, **oracle, **(extra_args or {})
-        )
+        clashes = sorted(set(oracle) & set(extra_args))
+        if clashes:
+            raise ValueError(f"{_APPLY}: {', '.join(clashes)} given both directly and in extra_args; pass it once.")
+        reserved = sorted(set(replacements) & {"step", "params", "opt_state"})
+        if reserved:
+            raise ValueError(
+                f"{_APPLY}: {', '.join(reserved)} cannot be replaced here (apply_gradients computes it); "
+                "use state.replace(...) separately."
+            )
+        check_updates_match(_APPLY, grads, self.params)
+        tx = optax.with_extra_args_support(self.tx)  # a plain GradientTransformation ignores the oracle
+        try:
+            updates, opt_state = tx.update(grads, self.opt_state, self.params, **oracle, **extra_args)
+        except ValueError as error:
+            if oracle or "value_fn" in extra_args or "grad_fn" in extra_args or "needs an oracle" not in str(error):
+                raise
+            raise ValueError(
+                f"{error} With flowopt.TrainState, pass the oracle to apply_gradients: "
+                "state.apply_gradients(grads=grads, value_fn=lambda p: loss(p, batch))."
+            ) from None
         return self.replace(
             step=self.step + 1,
             params=optax.apply_updates(self.params, updates),

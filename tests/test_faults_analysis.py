@@ -433,3 +433,60 @@ def test_plot_takes_a_single_method():
     matplotlib.use("Agg")
     figure = analysis.plot_stability_regions("rk4", resolution=8)
     assert len(figure.axes) == 1
+
+
+# ------------------------------------------------------------------------------------------ flowopt.TrainState
+
+
+def _state(tx, params=PARAMS):
+    return flowopt.TrainState.create(apply_fn=lambda p, x: x, params=params, tx=tx)
+
+
+@pytest.mark.parametrize("tx, params, message", [
+    ("sgd", PARAMS, "TrainState.create: tx must be an optax.GradientTransformation, got 'sgd'"),
+    (flowopt.rk4, PARAMS, "tx must be an optax.GradientTransformation \\(call it with a learning rate"),
+    (None, PARAMS, "tx must be an optax.GradientTransformation, got None"),
+    (optax.sgd(0.1), {"w": jnp.array([1, 2])}, r"TrainState.create: params must hold floating-point .* \['w'\] is dtype int32"),
+    (optax.sgd(0.1), None, "TrainState.create: params is None"),
+])
+def test_train_state_create_rejects_bad_input(tx, params, message):
+    with pytest.raises(ValueError, match=message):
+        _state(tx, params)
+
+
+GRADS = jax.grad(loss)(PARAMS)
+
+
+@pytest.mark.parametrize("tx, kwargs, message", [
+    (flowopt.rk4(0.1), dict(grads=GRADS), "needs an oracle.* With flowopt.TrainState, pass the oracle to apply_gradients: "
+                                          "state.apply_gradients\\(grads=grads, value_fn="),
+    (flowopt.rk4(0.1), dict(grads={"w": jnp.ones(3)}, value_fn=loss), r"apply_gradients: the gradient leaf at \['w'\] has shape"),
+    (optax.sgd(0.1), dict(grads={"w": jnp.ones(())}), r"gradient leaf at \['w'\] has shape \(\), its parameter has shape \(2,\)"),
+    (optax.sgd(0.1), dict(grads={"w": jnp.array([1, 1])}), "the gradient passed to update\\(\\) must hold floating-point"),
+    (optax.sgd(0.1), dict(grads=None), "the gradient passed to update\\(\\) has structure"),
+    (flowopt.rk4(0.1), dict(grads=GRADS, value_fn=loss, extra_args=[1]), "extra_args must be a dict .* got list"),
+    (flowopt.rk4(0.1), dict(grads=GRADS, value_fn=loss, extra_args={"value_fn": loss}), "value_fn given both directly and in"),
+    (flowopt.rk4(0.1), dict(grads=GRADS, value_fn=loss, params=PARAMS), "params cannot be replaced here"),
+    (flowopt.rk4(0.1), dict(grads=GRADS, value_fn=loss, step=3), "step cannot be replaced here"),
+])
+def test_train_state_apply_gradients_rejects_bad_input(tx, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _state(tx).apply_gradients(**kwargs)
+
+
+def _rk4_factor(z):
+    return 1 + z + z**2 / 2 + z**3 / 6 + z**4 / 24
+
+
+def test_train_state_oracle_reaches_plain_transformations_and_extra_args():
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda g: -0.1 * g, updates), state
+
+    plain = optax.GradientTransformation(lambda p: optax.EmptyState(), update)
+    stepped = _state(plain).apply_gradients(grads=GRADS, value_fn=loss)  # the oracle is dropped, not a TypeError
+    np.testing.assert_allclose(stepped.params["w"], [0.9, 1.6])
+    via_extra = _state(flowopt.rk4(0.1)).apply_gradients(grads=GRADS, extra_args={"value_fn": loss})
+    direct = _state(flowopt.rk4(0.1)).apply_gradients(grads=GRADS, value_fn=loss)
+    np.testing.assert_allclose(via_extra.params["w"], direct.params["w"])
+    # θ' = -cθ per coordinate (c = 1, 2): one RK4 step of 0.1 multiplies by R(-0.1 c).
+    np.testing.assert_allclose(direct.params["w"], [_rk4_factor(-0.1), 2 * _rk4_factor(-0.2)], rtol=1e-6)
