@@ -12,6 +12,7 @@ MNIST comes from the offline sources of :func:`flowopt.training.load_dataset`;
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable
 
@@ -22,7 +23,7 @@ import optax
 from flax import nnx
 
 import flowopt
-from flowopt.training import DataUnavailableError, create_model, load_dataset
+from flowopt.training import DATASET_NAMES, DataUnavailableError, create_model, load_dataset
 
 METHODS: dict[str, tuple[Callable[[float], optax.GradientTransformation], int]] = {
     "SGD (Euler)": (optax.sgd, 1),
@@ -41,8 +42,30 @@ def _load(name: str):
     return data.label, scale(data.x_train), jnp.asarray(data.y_train), scale(data.x_test), jnp.asarray(data.y_test)
 
 
+MAX_BUDGET = 10_000_000
+MAX_BATCH_SIZE = 65_536
+
+
+def check_settings(dataset: str, budget: int, learning_rate: float, batch_size: int, seed: int) -> None:
+    """Raise ``ValueError`` naming the flag of the first bad setting."""
+    if dataset not in DATASET_NAMES:
+        raise ValueError(f"argument --dataset: unknown dataset {dataset!r}; valid: {', '.join(DATASET_NAMES)}")
+    for flag, value, low, high in (("--budget", budget, 1, MAX_BUDGET), ("--batch-size", batch_size, 1, MAX_BATCH_SIZE),
+                                   ("--seed", seed, 0, 2**32 - 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+            raise ValueError(f"argument {flag}: must be an integer in [{low}, {high}], got {value!r}")
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) \
+            or not math.isfinite(learning_rate) or learning_rate <= 0:
+        raise ValueError(f"argument --learning-rate: must be a finite positive number, got {learning_rate!r}")
+
+
 def run(dataset: str, budget: int, learning_rate: float, batch_size: int, seed: int):
-    """Test loss of each method after each eighth of the evaluation budget, and final accuracy."""
+    """Test loss of each method after each eighth of the evaluation budget, and final accuracy.
+
+    Raises:
+      ValueError: for a bad setting, naming its command-line flag.
+    """
+    check_settings(dataset, budget, learning_rate, batch_size, seed)
     label, x_train, y_train, x_test, y_test = _load(dataset)
     graphdef, params0 = nnx.split(create_model("mlp", input_shape=x_train.shape[1:], num_classes=10, seed=seed))
 
@@ -82,14 +105,25 @@ def run(dataset: str, budget: int, learning_rate: float, batch_size: int, seed: 
     return label, checkpoints, curves, accuracy
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Errors are one line on stderr (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Compare SGD, Heun and RK4 at equal gradient evaluations.")
-    parser.add_argument("--dataset", default="mnist", help="mnist, fashion_mnist or synthetic_mnist")
+    parser = _OneLineParser(prog="flowopt-demo", description="Compare SGD, Heun and RK4 at equal gradient evaluations.")
+    parser.add_argument("--dataset", default="mnist", help=f"one of {', '.join(DATASET_NAMES)}")
     parser.add_argument("--budget", type=int, default=2400, help="gradient evaluations per method")
     parser.add_argument("--learning-rate", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    try:
+        check_settings(args.dataset, args.budget, args.learning_rate, args.batch_size, args.seed)
+    except ValueError as error:
+        parser.error(str(error))
     start = time.perf_counter()
     label, evals, curves, accuracy = run(args.dataset, args.budget, args.learning_rate, args.batch_size, args.seed)
     names = list(METHODS)

@@ -490,3 +490,39 @@ def test_train_state_oracle_reaches_plain_transformations_and_extra_args():
     np.testing.assert_allclose(via_extra.params["w"], direct.params["w"])
     # θ' = -cθ per coordinate (c = 1, 2): one RK4 step of 0.1 multiplies by R(-0.1 c).
     np.testing.assert_allclose(direct.params["w"], [_rk4_factor(-0.1), 2 * _rk4_factor(-0.2)], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ flowopt-demo
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--budget", "x"], "argument --budget: invalid int value: 'x'"),
+    (["--budget", "-8"], "argument --budget: must be an integer in [1, 10000000], got -8"),
+    (["--budget", "0"], "argument --budget: must be an integer in [1, 10000000], got 0"),
+    (["--budget", "100000000000"], "argument --budget: must be an integer in [1, 10000000], got 100000000000"),
+    (["--batch-size", "0"], "argument --batch-size: must be an integer in [1, 65536], got 0"),
+    (["--learning-rate", "nan"], "argument --learning-rate: must be a finite positive number, got nan"),
+    (["--learning-rate", "inf"], "argument --learning-rate: must be a finite positive number, got inf"),
+    (["--learning-rate", "-0.1"], "argument --learning-rate: must be a finite positive number, got -0.1"),
+    (["--learning-rate", "0"], "argument --learning-rate: must be a finite positive number, got 0.0"),
+    (["--seed", "-1"], "argument --seed: must be an integer in [0, 4294967295], got -1"),
+    (["--seed", "4294967296"], "argument --seed: must be an integer in [0, 4294967295], got 4294967296"),
+    (["--dataset", "foo"], "argument --dataset: unknown dataset 'foo'; valid: mnist, "),
+    (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
+])
+def test_demo_bad_flag_exits_2_with_one_line_naming_it(argv, message, capsys):
+    from flowopt import demo
+
+    with pytest.raises(SystemExit) as exit_:
+        demo.main(["--dataset", "synthetic_mnist", *argv])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("flowopt-demo: error: ") and message in lines[0], lines
+
+
+def test_demo_run_rejects_bad_settings_naming_the_flag():
+    from flowopt import demo
+
+    with pytest.raises(ValueError, match="argument --batch-size: must be an integer in \\[1, 65536\\], got 2.5"):
+        demo.run("synthetic_mnist", 80, 0.1, 2.5, 0)
