@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -95,15 +96,61 @@ class StepSizeState(NamedTuple):
     at_dtmin: jax.Array
 
 
-def _check_positive(name: str, value: float | None, allow_none: bool = False) -> None:
+def _real_number(name: str, value: Any, expected: str) -> float | None:
+    """``value`` as a float, or ``None`` for a traced value (checked when concrete).
+
+    A real number is a Python or NumPy int or float or a concrete 0-d real
+    array; bools, strings, ``None``, complex numbers and arrays of other
+    shapes are a ``ValueError`` naming ``name``. A JAX tracer (the value is a
+    hyperparameter under ``optax.inject_hyperparams`` or ``jit``) passes
+    through unchecked.
+    """
+    if isinstance(value, jax.core.Tracer):
+        return None
+    if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
+        raise ValueError(f"{name} must be {expected}, got {value!r}.")
+    if isinstance(value, (numbers.Real, np.ndarray, np.generic, jax.Array)):
+        array = np.asarray(value)
+        if array.shape == () and (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            number = float(array)
+            if not math.isfinite(number):
+                raise ValueError(f"{name} must be {expected}, got {value!r}, which is not finite.")
+            return number
+        if array.shape != ():
+            raise ValueError(f"{name} must be {expected} (a scalar), got an array of shape {array.shape}.")
+    raise ValueError(f"{name} must be {expected}, got {value!r} of type {type(value).__name__}.")
+
+
+def _check_range(
+    name: str, value: Any, low: float, high: float, *, low_open: bool = True, high_open: bool = True
+) -> float | None:
+    """The number ``value`` in the interval from ``low`` to ``high`` (open or closed ends); ``None`` if traced."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if math.isinf(low) and math.isinf(high):
+        expected = "a finite real number"
+    elif math.isinf(high):
+        expected = "a finite real number " + (f"greater than {low:g}" if low_open else f"at least {low:g}")
+    else:
+        expected = f"a real number in {interval}"
+    number = _real_number(name, value, expected)
+    if number is None:
+        return None
+    above = number > low if low_open else number >= low
+    below = number < high if high_open else number <= high
+    if not (above and below):
+        raise ValueError(f"{name} must be {expected}, got {value!r}.")
+    return number
+
+
+def _check_positive(name: str, value: Any, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
-        return
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}.") from None
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"{name} must be finite and positive, got {value!r}.")
+        return None
+    return _check_range(name, value, 0.0, math.inf)
+
+
+def _is_zero(value: Any) -> bool:
+    """Whether a controller coefficient is a concrete zero (a traced one may not be)."""
+    return not isinstance(value, jax.core.Tracer) and float(value) == 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,26 +183,35 @@ class PIController:
     smoothing: float = 0.0
 
     def __post_init__(self) -> None:
+        # Every field is a real number (not a bool or a string) or, under jit or
+        # optax.inject_hyperparams, a tracer that is checked only once concrete.
         _check_positive("rtol", self.rtol)
         _check_positive("atol", self.atol)
+        _check_range("pcoeff", self.pcoeff, 0.0, math.inf, low_open=False)
         _check_positive("icoeff", self.icoeff)
-        if not (math.isfinite(float(self.pcoeff)) and float(self.pcoeff) >= 0):
-            raise ValueError(f"pcoeff must be finite and non-negative, got {self.pcoeff!r}.")
-        if not 0 < float(self.safety) <= 1:
-            raise ValueError(f"safety must lie in (0, 1], got {self.safety!r}.")
-        if not 0 < float(self.factormin) < 1:
-            raise ValueError(f"factormin must lie in (0, 1), got {self.factormin!r}.")
-        if not (math.isfinite(float(self.factormax)) and float(self.factormax) > 1):
-            raise ValueError(f"factormax must be finite and greater than 1, got {self.factormax!r}.")
-        _check_positive("dtmin", self.dtmin, allow_none=True)
-        _check_positive("dtmax", self.dtmax, allow_none=True)
-        if self.dtmin is not None and self.dtmax is not None and float(self.dtmin) > float(self.dtmax):
+        safety = _check_range("safety", self.safety, 0.0, 1.0, high_open=False)
+        factormin = _check_range("factormin", self.factormin, 0.0, 1.0)
+        _check_range("factormax", self.factormax, 1.0, math.inf)
+        dtmin = _check_positive("dtmin", self.dtmin, allow_none=True)
+        dtmax = _check_positive("dtmax", self.dtmax, allow_none=True)
+        if dtmin is not None and dtmax is not None and dtmin > dtmax:
             raise ValueError(f"dtmin ({self.dtmin!r}) must not exceed dtmax ({self.dtmax!r}).")
-        if not 0 <= float(self.smoothing) < 1:
-            raise ValueError(f"smoothing must lie in [0, 1), got {self.smoothing!r}.")
+        _check_range("smoothing", self.smoothing, 0.0, 1.0, low_open=False)
+        if safety is not None and factormin is not None and factormin > safety:
+            raise ValueError(
+                f"factormin ({self.factormin!r}) must not exceed safety ({self.safety!r}): after a rejection "
+                "the step shrinks by a factor in [factormin, safety]."
+            )
 
     def init(self, step_size: float | jax.Array, dtype: Any = jnp.float32) -> StepSizeState:
         """The state before the first attempt, with ``step_size`` clipped to ``[dtmin, dtmax]``."""
+        _check_positive("step_size", step_size)
+        try:
+            floating = jnp.issubdtype(dtype, jnp.floating)
+        except TypeError:
+            floating = False
+        if not floating:
+            raise ValueError(f"dtype must be a real floating-point dtype for the step size, got {dtype!r}.")
         h = jnp.asarray(step_size, dtype)
         if self.dtmax is not None:
             h = jnp.minimum(h, self.dtmax)
@@ -171,18 +227,22 @@ class PIController:
         ``scaled_error`` is ``ε`` (``inf`` for a non-finite attempt), ``finite``
         whether the attempt was finite, ``error_order`` is ``q``.
         """
+        if not isinstance(state, StepSizeState):
+            raise ValueError(f"state must be a StepSizeState (from PIController.init), got {type(state).__name__}.")
+        if isinstance(error_order, (bool, np.bool_)) or not isinstance(error_order, (int, np.integer)) or error_order < 1:
+            raise ValueError(f"error_order must be a positive integer (q = embedded order + 1), got {error_order!r}.")
         h = state.step_size
         accepted = finite & ((scaled_error < 1) | state.at_dtmin)
         inv_error = (1 / scaled_error).astype(h.dtype)
         factor = self.safety * inv_error ** ((self.pcoeff + self.icoeff) / error_order)
-        if self.pcoeff:
+        if not _is_zero(self.pcoeff):
             factor = factor * state.prev_inv_error ** (-self.pcoeff / error_order)
         factor = jnp.clip(
             factor,
             jnp.where(accepted, 1.0, self.factormin).astype(h.dtype),
             jnp.where(accepted, self.factormax, self.safety).astype(h.dtype),
         )
-        if self.smoothing:
+        if not _is_zero(self.smoothing):
             factor = jnp.where(accepted, factor ** (1 - self.smoothing), factor)
         h_next = h * factor
         if self.dtmax is not None:
@@ -245,14 +305,31 @@ def attempt_oracle_calls(tableau: ButcherTableau) -> int:
 
 
 def scaled_error_norm(error: Params, params: Params, candidate: Params, rtol: float, atol: float) -> jax.Array:
-    """``RMS(e / (atol + rtol · max(|θ_n|, |θ_{n+1}|)))`` over all elements of all leaves."""
+    """``RMS(|e| / (atol + rtol · max(|θ_n|, |θ_{n+1}|)))`` over all elements of all leaves.
+
+    ``|·|`` is the modulus, so a complex parameter's error is measured as the
+    Euclidean norm of its real and imaginary parts (as for the equivalent real
+    pair). The three pytrees must have the same structure and shapes.
+    """
+    _check_positive("rtol", rtol)
+    _check_positive("atol", atol)
+    trees = {"error": error, "params": params, "candidate": candidate}
+    structures = {name: jax.tree.structure(tree) for name, tree in trees.items()}
+    shapes = {name: [jnp.shape(leaf) for leaf in jax.tree.leaves(tree)] for name, tree in trees.items()}
+    if len(set(structures.values())) > 1 or shapes["error"] != shapes["params"] or shapes["error"] != shapes["candidate"]:
+        raise ValueError(
+            "scaled_error_norm: error, params and candidate must have the same structure and shapes, got "
+            + ", ".join(f"{name} {structures[name]} with shapes {shapes[name]}" for name in trees)
+            + "."
+        )
     total = jnp.zeros([], jnp.float32)
     size = 0
     for e, y0, y1 in zip(jax.tree.leaves(error), jax.tree.leaves(params), jax.tree.leaves(candidate)):
-        dtype = jnp.promote_types(e.dtype, jnp.float32)
+        magnitude = jnp.abs(e)  # real, also for complex errors
+        dtype = jnp.promote_types(magnitude.dtype, jnp.float32)
         scale = atol + rtol * jnp.maximum(jnp.abs(y0), jnp.abs(y1)).astype(dtype)
-        total = total + jnp.sum(jnp.square(e.astype(dtype) / scale))
-        size += e.size
+        total = total + jnp.sum(jnp.square(magnitude.astype(dtype) / scale))
+        size += jnp.size(e)
     return jnp.sqrt(total / max(size, 1))
 
 
@@ -271,6 +348,21 @@ def adaptive_step(
     docstring for the equations.
     """
     check_embedded(tableau)
+    if not isinstance(controller, PIController):
+        raise ValueError(f"controller must be a flowopt.PIController, got {type(controller).__name__}.")
+    if not callable(oracle):
+        raise ValueError(f"oracle must be a function params -> gradient, got {oracle!r}.")
+    if not isinstance(state, StepSizeState):
+        raise ValueError(
+            f"state must be a StepSizeState (from controller.init(step_size)), got {type(state).__name__}."
+        )
+    if jax.tree.structure(k1) != jax.tree.structure(params) or any(
+        jnp.shape(g) != jnp.shape(p) for g, p in zip(jax.tree.leaves(k1), jax.tree.leaves(params))
+    ):
+        raise ValueError(
+            "k1 (the gradient at params) must have the structure and shapes of params, got "
+            f"{jax.tree.map(jnp.shape, k1)} for params {jax.tree.map(jnp.shape, params)}."
+        )
     h = state.step_size
     ks = stage_gradients(tableau, oracle, params, k1, h, (tableau.b, tableau.b_error))
     increment = scaled_sum(tableau.b, ks, -h)
@@ -318,11 +410,34 @@ class AdaptiveState(NamedTuple):
 
 
 def _float_dtype(params: Params) -> Any:
+    """The real dtype of step sizes and times: float64 for float64 or complex128 parameters."""
     leaves = jax.tree.leaves(params)
     dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        dtype = jnp.finfo(dtype).dtype
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.float32
     return jnp.promote_types(dtype, jnp.float32)
+
+
+MAX_ATTEMPTS = 1000
+"""The most attempts one update may make: each costs ``s - 1`` gradients."""
+
+
+def _check_max_attempts(max_attempts: Any) -> int:
+    if isinstance(max_attempts, jax.Array):  # a tracer, or the array optax.inject_hyperparams makes of it
+        raise ValueError(
+            f"max_attempts must be a Python integer in 1..{MAX_ATTEMPTS}, got the array {max_attempts!r}: "
+            "it fixes the structure of the update; under optax.inject_hyperparams pass "
+            "static_args=('max_attempts',)."
+        )
+    if (
+        isinstance(max_attempts, (bool, np.bool_))
+        or not isinstance(max_attempts, (int, np.integer))
+        or not 1 <= max_attempts <= MAX_ATTEMPTS
+    ):
+        raise ValueError(f"max_attempts must be an integer in 1..{MAX_ATTEMPTS}, got {max_attempts!r}.")
+    return int(max_attempts)
 
 
 def adaptive_runge_kutta(
@@ -352,6 +467,14 @@ def adaptive_runge_kutta(
     :class:`PIController`; see the module docstring for the equations, FSAL
     and minibatch oracles. Non-finite attempts are rejected and shrunk.
 
+    Every option is checked up front (``ValueError`` naming it): the
+    tolerances, coefficients and bounds must be finite real numbers in their
+    ranges (bools and strings are not numbers), ``dtmin ≤ dtmax``,
+    ``factormin ≤ safety`` and ``max_attempts`` an integer in
+    ``1..MAX_ATTEMPTS``. Under ``optax.inject_hyperparams`` (or ``jit``) the
+    traced options are not checked; ``tableau`` and ``max_attempts`` must be
+    in its ``static_args``.
+
     Example::
 
         tx = flowopt.adaptive_runge_kutta(flowopt.tableaus.DOPRI5, learning_rate=1e-2,
@@ -366,8 +489,7 @@ def adaptive_runge_kutta(
             "initial step and must be a number, not a schedule."
         )
     check_learning_rate(learning_rate)
-    if not isinstance(max_attempts, (int, np.integer)) or max_attempts < 1:
-        raise ValueError(f"max_attempts must be a positive integer, got {max_attempts!r}.")
+    max_attempts = _check_max_attempts(max_attempts)
     controller = PIController(
         rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff, safety=safety, factormin=factormin,
         factormax=factormax, dtmin=dtmin, dtmax=dtmax, smoothing=smoothing,
@@ -427,6 +549,9 @@ def adaptive_runge_kutta(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+_MINIBATCH_OPTIONS = ("pcoeff", "icoeff", "safety", "factormin", "factormax", "max_attempts")
+
+
 def minibatch_adaptive_runge_kutta(
     tableau: ButcherTableau = tableaus.BOSH3,
     *,
@@ -449,6 +574,13 @@ def minibatch_adaptive_runge_kutta(
     for bound_name, bound in (("dtmin", dtmin), ("dtmax", dtmax)):
         if bound is None:
             raise ValueError(f"minibatch_adaptive_runge_kutta needs a finite step bound {bound_name}.")
+    unknown = sorted(set(controller_options) - set(_MINIBATCH_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"minibatch_adaptive_runge_kutta: unknown option{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(unknown)}; the options are {', '.join(_MINIBATCH_OPTIONS)}"
+            + (" (the controller is PI: it has no derivative term)." if "dcoeff" in unknown else ".")
+        )
     return adaptive_runge_kutta(
         tableau, learning_rate=learning_rate, rtol=rtol, atol=atol, dtmin=dtmin, dtmax=dtmax,
         smoothing=smoothing, **controller_options,

@@ -5,11 +5,16 @@ error, or minutes of computation (an order of 20 enumerated 12.8 million
 rooted trees).
 """
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import flowopt
 import flowopt.tableau as tableau_module
 from flowopt import tableaus
+from flowopt.adaptive import PIController, adaptive_step, scaled_error_norm
 from flowopt.tableau import ButcherTableau, check_order, lower_triangular, min_stages, order_conditions, rooted_trees
 
 HEUN = dict(a=[[0.0, 0.0], [1.0, 0.0]], b=[0.5, 0.5], c=[0.0, 1.0], order=2)
@@ -197,3 +202,223 @@ def test_named_pairs_still_construct(pair):
         a=pair.a, b=pair.b, c=pair.c, order=pair.order, b_error=pair.b_error, embedded_order=pair.embedded_order
     )
     assert rebuilt.is_embedded
+
+
+# --- adaptive step-size control ----------------------------------------------------------------------
+
+OPTIONS = dict(learning_rate=0.1, rtol=1e-3, atol=1e-6)
+SCALES = jnp.array([1.0, 3.0])
+
+
+def quadratic(x):
+    return jnp.sum(SCALES * x**2)
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("rtol", "1e-3", r"rtol must be a finite real number greater than 0, got '1e-3'"),
+        ("rtol", True, r"rtol must be a finite real number greater than 0, got True"),
+        ("rtol", 1e-3 + 0j, r"rtol must be .*got \(0.001\+0j\) of type complex"),
+        ("rtol", np.array([1e-3, 1e-3]), r"rtol must be .*\(a scalar\), got an array of shape \(2,\)"),
+        ("rtol", None, r"rtol must be a finite real number greater than 0, got None"),
+        ("rtol", float("inf"), r"rtol must be .*got inf, which is not finite"),
+        ("rtol", 0.0, r"rtol must be a finite real number greater than 0, got 0.0"),
+        ("atol", 0.0, r"atol must be a finite real number greater than 0, got 0.0"),
+        ("atol", float("nan"), r"atol must be .*got nan, which is not finite"),
+        ("atol", "x", r"atol must be .*got 'x'"),
+        ("pcoeff", "a", r"pcoeff must be a finite real number at least 0, got 'a'"),
+        ("pcoeff", -1.0, r"pcoeff must be a finite real number at least 0, got -1.0"),
+        ("pcoeff", float("nan"), r"pcoeff must be .*got nan"),
+        ("pcoeff", True, r"pcoeff must be .*got True"),
+        ("icoeff", 0.0, r"icoeff must be a finite real number greater than 0, got 0.0"),
+        ("icoeff", "x", r"icoeff must be .*got 'x'"),
+        ("safety", "x", r"safety must be a real number in \(0, 1\], got 'x'"),
+        ("safety", float("nan"), r"safety must be a real number in \(0, 1\], got nan"),
+        ("safety", 0.0, r"safety must be a real number in \(0, 1\], got 0.0"),
+        ("safety", 1.5, r"safety must be a real number in \(0, 1\], got 1.5"),
+        ("safety", None, r"safety must be a real number in \(0, 1\], got None"),
+        ("factormin", "x", r"factormin must be a real number in \(0, 1\), got 'x'"),
+        ("factormin", 2.0, r"factormin must be a real number in \(0, 1\), got 2.0"),
+        ("factormin", float("nan"), r"factormin must be .*got nan"),
+        ("factormin", 0.95, r"factormin \(0.95\) must not exceed safety \(0.9\)"),
+        ("factormax", "x", r"factormax must be a finite real number greater than 1, got 'x'"),
+        ("factormax", 0.5, r"factormax must be a finite real number greater than 1, got 0.5"),
+        ("factormax", float("inf"), r"factormax must be .*got inf"),
+        ("dtmin", "x", r"dtmin must be a finite real number greater than 0, got 'x'"),
+        ("dtmin", True, r"dtmin must be .*got True"),
+        ("dtmin", -1.0, r"dtmin must be .*got -1.0"),
+        ("dtmax", float("nan"), r"dtmax must be .*got nan"),
+        ("smoothing", "x", r"smoothing must be a real number in \[0, 1\), got 'x'"),
+        ("smoothing", 1.0, r"smoothing must be a real number in \[0, 1\), got 1.0"),
+        ("smoothing", -0.5, r"smoothing must be a real number in \[0, 1\), got -0.5"),
+        ("max_attempts", 0, r"max_attempts must be an integer in 1..1000, got 0"),
+        ("max_attempts", 2.5, r"max_attempts must be an integer in 1..1000, got 2.5"),
+        ("max_attempts", True, r"max_attempts must be an integer in 1..1000, got True"),
+        ("max_attempts", "3", r"max_attempts must be an integer in 1..1000, got '3'"),
+        ("max_attempts", 2**40, r"max_attempts must be an integer in 1..1000, got 1099511627776"),
+        ("max_attempts", jnp.array(3), r"max_attempts must be a Python integer .*static_args"),
+        ("learning_rate", "0.1", r"learning_rate must be a positive number"),
+        ("learning_rate", float("nan"), r"learning_rate must be finite and positive, got nan"),
+    ],
+)
+def test_bad_adaptive_options_name_the_option(name, value, message):
+    with pytest.raises(ValueError, match=message):
+        flowopt.adaptive_runge_kutta(tableaus.BOSH3, **(OPTIONS | {name: value}))
+    if name not in ("learning_rate", "max_attempts"):
+        with pytest.raises(ValueError, match=message):
+            PIController(**(dict(rtol=1e-3, atol=1e-6) | {name: value}))
+
+
+def test_inconsistent_step_bounds_are_refused():
+    with pytest.raises(ValueError, match=r"dtmin \(1.0\) must not exceed dtmax \(0.1\)"):
+        flowopt.adaptive_runge_kutta(**OPTIONS, dtmin=1.0, dtmax=0.1)
+    with pytest.raises(ValueError, match=r"rtol must be"):
+        flowopt.adaptive_runge_kutta(learning_rate=0.1, rtol=0.0, atol=0.0)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(dcoeff=0.1), r"unknown option dcoeff; the options are .*no derivative term"),
+        (dict(foo=1, bar=2), r"unknown options bar, foo; the options are pcoeff"),
+        (dict(dtmin=None), r"needs a finite step bound dtmin"),
+        (dict(dtmin="x"), r"dtmin must be a finite real number greater than 0, got 'x'"),
+        (dict(dtmin=1.0, dtmax=1e-3), r"dtmin \(1.0\) must not exceed dtmax"),
+        (dict(safety=2.0), r"safety must be a real number in \(0, 1\]"),
+    ],
+)
+def test_minibatch_options_are_checked(changes, message):
+    options = OPTIONS | dict(dtmin=1e-4, dtmax=1.0) | changes
+    with pytest.raises(ValueError, match=message):
+        flowopt.minibatch_adaptive_runge_kutta(tableaus.BOSH3, **options)
+
+
+def _controller():
+    return PIController(rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda c, p: adaptive_step(tableaus.BOSH3, None, quadratic, p, p, c.init(0.1)), r"controller must be a"),
+        (lambda c, p: adaptive_step(tableaus.BOSH3, c, None, p, p, c.init(0.1)), r"oracle must be a function"),
+        (lambda c, p: adaptive_step(tableaus.BOSH3, c, quadratic, p, jnp.ones(3), c.init(0.1)),
+         r"k1 \(the gradient at params\) must have the structure and shapes of params"),
+        (lambda c, p: adaptive_step(tableaus.BOSH3, c, quadratic, p, p, None), r"state must be a StepSizeState"),
+        (lambda c, p: adaptive_step(tableaus.BOSH3, c, quadratic, p, p, 0.1), r"state must be a StepSizeState"),
+        (lambda c, p: adaptive_step("bosh3", c, quadratic, p, p, c.init(0.1)), r"tableau must be a flowopt.ButcherTableau"),
+        (lambda c, p: adaptive_step(tableaus.RK4, c, quadratic, p, p, c.init(0.1)), r"tableau rk4 has no error weights"),
+        (lambda c, p: c.init(float("nan")), r"step_size must be .*got nan"),
+        (lambda c, p: c.init("x"), r"step_size must be .*got 'x'"),
+        (lambda c, p: c.init(0.1, jnp.int32), r"dtype must be a real floating-point dtype"),
+        (lambda c, p: c.adapt(c.init(0.1), jnp.array(0.5), jnp.array(True), 0), r"error_order must be a positive integer"),
+        (lambda c, p: c.adapt(None, jnp.array(0.5), jnp.array(True), 2), r"state must be a StepSizeState"),
+        (lambda c, p: scaled_error_norm(jnp.ones(2), p, jnp.ones(3), 1e-3, 1e-6),
+         r"scaled_error_norm: error, params and candidate must have the same structure and shapes"),
+        (lambda c, p: scaled_error_norm([p], [p, p], [p, p], 1e-3, 1e-6), r"must have the same structure"),
+        (lambda c, p: scaled_error_norm(p, p, p, "x", 1e-6), r"rtol must be .*got 'x'"),
+        (lambda c, p: scaled_error_norm(p, p, p, 1e-3, 0.0), r"atol must be .*got 0.0"),
+    ],
+)  # fmt: skip
+def test_pure_step_and_controller_check_their_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(_controller(), jnp.array([1.0, -2.0]))
+
+
+def test_unknown_controller_keyword_is_a_type_error_naming_it():
+    # Python's own check of the signature: adaptive_runge_kutta takes no dcoeff (a PI controller).
+    with pytest.raises(TypeError, match="dcoeff"):
+        flowopt.adaptive_runge_kutta(**OPTIONS, dcoeff=0.1)
+
+
+def _run(tx, params, steps, loss=quadratic, jit=True):
+    state = tx.init(params)
+
+    def step(params, state):
+        grads = jax.tree.map(jnp.conj, jax.grad(loss)(params))  # optax's convention for complex parameters
+        updates, state = tx.update(grads, state, params, value_fn=loss)
+        return optax.apply_updates(params, updates), state
+
+    step = jax.jit(step) if jit else step
+    for _ in range(steps):
+        params, state = step(params, state)
+    return params, state
+
+
+ALL_OPTIONS = dict(
+    learning_rate=0.1, rtol=1e-3, atol=1e-6, pcoeff=0.3, icoeff=0.4, safety=0.8, factormin=0.3, factormax=5.0,
+    dtmin=1e-4, dtmax=1.0, smoothing=0.5,
+)  # fmt: skip
+
+
+def test_traced_options_pass_validation_under_inject_hyperparams():
+    make = optax.inject_hyperparams(flowopt.adaptive_runge_kutta, static_args=("tableau", "max_attempts"))
+    start = jnp.array([1.0, -2.0])
+    injected, injected_state = _run(make(tableau=tableaus.BOSH3, max_attempts=3, **ALL_OPTIONS), start, 8)
+    plain, plain_state = _run(flowopt.adaptive_runge_kutta(tableaus.BOSH3, max_attempts=3, **ALL_OPTIONS), start, 8)
+    np.testing.assert_allclose(injected, plain, rtol=1e-5)
+    assert int(injected_state.inner_state.accepted) == int(plain_state.accepted) > 0
+    # A traced max_attempts cannot fix the structure of the update: the message names static_args.
+    with pytest.raises(ValueError, match=r"max_attempts must be a Python integer .*static_args"):
+        optax.inject_hyperparams(flowopt.adaptive_runge_kutta, static_args=("tableau",))(
+            tableau=tableaus.BOSH3, max_attempts=3, **ALL_OPTIONS
+        ).init(jnp.ones(2))
+
+
+def test_traced_options_pass_validation_under_jit():
+    def first_update(rtol, pcoeff, smoothing, params):
+        tx = flowopt.adaptive_runge_kutta(
+            tableaus.BOSH3, learning_rate=0.05, rtol=rtol, atol=1e-6, pcoeff=pcoeff, smoothing=smoothing
+        )
+        updates, state = tx.update(jax.grad(quadratic)(params), tx.init(params), params, value_fn=quadratic)
+        return updates, state.controller.step_size
+
+    params = jnp.array([1.0, -2.0])
+    traced = jax.jit(first_update)(1e-2, 0.0, 0.0, params)
+    concrete = first_update(1e-2, 0.0, 0.0, params)
+    np.testing.assert_allclose(traced[0], concrete[0], rtol=1e-6)
+    np.testing.assert_allclose(traced[1], concrete[1], rtol=1e-6)
+    assert np.any(np.asarray(concrete[0]) != 0)
+    controller = jax.jit(lambda r, a: PIController(rtol=r, atol=a).init(0.1))(1e-3, 1e-6)
+    assert float(controller.step_size) == pytest.approx(0.1)
+
+
+# --- complex parameters -------------------------------------------------------------------------------
+
+
+def test_error_norm_of_complex_errors_is_the_modulus():
+    error = jnp.array([3.0 + 4.0j])
+    norm = scaled_error_norm(error, jnp.zeros(1, jnp.complex64), jnp.zeros(1, jnp.complex64), 1e-3, 1.0)
+    assert norm.dtype == jnp.float32
+    assert float(norm) == pytest.approx(5.0)  # |3 + 4i|, not sqrt((3 + 4i)²)
+
+
+@pytest.mark.parametrize("pair", tableaus.EMBEDDED, ids=lambda t: t.name)
+def test_complex_parameters_follow_the_same_flow_as_the_real_pair(pair):
+    # z = x + iy with f(z) = Re(z)² + 3 Im(z)² is the real problem f(x, y) = x² + 3y².
+    def complex_loss(z):
+        return jnp.sum(jnp.real(z) ** 2 + 3 * jnp.imag(z) ** 2)
+
+    def real_loss(x):
+        return jnp.sum(SCALES * x**2)
+
+    options = dict(learning_rate=0.05, rtol=1e-4, atol=1e-6)
+    z, z_state = _run(flowopt.adaptive_runge_kutta(pair, **options), jnp.array([1.0 - 2.0j]), 40, complex_loss)
+    x, x_state = _run(flowopt.adaptive_runge_kutta(pair, **options), jnp.array([1.0, -2.0]), 40, real_loss)
+    for time, point in ((float(z_state.time), np.array([z.real[0], z.imag[0]])), (float(x_state.time), np.asarray(x))):
+        assert time > 0.05
+        exact = np.array([1.0, -2.0]) * np.exp(-2 * np.asarray(SCALES) * time)  # θ' = -∇f
+        np.testing.assert_allclose(point, exact, atol=3e-3)
+    assert z_state.time.dtype == jnp.float32 and z_state.error.dtype == jnp.float32
+    assert int(z_state.accepted) > 20 and int(z_state.nonfinite) == 0
+    # Both follow the flow equally far (the step-size control sees the same error, measured by modulus).
+    assert float(z_state.time) == pytest.approx(float(x_state.time), rel=0.2)
+
+
+def test_complex128_parameters_keep_float64_steps():
+    with jax.enable_x64(True):
+        tx = flowopt.adaptive_runge_kutta(**OPTIONS)
+        state = tx.init(jnp.array([1.0 + 1.0j], jnp.complex128))
+        assert state.controller.step_size.dtype == jnp.float64 and state.time.dtype == jnp.float64
+
