@@ -15,7 +15,11 @@ overflows. The guard therefore reuses ``optax.apply_if_finite`` for the
 incoming gradient (so no oracle call is spent when it is already non-finite)
 and never gives up, and adds the check after the inner update: the increment,
 the candidate parameters and, through :func:`flag_nonfinite_loss`, the losses
-the integrator evaluated.
+the integrator evaluated. A flowopt integrator that meets a non-finite stage
+already returns a zero increment and counts the step in its ``skipped``
+(:func:`flowopt.skipped_steps`); the guard reads that count, so such a step
+is rejected as a whole: the inner state, the other members of a chain
+included (Adam's moments), stays as it was.
 
 What the guard cannot do: a fixed-step method whose step lands in a
 non-finite region from the same point is rejected again on every call (the
@@ -37,9 +41,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from flowopt.integrator import oracle_evaluations
+from flowopt.integrator import oracle_evaluations, skipped_steps
 from flowopt.oracle import Params
 
 _NEVER_GIVE_UP = int(jnp.iinfo(jnp.int32).max)
@@ -80,7 +85,12 @@ def flag_nonfinite_loss(value_fn: Callable[[Params], jax.Array]) -> Callable[[Pa
     derivative gains the term ``c · Σ tangent``, ``c = 0`` where the loss is
     finite and NaN elsewhere: linear in the tangent, so reverse mode puts
     the NaN into every gradient entry, past any masking.)
+
+    Raises:
+      ValueError: if ``value_fn`` is not callable.
     """
+    if not callable(value_fn):
+        raise ValueError(f"value_fn must be a function params -> scalar loss, got {value_fn!r}.")
 
     @jax.custom_jvp
     def flagged(params: Params) -> jax.Array:
@@ -92,7 +102,12 @@ def flag_nonfinite_loss(value_fn: Callable[[Params], jax.Array]) -> Callable[[Pa
         value, value_tangent = jax.jvp(value_fn, (params,), (tangent,))
         poison = jnp.where(jnp.isfinite(value), 0.0, jnp.nan).astype(value_tangent.dtype)
         leaves = [leaf for leaf in jax.tree.leaves(tangent) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-        total = sum((jnp.sum(leaf).astype(value_tangent.dtype) for leaf in leaves), jnp.zeros([], value_tangent.dtype))
+        # Real and imaginary parts of a complex tangent both count (an R-linear term), so that the
+        # NaN reaches both parts of a complex parameter's gradient.
+        total = sum(
+            (jnp.sum(jnp.real(leaf) + jnp.imag(leaf)).astype(value_tangent.dtype) for leaf in leaves),
+            jnp.zeros([], value_tangent.dtype),
+        )
         return value, value_tangent + poison * total
 
     return flagged
@@ -111,7 +126,10 @@ def _reject_nonfinite_steps(
         if value_fn is not None:
             extra_args["value_fn"] = flag_nonfinite_loss(value_fn)
         increment, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-        finite = tree_all_finite(increment)
+        # A flowopt integrator that met a non-finite stage returns a zero increment and counts the
+        # step in its `skipped`; the guard rejects such a step too, so that the other members of a
+        # chain (Adam's moments before it) do not advance over a step that was not taken.
+        finite = tree_all_finite(increment) & (skipped_steps(inner_state) == skipped_steps(state.inner_state))
         if params is not None:
             candidate = optax.apply_updates(params, increment)
             finite &= tree_all_finite(candidate)
@@ -147,13 +165,46 @@ def guard_nonfinite(
     giving up) around :class:`GuardState` (step failures and the oracle calls
     they spent); :func:`guard_counts` reads both.
 
+    A step is non-finite when, during the update, the wrapped flowopt
+    integrator skipped a step (a NaN or inf stage gradient or loss makes it
+    return a zero increment and count the step in its ``skipped``, see
+    :func:`flowopt.skipped_steps`), or the increment or ``params + increment``
+    is not finite. The whole inner state is then kept as it was, the other
+    members of an ``optax.chain`` included, and the step is counted in
+    ``nonfinite_steps``. A NaN or inf in the incoming gradient skips the
+    update before the inner transformation runs (no oracle call is spent)
+    and is counted in ``nonfinite_gradients``; the guard never gives up.
+
     Example::
 
         tx = flowopt.guard_nonfinite(flowopt.rk4(0.5))
+
+    Raises:
+      ValueError: if ``inner`` is not an optax transformation (for instance
+        the constructor ``flowopt.rk4`` instead of ``flowopt.rk4(0.5)``) or
+        ``check_loss`` is not a bool.
     """
+    _check_transformation(inner)
+    if not isinstance(check_loss, (bool, np.bool_)):
+        raise ValueError(f"guard_nonfinite: check_loss must be True or False, got {check_loss!r}.")
     inner = optax.with_extra_args_support(inner)
     return optax.apply_if_finite(
         _reject_nonfinite_steps(inner, check_loss), max_consecutive_errors=_NEVER_GIVE_UP
+    )
+
+
+def _check_transformation(inner: Any) -> None:
+    if isinstance(inner, optax.GradientTransformation) or (
+        callable(getattr(inner, "init", None)) and callable(getattr(inner, "update", None))
+    ):
+        return
+    hint = ""
+    if callable(inner):
+        name = getattr(inner, "__name__", type(inner).__name__)
+        hint = f" ({name} is a function: call it to build the optimizer, e.g. {name}(learning_rate))"
+    raise ValueError(
+        "guard_nonfinite: inner must be an optax GradientTransformation (with init and update), "
+        f"got {inner!r}{hint}."
     )
 
 
@@ -163,6 +214,10 @@ def guard_counts(opt_state: optax.OptState) -> dict[str, jax.Array]:
     Returns ``nonfinite_gradients`` (updates skipped because the incoming
     gradient was non-finite) and ``nonfinite_steps`` (updates zeroed because
     a stage or the candidate was non-finite), both int32.
+
+    Raises:
+      ValueError: if ``opt_state`` holds no guard state (then there is nothing
+        to count, and zeros would read as "no failures").
     """
     skipped = [
         state.total_notfinite
@@ -174,5 +229,10 @@ def guard_counts(opt_state: optax.OptState) -> dict[str, jax.Array]:
         for state in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, GuardState))
         if isinstance(state, GuardState)
     ]
+    if not zeroed:
+        raise ValueError(
+            "guard_counts: opt_state holds no flowopt guard state; wrap the optimizer with "
+            "flowopt.guard_nonfinite and pass its state."
+        )
     zero = jnp.zeros([], jnp.int32)
     return {"nonfinite_gradients": sum(skipped, zero), "nonfinite_steps": sum(zeroed, zero)}

@@ -15,6 +15,7 @@ import flowopt
 import flowopt.tableau as tableau_module
 from flowopt import tableaus
 from flowopt.adaptive import PIController, adaptive_step, scaled_error_norm
+from flowopt.guard import flag_nonfinite_loss
 from flowopt.tableau import ButcherTableau, check_order, lower_triangular, min_stages, order_conditions, rooted_trees
 
 HEUN = dict(a=[[0.0, 0.0], [1.0, 0.0]], b=[0.5, 0.5], c=[0.0, 1.0], order=2)
@@ -422,3 +423,78 @@ def test_complex128_parameters_keep_float64_steps():
         state = tx.init(jnp.array([1.0 + 1.0j], jnp.complex128))
         assert state.controller.step_size.dtype == jnp.float64 and state.time.dtype == jnp.float64
 
+
+# --- the non-finite guard -----------------------------------------------------------------------------
+
+RADIUS = 1.0
+
+
+def nan_beyond_radius(x):
+    return jnp.where(jnp.sum(x**2) < RADIUS**2, jnp.sum(x**2), jnp.nan)
+
+
+@pytest.mark.parametrize(
+    "inner, message",
+    [
+        (None, r"guard_nonfinite: inner must be an optax GradientTransformation .*got None"),
+        ("rk4", r"inner must be an optax GradientTransformation .*got 'rk4'"),
+        ((1, 2), r"inner must be an optax GradientTransformation .*got \(1, 2\)"),
+        (flowopt.rk4, r"rk4 is a function: call it to build the optimizer, e.g. rk4\(learning_rate\)"),
+        (optax.adam, r"adam is a function: call it"),
+    ],
+)
+def test_guard_needs_a_transformation(inner, message):
+    with pytest.raises(ValueError, match=message):
+        flowopt.guard_nonfinite(inner)
+
+
+@pytest.mark.parametrize("check_loss", ["yes", 1, None])
+def test_guard_check_loss_must_be_a_bool(check_loss):
+    with pytest.raises(ValueError, match=r"check_loss must be True or False"):
+        flowopt.guard_nonfinite(flowopt.rk4(0.1), check_loss=check_loss)
+
+
+def test_guard_counts_and_flagged_loss_check_their_arguments():
+    with pytest.raises(ValueError, match=r"guard_counts: opt_state holds no flowopt guard state"):
+        flowopt.guard_counts(optax.sgd(0.1).init(jnp.ones(2)))
+    with pytest.raises(ValueError, match=r"guard_counts: opt_state holds no flowopt guard state"):
+        flowopt.guard_counts(None)
+    with pytest.raises(ValueError, match=r"value_fn must be a function params -> scalar loss, got None"):
+        flag_nonfinite_loss(None)
+
+
+def test_guard_rejects_a_step_whose_stage_is_nan_and_keeps_the_whole_inner_state():
+    # The Heun stage lands beyond the radius, where the loss is NaN. The integrator skips the
+    # step itself; the guard sees that and keeps Adam's moments as they were too.
+    tx = flowopt.guard_nonfinite(optax.chain(optax.scale_by_adam(), flowopt.heun(0.5)))
+    params = jnp.array([RADIUS - 0.1, 0.0, 0.0])
+    state = tx.init(params)
+    updates, new_state = tx.update(-jnp.array([50.0, 0.0, 0.0]), state, params, value_fn=nan_beyond_radius)
+    assert np.all(np.asarray(updates) == 0)
+    adam_before, heun_before = state.inner_state.inner_state
+    adam_after, heun_after = new_state.inner_state.inner_state
+    np.testing.assert_array_equal(adam_after.mu, adam_before.mu)
+    assert int(adam_after.count) == int(adam_before.count) == 0
+    assert int(heun_after.skipped) == 0  # the skipped step was rolled back with the state ...
+    counts = flowopt.guard_counts(new_state)  # ... and is counted by the guard
+    assert {k: int(v) for k, v in counts.items()} == {"nonfinite_gradients": 0, "nonfinite_steps": 1}
+    assert int(flowopt.oracle_evaluations(new_state)) == 1  # the Heun stage was spent
+
+
+def test_guard_skips_a_nan_incoming_gradient_without_calling_the_inner_update():
+    calls = []
+
+    def oracle(params):
+        calls.append(1)
+        return 2 * params
+
+    tx = flowopt.guard_nonfinite(flowopt.rk4(0.1))
+    params = jnp.ones(3)
+    state = tx.init(params)
+    updates, state = tx.update(jnp.array([jnp.nan, 1.0, 1.0]), state, params, grad_fn=oracle)
+    assert np.all(np.asarray(updates) == 0)
+    assert {k: int(v) for k, v in flowopt.guard_counts(state).items()} == {"nonfinite_gradients": 1, "nonfinite_steps": 0}
+    assert int(flowopt.oracle_evaluations(state)) == 0
+    # The next finite gradient is taken normally: the guard never gives up.
+    updates, state = tx.update(2 * params, state, params, grad_fn=oracle)
+    assert np.all(np.asarray(updates) < 0) and int(flowopt.guard_counts(state)["nonfinite_gradients"]) == 1
