@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,14 +46,21 @@ _SCRIPT = textwrap.dedent(
     loop.train(TrainConfig(**json.loads(sys.argv[1])), sys.argv[2], dataset=ds)
     """
 )
-# Where a run is killed: "<point>@<step>" (see rundir.kill_point).
+# Where a run is killed: "<point>@<step>" (see rundir.kill_point). Real SIGKILLs of subprocesses:
 KILLS = {
     "after_row_before_save": "row@6",  # the row of step 6 is on disk, its checkpoint is not
-    "after_save": "save@6",
     "mid_epoch_after_a_checkpoint": "step@5",  # resumes from step 4: running sums from the checkpoint
     "during_eval": "eval@8",
-    "half_written_row": "metrics_write@9",
 }
+# ... and in this process (the kill an exception that skips the rest of the run), to keep the suite fast:
+STOPS = {
+    "after_save": "save@6",
+    "half_written_row": "metrics_write@9",  # half the line of step 9 is on disk
+}
+
+
+class _Stopped(BaseException):
+    pass
 
 
 def _tiny() -> data.Dataset:
@@ -72,9 +80,12 @@ def reference(tmp_path_factory, tiny_data) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def killed(tmp_path_factory) -> dict[str, Path]:
-    """RUN in real subprocesses, each killed with SIGKILL at one point of KILLS (run side by side)."""
+@pytest.fixture(scope="module", autouse=True)
+def _kill_processes(tmp_path_factory):
+    """RUN in real subprocesses, each killed with SIGKILL at one point of KILLS.
+
+    Started when the module starts, so they run while the other tests do; the tests of the kills come last.
+    """
     root = tmp_path_factory.mktemp("killed")
     script = root / "run.py"
     script.write_text(_SCRIPT)
@@ -83,8 +94,19 @@ def killed(tmp_path_factory) -> dict[str, Path]:
         env = {**os.environ, "_FLOWOPT_TEST_KILL_AT": point, "JAX_PLATFORMS": "cpu"}
         procs[name] = subprocess.Popen([sys.executable, str(script), json.dumps(RUN), str(root / name)],
                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    yield root, procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def killed(_kill_processes) -> dict[str, Path]:
+    """The run directories the killed subprocesses left."""
+    root, procs = _kill_processes
     for name, proc in procs.items():
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=180)
         assert proc.returncode == -signal.SIGKILL, (name, err.decode()[-2000:])
     return {name: root / name for name in KILLS}
 
@@ -112,30 +134,6 @@ def _data_files(out: Path, step: int) -> list[Path]:
     return sorted(files, key=lambda p: p.stat().st_size, reverse=True)
 
 
-# -- kills at every point resume to the uninterrupted metrics ------------------------------------------
-
-
-@pytest.mark.parametrize("name", list(KILLS))
-def test_killed_run_resumes_to_the_uninterrupted_metrics(name, killed, reference, tiny_data, capfd):
-    out = killed[name]
-    before = _steps(out / "metrics.jsonl")
-    expected_before = {"after_row_before_save": [3, 6], "after_save": [3, 6], "mid_epoch_after_a_checkpoint": [3],
-                       "during_eval": [3, 6], "half_written_row": [3, 6, 8]}[name]
-    assert before == expected_before
-    if name == "half_written_row":
-        assert not (out / "metrics.jsonl").read_text().endswith("\n")  # the kill left half a line
-    resumed = loop.train(TrainConfig(**RUN), out, dataset=tiny_data)
-    assert _lines(out / "metrics.jsonl") == _lines(reference / "metrics.jsonl")
-    assert [r["step"] for r in resumed.history] == ROWS
-    assert _checkpoints(out) == _checkpoints(reference) == [14, 16]
-    start = {"after_row_before_save": 4, "after_save": 6, "mid_epoch_after_a_checkpoint": 4, "during_eval": 6,
-             "half_written_row": 8}[name]
-    assert f"Resuming {out} from step {start}." in capfd.readouterr().err  # printed without any logging setup
-    ref = loop.train(TrainConfig(**RUN), reference, dataset=tiny_data)  # finished: nothing is redone
-    for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(ref.state.params)):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_cli_checkpoint_every_dividing_the_epoch_finishes_and_a_rerun_adds_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--model", "logistic_regression", "--dataset", "synthetic_mnist", "--optimizer", "sgd",
@@ -160,11 +158,12 @@ def test_budget_ending_on_an_eval_row_saves_its_checkpoint(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("damage", ["truncated_array_file", "bit_flip_in_array_data", "garbled_progress",
                                     "garbled_tree_metadata", "deleted_array_file"])
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(damage, tmp_path, tiny_data, caplog):
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(damage, tmp_path, tiny_data, caplog,
+                                                                 reference):
     """Checkpoint 16 is damaged: the run resumes from 14, says so, and reaches what an undamaged run reaches."""
     config = TrainConfig(**RUN)
     out = tmp_path / "run"
-    loop.train(config, out, dataset=tiny_data)
+    shutil.copytree(reference, out)
     expected = _lines(out / "metrics.jsonl")
     ck = out / "checkpoints" / "16"
     if damage == "truncated_array_file":
@@ -409,8 +408,6 @@ def test_same_config_without_checkpoints_starts_again(tmp_path, tiny_data, capfd
     loop.train(config, tmp_path, dataset=tiny_data)
     expected = _lines(tmp_path / "metrics.jsonl")
     for p in (tmp_path / "checkpoints").iterdir():
-        import shutil
-
         shutil.rmtree(p)
     loop.train(config, tmp_path, dataset=tiny_data)
     assert "holds no checkpoint of this run: starting it again from step 0" in capfd.readouterr().err
@@ -487,3 +484,70 @@ def _cli_exit(args: list[str]) -> int:
         return cli.main(args)
     except SystemExit as exit_:
         return exit_.code
+
+
+def test_resuming_on_other_data_is_refused_before_anything_changes(tmp_path, tiny_data):
+    loop.train(TrainConfig(**BASE, steps=5, checkpoint_every=5), tmp_path, dataset=tiny_data)
+    before = _snapshot(tmp_path)
+    fewer = data.synthetic_dataset("synthetic_mnist", num_train=96, num_test=70, image_shape=(8, 8, 1))
+    with pytest.raises(rundir.RunDirectoryError, match=rf"{tmp_path} holds a run on other data \(train: 256 -> 96\)"):
+        loop.train(TrainConfig(**BASE, steps=8), tmp_path, dataset=fewer)
+    larger = data.synthetic_dataset("synthetic_mnist", num_train=256, num_test=70, image_shape=(10, 10, 1))
+    with pytest.raises(checkpoint.CheckpointError, match=r"step 5 .* does not fit this run .*kernel.*"
+                       r"stored \[64, 10\] float32, this run \[100, 10\] float32"):
+        loop.train(TrainConfig(**BASE, steps=8), tmp_path, dataset=larger)
+    assert _snapshot(tmp_path) == before and not (tmp_path / "checkpoints-corrupt").exists()
+
+
+def test_a_diverged_run_given_again_diverges_again_without_duplicate_rows(tmp_path, tiny_data):
+    import optax
+
+    explode = optax.sgd(lambda count: jnp.where(count < 20, 0.05, 1e30))
+    config = TrainConfig(**dict(BASE, model="mlp", model_options={"hidden": [16]}), epochs=5)
+    for _ in range(2):
+        result = loop.train(config, tmp_path, dataset=tiny_data, tx=explode)
+        assert result.diverged and "last good checkpoint (step 16)" in result.message
+        assert _steps(tmp_path / "metrics.jsonl") == [8, 16, 21]
+
+
+def test_a_checkpoint_directory_that_is_a_file_is_named(tmp_path, tiny_data):
+    (tmp_path / "checkpoints").write_text("not a directory")
+    with pytest.raises(checkpoint.CheckpointError, match=f"{tmp_path / 'checkpoints'} exists and is not a directory"):
+        loop.train(TrainConfig(**BASE, steps=2), tmp_path, dataset=tiny_data)
+
+
+# -- kills at every point resume to the uninterrupted metrics ------------------------------------------
+
+
+@pytest.mark.parametrize("name", [*KILLS, *STOPS])
+def test_killed_run_resumes_to_the_uninterrupted_metrics(name, request, reference, tiny_data, capfd, monkeypatch,
+                                                         tmp_path):
+    if name in KILLS:
+        out = request.getfixturevalue("killed")[name]
+    else:
+        out = tmp_path / name
+
+        def stop():
+            raise _Stopped(name)
+
+        monkeypatch.setenv("_FLOWOPT_TEST_KILL_AT", STOPS[name])
+        monkeypatch.setattr(rundir, "_kill", stop)
+        with pytest.raises(_Stopped):
+            loop.train(TrainConfig(**RUN), out, dataset=tiny_data)
+        monkeypatch.delenv("_FLOWOPT_TEST_KILL_AT")
+    before = _steps(out / "metrics.jsonl")
+    expected_before = {"after_row_before_save": [3, 6], "after_save": [3, 6], "mid_epoch_after_a_checkpoint": [3],
+                       "during_eval": [3, 6], "half_written_row": [3, 6, 8]}[name]
+    assert before == expected_before
+    if name == "half_written_row":
+        assert not (out / "metrics.jsonl").read_text().endswith("\n")  # the kill left half a line
+    resumed = loop.train(TrainConfig(**RUN), out, dataset=tiny_data)
+    assert _lines(out / "metrics.jsonl") == _lines(reference / "metrics.jsonl")
+    assert [r["step"] for r in resumed.history] == ROWS
+    assert _checkpoints(out) == _checkpoints(reference) == [14, 16]
+    start = {"after_row_before_save": 4, "after_save": 6, "mid_epoch_after_a_checkpoint": 4, "during_eval": 6,
+             "half_written_row": 8}[name]
+    assert f"Resuming {out} from step {start}." in capfd.readouterr().err  # printed without any logging setup
+    ref = loop.train(TrainConfig(**RUN), reference, dataset=tiny_data)  # finished: nothing is redone
+    for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(ref.state.params)):
+        np.testing.assert_array_equal(a, b)

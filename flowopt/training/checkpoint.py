@@ -61,8 +61,8 @@ def array_checksums(tree: Any) -> list[list[str]]:
     """``[path, dtype, shape, sha256]`` for each leaf of a storable tree, in flattening order."""
     sums = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        value = np.ascontiguousarray(_host_copy(leaf))
-        digest = hashlib.sha256(value.tobytes()).hexdigest()
+        value = _host_copy(leaf)
+        digest = hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()
         sums.append([jax.tree_util.keystr(path), str(value.dtype), str(list(value.shape)), digest])
     return sums
 
@@ -94,6 +94,8 @@ class Checkpointer:
         self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CheckpointError(f"The checkpoint directory {self.directory} exists and is not a directory.")
         try:
             return ocp.CheckpointManager(
                 self.directory,
@@ -171,6 +173,30 @@ class Checkpointer:
                                   "fails its checksum.")
         return dict(item["record"])
 
+    def _check_fits(self, like: Any, step: int) -> None:
+        """Refuse (without falling back) a checkpoint whose arrays are of other shapes than ``like``'s."""
+        try:
+            item = self._manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))["progress"]
+        except Exception:
+            return  # unreadable: the full restore reports it and falls back
+        if not isinstance(item, dict) or item.get("format") != _FORMAT:
+            return
+        if item.get("sha256") != _digest(item.get("record"), item.get("arrays")):
+            return
+        stored = {path: (dtype, shape) for path, dtype, shape, _ in item["arrays"]}
+        wanted = {
+            jax.tree_util.keystr(path): (str(np.dtype(leaf.dtype)), str(list(np.shape(leaf))))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(_to_storable(like))[0]
+        }
+        if stored != wanted:
+            diff = [f"{k}: stored {stored.get(k, ('absent', ''))[1] or 'absent'} {stored.get(k, ('', ''))[0]}, "
+                    f"this run {wanted.get(k, ('absent', ''))[1] or 'absent'} {wanted.get(k, ('', ''))[0]}"
+                    for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+            raise CheckpointError(
+                f"The checkpoint for step {step} in {self.directory} does not fit this run (another model "
+                f"or data shape): {'; '.join(diff[:3])}{' ...' if len(diff) > 3 else ''}."
+            )
+
     def _restore_one(self, like: Any, step: int) -> tuple[Any, dict[str, Any]]:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_storable(like))
         restored = self._manager.restore(
@@ -214,6 +240,7 @@ class Checkpointer:
             raise CheckpointError(f"No checkpoint in {self.directory}.")
         self.skipped = {}
         for candidate in steps:
+            self._check_fits(like, candidate)
             try:
                 result = self._restore_one(like, candidate)
             except Exception as error:  # orbax, tensorstore and json raise many kinds

@@ -340,8 +340,15 @@ def _check_same_run(out: Path, stored: dict[str, Any], config: TrainConfig) -> N
         )
 
 
+def _data_identity(dataset: Dataset) -> dict[str, Any]:
+    """What a resumed run's data must agree on (the example order and the arrays' shapes depend on it)."""
+    return {"name": dataset.name, "train": len(dataset.x_train), "test": len(dataset.x_test),
+            "image_shape": list(dataset.image_shape), "classes": dataset.num_classes}
+
+
 def _open_run(
-    out: Path, config: TrainConfig, state: RunState, record: dict[str, Any], overwrite: bool
+    out: Path, config: TrainConfig, state: RunState, record: dict[str, Any], overwrite: bool,
+    data_identity: dict[str, Any], steps_per_epoch: int,
 ) -> tuple[Checkpointer, RunState, dict[str, Any], MetricsLog]:
     """Check the run directory and resume what it holds: (checkpointer, state, progress, metrics log).
 
@@ -367,7 +374,14 @@ def _open_run(
             _check_same_run(out, stored.get("config", {}), config)
             progress = {**progress, **stored["progress"]}
             resume_step = int(state.step)
+            stored_data = stored.get("data", data_identity)
+            if stored_data != data_identity or progress["batch"] > steps_per_epoch:
+                what = "; ".join(_differences(stored_data, data_identity)) or (
+                    f"its checkpoint is at batch {progress['batch']} of an epoch of {steps_per_epoch}")
+                raise RunDirectoryError(f"{out} holds a run on other data ({what}); use the same data, "
+                                        "a fresh output directory, or overwrite (--overwrite).")
             rows = stored.get("metrics")
+            progress["legacy"] = rows is None
             log = (MetricsLog(metrics_file, resume_step) if rows is None
                    else MetricsLog(metrics_file, rows=rows["rows"], sha256=rows["sha256"]))
             if checkpointer.skipped:
@@ -487,12 +501,8 @@ def train(
                 lock = RunLock(out)
             record = {"config": config.to_dict(), "dataset": dataset.label, "source": dataset.source,
                       "devices": mesh.size, "augment": augment}
-            checkpointer, state, progress, log = _open_run(out, config, state, record, overwrite)
-        if progress["batch"] > steps_per_epoch:
-            raise RunDirectoryError(
-                f"The checkpoint in {out} is at batch {progress['batch']} of an epoch of {steps_per_epoch} "
-                "batches: the training set differs from the one the run started with."
-            )
+            checkpointer, state, progress, log = _open_run(out, config, state, record, overwrite,
+                                                           _data_identity(dataset), steps_per_epoch)
         return _run(config, dataset, mesh, state, graphdef, train_step, eval_step, test_split, schedule,
                     steps_per_epoch, total_steps, progress, log, checkpointer, out)
     finally:
@@ -549,7 +559,7 @@ def _run(config, dataset, mesh, state, graphdef, train_step, eval_step, test_spl
         if checkpointer is not None:
             progress["time_s"] = time.perf_counter() - started
             checkpointer.save(step, state, {
-                "config": config.to_dict(), "progress": dict(progress),
+                "config": config.to_dict(), "progress": dict(progress), "data": _data_identity(dataset),
                 "metrics": {"rows": len(log.rows), "sha256": log.sha256()},
             })
             kill_point("save", step)
@@ -562,11 +572,17 @@ def _run(config, dataset, mesh, state, graphdef, train_step, eval_step, test_spl
     )
     message, diverged = "", False
     try:
-        if progress["batch"] == steps_per_epoch:  # an older checkpoint, saved at an epoch end before its row
-            if progress["count"]:
-                write_row(True)
+        epoch_end = progress["batch"] == steps_per_epoch
+        if progress.pop("legacy", False) and progress["count"] and (
+            epoch_end or (config.eval_every and step % config.eval_every == 0)
+        ):
+            # A checkpoint of an older flowopt, saved before its step's row: the row may be on disk already.
+            if log.rows and log.rows[-1].get("step") == step:
+                progress.update(loss_sum=0.0, correct=0, count=0)
             else:
-                progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
+                write_row(epoch_end)
+        if progress["batch"] == steps_per_epoch:
+            progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
         if finished() and out is not None:
             _notice(f"The run in {out} is already complete (step {step}); nothing to do.")
         while not diverged and not finished():

@@ -92,7 +92,10 @@ class MetricsLog:
         if rows is not None or resume_step is not None:
             keep = self._kept(rows, sha256, resume_step)
         if self._writes():
-            old = self.path.read_bytes() if self.path.exists() else None
+            try:
+                old = self.path.read_bytes() if self.path.exists() else None
+            except OSError as error:
+                raise MetricsError(f"Cannot read {self.path}: {error.strerror or error}.") from error
             if old != keep:
                 if old:
                     dropped = old.count(b"\n") + (not old.endswith(b"\n")) - len(self.rows)

@@ -34,7 +34,11 @@ def kill_point(point: str, step: int, before: Callable[[], object] | None = None
     if os.environ.get(_KILL_ENV) == f"{point}@{step}":
         if before is not None:
             before()
-        os.kill(os.getpid(), signal.SIGKILL)
+        _kill()
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fsync_dir(folder: Path) -> None:
