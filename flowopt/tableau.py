@@ -20,6 +20,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 _TOLERANCE = 1e-10
@@ -352,6 +353,8 @@ def _check_reachable(a: np.ndarray, b: np.ndarray, order: int, where: str) -> No
 
 def _first_non_real(values: Any, index: str) -> tuple[str, Any, str] | None:
     """The first entry of nested ``values`` that is not a real number: ``(index, entry, why)``."""
+    if isinstance(values, jax.core.Tracer):
+        return index, values, "a traced value (a tableau holds concrete numbers: build it outside jit)"
     if isinstance(values, (str, bytes)):
         return index, values, "a string"
     if values is None:

@@ -97,6 +97,14 @@ def test_numbers_of_every_real_kind_are_accepted():
     assert np.array_equal(lower_triangular([]), np.zeros((1, 1)))
 
 
+def test_a_tableau_under_jit_names_the_traced_entry():
+    def build(x):
+        return _heun(a=[[0.0, 0.0], [x, 0.0]]).order
+
+    with pytest.raises(ValueError, match=r"entry a\[1\]\[0\] is a traced value .*build it outside jit"):
+        jax.jit(build)(1.0)
+
+
 # --- orders --------------------------------------------------------------------------------------------
 
 
@@ -498,3 +506,4 @@ def test_guard_skips_a_nan_incoming_gradient_without_calling_the_inner_update():
     # The next finite gradient is taken normally: the guard never gives up.
     updates, state = tx.update(2 * params, state, params, grad_fn=oracle)
     assert np.all(np.asarray(updates) < 0) and int(flowopt.guard_counts(state)["nonfinite_gradients"]) == 1
+
