@@ -62,10 +62,16 @@ class RunState(NamedTuple):
 
 
 class StepMetrics(NamedTuple):
-    """Per-step outputs: minibatch objective at the pre-update parameters, correct predictions."""
+    """Per-step outputs: minibatch objective at the pre-update parameters, correct predictions.
+
+    ``skipped`` is true when the optimizer left the parameters unchanged
+    because a stage or the increment was not finite (``flowopt.skipped_steps``
+    grew): the loop treats that as divergence.
+    """
 
     loss: jax.Array
     correct: jax.Array
+    skipped: jax.Array
 
 
 class Preprocess(NamedTuple):
@@ -154,7 +160,8 @@ def make_train_step(
             rng=state.rng,
         )
         correct = jnp.sum(jnp.argmax(logits, -1) == labels)
-        return new_state, StepMetrics(loss, correct)
+        skipped = flowopt.skipped_steps(opt_state) > flowopt.skipped_steps(state.opt_state)
+        return new_state, StepMetrics(loss, correct, skipped)
 
     replicated = parallel.replicated(mesh)
     return jax.jit(step, out_shardings=(replicated, replicated))
@@ -597,10 +604,19 @@ def _run(config, dataset, mesh, state, graphdef, train_step, eval_step, test_spl
             while batch is not None:
                 new_state, metrics = train_step(state, *batch)
                 batch = next(batches, None)  # prepared while the device runs the step
-                loss, correct, new_evals = jax.device_get((metrics.loss, metrics.correct, new_state.grad_evals))
+                loss, correct, skipped, new_evals = jax.device_get(
+                    (metrics.loss, metrics.correct, metrics.skipped, new_state.grad_evals)
+                )
                 if not np.isfinite(loss):
                     diverged = True
                     message = f"the minibatch loss is {float(loss)} at step {step}"
+                    break
+                if skipped:
+                    diverged = True
+                    message = (
+                        f"the optimizer skipped step {step} because a stage or its increment was not finite "
+                        "(lower the learning rate or check its schedule)"
+                    )
                     break
                 state, progress["last_cost"] = new_state, int(new_evals) - evals
                 step, evals = step + 1, int(new_evals)
