@@ -62,14 +62,16 @@ BAD_FLAGS = [
     (["--optimizer-option", "colour=1"],
      "argument --optimizer-option: Optimizer 'sgd' has no option 'colour'; valid options: "
      "['momentum', 'nesterov', 'accumulator_dtype']."),
+    (["--optimizer", "bdf"],
+     "argument --optimizer-option: Optimizer 'bdf' needs the option(s) order, inner_steps "
+     "(or a name with the order in it, such as bdf2)."),
+    (["--optimizer", "runge_kutta"], "argument --optimizer-option: Optimizer 'runge_kutta' needs the option(s) tableau."),
     (["--optimizer", "sgd", "--optimizer-option", "momentum=fast"],
      "argument --optimizer-option: Optimizer option momentum of 'sgd' must be a number or null, got 'fast'."),
     (["--optimizer", "bdf2", "--optimizer-option", "inner_steps=0"],
      "argument --optimizer-option: Optimizer 'bdf2' rejected options {'inner_steps': 0}: "
      "inner_steps must be at least 1, got 0."),
-    (["--optimizer", "bdf2"],
-     "argument --optimizer: Optimizer 'bdf2' rejected options {}: bdf() missing 1 required positional "
-     "argument: 'inner_steps'"),
+    (["--optimizer", "bdf2"], "argument --optimizer-option: Optimizer 'bdf2' needs the option(s) inner_steps."),
     (["--optimizer-option", "learning_rate=0.1"],
      "argument --optimizer-option: learning_rate is set by the learning_rate field, not as an optimizer option."),
     (["--optimizer", "guard_nonfinite"],

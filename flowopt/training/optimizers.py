@@ -141,6 +141,11 @@ def check_option_values(name: str, options: dict[str, Any]) -> None:
             raise ValueError(f"Optimizer option {key} of {name!r} must be true or false, got {value!r}.")
         if expected == "str" and not isinstance(value, str):
             raise ValueError(f"Optimizer option {key} of {name!r} must be a string, got {value!r}.")
+    missing = [key for key, p in parameters.items() if key != "learning_rate" and key not in options
+               and p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if missing:
+        shorthand = f" (or a name with the order in it, such as {name}2)" if "order" in missing and name in ORDERED else ""
+        raise ValueError(f"Optimizer {name!r} needs the option(s) {', '.join(missing)}{shorthand}.")
 
 
 def _expected_kind(parameter: inspect.Parameter) -> str | None:
