@@ -75,9 +75,9 @@ import optax
 
 from flowopt import tableaus
 from flowopt.explicit import oracle_calls, scaled_sum, stage_gradients
-from flowopt.guard import GuardState, flag_nonfinite_loss, guard_counts, tree_all_finite
+from flowopt.guard import GuardState, flag_nonfinite_loss, guard_counts
 from flowopt.integrator import check_learning_rate, oracle_evaluations
-from flowopt.oracle import GradFn, Params, check_updates_match, resolve_oracle
+from flowopt.oracle import GradFn, Params, check_updates_match, resolve_oracle, tree_all_finite
 from flowopt.tableau import ButcherTableau, check_tableau
 
 

@@ -45,7 +45,7 @@ import numpy as np
 import optax
 
 from flowopt.integrator import oracle_evaluations, skipped_steps
-from flowopt.oracle import Params
+from flowopt.oracle import Params, tree_all_finite
 
 _NEVER_GIVE_UP = int(jnp.iinfo(jnp.int32).max)
 
@@ -67,12 +67,6 @@ class GuardState(NamedTuple):
     oracle_evals: jax.Array
     loss_evals: jax.Array
     inner_state: optax.OptState
-
-
-def tree_all_finite(tree: Any) -> jax.Array:
-    """Whether every element of every leaf of ``tree`` is finite (a boolean scalar)."""
-    leaves = jax.tree.leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])) if leaves else jnp.array(True)
 
 
 def flag_nonfinite_loss(value_fn: Callable[[Params], jax.Array]) -> Callable[[Params], jax.Array]:
