@@ -12,8 +12,8 @@ Typical use::
 or from the shell: ``flowopt-train --model mlp --dataset mnist --optimizer rk4 --output runs/mlp-rk4``.
 """
 
-from flowopt.training.checkpoint import Checkpointer
-from flowopt.training.config import TrainConfig
+from flowopt.training.checkpoint import Checkpointer, CheckpointError
+from flowopt.training.config import ConfigError, TrainConfig
 from flowopt.training.data import (
     DATASET_NAMES,
     DataIntegrityError,
@@ -29,10 +29,11 @@ from flowopt.training.loop import RunResult, RunState, evaluate, make_eval_step,
 from flowopt.training.models import MODELS, create_model
 from flowopt.training.optimizers import available_optimizers, make_optimizer
 from flowopt.training.parallel import data_mesh
+from flowopt.training.rundir import RunDirectoryError
 
 __all__ = [
-    "Checkpointer", "DATASET_NAMES", "DataIntegrityError", "DataUnavailableError", "Dataset", "MODELS",
-    "RunResult", "RunState", "TrainConfig", "available_optimizers", "create_model", "data_mesh",
+    "Checkpointer", "CheckpointError", "ConfigError", "DATASET_NAMES", "DataIntegrityError", "DataUnavailableError", "Dataset", "MODELS",
+    "RunDirectoryError", "RunResult", "RunState", "TrainConfig", "available_optimizers", "create_model", "data_mesh",
     "evaluate", "iterate_batches", "load_dataset", "make_eval_step", "make_optimizer", "make_train_step",
     "normalize", "random_crop_flip", "synthetic_dataset", "train",
 ]
