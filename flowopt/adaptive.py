@@ -499,11 +499,11 @@ def adaptive_runge_kutta(
 
     def init_fn(params: Params) -> AdaptiveState:
         dtype = _float_dtype(params)
-        zero = jnp.zeros([], jnp.int32)
+        # A buffer per field: a state donated to a jitted step must not hold one buffer twice.
+        integer, real = (lambda: jnp.zeros([], jnp.int32)), (lambda: jnp.zeros([], dtype))
         return AdaptiveState(
-            count=zero, oracle_evals=zero, accepted=zero, rejected=zero, nonfinite=zero,
-            time=jnp.zeros([], dtype), last_step_size=jnp.zeros([], dtype),
-            error=jnp.zeros([], dtype), controller=controller.init(learning_rate, dtype),
+            count=integer(), oracle_evals=integer(), accepted=integer(), rejected=integer(), nonfinite=integer(),
+            time=real(), last_step_size=real(), error=real(), controller=controller.init(learning_rate, dtype),
         )  # fmt: skip
 
     def update_fn(

@@ -111,8 +111,9 @@ def _reject_nonfinite_steps(
     inner: optax.GradientTransformationExtraArgs, check_loss: bool
 ) -> optax.GradientTransformationExtraArgs:
     def init_fn(params: Params) -> GuardState:
-        zero = jnp.zeros([], jnp.int32)
-        return GuardState(rejected=zero, oracle_evals=zero, loss_evals=zero, inner_state=inner.init(params))
+        # A buffer per count: a state donated to a jitted step must not hold one buffer twice.
+        rejected, oracle_evals, loss_evals = (jnp.zeros([], jnp.int32) for _ in range(3))
+        return GuardState(rejected, oracle_evals, loss_evals, inner_state=inner.init(params))
 
     def update_fn(updates, state: GuardState, params: Params | None = None, *, value_fn=None, **extra_args):
         if check_loss and (value_fn is None or params is None):
