@@ -549,9 +549,6 @@ def adaptive_runge_kutta(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-_MINIBATCH_OPTIONS = ("pcoeff", "icoeff", "safety", "factormin", "factormax", "max_attempts")
-
-
 def minibatch_adaptive_runge_kutta(
     tableau: ButcherTableau = tableaus.BOSH3,
     *,
@@ -561,7 +558,12 @@ def minibatch_adaptive_runge_kutta(
     dtmin: float,
     dtmax: float,
     smoothing: float = 0.9,
-    **controller_options: Any,
+    pcoeff: float = 0.4,
+    icoeff: float = 0.3,
+    safety: float = 0.9,
+    factormin: float = 0.2,
+    factormax: float = 10.0,
+    max_attempts: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
     """:func:`adaptive_runge_kutta` for a minibatch oracle: step bounds required, growth smoothed.
 
@@ -569,21 +571,15 @@ def minibatch_adaptive_runge_kutta(
     and retries use it); ``dtmin``/``dtmax`` bound the step and ``smoothing``
     damps the batch-to-batch jitter of accepted proposals. The tolerance then
     controls the error of each step along that batch's flow only, not the
-    error against the full-batch flow; see the module docstring.
+    error against the full-batch flow; see the module docstring. The other
+    options are those of :func:`adaptive_runge_kutta`.
     """
     for bound_name, bound in (("dtmin", dtmin), ("dtmax", dtmax)):
         if bound is None:
             raise ValueError(f"minibatch_adaptive_runge_kutta needs a finite step bound {bound_name}.")
-    unknown = sorted(set(controller_options) - set(_MINIBATCH_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"minibatch_adaptive_runge_kutta: unknown option{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(unknown)}; the options are {', '.join(_MINIBATCH_OPTIONS)}"
-            + (" (the controller is PI: it has no derivative term)." if "dcoeff" in unknown else ".")
-        )
     return adaptive_runge_kutta(
-        tableau, learning_rate=learning_rate, rtol=rtol, atol=atol, dtmin=dtmin, dtmax=dtmax,
-        smoothing=smoothing, **controller_options,
+        tableau, learning_rate=learning_rate, rtol=rtol, atol=atol, dtmin=dtmin, dtmax=dtmax, smoothing=smoothing,
+        pcoeff=pcoeff, icoeff=icoeff, safety=safety, factormin=factormin, factormax=factormax, max_attempts=max_attempts,
     )  # fmt: skip
 
 
