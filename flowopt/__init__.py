@@ -22,6 +22,7 @@ from flowopt.adaptive_family import (
 )
 from flowopt.alias import euler, heun, midpoint, ralston, rk3, rk4, rk38, runge_kutta, ssprk3
 from flowopt.alias_multistep import adams_bashforth, backward_euler, bdf
+from flowopt.flax_oracle import NNXObjective, StepOracle, nnx_step_oracle, step_oracle
 from flowopt.guard import GuardState, guard_counts, guard_nonfinite
 from flowopt.integrator import Integrator, IntegratorState, as_optimizer, oracle_evaluations, skipped_steps
 from flowopt.tableau import ButcherTableau
@@ -32,8 +33,9 @@ __all__ = [
     "adaptive_runge_kutta", "adaptive_step", "AdaptiveFlowState", "AdaptiveState", "analysis", "as_optimizer",
     "backward_euler", "bdf", "ButcherTableau", "euler", "guard_counts", "guard_nonfinite", "GuardState",
     "heavy_ball_flow", "heun", "Integrator", "IntegratorState", "midpoint", "minibatch_adaptive_runge_kutta",
-    "nesterov_flow", "oracle_evaluations", "PIController", "ralston", "rk3", "rk38", "rk4", "rmsprop_flow",
-    "runge_kutta", "skipped_steps", "ssprk3", "step_diagnostics", "tableaus", "TrainState",
+    "nesterov_flow", "nnx_step_oracle", "NNXObjective", "oracle_evaluations", "PIController", "ralston", "rk3",
+    "rk38", "rk4", "rmsprop_flow", "runge_kutta", "skipped_steps", "ssprk3", "step_diagnostics", "step_oracle",
+    "StepOracle", "tableaus", "TrainState",
 ]
 
 __version__ = "0.1.0"

@@ -101,19 +101,27 @@ def weight_l2(params: nnx.State) -> jax.Array:
 def make_objective(
     graphdef: nnx.GraphDef, weight_decay: float
 ) -> Callable[[nnx.State, nnx.State, jax.Array, jax.Array], tuple[jax.Array, tuple[jax.Array, nnx.State]]]:
-    """``objective(params, model_state, x, y) -> (f, (logits, new_model_state))`` in training mode."""
+    """``objective(params, model_state, x, y) -> (f, (logits, new_model_state))`` in training mode.
+
+    A pure function (:class:`flowopt.NNXObjective`): ``model_state`` is not
+    mutated, so BatchNorm may update its statistics under ``grad``.
+    """
+    model_objective = flowopt.NNXObjective(graphdef, _training_loss, has_aux=True)
 
     def objective(params, model_state, x, y):
-        # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics under grad.
-        model = nnx.merge(graphdef, params, model_state, copy=True)
-        model.train()
-        logits = model(x)
-        loss = jnp.mean(example_losses(logits, y, models.task_loss(model))) + models.penalty(model)
+        loss, aux = model_objective(params, model_state, (x, y))
         if weight_decay:
             loss = loss + weight_decay * weight_l2(params)
-        return loss, (logits, nnx.split(model, nnx.Param, ...)[2])
+        return loss, aux
 
     return objective
+
+
+def _training_loss(model: nnx.Module, batch: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    x, y = batch
+    model.train()
+    logits = model(x)
+    return jnp.mean(example_losses(logits, y, models.task_loss(model))) + models.penalty(model), logits
 
 
 def _inputs(images: jax.Array, prep: Preprocess, key: jax.Array | None) -> jax.Array:
@@ -139,29 +147,23 @@ def make_train_step(
     """
     objective = make_objective(graphdef, weight_decay)
 
-    def value(model_state, x, y, params):
-        return objective(params, model_state, x, y)[0]
-
     def step(state: RunState, images: jax.Array, labels: jax.Array) -> tuple[RunState, StepMetrics]:
         key = jax.random.fold_in(state.rng, state.step) if prep.augment else None
         x = _inputs(images, prep, key)
-        (loss, (logits, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params, state.model_state, x, labels
-        )
-        value_fn = jax.tree_util.Partial(value, state.model_state, x, labels)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params, value_fn=value_fn)
+        at_params = flowopt.step_oracle(objective, state.params, state.model_state, x, labels, has_aux=True)
+        updates, opt_state = tx.update(at_params.grads, state.opt_state, state.params, value_fn=at_params.value_fn)
         oracle_calls = flowopt.oracle_evaluations(opt_state) - flowopt.oracle_evaluations(state.opt_state)
         new_state = RunState(
             step=state.step + 1,
             grad_evals=state.grad_evals + 1 + oracle_calls,
             params=optax.apply_updates(state.params, updates),
-            model_state=model_state,
+            model_state=at_params.state,
             opt_state=opt_state,
             rng=state.rng,
         )
-        correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+        correct = jnp.sum(jnp.argmax(at_params.aux, -1) == labels)
         skipped = flowopt.skipped_steps(opt_state) > flowopt.skipped_steps(state.opt_state)
-        return new_state, StepMetrics(loss, correct, skipped)
+        return new_state, StepMetrics(at_params.loss, correct, skipped)
 
     replicated = parallel.replicated(mesh)
     return jax.jit(step, out_shardings=(replicated, replicated))
