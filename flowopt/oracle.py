@@ -47,7 +47,9 @@ def resolve_oracle(
         raise ValueError(
             f"{method} evaluates the gradient at intermediate points and needs an "
             "oracle: call update(grads, state, params, value_fn=lambda p: loss(p, batch)) "
-            "or pass grad_fn=."
+            "or pass grad_fn=. Flax's flax.training.train_state.TrainState.apply_gradients does not "
+            "forward an oracle: use flowopt.TrainState and apply_gradients(grads=grads, value_fn=...) (Linen), "
+            "or nnx.Optimizer.update(model, grads, value_fn=...) (NNX; see flowopt.nnx_step_oracle)."
         )
     if params is None:
         raise ValueError(f"{method}: update() needs params to evaluate the oracle.")
