@@ -1,5 +1,7 @@
 """flowopt: numerical integrators of the gradient flow ``θ' = -∇f(θ)`` as optax optimizers."""
 
+import importlib
+
 from flowopt import analysis, tableaus
 from flowopt.adaptive import (
     AdaptiveState,
@@ -35,7 +37,20 @@ __all__ = [
     "heavy_ball_flow", "heun", "Integrator", "IntegratorState", "midpoint", "minibatch_adaptive_runge_kutta",
     "nesterov_flow", "nnx_step_oracle", "NNXObjective", "oracle_evaluations", "PIController", "ralston", "rk3",
     "rk38", "rk4", "rmsprop_flow", "runge_kutta", "skipped_steps", "ssprk3", "step_diagnostics", "step_oracle",
-    "StepOracle", "tableaus", "TrainState",
+    "StepOracle", "tableaus", "training", "TrainState",
 ]
 
 __version__ = "0.1.0"
+
+_LAZY_SUBMODULES = ("training",)  # imported on first access: it loads orbax, tqdm and the data pipeline
+
+
+def __getattr__(name: str):
+    """``flowopt.training`` without ``import flowopt.training``, imported when first used (PEP 562)."""
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"flowopt.{name}")
+    raise AttributeError(f"module 'flowopt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
