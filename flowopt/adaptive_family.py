@@ -535,8 +535,10 @@ def _reference(method: str, learning_rate: optax.ScalarOrSchedule, reference: fl
         if callable(learning_rate):
             with jax.ensure_compile_time_eval():
                 values = jax.vmap(learning_rate)(jnp.arange(REFERENCE_HORIZON, dtype=jnp.int32))
-                peak = jnp.max(jnp.where(jnp.isfinite(values), values, -jnp.inf))
-            if not _is_concrete(peak) or not float(peak) > 0:
+                # The schedule's own value at its peak step: a Python number (a constant schedule)
+                # keeps its precision, so the flow is the one the same float rate gives.
+                peak = learning_rate(jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf)))
+            if not _is_concrete(peak) or not math.isfinite(float(peak)) or not float(peak) > 0:
                 raise ValueError(
                     f"{method}: the schedule has no positive finite value in its first {REFERENCE_HORIZON} steps "
                     "to serve as the reference learning rate; pass reference_learning_rate (the seed's λ)."
@@ -557,9 +559,18 @@ def _sqrt_step(learning_rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
     """The flow step ``s = sqrt(learning_rate)`` of the second-order (momentum) flows."""
     check_learning_rate(learning_rate, allow_zero=True)
     if callable(learning_rate):
-        # A negative rate keeps its sign, so that the fault is reported as such.
-        return lambda count: jnp.sign(value := learning_rate(count)) * jnp.sqrt(jnp.abs(value))
+        return lambda count: _signed_sqrt(learning_rate(count))
     return _sqrt(learning_rate)
+
+
+def _signed_sqrt(value: float | jax.Array) -> float | jax.Array:
+    """``sqrt(|value|)`` with the sign of ``value``, so that a negative rate is reported as a fault.
+
+    A Python number (a constant schedule's value) is taken in double precision, as a float rate is.
+    """
+    if isinstance(value, numbers.Real):
+        return math.copysign(math.sqrt(abs(value)), value)
+    return jnp.sign(value) * jnp.sqrt(jnp.abs(value))
 
 
 def _is_concrete(*values: Any) -> bool:

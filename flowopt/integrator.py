@@ -110,8 +110,12 @@ def check_learning_rate(
 
 
 def step_size(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
-    """The step ``h`` at step ``count``: the schedule's value, or the constant."""
-    return learning_rate(count) if callable(learning_rate) else jnp.asarray(learning_rate)
+    """The step ``h`` at step ``count``: the schedule's value, or the constant, as an array.
+
+    A schedule returning a Python number (``optax.constant_schedule``) gives
+    the array a float rate gives, so the two compute the same steps.
+    """
+    return jnp.asarray(learning_rate(count) if callable(learning_rate) else learning_rate)
 
 
 def checked_step_size(method: str, learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
