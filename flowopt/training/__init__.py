@@ -32,7 +32,8 @@ from flowopt.training.parallel import data_mesh
 from flowopt.training.rundir import RunDirectoryError
 
 __all__ = [
-    "Checkpointer", "CheckpointError", "ConfigError", "DATASET_NAMES", "DataIntegrityError", "DataUnavailableError", "Dataset", "MODELS",
+    "Checkpointer", "CheckpointError", "ConfigError", "DATASET_NAMES", "DataIntegrityError", "DataUnavailableError",
+    "Dataset", "MODELS",
     "RunDirectoryError", "RunResult", "RunState", "TrainConfig", "available_optimizers", "create_model", "data_mesh",
     "evaluate", "iterate_batches", "load_dataset", "make_eval_step", "make_optimizer", "make_train_step",
     "normalize", "random_crop_flip", "synthetic_dataset", "train",
