@@ -250,11 +250,15 @@ def real_loss(params):
 
 def _complex_run(tx, value_fn, params, steps=30):
     # optax's convention: the update direction of a complex parameter is conj(jax.grad).
-    state = tx.init(params)
-    for _ in range(steps):
+    @jax.jit
+    def step(params, state):
         grads = jax.tree.map(jnp.conj, jax.grad(value_fn)(params))
         updates, state = tx.update(grads, state, params, value_fn=value_fn)
-        params = optax.apply_updates(params, updates)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    for _ in range(steps):
+        params, state = step(params, state)
     return params
 
 
