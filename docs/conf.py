@@ -41,6 +41,7 @@ extensions = [
     "check_public_api",
     "reexports",
     "results_gallery",
+    "registry_table",
 ]
 
 exclude_patterns = ["_build", "jupyter_execute", "**.ipynb_checkpoints"]

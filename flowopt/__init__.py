@@ -2,7 +2,7 @@
 
 import importlib
 
-from flowopt import analysis, tableaus
+from flowopt import analysis, registry, tableaus
 from flowopt.adaptive import (
     AdaptiveState,
     PIController,
@@ -35,9 +35,9 @@ __all__ = [
     "adaptive_runge_kutta", "adaptive_step", "AdaptiveFlowState", "AdaptiveState", "analysis", "as_optimizer",
     "backward_euler", "bdf", "ButcherTableau", "euler", "guard_counts", "guard_nonfinite", "GuardState",
     "heavy_ball_flow", "heun", "Integrator", "IntegratorState", "midpoint", "minibatch_adaptive_runge_kutta",
-    "nesterov_flow", "nnx_step_oracle", "NNXObjective", "oracle_evaluations", "PIController", "ralston", "rk3",
-    "rk38", "rk4", "rmsprop_flow", "runge_kutta", "skipped_steps", "ssprk3", "step_diagnostics", "step_oracle",
-    "StepOracle", "tableaus", "training", "TrainState",
+    "nesterov_flow", "nnx_step_oracle", "NNXObjective", "oracle_evaluations", "PIController", "ralston", "registry",
+    "rk3", "rk38", "rk4", "rmsprop_flow", "runge_kutta", "skipped_steps", "ssprk3", "step_diagnostics",
+    "step_oracle", "StepOracle", "tableaus", "training", "TrainState",
 ]
 
 __version__ = "0.1.0"

@@ -1,0 +1,267 @@
+"""Every flowopt optimizer constructor by name, with its cost per step and hyperparameters that train.
+
+:data:`OPTIMIZERS` maps the name of each public constructor (``"rk4"``,
+``"bdf"``, ``"guard_nonfinite"``, ...) to an :class:`OptimizerEntry`: the
+constructor, a one-line description, the gradient evaluations one ``update``
+costs and whether it calls the oracle (both as functions of the constructor's
+arguments), and a set of arguments that converges on small test problems.
+The contract tests run over every entry, and a public constructor without
+one fails them.
+
+Example::
+
+    from flowopt.registry import OPTIMIZERS
+
+    OPTIMIZERS["rk4"].gradients_per_step()                           # 4
+    OPTIMIZERS["bdf"].gradients_per_step(order=2, inner_steps=3)     # 4
+    tx = OPTIMIZERS["heun"].build(learning_rate=0.1)
+
+**Cost.** A step's gradient evaluations are the incoming gradient plus the
+oracle calls, as counted by :func:`flowopt.oracle_evaluations`. For
+:func:`~flowopt.adaptive_runge_kutta` the figure is per attempt: an update
+that retries makes ``s - 1`` further calls per extra attempt. The multistep
+methods' figures are for the steps after their start-up (BDF's start-up and
+Adams–Bashforth's Runge–Kutta start-up steps cost more), and BDF with an
+``inner_tolerance`` may stop its inner solve early, so its figure is a bound.
+Wrappers (:func:`~flowopt.guard_nonfinite`, :func:`~flowopt.as_optimizer`)
+cost what the wrapped optimizer or integrator does: their figure is ``None``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optax
+
+from flowopt import tableaus
+from flowopt.adaptive import adaptive_runge_kutta, attempt_oracle_calls, minibatch_adaptive_runge_kutta
+from flowopt.adaptive_family import adagrad_flow, adam_flow, adaptive_flow, heavy_ball_flow, nesterov_flow, rmsprop_flow
+from flowopt.alias import euler, heun, midpoint, ralston, rk3, rk4, rk38, runge_kutta, ssprk3
+from flowopt.alias_multistep import adams_bashforth, backward_euler, bdf
+from flowopt.explicit import explicit_runge_kutta, oracle_calls
+from flowopt.guard import guard_nonfinite
+from flowopt.integrator import as_optimizer
+from flowopt.tableau import ButcherTableau
+
+Arguments = Mapping[str, Any]
+"""A constructor's arguments by name, defaults included."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OptimizerEntry:
+    """One optimizer constructor and what a caller needs to know to use and compare it.
+
+    Attributes:
+      name: the constructor's public name (``flowopt.<name>``).
+      constructor: returns an ``optax.GradientTransformationExtraArgs``.
+      description: one line: the method and its equation or source.
+      cost: ``arguments -> gradient evaluations per update`` (``None`` when
+        the arguments do not determine it); see the module docstring.
+      cost_formula: the same in words, as the API pages show it.
+      oracle: ``arguments -> whether update() needs value_fn or grad_fn``
+        (``None`` when the arguments do not determine it).
+      test_arguments: arguments with which the optimizer converges on the
+        contract tests' problems (a parabola, Rosenbrock's function, a matrix
+        parabola, mixed-shape tensors, a complex parabola) in float32.
+      static_args: the arguments ``optax.inject_hyperparams`` must treat as
+        static (integers that fix the structure of the update).
+    """
+
+    name: str
+    constructor: Callable[..., optax.GradientTransformation]
+    description: str
+    cost: Callable[[Arguments], int | None]
+    cost_formula: str
+    oracle: Callable[[Arguments], bool | None]
+    test_arguments: Arguments
+    static_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "test_arguments", types.MappingProxyType(dict(self.test_arguments)))
+
+    def arguments(self, **arguments: Any) -> dict[str, Any]:
+        """``arguments`` bound to the constructor's signature with its defaults filled in.
+
+        Raises:
+          ValueError: if the constructor takes no argument of one of the given names.
+        """
+        try:
+            bound = inspect.signature(self.constructor).bind_partial(**arguments)
+        except TypeError as error:
+            raise ValueError(f"{self.name}: {error}") from None
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def gradients_per_step(self, **arguments: Any) -> int | None:
+        """Gradient evaluations of one update built with ``arguments`` (the incoming gradient included).
+
+        Raises:
+          ValueError: if an argument the cost depends on (``order`` does not,
+            ``inner_steps`` does) is missing, or the constructor does not take one given.
+        """
+        return self._evaluate(self.cost, arguments)
+
+    def needs_oracle(self, **arguments: Any) -> bool | None:
+        """Whether ``update`` of the optimizer built with ``arguments`` needs ``value_fn`` or ``grad_fn``."""
+        return self._evaluate(self.oracle, arguments)
+
+    def build(self, **overrides: Any) -> optax.GradientTransformation:
+        """The optimizer with :attr:`test_arguments`, updated by ``overrides``."""
+        return self.constructor(**{**self.test_arguments, **overrides})
+
+    def _evaluate(self, rule: Callable[[Arguments], Any], arguments: dict[str, Any]) -> Any:
+        bound = self.arguments(**arguments)
+        try:
+            return rule(bound)
+        except KeyError as error:
+            raise ValueError(f"{self.name}: this depends on the argument {error.args[0]}; pass it.") from None
+
+
+def _stages(tableau: ButcherTableau, *, embedded: bool = False) -> int:
+    """Gradient evaluations of one step of ``tableau``: its stages that a weight uses.
+
+    With ``embedded`` the error weights count too (an adaptive attempt).
+    """
+    return 1 + (attempt_oracle_calls(tableau) if embedded else oracle_calls(tableau, (tableau.b,)))
+
+
+def _flow_stages(arguments: Arguments) -> int:
+    integrator = arguments["integrator"]
+    return 1 if integrator is None else _stages(integrator)
+
+
+def _flow_oracle(arguments: Arguments) -> bool:
+    return _flow_stages(arguments) > 1
+
+
+def _named_runge_kutta(constructor: Callable[..., optax.GradientTransformation], tableau: ButcherTableau,
+                       description: str, learning_rate: float) -> OptimizerEntry:
+    count = _stages(tableau)
+    return OptimizerEntry(
+        name=constructor.__name__, constructor=constructor, description=description,
+        cost=lambda arguments: count, cost_formula=str(count), oracle=lambda arguments: count > 1,
+        test_arguments={"learning_rate": learning_rate},
+    )  # fmt: skip
+
+
+_FLOW_COST = "1 (Euler), else the stages of integrator"
+_EXPLICIT_RATE = 2e-3  # below 2/L on Rosenbrock's function (L ≈ 1002 at its minimum)
+
+_ENTRIES = (
+    _named_runge_kutta(euler, tableaus.EULER, "Forward Euler: gradient descent, identical to optax.sgd.", _EXPLICIT_RATE),
+    _named_runge_kutta(heun, tableaus.HEUN, "Heun's two-stage method, order 2.", _EXPLICIT_RATE),
+    _named_runge_kutta(ralston, tableaus.RALSTON, "Ralston's two-stage method, order 2.", _EXPLICIT_RATE),
+    _named_runge_kutta(midpoint, tableaus.MIDPOINT, "Explicit midpoint, order 2.", _EXPLICIT_RATE),
+    _named_runge_kutta(rk3, tableaus.RK3, "Kutta's third-order method.", _EXPLICIT_RATE),
+    _named_runge_kutta(ssprk3, tableaus.SSPRK3, "Strong-stability-preserving RK3 (Shu & Osher).", _EXPLICIT_RATE),
+    _named_runge_kutta(rk4, tableaus.RK4, "Classical fourth-order Runge–Kutta.", _EXPLICIT_RATE),
+    _named_runge_kutta(rk38, tableaus.RK38, "Kutta's 3/8 rule, order 4.", _EXPLICIT_RATE),
+    OptimizerEntry(
+        name="runge_kutta", constructor=runge_kutta,
+        description="Fixed-step explicit Runge–Kutta of any ButcherTableau.",
+        cost=lambda arguments: _stages(arguments["tableau"]), cost_formula="stages of tableau that its weights use",
+        oracle=lambda arguments: _stages(arguments["tableau"]) > 1,
+        test_arguments={"tableau": tableaus.DOPRI5, "learning_rate": _EXPLICIT_RATE},
+    ),
+    OptimizerEntry(
+        name="adaptive_runge_kutta", constructor=adaptive_runge_kutta,
+        description="Embedded Runge–Kutta pair with a PI step-size controller and step rejection.",
+        cost=lambda arguments: _stages(arguments["tableau"], embedded=True),
+        cost_formula="stages s of tableau per attempt: 1 + (s - 1) × attempts",
+        oracle=lambda arguments: True,
+        test_arguments={"tableau": tableaus.BOSH3, "learning_rate": 1e-3, "rtol": 1e-3, "atol": 1e-6},
+        static_args=("max_attempts",),
+    ),
+    OptimizerEntry(
+        name="minibatch_adaptive_runge_kutta", constructor=minibatch_adaptive_runge_kutta,
+        description="adaptive_runge_kutta for minibatch oracles: step bounds required, growth smoothed.",
+        cost=lambda arguments: _stages(arguments["tableau"], embedded=True),
+        cost_formula="stages s of tableau per attempt: 1 + (s - 1) × attempts",
+        oracle=lambda arguments: True,
+        test_arguments={
+            "tableau": tableaus.HEUN_EULER, "learning_rate": 1e-3, "rtol": 1e-3, "atol": 1e-6,
+            "dtmin": 1e-4, "dtmax": 1e-2,
+        },
+        static_args=("max_attempts",),
+    ),
+    OptimizerEntry(
+        name="adams_bashforth", constructor=adams_bashforth,
+        description="Explicit Adams–Bashforth of order 1–4 on stored gradients.",
+        cost=lambda arguments: 1, cost_formula="1 (start-up steps: those of a Runge–Kutta method of that order)",
+        oracle=lambda arguments: arguments["startup"] == "high_order" and arguments["order"] > 1,
+        test_arguments={"order": 2, "learning_rate": 8e-4},
+        static_args=("order",),
+    ),
+    OptimizerEntry(
+        name="backward_euler", constructor=backward_euler,
+        description="Approximate backward Euler: a proximal-point step solved by inner gradient steps.",
+        cost=lambda arguments: 1 + arguments["inner_steps"], cost_formula="1 + inner_steps",
+        oracle=lambda arguments: True,
+        test_arguments={"learning_rate": 0.05, "inner_steps": 3},
+        static_args=("inner_steps",),
+    ),
+    OptimizerEntry(
+        name="bdf", constructor=bdf,
+        description="Approximate BDF of order 1–6 (Huang et al.), solved by inner gradient steps.",
+        cost=lambda arguments: 1 + arguments["inner_steps"], cost_formula="1 + inner_steps (start-up steps: more)",
+        oracle=lambda arguments: True,
+        test_arguments={"order": 2, "learning_rate": 0.05, "inner_steps": 3},
+        static_args=("order", "inner_steps"),
+    ),
+    OptimizerEntry(
+        name="adaptive_flow", constructor=adaptive_flow,
+        description="The adaptive-algorithm ODE θ' = -m/√(v+ε), m' = h∇f - rm, v' = p∇f² - qv.",
+        cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
+        test_arguments={"h": 1.0, "r": 1.0, "p": 1.0, "q": 1.0, "learning_rate": 1e-2, "integrator": tableaus.HEUN},
+    ),
+    OptimizerEntry(
+        name="adam_flow", constructor=adam_flow,
+        description="Adam's flow; its Euler scheme is optax.adam with ε inside the square root.",
+        cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
+        test_arguments={"learning_rate": 1e-2},
+    ),
+    OptimizerEntry(
+        name="rmsprop_flow", constructor=rmsprop_flow,
+        description="RMSProp's flow; its Euler scheme is optax.rmsprop (ε inside the square root).",
+        cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
+        test_arguments={"learning_rate": 3e-3},
+    ),
+    OptimizerEntry(
+        name="adagrad_flow", constructor=adagrad_flow,
+        description="AdaGrad's flow; its Euler scheme is optax.adagrad.",
+        cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
+        test_arguments={"learning_rate": 0.5},
+    ),
+    OptimizerEntry(
+        name="heavy_ball_flow", constructor=heavy_ball_flow,
+        description="Polyak's heavy ball θ'' + γθ' + ∇f = 0; its Euler scheme is optax.sgd with momentum.",
+        cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
+        test_arguments={"learning_rate": 1e-3},
+    ),
+    OptimizerEntry(
+        name="nesterov_flow", constructor=nesterov_flow,
+        description="Su–Boyd–Candès's Nesterov ODE θ'' + (r₀/t)θ' + ∇f = 0.",
+        cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
+        test_arguments={"learning_rate": 1e-3},
+    ),
+    OptimizerEntry(
+        name="guard_nonfinite", constructor=guard_nonfinite,
+        description="Wraps an optimizer: a step with a non-finite stage or result is rejected and counted.",
+        cost=lambda arguments: None, cost_formula="that of inner", oracle=lambda arguments: None,
+        test_arguments={"inner": rk4(_EXPLICIT_RATE)},
+    ),
+    OptimizerEntry(
+        name="as_optimizer", constructor=as_optimizer,
+        description="Wraps a pure Integrator step as an optax transformation.",
+        cost=lambda arguments: None, cost_formula="that of integrator",
+        oracle=lambda arguments: arguments["integrator"].needs_oracle,
+        test_arguments={"integrator": explicit_runge_kutta(tableaus.RALSTON), "learning_rate": _EXPLICIT_RATE},
+    ),
+)
+
+OPTIMIZERS: Mapping[str, OptimizerEntry] = types.MappingProxyType({entry.name: entry for entry in _ENTRIES})
+"""Every public optimizer constructor of flowopt by name (read-only)."""
