@@ -184,8 +184,8 @@ class ButcherTableau:
       b: ``(s,)`` weights of the propagated solution (order ``order``).
       c: ``(s,)`` nodes, equal to the row sums of ``a``.
       order: the classical order, checked against all order conditions; at
-        most :data:`MAX_ORDER` and within Butcher's barriers for ``s`` stages
-        (see :func:`min_stages`).
+        most ``MAX_ORDER`` (14) and within Butcher's barriers for ``s`` stages
+        (see ``flowopt.tableau.min_stages``).
       b_error: optional ``(s,)`` error weights ``b - b̂`` of an embedded method
         ``b̂`` of order ``embedded_order``; they sum to zero and must give an
         error estimate that is not identically zero.

@@ -224,7 +224,7 @@ class Checkpointer:
 
         Without ``step``, a checkpoint that cannot be read or fails its checksums
         is skipped with a warning and the next older one is tried; the skipped
-        steps are listed in :attr:`skipped` (see :meth:`quarantine`).
+        steps are listed in the attribute ``skipped`` (see :meth:`quarantine`).
 
         Raises:
           CheckpointError: no checkpoint (or not the given step) could be restored and verified.
