@@ -513,13 +513,14 @@ def adaptive_runge_kutta(
         *,
         value_fn: Callable[[Params], jax.Array] | None = None,
         grad_fn: GradFn | None = None,
+        full_params: Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, AdaptiveState]:
         del extra_args
         check_updates_match(name, updates, params)
         if value_fn is not None:
             value_fn = flag_nonfinite_loss(value_fn)
-        oracle = resolve_oracle(name, params, value_fn, grad_fn)
+        oracle = resolve_oracle(name, params, value_fn, grad_fn, full_params=full_params)
 
         def attempt(carry: tuple[AdaptiveStep, jax.Array, jax.Array]) -> tuple[AdaptiveStep, jax.Array, jax.Array]:
             previous, tries, nonfinite = carry

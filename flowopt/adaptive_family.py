@@ -206,12 +206,13 @@ def adaptive_flow(
         *,
         value_fn: Callable[[Params], jax.Array] | None = None,
         grad_fn: GradFn | None = None,
+        full_params: Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, AdaptiveFlowState]:
         del extra_args
         check_updates_match(name, updates, params)
         check_state_matches(name, state, init_fn, params)
-        oracle = resolve_oracle(name, params, value_fn, grad_fn, required=calls > 0)
+        oracle = resolve_oracle(name, params, value_fn, grad_fn, required=calls > 0, full_params=full_params)
         h = checked_step_size(name, learning_rate, state.count)
         s = jnp.asarray(h, state.t.dtype)
         first = state.taken == 0

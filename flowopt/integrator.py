@@ -187,8 +187,10 @@ def as_optimizer(
 ) -> optax.GradientTransformationExtraArgs:
     """Wrap an :class:`Integrator` as an optax transformation with step ``h = learning_rate``.
 
-    ``update(grads, state, params, value_fn=..., grad_fn=..., **ignored)``
+    ``update(grads, state, params, value_fn=..., grad_fn=..., full_params=..., **ignored)``
     returns the increment ``θ_{n+1} - θ_n``: add it with ``optax.apply_updates``.
+    ``full_params`` is needed inside ``optax.masked`` and
+    ``optax.multi_transform`` only (see :func:`flowopt.oracle.resolve_oracle`).
     """
     check_learning_rate(learning_rate, allow_zero=True)
 
@@ -207,12 +209,15 @@ def as_optimizer(
         *,
         value_fn: Callable[[Params], jax.Array] | None = None,
         grad_fn: GradFn | None = None,
+        full_params: Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, IntegratorState]:
         del extra_args
         check_updates_match(integrator.name, updates, params)
         check_state_matches(integrator.name, state, init_fn, params)
-        oracle = resolve_oracle(integrator.name, params, value_fn, grad_fn, required=integrator.needs_oracle)
+        oracle = resolve_oracle(
+            integrator.name, params, value_fn, grad_fn, required=integrator.needs_oracle, full_params=full_params
+        )
         h = checked_step_size(integrator.name, learning_rate, state.count)
         increment, stage_state, calls = integrator.step(oracle, params, updates, h, state.stage_state)
         increment, stage_state, _, fault = commit_step(h, increment, stage_state, state.stage_state)

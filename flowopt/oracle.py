@@ -3,12 +3,23 @@
 flowopt follows optax's convention for extra arguments to ``update``: the
 caller passes ``value_fn`` (params -> scalar loss, differentiated here) or
 ``grad_fn`` (params -> gradient pytree, for custom gradients), never both.
+
+**Masked parameters.** ``optax.masked`` and ``optax.multi_transform``
+(``optax.partition``) give the transformation they wrap only its part of the
+parameters: the other leaves of ``params`` are ``optax.MaskedNode``
+placeholders, while the oracle is a function of all of them. The caller then
+passes the full parameters too, ``update(grads, state, params, value_fn=...,
+full_params=params)``, and the oracle evaluates ``f`` at the point whose
+masked-out leaves are held at their values in ``full_params``: the
+integrator follows the flow of its own leaves, ``θ_a' = -∇_a f(θ_a, θ_b)``
+with ``θ_b`` fixed during the step, and the gradient it sees has the masked
+layout of ``params``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,14 +37,21 @@ def resolve_oracle(
     grad_fn: GradFn | None,
     *,
     required: bool = True,
+    full_params: Params | None = None,
 ) -> GradFn | None:
     """Turn the ``value_fn``/``grad_fn`` keyword arguments into a checked gradient oracle.
 
     With ``required=False`` (a method that makes no oracle calls) the result
     is ``None``, after the same check that not both oracles are given.
 
+    When ``params`` holds ``optax.MaskedNode`` leaves, the oracle takes and
+    returns pytrees of that masked layout; ``full_params`` (the whole
+    parameter pytree) supplies the masked-out leaves, see the module
+    docstring. Otherwise ``full_params`` is ignored.
+
     Raises:
       ValueError: if both or (when required) neither oracle is given, if ``params`` is missing,
+        if ``params`` is masked and ``full_params`` is missing or does not fit it,
         or (when the oracle is first called) if ``value_fn`` is not scalar or
         the oracle's output does not match the structure of ``params``.
     """
@@ -53,16 +71,76 @@ def resolve_oracle(
         )
     if params is None:
         raise ValueError(f"{method}: update() needs params to evaluate the oracle.")
+    embedding = _masked_embedding(method, params, full_params) if has_masked_leaves(params) else None
     if value_fn is not None:
         if not callable(value_fn):
             raise ValueError(f"{method}: value_fn must be a callable params -> scalar loss, got {type(value_fn).__name__}.")
-        differentiate = jax.grad(_scalar_checked(method, value_fn))
+        loss = value_fn if embedding is None else lambda p: value_fn(embedding.embed(p))
+        differentiate = jax.grad(_scalar_checked(method, loss))
         gradient = lambda p: jax.tree.map(conjugate_if_complex, differentiate(p))
     else:
         if not callable(grad_fn):
             raise ValueError(f"{method}: grad_fn must be a callable params -> gradient pytree, got {type(grad_fn).__name__}.")
         gradient = grad_fn
+        if embedding is not None:
+            full_gradient = _structure_checked(method, grad_fn, full_params)
+            gradient = lambda p: embedding.restrict(full_gradient(embedding.embed(p)))
     return _structure_checked(method, gradient, params)
+
+
+def _is_masked(node: Any) -> bool:
+    return isinstance(node, optax.MaskedNode)
+
+
+def has_masked_leaves(params: Params) -> bool:
+    """Whether ``params`` holds ``optax.MaskedNode`` placeholders (it came through ``optax.masked``)."""
+    return any(_is_masked(node) for node in jax.tree.leaves(params, is_leaf=_is_masked))
+
+
+class _Embedding(NamedTuple):
+    """``embed`` fills the masked-out places of a masked pytree from the full parameters; ``restrict`` masks them again."""
+
+    embed: Callable[[Params], Params]
+    restrict: Callable[[Params], Params]
+
+
+def _masked_embedding(method: str, params: Params, full_params: Params | None) -> _Embedding:
+    """The maps between the masked layout of ``params`` and the full layout of ``full_params``, after checking the latter."""
+    if full_params is None:
+        raise ValueError(
+            f"{method}: params hold optax.MaskedNode placeholders: this optimizer runs inside optax.masked or "
+            "optax.multi_transform (optax.partition), which give it only its own part of the parameters, but the "
+            "oracle evaluates the loss on all of them. Pass the full parameters too: "
+            "update(grads, state, params, value_fn=..., full_params=params)."
+        )
+    if has_masked_leaves(full_params):
+        raise ValueError(
+            f"{method}: full_params hold optax.MaskedNode placeholders too: it was masked on its way in "
+            "(optax.masked or optax.multi_transform with mask_compatible_extra_args=True masks every extra "
+            "argument shaped like params). Leave mask_compatible_extra_args at False to pass full_params whole."
+        )
+    layout = jax.tree.structure(params, is_leaf=_is_masked)
+    try:
+        parts = layout.flatten_up_to(full_params)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"{method}: full_params has structure {jax.tree.structure(full_params)}, which does not contain the "
+            f"masked params' structure {layout}; pass the whole parameter pytree the mask was built for."
+        ) from None
+    for (path, leaf), part in zip(jax.tree_util.tree_leaves_with_path(params, is_leaf=_is_masked), parts):
+        if not _is_masked(leaf) and jnp.shape(part) != jnp.shape(leaf):
+            raise ValueError(
+                f"{method}: full_params{jax.tree_util.keystr(path)} has shape {jnp.shape(part)}, the parameter it "
+                f"holds has shape {jnp.shape(leaf)}; pass the parameters of this step."
+            )
+
+    def embed(sub: Params) -> Params:
+        return jax.tree.map(lambda s, f: f if _is_masked(s) else s, sub, full_params, is_leaf=_is_masked)
+
+    def restrict(full: Params) -> Params:
+        return jax.tree.map(lambda s, f: s if _is_masked(s) else f, params, full, is_leaf=_is_masked)
+
+    return _Embedding(embed, restrict)
 
 
 def conjugate_if_complex(gradient: jax.Array) -> jax.Array:
