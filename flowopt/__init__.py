@@ -29,12 +29,14 @@ from flowopt.guard import GuardState, guard_counts, guard_nonfinite
 from flowopt.integrator import Integrator, IntegratorState, as_optimizer, oracle_evaluations, skipped_steps
 from flowopt.tableau import ButcherTableau
 from flowopt.train_state import TrainState
+from flowopt.wrappers import AccumulatedOracle, CheckOracleState, accumulated_oracle, check_oracle, lookahead
 
 __all__ = [
-    "adagrad_flow", "adam_coefficient", "adam_flow", "adam_flow_converges", "adams_bashforth", "adaptive_flow",
-    "adaptive_runge_kutta", "adaptive_step", "AdaptiveFlowState", "AdaptiveState", "analysis", "as_optimizer",
-    "backward_euler", "bdf", "ButcherTableau", "euler", "guard_counts", "guard_nonfinite", "GuardState",
-    "heavy_ball_flow", "heun", "Integrator", "IntegratorState", "midpoint", "minibatch_adaptive_runge_kutta",
+    "accumulated_oracle", "AccumulatedOracle", "adagrad_flow", "adam_coefficient", "adam_flow",
+    "adam_flow_converges", "adams_bashforth", "adaptive_flow", "adaptive_runge_kutta", "adaptive_step",
+    "AdaptiveFlowState", "AdaptiveState", "analysis", "as_optimizer", "backward_euler", "bdf", "ButcherTableau",
+    "check_oracle", "CheckOracleState", "euler", "guard_counts", "guard_nonfinite", "GuardState", "heavy_ball_flow",
+    "heun", "Integrator", "IntegratorState", "lookahead", "midpoint", "minibatch_adaptive_runge_kutta",
     "nesterov_flow", "nnx_step_oracle", "NNXObjective", "oracle_evaluations", "PIController", "ralston", "registry",
     "rk3", "rk38", "rk4", "rmsprop_flow", "runge_kutta", "skipped_steps", "ssprk3", "step_diagnostics",
     "step_oracle", "StepOracle", "tableaus", "training", "TrainState",

@@ -179,7 +179,7 @@ def guard_nonfinite(
         the constructor ``flowopt.rk4`` instead of ``flowopt.rk4(0.5)``) or
         ``check_loss`` is not a bool.
     """
-    _check_transformation(inner)
+    _check_transformation(inner, "guard_nonfinite")
     if not isinstance(check_loss, (bool, np.bool_)):
         raise ValueError(f"guard_nonfinite: check_loss must be True or False, got {check_loss!r}.")
     inner = optax.with_extra_args_support(inner)
@@ -188,7 +188,8 @@ def guard_nonfinite(
     )
 
 
-def _check_transformation(inner: Any) -> None:
+def _check_transformation(inner: Any, wrapper: str, argument: str = "inner") -> None:
+    """Raise ``ValueError`` naming ``wrapper`` and ``argument`` unless ``inner`` is an optax transformation."""
     if isinstance(inner, optax.GradientTransformation) or (
         callable(getattr(inner, "init", None)) and callable(getattr(inner, "update", None))
     ):
@@ -198,7 +199,7 @@ def _check_transformation(inner: Any) -> None:
         name = getattr(inner, "__name__", type(inner).__name__)
         hint = f" ({name} is a function: call it to build the optimizer, e.g. {name}(learning_rate))"
     raise ValueError(
-        "guard_nonfinite: inner must be an optax GradientTransformation (with init and update), "
+        f"{wrapper}: {argument} must be an optax GradientTransformation (with init and update), "
         f"got {inner!r}{hint}."
     )
 
