@@ -65,6 +65,9 @@ class TrainState(train_state.TrainState):
         ``ValueError`` otherwise, instead of a silent broadcast or integer
         truncation by ``optax.apply_updates``). Complex parameters follow
         optax's convention: pass ``conj(jax.grad(loss))`` as ``grads``.
+        ``tx.update`` also receives ``full_params=self.params`` (unless
+        ``extra_args`` gives it), so an integrator inside ``optax.masked`` or
+        ``optax.multi_transform`` has the parameters its oracle needs.
         """
         extra_args = {} if extra_args is None else extra_args
         if not isinstance(extra_args, dict):
@@ -83,7 +86,9 @@ class TrainState(train_state.TrainState):
         check_updates_match(_APPLY, grads, self.params)
         tx = optax.with_extra_args_support(self.tx)  # a plain GradientTransformation ignores the oracle
         try:
-            updates, opt_state = tx.update(grads, self.opt_state, self.params, **oracle, **extra_args)
+            updates, opt_state = tx.update(
+                grads, self.opt_state, self.params, **oracle, **({"full_params": self.params} | extra_args)
+            )
         except ValueError as error:
             if oracle or "value_fn" in extra_args or "grad_fn" in extra_args or "needs an oracle" not in str(error):
                 raise

@@ -123,8 +123,9 @@ def check_oracle(
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: Params) -> CheckOracleState:
-        zero = jnp.zeros([], jnp.int32)
-        return CheckOracleState(zero, zero, jnp.zeros([], jnp.float32), inner.init(params))
+        # A buffer per count: a state donated to a jitted step must not hold one buffer twice.
+        oracle_evals, mismatches = (jnp.zeros([], jnp.int32) for _ in range(2))
+        return CheckOracleState(oracle_evals, mismatches, jnp.zeros([], jnp.float32), inner.init(params))
 
     def update_fn(
         updates: optax.Updates,

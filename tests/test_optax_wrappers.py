@@ -201,6 +201,13 @@ def test_multi_transform_rk4_and_sgd_on_a_separable_quadratic_is_exact():
     np.testing.assert_allclose(np.asarray(p["b"]), np.asarray(_P0["b"]) * (1 - eta * lam_b) ** 5, rtol=1e-6)
 
 
+def test_train_state_passes_full_params():
+    tx = optax.multi_transform({"integrator": flowopt.rk4(0.1), "other": optax.set_to_zero()}, _LABELS)
+    state = flowopt.TrainState.create(apply_fn=_coupled, params=_P0, tx=tx)
+    state = state.apply_gradients(grads=jax.grad(_coupled)(state.params), value_fn=_coupled)
+    np.testing.assert_allclose(np.asarray(state.params["a"]), np.asarray(_sub_problem_steps(_ROUTES["rk4"], 1)), rtol=1e-6)
+
+
 def test_masked_full_params_that_do_not_fit_are_named():
     tx = optax.masked(flowopt.rk4(0.1), {"a": True, "b": False})
     grads, state = jax.grad(_coupled)(_P0), tx.init(_P0)
