@@ -4,13 +4,15 @@
     python benchmarks/run.py --quick         # a tiny run (seconds), as the tests do
     python benchmarks/run.py --gpu-size      # every model at batch 32–1024, up to 10⁸ parameters
     python benchmarks/run.py --only rk4-overhead   # RK4 / (4 × SGD step) on the MLP and CNN
+    python benchmarks/run.py --only implicit       # backward Euler, BDF2 / RK4 on the CNN
 
 Sections: 1. step-time overhead of each integrator against one SGD step per
 gradient evaluation; 2. anchors against optax (Euler vs SGD, adam_flow vs
 Adam) and diffrax (fixed and adaptive Heun/Bosh3/Dopri5); 3. peak memory per
 step and compile time; 4. scaling with parameters and with gradient
-evaluations per step; 5. data parallelism on 8 host CPU devices. Every figure
-is a ratio of times measured in this run; see docs/performance.md.
+evaluations per step; 5. data parallelism on 8 host CPU devices; 6. backward
+Euler and BDF2 against RK4 at 4 gradients per step. Every figure is a ratio of
+times measured in this run; see docs/performance.md.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import diffrax_anchor, memory, multidevice, overhead, scaling  # noqa: E402
+from benchmarks import diffrax_anchor, implicit, memory, multidevice, overhead, scaling  # noqa: E402
 from benchmarks.report import Report, hardware  # noqa: E402
 
-SECTIONS = ("overhead", "diffrax", "memory", "scaling", "multidevice", "rk4-overhead")
+SECTIONS = ("overhead", "diffrax", "memory", "scaling", "multidevice", "implicit", "rk4-overhead")
 DEFAULT_SECTIONS = SECTIONS[:-1]
+SOLO_TAGS = {"rk4-overhead": "-rk4", "implicit": "-implicit"}  # a single section's own table
 INTEGRATORS = ("euler", "heun", "rk4", "bosh3-adaptive")
 STAGE_METHODS = ("euler", "heun", "rk3", "rk4", "dopri5-fixed")
+IMPLICIT_METHODS = ("backward_euler", "bdf2")
 MEMORY_METHODS = ("optax.sgd", "euler", "heun", "rk4", "dopri5-fixed", "bosh3-adaptive", "optax.adam", "adam_flow")
 
 
@@ -44,6 +48,7 @@ def configs(size: str) -> dict:
             scaling=scaling.Config((10**3, 10**4), 2, "logreg", 32, ("euler", "heun"), (), 3, 0.01),
             multidevice=multidevice.Config(2, "logreg", 32, 2, 2, 0.01),
             rk4_overhead=overhead.Config({"logreg": (32,)}, ("rk4",), (), 3, 0.01),
+            implicit=implicit.Config("logreg", 32, IMPLICIT_METHODS, 3, 0.01),
         )  # fmt: skip
     if size == "cpu":
         return dict(
@@ -56,6 +61,7 @@ def configs(size: str) -> dict:
             scaling=scaling.Config(tuple(10**k for k in range(3, 8)), 3, "mlp", 128, STAGE_METHODS, (1, 2, 4, 8), 9, 0.06),
             multidevice=multidevice.Config(8, "mlp", 256, 3, 3, 0.03),
             rk4_overhead=overhead.Config({"mlp": (128,), "cnn": (128,)}, ("rk4",), (), 7, 0.05),
+            implicit=implicit.Config("cnn", 128, IMPLICIT_METHODS, 7, 0.5),
         )  # fmt: skip
     batches = (32, 128, 512, 1024)
     return dict(
@@ -68,6 +74,7 @@ def configs(size: str) -> dict:
         scaling=scaling.Config(tuple(10**k for k in range(3, 9)), 3, "mlp", 1024, STAGE_METHODS, (1, 2, 4, 8), 10, 0.02),
         multidevice=multidevice.Config(8, "mlp", 256, 3, 3, 0.02),
         rk4_overhead=overhead.Config({"mlp": (128,), "cnn": (128,)}, ("rk4",), (), 10, 0.02),
+        implicit=implicit.Config("cnn", 128, IMPLICIT_METHODS, 10, 0.02),
     )  # fmt: skip
 
 
@@ -85,8 +92,8 @@ def main(argv: list[str] | None = None) -> Report:
     size_name = "quick" if args.quick else "gpu" if args.gpu_size else "cpu"
     config = configs(size_name)
     header = hardware() | {"size": size_name, "date": datetime.date.today().isoformat()}
-    if args.only == ["rk4-overhead"]:
-        header["tag"] += "-rk4"
+    if args.only and len(args.only) == 1 and args.only[0] in SOLO_TAGS:
+        header["tag"] += SOLO_TAGS[args.only[0]]
     report = Report(args.output, header, append=args.append)
     print(f"# {header['name']}, jax {header['jax']}, size {size_name}", flush=True)
     compile_seconds: dict = {}
@@ -104,6 +111,8 @@ def main(argv: list[str] | None = None) -> Report:
             scaling.run(config["scaling"], report)
         elif section == "multidevice":
             multidevice.run(config["multidevice"], report)
+        elif section == "implicit":
+            implicit.run(config["implicit"], report)
         print(f"# {section}: {time.perf_counter() - start:.0f} s", flush=True)
     report.write()
     print(f"\nwrote {report.csv_path} and {report.md_path}\n")

@@ -19,7 +19,7 @@ def test_quick_run_writes_csv_and_markdown(quick_report):
     with open(quick_report.csv_path) as f:
         rows = list(csv.DictReader(f))
     sections = {row["section"].split(".")[0] for row in rows}
-    assert {"1", "2b", "3", "4a", "4b", "5"} <= sections
+    assert {"1", "2b", "3", "4a", "4b", "5", "6"} <= sections
     for row in rows:
         assert math.isfinite(float(row["value"])), row
         fitted = "slope" in row["metric"] or row["metric"].startswith("β")
@@ -33,6 +33,12 @@ def test_quick_run_writes_csv_and_markdown(quick_report):
 def test_gradient_evaluations_are_counted_not_assumed(quick_report):
     rk4 = [r for r in quick_report.rows if r.section.startswith("1.") and r.method == "rk4"]
     assert rk4 and all(r.metric.startswith("time / (4 × sgd step)") for r in rk4)
+
+
+def test_implicit_methods_are_timed_against_rk4(quick_report):
+    rows = [r for r in quick_report.rows if r.section.startswith("6.")]
+    assert [r.method for r in rows] == ["backward_euler", "bdf2"]
+    assert all(r.metric.startswith("time / rk4 time") and r.note.startswith("4") for r in rows)
 
 
 def test_multidevice_step_matches_single_device(quick_report):

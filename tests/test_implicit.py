@@ -270,6 +270,66 @@ def test_backward_euler_is_bdf1():
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+# --- loop forms ---------------------------------------------------------------------------------
+
+
+def _run_float64(tx, steps):
+    with jax.enable_x64(True):
+        params, loss = _mlp_problem(2)
+        params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
+
+        @jax.jit
+        def train_step(params, state):
+            updates, state = tx.update(jax.grad(loss)(params), state, params, value_fn=loss)
+            return optax.apply_updates(params, updates), state
+
+        state = tx.init(params)
+        for _ in range(steps):
+            params, state = train_step(params, state)
+        return params, int(flowopt.oracle_evaluations(state))
+
+
+@pytest.mark.parametrize(
+    "order, startup, inner_learning_rate",
+    [(1, "high_order", None), (2, "high_order", None), (3, "high_order", 0.05), (3, "lower_order", None)],
+)
+def test_unrolled_inner_loop_equals_the_while_loop(order, startup, inner_learning_rate):
+    """A fixed count (unrolled) and a tolerance that is never met (a while_loop) give the same iterates and calls."""
+    make = lambda tolerance: flowopt.bdf(  # noqa: E731
+        order, 2.0, 3, inner_learning_rate, inner_tolerance=tolerance, startup=startup
+    )
+    unrolled, unrolled_calls = _run_float64(make(None), 6)
+    looped, looped_calls = _run_float64(make(1e-300), 6)
+    solves_per_startup_step = order * (order + 1) // 2 if startup == "high_order" else 1
+    assert unrolled_calls == looped_calls == 3 * (6 + (solves_per_startup_step - 1) * (order - 1))
+    for x, y in zip(jax.tree.leaves(unrolled), jax.tree.leaves(looped)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-15)
+
+
+def _loop_primitives(jaxpr) -> set[str]:
+    """Loops in ``jaxpr`` and its sub-jaxprs (a fully unrolled scan is none), not looking inside ``cond`` branches."""
+    found = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "while" or (eqn.primitive.name == "scan" and eqn.params["unroll"] < eqn.params["length"]):
+            found.add(eqn.primitive.name)
+        if eqn.primitive.name == "cond":
+            continue
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found |= _loop_primitives(sub)
+    return found
+
+
+@pytest.mark.parametrize("tx", [flowopt.backward_euler(0.5, 3), flowopt.bdf(3, 0.5, 3)], ids=["backward_euler", "bdf3"])
+def test_fixed_inner_steps_run_without_a_loop(tx):
+    """After the start-up (which sits in a lax.cond) a step is straight-line code: no while_loop or scan."""
+    params, loss = _mlp_problem()
+    jaxpr = jax.make_jaxpr(lambda p, s: tx.update(jax.grad(loss)(p), s, p, value_fn=loss))(params, tx.init(params))
+    assert _loop_primitives(jaxpr.jaxpr) == set()
+    looped = flowopt.bdf(3, 0.5, 3, inner_tolerance=1e-3)
+    jaxpr = jax.make_jaxpr(lambda p, s: looped.update(jax.grad(loss)(p), s, p, value_fn=loss))(params, looped.init(params))
+    assert _loop_primitives(jaxpr.jaxpr) == {"while"}
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 
