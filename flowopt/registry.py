@@ -23,18 +23,23 @@ that retries makes ``s - 1`` further calls per extra attempt. The multistep
 methods' figures are for the steps after their start-up (BDF's start-up and
 Adams–Bashforth's Runge–Kutta start-up steps cost more), and BDF with an
 ``inner_tolerance`` may stop its inner solve early, so its figure is a bound.
-Wrappers (:func:`~flowopt.guard_nonfinite`, :func:`~flowopt.as_optimizer`)
-cost what the wrapped optimizer or integrator does: their figure is ``None``.
+Wrappers (:func:`~flowopt.guard_nonfinite`, :func:`~flowopt.as_optimizer`,
+:func:`~flowopt.check_oracle`, :func:`~flowopt.lookahead`) cost what the
+wrapped optimizer or integrator does (:func:`~flowopt.check_oracle` one
+gradient more): their figure is ``None``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import operator
 import types
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from flowopt import tableaus
@@ -46,9 +51,41 @@ from flowopt.explicit import explicit_runge_kutta, oracle_calls
 from flowopt.guard import guard_nonfinite
 from flowopt.integrator import as_optimizer
 from flowopt.tableau import ButcherTableau
+from flowopt.wrappers import check_oracle, lookahead
 
 Arguments = Mapping[str, Any]
 """A constructor's arguments by name, defaults included."""
+
+
+class ParamsLayout(NamedTuple):
+    """How an optimizer holds the model's parameters in the ``params`` of ``init`` and ``update``.
+
+    Attributes:
+      wrap: the optimizer's parameters from the model's.
+      gradient_point: the model parameters at which the gradient passed to
+        ``update`` and the oracle are evaluated.
+      result: the model parameters the optimizer has reached (to evaluate).
+    """
+
+    wrap: Callable[[Any], Any]
+    gradient_point: Callable[[Any], Any]
+    result: Callable[[Any], Any]
+
+
+def _same(params: Any) -> Any:
+    return params
+
+
+def _synced(params: Any) -> optax.LookaheadParams:
+    # optax.LookaheadParams.init_synced puts one buffer in both fields: a step that donates them would fail.
+    return optax.LookaheadParams(fast=params, slow=jax.tree.map(jnp.copy, params))
+
+
+MODEL_PARAMS = ParamsLayout(wrap=_same, gradient_point=_same, result=_same)
+"""The model's parameters as they are: every optimizer but :func:`~flowopt.lookahead`."""
+
+LOOKAHEAD_PARAMS = ParamsLayout(wrap=_synced, gradient_point=operator.attrgetter("fast"), result=operator.attrgetter("slow"))
+"""``optax.LookaheadParams``, synced, the slow parameters in buffers of their own; gradients at the fast ones."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -69,6 +106,7 @@ class OptimizerEntry:
         parabola, mixed-shape tensors, a complex parabola) in float32.
       static_args: the arguments ``optax.inject_hyperparams`` must treat as
         static (integers that fix the structure of the update).
+      params_layout: how ``params`` holds the model's parameters.
     """
 
     name: str
@@ -79,6 +117,7 @@ class OptimizerEntry:
     oracle: Callable[[Arguments], bool | None]
     test_arguments: Arguments
     static_args: tuple[str, ...] = ()
+    params_layout: ParamsLayout = MODEL_PARAMS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "test_arguments", types.MappingProxyType(dict(self.test_arguments)))
@@ -260,6 +299,19 @@ _ENTRIES = (
         cost=lambda arguments: None, cost_formula="that of integrator",
         oracle=lambda arguments: arguments["integrator"].needs_oracle,
         test_arguments={"integrator": explicit_runge_kutta(tableaus.RALSTON), "learning_rate": _EXPLICIT_RATE},
+    ),
+    OptimizerEntry(
+        name="check_oracle", constructor=check_oracle,
+        description="Wraps an integrator: its first stage against the oracle at params, a mismatch raised or counted.",
+        cost=lambda arguments: None, cost_formula="that of inner, plus 1", oracle=lambda arguments: True,
+        test_arguments={"inner": rk4(_EXPLICIT_RATE)},
+    ),
+    OptimizerEntry(
+        name="lookahead", constructor=lookahead,
+        description="optax.lookahead (Zhang et al.) with the oracle forwarded to the fast optimizer.",
+        cost=lambda arguments: None, cost_formula="that of fast_optimizer", oracle=lambda arguments: None,
+        test_arguments={"fast_optimizer": rk4(_EXPLICIT_RATE), "sync_period": 2, "slow_step_size": 0.5},
+        static_args=("sync_period",), params_layout=LOOKAHEAD_PARAMS,
     ),
 )
 

@@ -1,4 +1,8 @@
-"""flowopt inside optax's wrappers: inject_hyperparams, schedules for the flows, static integer arguments."""
+"""flowopt inside optax's wrappers: inject_hyperparams, schedules for the flows, static integer arguments.
+
+The checks every constructor meets (inject_hyperparams and constant schedules give the plain steps) are
+in tests/test_contract.py; these are the flows' own.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -28,15 +32,7 @@ def run(tx, steps=30):
     return x
 
 
-FLOWS = [flowopt.adam_flow, flowopt.rmsprop_flow, flowopt.adagrad_flow, flowopt.heavy_ball_flow, flowopt.nesterov_flow]
-
-
-@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.__name__)
-def test_inject_hyperparams_equals_the_plain_flow(flow):
-    with jax.enable_x64(True):
-        injected = run(optax.inject_hyperparams(flow)(learning_rate=0.05))
-        plain = run(flow(0.05))
-    np.testing.assert_allclose(np.asarray(injected), np.asarray(plain), rtol=0, atol=1e-14)
+FLOWS = [flowopt.adam_flow, flowopt.rmsprop_flow, flowopt.adagrad_flow, flowopt.heavy_ball_flow]
 
 
 def test_injected_hyperparameters_are_used():
@@ -62,7 +58,7 @@ def test_injected_warmup_from_zero_needs_and_takes_a_reference_rate():
     assert float(loss(x)) < float(loss(X0))
 
 
-@pytest.mark.parametrize("flow", FLOWS[:4], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.__name__)
 def test_flow_takes_a_schedule_with_its_peak_as_reference(flow):
     schedule = optax.warmup_cosine_decay_schedule(0.0, 0.1, 5, 50)
     with jax.enable_x64(True):
@@ -71,13 +67,6 @@ def test_flow_takes_a_schedule_with_its_peak_as_reference(flow):
     # The peak is the schedule's own value at its peak step (0.1 rounded as the schedule computes it).
     np.testing.assert_allclose(np.asarray(default), np.asarray(explicit), rtol=1e-6)
     assert float(loss(default)) < float(loss(X0))
-
-
-def test_constant_schedule_equals_the_float_rate_for_the_flows():
-    with jax.enable_x64(True):
-        scheduled = run(flowopt.adam_flow(optax.constant_schedule(0.05)))
-        constant = run(flowopt.adam_flow(0.05))
-    np.testing.assert_allclose(np.asarray(scheduled), np.asarray(constant), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -89,9 +78,7 @@ def test_constant_schedule_equals_the_float_rate_for_the_flows():
     ],
     ids=["bdf", "adams_bashforth", "backward_euler"],
 )
-def test_integer_structure_arguments_are_static_args(factory, kwargs, static):
-    name = static[0]
-    with pytest.raises(ValueError, match=f"{name} must be a Python integer.*static_args"):
+def test_integer_structure_arguments_must_be_static_args(factory, kwargs, static):
+    # With them in static_args the injected optimizer takes the plain one's steps (tests/test_contract.py).
+    with pytest.raises(ValueError, match=f"{static[0]} must be a Python integer.*static_args"):
         optax.inject_hyperparams(factory)(**kwargs).init(jnp.asarray(X0))
-    injected = run(optax.inject_hyperparams(factory, static_args=static)(**kwargs))
-    np.testing.assert_allclose(np.asarray(injected), np.asarray(run(factory(**kwargs))), rtol=1e-6)
