@@ -82,7 +82,7 @@ def _synced(params: Any) -> optax.LookaheadParams:
 
 
 MODEL_PARAMS = ParamsLayout(wrap=_same, gradient_point=_same, result=_same)
-"""The model's parameters as they are: every optimizer but :func:`~flowopt.lookahead`."""
+"""The layout of every optimizer but lookahead, whose ``params`` are the model's parameters as they are."""
 
 LOOKAHEAD_PARAMS = ParamsLayout(wrap=_synced, gradient_point=operator.attrgetter("fast"), result=operator.attrgetter("slow"))
 """``optax.LookaheadParams``, synced, the slow parameters in buffers of their own; gradients at the fast ones."""

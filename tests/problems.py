@@ -27,11 +27,22 @@ def abs_sq(x: jax.Array) -> jax.Array:
     return jnp.real(x * jnp.conj(x))
 
 
-def _distance_to(optimum: Any) -> Callable[[Any], jax.Array]:
-    def loss(params: Any) -> jax.Array:
-        return sum(jnp.sum(abs_sq(p - o)) for p, o in zip(jax.tree.leaves(params), jax.tree.leaves(optimum)))
+def squared_distance(params: Any, target: Any) -> jax.Array:
+    """``Σ|θ - target|²`` over the leaves of two pytrees of one structure."""
+    return sum(jnp.sum(abs_sq(p - t)) for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(target)))
 
-    return loss
+
+def _distance_to(optimum: Any) -> Callable[[Any], jax.Array]:
+    return lambda params: squared_distance(params, optimum)
+
+
+def microbatches(optimum: Any, count: int = 2) -> Any:
+    """``count`` copies of the target stacked on a leading axis, micro-batches for :func:`squared_distance`.
+
+    Their mean loss is the distance problem's loss, and its gradient is the
+    problem's gradient bit for bit (equal terms added and divided by a power of two).
+    """
+    return jax.tree.map(lambda c: jnp.stack([c] * count), optimum)
 
 
 def parabola(dtype: Any) -> Problem:
