@@ -7,9 +7,9 @@ per column. Compilation dominates the cost, so each entry compiles three
 programs and every column reads one of them: a scan per problem for the
 convergence columns, a jitted step that advances the optimizer and its
 wrapped forms side by side for a few steps (extra arguments, recompilation,
-cost, ``inject_hyperparams``, schedules, ``MultiSteps``, masking), and the
-same step with donated buffers. dtype and state-layout columns are settled
-by abstract evaluation, where JAX decides them.
+cost, ``inject_hyperparams``, schedules, ``MultiSteps``, gradient
+accumulation, masking), and the same step with donated buffers. dtype and
+state-layout columns are settled by abstract evaluation, where JAX decides them.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _public_functions() -> dict[str, Callable]:
     return {name: obj for name in flowopt.__all__ if inspect.isfunction(obj := getattr(flowopt, name))}
 
 
-def public_constructors() -> set[str]:
+def _public_constructors() -> set[str]:
     """The names in ``flowopt.__all__`` of functions annotated to return an optax transformation."""
     return {
         name for name, function in _public_functions().items()
@@ -58,10 +58,20 @@ def test_every_public_function_declares_what_it_returns():
 
 
 def test_the_registry_has_an_entry_for_every_public_constructor():
-    public = public_constructors()
+    public = _public_constructors()
     missing, stale = sorted(public - set(OPTIMIZERS)), sorted(set(OPTIMIZERS) - public)
     assert not missing, f"public constructors without an entry in flowopt/registry.py: {missing}"
     assert not stale, f"registry entries that are not public constructors of flowopt: {stale}"
+
+
+def test_a_constructor_without_an_entry_is_found(monkeypatch):
+    def new_method(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
+        """A constructor added to flowopt without a registry entry."""
+        return flowopt.euler(learning_rate)
+
+    monkeypatch.setattr(flowopt, "new_method", new_method, raising=False)
+    monkeypatch.setattr(flowopt, "__all__", [*flowopt.__all__, "new_method"])
+    assert _public_constructors() - set(OPTIMIZERS) == {"new_method"}
 
 
 @pytest.mark.parametrize("name", NAMES)
