@@ -33,6 +33,28 @@ at least ``η ||∇φ||² / 2``, so backward Euler with this default is a descen
 method for any ``h``. ``L̂`` starts at zero, so the first trial of a run is
 the explicit predictor and calibrates the estimate; it never decreases.
 
+**An incoming gradient that is not ``∇f(θ_n)``.** The first trial's secant
+is measured against ``k1``, which the oracle did not compute. A
+transformation before the integrator in an optax chain (clipping, weight
+decay) makes ``k1`` differ from ``∇f(θ_n)`` by a gap ``J`` that does not
+shrink with the step, so that secant grows like ``J/η``: every trial is
+rejected, each rejection shrinks ``η`` further, and ``L̂`` would grow without
+bound (with ``optax.clip_by_global_norm`` in front, to 1e37 within two steps,
+and the method would stop moving). Two safeguards bound it. While the iterate is still the start point and a trial from it
+was rejected, the next trial's secant is also measured against that rejected
+trial, between two oracle gradients on the same ray; when the secant against
+``k1`` exceeds ten times that one, ``k1`` is taken to be inconsistent: the
+trial is accepted and ``L̂`` is re-based on the oracle-only secant,
+``max(L̂₀, 5/4 · secant)`` with ``L̂₀`` the estimate the solve started from.
+With a consistent ``k1`` both secants measure the curvature along the same
+ray, the test does not fire and the solve is the backtracking above; with an
+inconsistent one a solve of three or more inner steps proceeds at the
+curvature the oracle measures. And no rejection raises ``L̂`` above ``1/(ε βh)`` (``ε`` the
+machine epsilon), where the inner step can no longer move the iterate. One
+inner step has no second oracle gradient to compare with, so there an
+inconsistent ``k1`` still stops progress (at that bound);
+:func:`flowopt.check_oracle` reports the cause.
+
 **Start-up.** BDF-τ needs τ past iterates. With ``startup="high_order"`` the
 first τ-1 steps are taken by backward Euler extrapolated to order τ
 (Richardson extrapolation over 1, 2, …, τ equal substeps, each substep an
@@ -113,6 +135,7 @@ BDF_COEFFICIENTS: dict[int, tuple[tuple[Fraction, ...], Fraction]] = {
 
 _REJECTED_GROWTH = 1.25  # L̂ after a rejection, relative to the measured secant
 _NONFINITE_SHRINK = 10.0  # step reduction after a non-finite trial gradient
+_INCONSISTENT_RATIO = 10.0  # a secant against k1 this many times the oracle-only one marks k1 inconsistent
 
 
 def extrapolation_weights(order: int) -> tuple[Fraction, ...]:
@@ -197,6 +220,8 @@ def solve_proximal(
     """
     dtype = jnp.result_type(curvature)
     inverse = 1.0 / jnp.asarray(beta_h, dtype)
+    start_estimate = jnp.asarray(curvature, dtype)
+    largest_estimate = inverse / jnp.finfo(dtype).eps
 
     def prox_grad(x: Params, g: Params) -> Params:
         return jax.tree.map(
@@ -206,11 +231,18 @@ def solve_proximal(
     def norm(tree: Params) -> jax.Array:
         return jnp.asarray(optax.tree_utils.tree_norm(tree), dtype)
 
+    def secant(grad: Params, other_grad: Params, moved: jax.Array) -> jax.Array:
+        changed = norm(optax.tree_utils.tree_sub(grad, other_grad))
+        return jnp.where(moved > 0, changed / jnp.where(moved > 0, moved, 1), 0)
+
     initial_direction = prox_grad(start, start_grad)
     initial_residual = norm(initial_direction)
 
     def inner_step(carry):
-        calls, x, g, direction, residual, estimate = carry
+        # rejected_trial, rejected_grad: the last rejected trial from the start point and its oracle
+        # gradient. Before the first they are the start point and NaN: a secant against them is NaN
+        # and compares False.
+        calls, x, g, direction, residual, estimate, rejected_trial, rejected_grad = carry
         if inner_learning_rate is None:
             eta = 1.0 / (estimate + inverse)
         else:
@@ -219,19 +251,25 @@ def solve_proximal(
         trial_grad = oracle(trial)
         if inner_learning_rate is not None:
             trial_direction = prox_grad(trial, trial_grad)
-            return calls + 1, trial, trial_grad, trial_direction, norm(trial_direction), estimate
-        moved = eta * residual  # = ||trial - x||
-        changed = norm(optax.tree_utils.tree_sub(trial_grad, g))
-        secant = jnp.where(moved > 0, changed / jnp.where(moved > 0, moved, 1), 0)
-        accept = secant <= estimate  # False for NaN
+            return calls + 1, trial, trial_grad, trial_direction, norm(trial_direction), estimate, rejected_trial, rejected_grad
+        along = secant(trial_grad, g, eta * residual)  # ||trial - x|| = η ||∇φ(x)||
+        # The flag and the distance are norms (reductions), not chains of scalar selects (see below).
+        at_start = norm(optax.tree_utils.tree_sub(x, start)) == 0
+        between_trials = secant(trial_grad, rejected_grad, norm(optax.tree_utils.tree_sub(trial, rejected_trial)))
+        inconsistent = at_start & (along > _INCONSISTENT_RATIO * between_trials)
+        accept = (along <= estimate) | inconsistent  # False for NaN
         rejected_estimate = jnp.where(
-            jnp.isfinite(secant),
-            _REJECTED_GROWTH * secant,
+            jnp.isfinite(along),
+            _REJECTED_GROWTH * along,
             _NONFINITE_SHRINK * estimate + (_NONFINITE_SHRINK - 1) * inverse,
+        )
+        accepted_estimate = jnp.where(
+            inconsistent, jnp.maximum(start_estimate, _REJECTED_GROWTH * between_trials), estimate
         )
         trial_direction = prox_grad(trial, trial_grad)
         choose = lambda new, old: optax.tree_utils.tree_where(accept, new, old)
         direction = choose(trial_direction, direction)
+        reference = lambda new, old: optax.tree_utils.tree_where(~accept & jnp.isfinite(along) & at_start, new, old)
         return (
             calls + 1,
             choose(trial, x),
@@ -240,12 +278,14 @@ def solve_proximal(
             # A norm (a reduction), not a select of scalars: unrolled, a chain of selects would be
             # fused into every later step, and XLA's compile time would grow quadratically.
             norm(direction),
-            jnp.where(accept, estimate, rejected_estimate),
+            jnp.where(accept, accepted_estimate, jnp.minimum(rejected_estimate, largest_estimate)),
+            reference(trial, rejected_trial),
+            reference(trial_grad, rejected_grad),
         )
 
     carry = (
         jnp.zeros([], jnp.int32), start, start_grad, initial_direction, initial_residual,
-        jnp.asarray(curvature, dtype),
+        start_estimate, start, jax.tree.map(lambda leaf: jnp.full_like(leaf, jnp.nan), start_grad),
     )
     if inner_tolerance is None:
         carry = jax.lax.fori_loop(0, inner_steps, lambda _, c: inner_step(c), carry, unroll=unroll)
@@ -253,11 +293,11 @@ def solve_proximal(
         threshold = inner_tolerance * initial_residual
 
         def keep_going(carry):
-            calls, _, _, _, residual, _ = carry
+            calls, _, _, _, residual, *_ = carry
             return (calls < inner_steps) & (residual > threshold)
 
         carry = jax.lax.while_loop(keep_going, inner_step, carry)
-    calls, x, g, _, residual, estimate = carry
+    calls, x, g, _, residual, estimate, *_ = carry
     relative = jnp.where(initial_residual > 0, residual / jnp.where(initial_residual > 0, initial_residual, 1), 0)
     return ProximalSolution(x, g, estimate, relative, calls)
 

@@ -43,7 +43,7 @@ def _rk4_step(w, lr=2.0):
 
 
 def test_multisteps_stages_see_only_the_last_microbatch():
-    """Before: MultiSteps hands rk4 the mean gradient but the last micro-batch's oracle."""
+    """MultiSteps hands rk4 the mean gradient but the last micro-batch's oracle: not rk4 on the mean loss."""
     tx = optax.MultiSteps(flowopt.rk4(2.0), every_k_schedule=_K)
     state = tx.init(_W0)
     xs, ys = _microbatches()
@@ -158,7 +158,7 @@ def _sub_problem_steps(make, steps):
 
 @pytest.mark.parametrize("route", list(_ROUTES))
 def test_masked_integrator_without_full_params_names_it(route):
-    """Before: value_fn received MaskedNode leaves (a TypeError); now every route asks for full_params."""
+    """Without full_params value_fn would receive MaskedNode leaves; every route names what to pass."""
     tx = optax.masked(_ROUTES[route](), {"a": True, "b": False})
     with pytest.raises(ValueError, match=r"optax.MaskedNode.*full_params=params"):
         tx.update(jax.grad(_coupled)(_P0), tx.init(_P0), _P0, value_fn=_coupled)
@@ -228,7 +228,7 @@ def _quadratic(p):
 
 
 def test_optax_lookahead_gives_the_fast_optimizer_no_oracle():
-    """Before (and still, in optax): no oracle reaches a multi-stage fast optimizer."""
+    """optax.lookahead passes no oracle to its fast optimizer: a TypeError, or in a chain a missing oracle."""
     params = optax.LookaheadParams.init_synced(_W0)
     grads = jax.grad(_quadratic)(params.fast)
     tx = optax.lookahead(flowopt.rk4(0.1), sync_period=2, slow_step_size=0.5)
@@ -327,6 +327,45 @@ def test_apply_if_finite_of_rk4_rejects_a_nan_gradient_and_never_applies_it():
 
 def _quadratic_2(p):
     return jnp.sum(p**2)
+
+
+# --- clipping before BDF ------------------------------------------------------------------------
+
+_STIFF = jnp.array([1.0, 10.0, 100.0])
+
+
+def _stiff_quadratic(p):
+    return 0.5 * jnp.sum(_STIFF * p**2)
+
+
+def _clipped_bdf_run(order, inner_steps, steps=100):
+    tx = optax.chain(optax.clip_by_global_norm(1.0), flowopt.bdf(order, 0.5, inner_steps))
+    step = jax.jit(lambda p, s: tx.update(jax.grad(_stiff_quadratic)(p), s, p, value_fn=_stiff_quadratic))
+    params = jnp.full(3, 5.0)
+    state = tx.init(params)
+    for _ in range(steps):
+        updates, state = step(params, state)
+        params = params + updates
+    return float(_stiff_quadratic(params)), float(state[1].stage_state.curvature)
+
+
+def test_clipping_before_bdf_keeps_the_oracle_curvature_and_trains():
+    """Clipped k1, unclipped oracle: the estimate is re-based on two oracle gradients (L = 100)."""
+    initial = float(_stiff_quadratic(jnp.full(3, 5.0)))
+    loss, curvature = _clipped_bdf_run(order=2, inner_steps=3)
+    assert loss < 2e-3 * initial  # measured 1.77 from 1387.5
+    assert 100.0 <= curvature <= 1.25 * 100.0 * (1 + 1e-3)  # L = 100, found from two oracle gradients
+
+
+def test_clipping_before_bdf_with_one_inner_step_is_bounded_and_flagged():
+    """One oracle call per step gives no second gradient to tell curvature from a clipped k1: it stalls."""
+    loss, curvature = _clipped_bdf_run(order=1, inner_steps=1, steps=60)
+    assert loss == float(_stiff_quadratic(jnp.full(3, 5.0)))  # every trial rejected: the stall remains
+    assert curvature <= 1.0 / (np.finfo(np.float32).eps * 0.5) * (1 + 1e-6)  # at 1 / (ε βh), not 1e37
+    tx = optax.chain(optax.clip_by_global_norm(1.0), flowopt.check_oracle(flowopt.bdf(1, 0.5, 1)))
+    params = jnp.full(3, 5.0)
+    with pytest.raises(ValueError, match="optax.clip_by_global_norm"):
+        tx.update(jax.grad(_stiff_quadratic)(params), tx.init(params), params, value_fn=_stiff_quadratic)
 
 
 # --- check_oracle -------------------------------------------------------------------------------
