@@ -266,7 +266,7 @@ def adam_flow(
     the square root's ``ε`` inside: it equals
     ``optax.adam(learning_rate, b1, b2, eps=0, eps_root=eps)``, with ``m, v``
     the bias-corrected moments. With a schedule, ``λ`` fixes the ODE (default:
-    the schedule's largest value over its first :data:`REFERENCE_HORIZON`
+    the schedule's largest value over its first ``REFERENCE_HORIZON`` (10,000)
     steps) and the steps follow the schedule along that one flow. Under
     ``optax.inject_hyperparams(adam_flow)`` the optimizer is rebuilt at every
     step with the current rate as ``λ``, which is ``optax.adam(schedule)`` exactly.
@@ -528,7 +528,7 @@ def _reference(method: str, learning_rate: optax.ScalarOrSchedule, reference: fl
     """The learning rate ``λ`` that fixes the ODE's coefficients.
 
     Default: ``learning_rate`` itself, or for a schedule its largest value over
-    the first :data:`REFERENCE_HORIZON` steps (the peak of a warm-up schedule):
+    the first ``REFERENCE_HORIZON`` (10,000) steps (the peak of a warm-up schedule):
     the Euler scheme then equals the optax optimizer at that peak rate.
     """
     check_learning_rate(learning_rate, allow_zero=True)
