@@ -25,13 +25,46 @@ control); the default coefficients differ, see :class:`PIController`. A
 step whose stages, error or candidate contain NaN or inf is rejected with
 ``ε = ∞`` and never accepted, not even at ``dtmin``.
 
+**Stability check.** ``ε`` estimates the local error only asymptotically,
+where ``h`` is small enough for the expansions behind both weight sets to
+hold. Beyond the method's stability interval ``β`` (``|R(-x)| ≤ 1`` on
+``[0, β]``: 2.51 for BOSH3, 3.31 for DOPRI5, 2 for HEUN_EULER), on a loss
+whose gradients stay bounded (a ReLU network under cross-entropy), the stages
+swing across a valley, both weight sets are equally wrong, and ``ε`` stays
+small while the loss climbs: on a Linen CNN on MNIST (batches of 128,
+BOSH3, rtol = atol = 1e-2, first step 1e-3) every attempt was accepted at
+``ε ≈ 0.1`` while ``h`` grew to 5·10⁶ and the loss to 10⁶, and scipy's
+``RK23`` diverged the same way on one batch's flow. The candidate's
+``|θ_{n+1}|`` stayed within 1.5× of ``|θ_n|`` while the divergence set in,
+and the growth was 1.1–1.3× a step, so neither the ``max(|θ_n|, |θ_{n+1}|)``
+scale (that of Hairer–Nørsett–Wanner, scipy and diffrax) nor ``factormax``
+is the cause. Each attempt therefore also estimates the local Lipschitz
+constant of ``∇f`` from its own stages, the stiffness indicator of Hairer &
+Wanner (*Solving ODEs II*, §IV.2), over every pair of stages::
+
+    ρ̂ = max_{i>j} ||k_i - k_j|| / ||Y_i - Y_j||,   Y_i = θ_n - h Σ_l a_il k_l
+
+(:func:`flowopt.adaptive.stage_stiffness`: from the Gram matrix ``⟨k_i, k_j⟩``, one more
+pass over the stages), and an attempt with ``σ = hρ̂/β`` above
+``stability_limit`` is rejected. The next step is at most ``safety ·
+stability_limit · h/σ``, so the controller does not propose what the estimate
+already rules out. On a quadratic ``ρ̂ ≤ L``, so no step inside the stability
+interval (``hL ≤ β``) is rejected. The default limit 1.2 leaves room for the
+classical control, which rides a stiff quadratic's flow at ``hL`` 1–2 % beyond
+``β``, kept stable by the error estimate (Hairer & Wanner, §IV.2, "step size
+control as a stabilizer"): the check changes nothing there, while the
+divergent steps above had ``σ`` = 1.25–1.9. ``stability_limit=None`` gives
+the classical control of scipy and diffrax.
+
 **As an optimizer.** :func:`adaptive_runge_kutta` calls :func:`adaptive_step`
 once per ``update``: a rejected step returns zero updates and stores the
 smaller step, so a training loop needs no special case (the next call, with a
 fresh gradient at the same parameters, retries). With ``max_attempts > 1`` a
 rejected step is retried inside the same call, reusing the incoming gradient
 ``k1``, until accepted or the attempts run out (a ``lax.while_loop``, so such
-an update cannot be reverse-differentiated). Every attempt costs ``s - 1``
+an update cannot be reverse-differentiated, and on the CPU XLA runs a
+convolutional net's gradients inside it 7–30× slower than in the
+straight-line code of ``max_attempts=1``). Every attempt costs ``s - 1``
 oracle calls for an ``s``-stage pair (all stages feed the error estimate),
 counted in ``oracle_evals``; the incoming gradient is one more per call.
 
@@ -74,6 +107,7 @@ import numpy as np
 import optax
 
 from flowopt import tableaus
+from flowopt.analysis.stability import stability_interval
 from flowopt.explicit import oracle_calls, scaled_sum, stage_gradients
 from flowopt.guard import GuardState, flag_nonfinite_loss, guard_counts
 from flowopt.integrator import check_learning_rate, oracle_evaluations
@@ -169,6 +203,9 @@ class PIController:
       dtmin, dtmax: optional bounds on the step itself.
       smoothing: in ``[0, 1)``; accepted steps change by ``factor^(1 -
         smoothing)`` instead of ``factor`` (for noisy, minibatch errors).
+      stability_limit: the largest accepted ``σ = hρ̂/β`` (see the module
+        docstring), a positive number; ``None`` turns the check off (the
+        classical control).
     """
 
     rtol: float
@@ -181,6 +218,7 @@ class PIController:
     dtmin: float | None = None
     dtmax: float | None = None
     smoothing: float = 0.0
+    stability_limit: float | None = 1.2
 
     def __post_init__(self) -> None:
         # Every field is a real number (not a bool or a string) or, under jit or
@@ -197,6 +235,7 @@ class PIController:
         if dtmin is not None and dtmax is not None and dtmin > dtmax:
             raise ValueError(f"dtmin ({self.dtmin!r}) must not exceed dtmax ({self.dtmax!r}).")
         _check_range("smoothing", self.smoothing, 0.0, 1.0, low_open=False)
+        _check_positive("stability_limit", self.stability_limit, allow_none=True)
         if safety is not None and factormin is not None and factormin > safety:
             raise ValueError(
                 f"factormin ({self.factormin!r}) must not exceed safety ({self.safety!r}): after a rejection "
@@ -220,19 +259,28 @@ class PIController:
         return StepSizeState(step_size=h, prev_inv_error=jnp.ones([], dtype), at_dtmin=jnp.array(False))
 
     def adapt(
-        self, state: StepSizeState, scaled_error: jax.Array, finite: jax.Array, error_order: int
+        self,
+        state: StepSizeState,
+        scaled_error: jax.Array,
+        finite: jax.Array,
+        error_order: int,
+        stiffness: jax.Array | None = None,
     ) -> tuple[jax.Array, StepSizeState]:
         """Accept or reject the attempt at ``state.step_size``; propose the next step.
 
         ``scaled_error`` is ``ε`` (``inf`` for a non-finite attempt), ``finite``
-        whether the attempt was finite, ``error_order`` is ``q``.
+        whether the attempt was finite, ``error_order`` is ``q``, and
+        ``stiffness`` is ``σ = hρ̂/β`` (``None``: not measured, no check).
+        A finite attempt at ``dtmin`` is accepted whatever ``ε`` and ``σ``.
         """
         if not isinstance(state, StepSizeState):
             raise ValueError(f"state must be a StepSizeState (from PIController.init), got {type(state).__name__}.")
         if isinstance(error_order, (bool, np.bool_)) or not isinstance(error_order, (int, np.integer)) or error_order < 1:
             raise ValueError(f"error_order must be a positive integer (q = embedded order + 1), got {error_order!r}.")
         h = state.step_size
-        accepted = finite & ((scaled_error < 1) | state.at_dtmin)
+        checked = stiffness is not None and self.stability_limit is not None
+        within = (scaled_error < 1) & (stiffness <= self.stability_limit) if checked else scaled_error < 1
+        accepted = finite & (within | state.at_dtmin)
         inv_error = (1 / scaled_error).astype(h.dtype)
         factor = self.safety * inv_error ** ((self.pcoeff + self.icoeff) / error_order)
         if not _is_zero(self.pcoeff):
@@ -242,6 +290,10 @@ class PIController:
             jnp.where(accepted, 1.0, self.factormin).astype(h.dtype),
             jnp.where(accepted, self.factormax, self.safety).astype(h.dtype),
         )
+        if checked:
+            # σ scales with h: h·limit/σ is where the estimate puts the limit (none for a non-finite attempt).
+            sigma = jnp.where(finite, stiffness, 0).astype(h.dtype)
+            factor = jnp.maximum(jnp.minimum(factor, self.safety * self.stability_limit / sigma), self.factormin)
         if not _is_zero(self.smoothing):
             factor = jnp.where(accepted, factor ** (1 - self.smoothing), factor)
         h_next = h * factor
@@ -269,6 +321,7 @@ class AdaptiveStep(NamedTuple):
       accepted: whether the step was taken (bool scalar).
       finite: whether every stage, the error and the candidate were finite.
       error: the scaled error ``ε`` (``inf`` when not finite).
+      stiffness: ``σ = hρ̂/β`` of the attempt (0 when the check is off).
       step_size: the step ``h`` that was attempted.
       last_gradient: for FSAL pairs, ``∇f`` at the candidate ``θ_n + Δθ``
         (the next ``k1`` after an accepted step with a deterministic oracle);
@@ -280,6 +333,7 @@ class AdaptiveStep(NamedTuple):
     accepted: jax.Array
     finite: jax.Array
     error: jax.Array
+    stiffness: jax.Array
     step_size: jax.Array
     last_gradient: Params | None
 
@@ -333,6 +387,39 @@ def scaled_error_norm(error: Params, params: Params, candidate: Params, rtol: fl
     return jnp.sqrt(total / max(size, 1))
 
 
+def stage_stiffness(tableau: ButcherTableau, ks: list[Params | None]) -> jax.Array:
+    """``hρ̂ = max_{i>j} h||k_i - k_j|| / ||Y_i - Y_j||`` over the evaluated stages ``ks`` of one attempt.
+
+    ``Y_i - Y_j = -h Σ_l (a_il - a_jl) k_l``, so ``h`` cancels: with the Gram
+    matrix ``G_lm = Re⟨k_l, k_m⟩`` and ``d = a_i - a_j``, a pair gives
+    ``sqrt((G_ii + G_jj - 2G_ij) / dᵀGd)``. Pairs at the same point (``d =
+    0``) are left out, pairs with ``dᵀGd = 0`` (no gradient along the step)
+    count 0. The Gram matrix is one variadic reduction per leaf, which reads
+    each stage once.
+    """
+    stages = [i for i, k in enumerate(ks) if k is not None]
+    coefficients = tableau.a[np.ix_(stages, stages)]  # a stage never uses a skipped one
+    pairs = [(i, j) for i in range(len(stages)) for j in range(i) if np.any(coefficients[i] != coefficients[j])]
+    dtype = _float_dtype(ks[0])
+    if not pairs:
+        return jnp.zeros([], dtype)
+    entries = [(i, j) for i in range(len(stages)) for j in range(i + 1)]
+    zeros = tuple(jnp.zeros([], dtype) for _ in entries)
+    products = zeros
+    for same_leaf in zip(*(jax.tree.leaves(ks[i]) for i in stages)):
+        x = [leaf.astype(jnp.promote_types(leaf.dtype, dtype)) for leaf in same_leaf]
+        terms = tuple(jnp.real(jnp.conj(x[i]) * x[j]).astype(dtype) for i, j in entries)
+        sums = jax.lax.reduce(terms, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), tuple(range(x[0].ndim)))
+        products = tuple(p + q for p, q in zip(products, sums))
+    entry = dict(zip(entries, products))
+    gram = jnp.stack([jnp.stack([entry[max(i, j), min(i, j)] for j in range(len(stages))]) for i in range(len(stages))])
+    rows, cols = (np.array(index) for index in zip(*pairs))
+    differences = jnp.asarray(coefficients[rows] - coefficients[cols], dtype)
+    spread = jnp.einsum("pl,lm,pm->p", differences, gram, differences)
+    change = jnp.maximum(gram[rows, rows] + gram[cols, cols] - 2 * gram[rows, cols], 0)
+    return jnp.max(jnp.where(spread > 0, jnp.sqrt(change / jnp.where(spread > 0, spread, 1)), 0))
+
+
 def adaptive_step(
     tableau: ButcherTableau,
     controller: PIController,
@@ -371,7 +458,13 @@ def adaptive_step(
     finite = tree_all_finite((increment, error, candidate))
     norm = scaled_error_norm(error, params, candidate, controller.rtol, controller.atol)
     norm = jnp.where(finite, norm, jnp.inf)
-    accepted, next_state = controller.adapt(state, norm, finite, error_order(tableau))
+    if controller.stability_limit is None:
+        stiffness = jnp.zeros([], norm.dtype)
+    else:
+        stiffness = (stage_stiffness(tableau, ks) / stability_interval(tableau)).astype(norm.dtype)
+    accepted, next_state = controller.adapt(
+        state, norm, finite, error_order(tableau), None if controller.stability_limit is None else stiffness
+    )
     zeros = jax.tree.map(jnp.zeros_like, increment)
     return AdaptiveStep(
         increment=optax.tree.where(accepted, increment, zeros),
@@ -379,6 +472,7 @@ def adaptive_step(
         accepted=accepted,
         finite=finite,
         error=norm,
+        stiffness=stiffness,
         step_size=h,
         last_gradient=ks[-1] if tableau.fsal else None,
     )
@@ -395,6 +489,7 @@ class AdaptiveState(NamedTuple):
       time: flow time covered, the sum of accepted steps.
       last_step_size: the step of the last attempt.
       error: the scaled error ``ε`` of the last attempt.
+      stiffness: ``σ = hρ̂/β`` of the last attempt (0 with the stability check off).
       controller: the controller state; ``controller.step_size`` is the next step.
     """
 
@@ -406,6 +501,7 @@ class AdaptiveState(NamedTuple):
     time: jax.Array
     last_step_size: jax.Array
     error: jax.Array
+    stiffness: jax.Array
     controller: StepSizeState
 
 
@@ -454,6 +550,7 @@ def adaptive_runge_kutta(
     dtmin: float | None = None,
     dtmax: float | None = None,
     smoothing: float = 0.0,
+    stability_limit: float | None = 1.2,
     max_attempts: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
     """Gradient-flow descent with steps chosen by an embedded pair and a PI controller.
@@ -463,13 +560,17 @@ def adaptive_runge_kutta(
     attempts ``Δθ = -h Σ b_i k_i``, estimates its local error from the
     embedded weights and returns ``Δθ`` if ``ε < 1``, else zero updates and a
     smaller step in the state (retrying up to ``max_attempts`` times within
-    the call first). The other arguments are the fields of
-    :class:`PIController`; see the module docstring for the equations, FSAL
-    and minibatch oracles. Non-finite attempts are rejected and shrunk.
+    the call first). An attempt beyond the method's stability interval by the
+    stages' own Lipschitz estimate (``hρ̂ > stability_limit · β``) is rejected
+    too, whatever ``ε``. The other arguments are the fields of
+    :class:`PIController`; see the module docstring for the equations, the
+    stability check, FSAL and minibatch oracles. Non-finite attempts are
+    rejected and shrunk.
 
     Every option is checked up front (``ValueError`` naming it): the
-    tolerances, coefficients and bounds must be finite real numbers in their
-    ranges (bools and strings are not numbers), ``dtmin ≤ dtmax``,
+    tolerances, coefficients, bounds and ``stability_limit`` (unless
+    ``None``) must be finite real numbers in their ranges (bools and strings
+    are not numbers), ``dtmin ≤ dtmax``,
     ``factormin ≤ safety`` and ``max_attempts`` an integer in
     ``1..MAX_ATTEMPTS``. Under ``optax.inject_hyperparams`` (or ``jit``) the
     traced options are not checked; ``tableau`` and ``max_attempts`` must be
@@ -492,7 +593,7 @@ def adaptive_runge_kutta(
     max_attempts = _check_max_attempts(max_attempts)
     controller = PIController(
         rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff, safety=safety, factormin=factormin,
-        factormax=factormax, dtmin=dtmin, dtmax=dtmax, smoothing=smoothing,
+        factormax=factormax, dtmin=dtmin, dtmax=dtmax, smoothing=smoothing, stability_limit=stability_limit,
     )  # fmt: skip
     name = f"adaptive_runge_kutta({tableau.name})"
     calls = attempt_oracle_calls(tableau)
@@ -503,7 +604,8 @@ def adaptive_runge_kutta(
         integer, real = (lambda: jnp.zeros([], jnp.int32)), (lambda: jnp.zeros([], dtype))
         return AdaptiveState(
             count=integer(), oracle_evals=integer(), accepted=integer(), rejected=integer(), nonfinite=integer(),
-            time=real(), last_step_size=real(), error=real(), controller=controller.init(learning_rate, dtype),
+            time=real(), last_step_size=real(), error=real(), stiffness=real(),
+            controller=controller.init(learning_rate, dtype),
         )  # fmt: skip
 
     def update_fn(
@@ -532,7 +634,7 @@ def adaptive_runge_kutta(
             return ~step.accepted & (tries < max_attempts)
 
         zero = jnp.zeros([], jnp.int32)
-        first = attempt((AdaptiveStep(None, state.controller, None, None, None, None, None), zero, zero))
+        first = attempt((AdaptiveStep(None, state.controller, None, None, None, None, None, None), zero, zero))
         step, tries, nonfinite = first if max_attempts == 1 else jax.lax.while_loop(retry, attempt, first)
         accepted = step.accepted.astype(jnp.int32)
         return step.increment, AdaptiveState(
@@ -544,6 +646,7 @@ def adaptive_runge_kutta(
             time=state.time + jnp.where(step.accepted, step.step_size, 0).astype(state.time.dtype),
             last_step_size=step.step_size.astype(state.last_step_size.dtype),
             error=step.error.astype(state.error.dtype),
+            stiffness=step.stiffness.astype(state.stiffness.dtype),
             controller=step.state,
         )
 
@@ -564,6 +667,7 @@ def minibatch_adaptive_runge_kutta(
     safety: float = 0.9,
     factormin: float = 0.2,
     factormax: float = 10.0,
+    stability_limit: float | None = 1.2,
     max_attempts: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
     """:func:`adaptive_runge_kutta` for a minibatch oracle: step bounds required, growth smoothed.
@@ -580,7 +684,8 @@ def minibatch_adaptive_runge_kutta(
             raise ValueError(f"minibatch_adaptive_runge_kutta needs a finite step bound {bound_name}.")
     return adaptive_runge_kutta(
         tableau, learning_rate=learning_rate, rtol=rtol, atol=atol, dtmin=dtmin, dtmax=dtmax, smoothing=smoothing,
-        pcoeff=pcoeff, icoeff=icoeff, safety=safety, factormin=factormin, factormax=factormax, max_attempts=max_attempts,
+        pcoeff=pcoeff, icoeff=icoeff, safety=safety, factormin=factormin, factormax=factormax,
+        stability_limit=stability_limit, max_attempts=max_attempts,
     )  # fmt: skip
 
 
@@ -589,7 +694,7 @@ def step_diagnostics(opt_state: optax.OptState) -> dict[str, jax.Array]:
 
     Keys: ``oracle_evals`` (all oracle calls in the state) always; with an
     adaptive method ``step_size`` (next), ``last_step_size``, ``error``,
-    ``accepted``, ``rejected``, ``nonfinite``, ``time`` (flow time covered)
+    ``stiffness``, ``accepted``, ``rejected``, ``nonfinite``, ``time`` (flow time covered)
     and ``gradient_evals`` (incoming gradients plus oracle calls); with a
     guard ``nonfinite_gradients`` and ``nonfinite_steps``. Values are arrays
     (usable under ``jit``); ``{k: float(v) for k, v in d.items()}`` to log.
@@ -615,6 +720,7 @@ def step_diagnostics(opt_state: optax.OptState) -> dict[str, jax.Array]:
             step_size=state.controller.step_size,
             last_step_size=state.last_step_size,
             error=state.error,
+            stiffness=state.stiffness,
             accepted=state.accepted,
             rejected=state.rejected,
             nonfinite=state.nonfinite,

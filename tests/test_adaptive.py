@@ -8,12 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.integrate
 import scipy.linalg
 
 import flowopt
 from flowopt import tableaus
-from flowopt.adaptive import PIController, adaptive_step, attempt_oracle_calls
-from flowopt.explicit import needed_stages
+from flowopt.adaptive import PIController, adaptive_step, attempt_oracle_calls, stage_stiffness
+from flowopt.explicit import needed_stages, stage_gradients
 
 I_CONTROL = dict(pcoeff=0.0, icoeff=1.0)
 PI_CONTROL = dict(pcoeff=0.4, icoeff=0.3)
@@ -198,6 +199,84 @@ def test_heun_euler_pair_reaches_the_flow():
         assert errors[1] < errors[0] < 1e-2
 
 
+def test_accepted_steps_and_errors_match_scipy_rk23():
+    """scipy's RK23 is Bosh3 with an I controller (safety 0.9, factors in [0.2, 10]): the same steps, the same error."""
+    with jax.enable_x64(True):
+        lam, y0, exact = fading_stiffness()
+        rtol, atol, h0 = 1e-5, 1e-7, 1e-4
+        field = lambda p: lam * p**3
+        y, accepted, _ = integrate(tableaus.BOSH3, PIController(rtol=rtol, atol=atol, **I_CONTROL), field, y0, 1.0, h0)
+        reference = scipy.integrate.solve_ivp(
+            lambda t, p: -np.asarray(lam) * p**3, (0.0, 1.0), y0, method="RK23", rtol=rtol, atol=atol, first_step=h0
+        )
+        error, reference_error = np.linalg.norm(y - exact(1.0)), np.linalg.norm(reference.y[:, -1] - exact(1.0))
+        steps = len(reference.t) - 1
+        assert abs(accepted - steps) <= 0.02 * steps, (accepted, steps)
+        assert error == pytest.approx(reference_error, rel=0.1)
+
+
+def test_stage_stiffness_is_h_times_the_curvature_on_a_quadratic():
+    """``hρ̂`` is ``hλ`` exactly in one dimension and at most ``hλ_max`` on any quadratic."""
+    with jax.enable_x64(True):
+        for tableau in (tableaus.HEUN_EULER, tableaus.BOSH3, tableaus.DOPRI5):
+            h = 0.3
+            ks = stage_gradients(tableau, lambda p: 7.0 * p, jnp.ones(1), 7.0 * jnp.ones(1), h, (tableau.b, tableau.b_error))
+            assert float(stage_stiffness(tableau, ks)) == pytest.approx(7.0 * h, rel=1e-12)
+            a, y0 = stiff_quadratic(dim=6, condition=1e2)
+            matrix = jnp.asarray(a)
+            ks = stage_gradients(tableau, lambda p: matrix @ p, jnp.asarray(y0), matrix @ y0, 0.01, (tableau.b, tableau.b_error))
+            assert 0 < float(stage_stiffness(tableau, ks)) <= 0.01 * 1e2 * (1 + 1e-9)
+
+
+def relu_classifier():
+    """An MLP 784-128-10 with softmax cross-entropy on 256 inputs in [0, 1) labelled by a random linear teacher.
+
+    A stand-in for a convolutional net on MNIST: ReLU units and saturating
+    cross-entropy keep every gradient bounded however far a step goes.
+    """
+    keys = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.uniform(keys[0], (256, 784))
+    y = jnp.argmax(x @ jax.random.normal(keys[1], (784, 10)), axis=-1)
+    params = {
+        "w0": jax.random.normal(keys[2], (784, 128)) / np.sqrt(784), "b0": jnp.zeros(128),
+        "w1": jax.random.normal(keys[3], (128, 10)) / np.sqrt(128), "b1": jnp.zeros(10),
+    }  # fmt: skip
+
+    def loss(p):
+        logits = jax.nn.relu(x @ p["w0"] + p["b0"]) @ p["w1"] + p["b1"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    return params, loss
+
+
+def test_stability_check_stops_a_diverging_classifier():
+    """rtol = atol = 1e-2 from h = 1e-3: without the check the steps run past the stability interval, ε stays
+    below 1 and the loss explodes; with it the loss falls."""
+    params, loss = relu_classifier()
+
+    def train(stability_limit):
+        tx = flowopt.adaptive_runge_kutta(
+            tableaus.BOSH3, learning_rate=1e-3, rtol=1e-2, atol=1e-2, stability_limit=stability_limit
+        )
+
+        def step(carry, _):
+            p, state = carry
+            updates, state = tx.update(jax.grad(loss)(p), state, p, value_fn=loss)
+            p = optax.apply_updates(p, updates)
+            return (p, state), (loss(p), state.error, state.stiffness, state.last_step_size)
+
+        return jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), length=80))(params)
+
+    start = float(loss(params))
+    (_, classical), (losses, errors, stiffness, _) = train(None)
+    assert float(losses.max()) > 1e3 * start and int(classical.rejected) < 5 and float(errors.max()) < 1
+    assert float(jnp.abs(stiffness).max()) == 0  # not measured
+    (_, checked), (losses, _, stiffness, sizes) = train(1.2)
+    assert float(losses[-1]) < 0.5 * start and float(losses.max()) <= start
+    assert int(checked.rejected) > 0 and float(sizes.max()) < 1.0
+    assert float(stiffness[-30:].max()) > 0.5  # the steps ride at the stability interval
+
+
 def quadratic_loss(a, dtype=jnp.float32):
     matrix = jnp.asarray(a, dtype)
     return lambda p: 0.5 * p @ matrix @ p
@@ -307,7 +386,7 @@ def test_diagnostics_and_optax_conventions():
     assert update._cache_size() == 1
     diagnostics = flowopt.step_diagnostics(state)
     assert set(diagnostics) >= {
-        "step_size", "last_step_size", "error", "accepted", "rejected", "nonfinite", "time",
+        "step_size", "last_step_size", "error", "stiffness", "accepted", "rejected", "nonfinite", "time",
         "oracle_evals", "gradient_evals",
     }  # fmt: skip
     assert int(diagnostics["accepted"] + diagnostics["rejected"]) == 5
@@ -379,6 +458,12 @@ def test_minibatch_mode_bounds_and_smooths_the_step():
         (dict(icoeff=0.0), "icoeff"),
         (dict(smoothing=1.0), "smoothing"),
         (dict(max_attempts=0), "max_attempts"),
+        (dict(stability_limit=0.0), "stability_limit"),
+        (dict(stability_limit=-1.0), "stability_limit"),
+        (dict(stability_limit=float("inf")), "stability_limit"),
+        (dict(stability_limit=True), "stability_limit"),
+        (dict(stability_limit="1.2"), "stability_limit"),
+        (dict(stability_limit=np.ones(2)), "stability_limit"),
     ],
 )
 def test_bad_input_raises_clear_errors(kwargs, message):
@@ -396,3 +481,16 @@ def test_missing_oracle_and_pure_step_without_error_weights():
     controller = PIController(rtol=1e-3, atol=1e-6)
     with pytest.raises(ValueError, match="no error weights"):
         adaptive_step(tableaus.HEUN, controller, lambda p: p, params, params, controller.init(0.1))
+
+
+def test_stability_limit_may_be_a_traced_hyperparameter():
+    a, y0 = stiff_quadratic(dim=4, condition=1e2)
+    loss = quadratic_loss(a)
+    params = jnp.asarray(y0, jnp.float32)
+    make = optax.inject_hyperparams(flowopt.adaptive_runge_kutta, static_args=("tableau", "max_attempts"))
+    options = dict(learning_rate=0.05, rtol=1e-3, atol=1e-6)
+    injected = run_optimizer(make(tableau=tableaus.BOSH3, stability_limit=0.5, **options), loss, params, 10)[0]
+    plain = run_optimizer(flowopt.adaptive_runge_kutta(tableaus.BOSH3, stability_limit=0.5, **options), loss, params, 10)[0]
+    loose = run_optimizer(flowopt.adaptive_runge_kutta(tableaus.BOSH3, stability_limit=1e6, **options), loss, params, 10)[0]
+    np.testing.assert_allclose(np.asarray(injected), np.asarray(plain), rtol=1e-6, atol=1e-7)
+    assert np.abs(np.asarray(injected) - np.asarray(loose)).max() > 1e-3  # the injected limit took effect
