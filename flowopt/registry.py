@@ -253,25 +253,25 @@ _ENTRIES = (
     ),
     OptimizerEntry(
         name="adaptive_flow", constructor=adaptive_flow,
-        description="The adaptive-algorithm ODE θ' = -m/√(v+ε), m' = h∇f - rm, v' = p∇f² - qv.",
+        description="The adaptive-algorithm ODE θ' = -m/(√(v+ε_root)+ε), m' = h∇f - rm, v' = p∇f² - qv.",
         cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
         test_arguments={"h": 1.0, "r": 1.0, "p": 1.0, "q": 1.0, "learning_rate": 1e-2, "integrator": tableaus.HEUN},
     ),
     OptimizerEntry(
         name="adam_flow", constructor=adam_flow,
-        description="Adam's flow; its Euler scheme is optax.adam with ε inside the square root.",
+        description="Adam's flow; its Euler scheme is optax.adam with the same arguments.",
         cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
         test_arguments={"learning_rate": 1e-2},
     ),
     OptimizerEntry(
         name="rmsprop_flow", constructor=rmsprop_flow,
-        description="RMSProp's flow; its Euler scheme is optax.rmsprop (ε inside the square root).",
+        description="RMSProp's flow; its Euler scheme is optax.rmsprop with the same arguments.",
         cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
         test_arguments={"learning_rate": 3e-3},
     ),
     OptimizerEntry(
         name="adagrad_flow", constructor=adagrad_flow,
-        description="AdaGrad's flow; its Euler scheme is optax.adagrad.",
+        description="AdaGrad's flow; its Euler scheme is optax.adagrad with the same arguments.",
         cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
         test_arguments={"learning_rate": 0.5},
     ),
@@ -283,7 +283,7 @@ _ENTRIES = (
     ),
     OptimizerEntry(
         name="nesterov_flow", constructor=nesterov_flow,
-        description="Su–Boyd–Candès's Nesterov ODE θ'' + (r₀/t)θ' + ∇f = 0.",
+        description="Su–Boyd–Candès's Nesterov ODE θ'' + (r₀/t)θ' + ∇f = 0; Euler: optax.sgd with momentum 1 - r₀/(k+1).",
         cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
         test_arguments={"learning_rate": 1e-3},
     ),

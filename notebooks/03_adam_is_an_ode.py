@@ -16,7 +16,7 @@
 # optimizers as one system in the parameters $\theta$ and two moments $m, v$:
 #
 # $$
-# \dot\theta = -\frac{m}{\sqrt{v + \varepsilon}}, \qquad
+# \dot\theta = -\frac{m}{\sqrt{v + \varepsilon_{\mathrm{root}}} + \varepsilon}, \qquad
 # \dot m = h(t)\,\nabla f(\theta) - r(t)\,m, \qquad
 # \dot v = p(t)\,\nabla f(\theta)^2 - q(t)\,v .
 # $$
@@ -29,8 +29,11 @@
 # | RMSProp | — | — | $\alpha_2$ | $\alpha_2$ | `rmsprop_flow` |
 # | Adam | $g^A_1$ | $g^A_1$ | $g^A_2$ | $g^A_2$ | `adam_flow` |
 #
-# ("—" drops the moment: without $m$ the field is $\nabla f/\sqrt{v+\varepsilon}$,
-# without $v$ it is $m$.) Adam's coefficient
+# ("—" drops the moment: without $m$ the field is $\nabla f/(\sqrt{v+\varepsilon_{\mathrm{root}}}+\varepsilon)$,
+# without $v$ it is $m$.) The seed writes $\sqrt{v + \varepsilon}$, which is
+# `eps=0, eps_root=ε`; flowopt's `eps` and `eps_root` mean what they mean in
+# optax and default to optax's values ($\varepsilon = 10^{-8}$ outside the
+# root). Adam's coefficient
 # $g^A_i(t) = \frac{1 - e^{-\lambda/\alpha_i}}{\lambda\,(1 - e^{-t/\alpha_i})}$
 # with $\beta_i = e^{-\lambda/\alpha_i}$ carries the bias correction.
 #
@@ -73,8 +76,9 @@ run = jax.jit(run, static_argnums=(0, 1, 3))
 # ## The Euler scheme is the optax optimizer
 #
 # Same problem, same start, 200 steps: flowopt's flows with `integrator=None`
-# against optax's optimizers (Adam with $\varepsilon$ inside the square root,
-# the seed's convention, which optax calls `eps_root`).
+# against optax's optimizers with the same arguments. Nesterov's flow is heavy
+# ball with the momentum $1 - r_0/(k+1)$ at step $k$, which optax's `sgd`
+# takes as a schedule under `inject_hyperparams`.
 
 # %%
 A = jnp.array([[3.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.5, 1.0]])
@@ -86,10 +90,14 @@ def smooth(theta):
 
 theta_start = jnp.array([1.0, -2.0, 0.5])
 pairs = {
-    "Adam": (flowopt.adam_flow(0.01, 0.9, 0.999, 1e-8), optax.adam(0.01, 0.9, 0.999, eps=0.0, eps_root=1e-8)),
-    "RMSProp": (flowopt.rmsprop_flow(0.01, 0.9, 1e-8), optax.rmsprop(0.01, 0.9, 1e-8, eps_in_sqrt=True)),
+    "Adam": (flowopt.adam_flow(0.01, 0.9, 0.999), optax.adam(0.01, 0.9, 0.999)),
+    "RMSProp": (flowopt.rmsprop_flow(0.01, 0.9, 1e-8), optax.rmsprop(0.01, 0.9, 1e-8)),
     "AdaGrad": (flowopt.adagrad_flow(0.1, 0.1, 1e-7), optax.adagrad(0.1, 0.1, 1e-7)),
     "heavy ball": (flowopt.heavy_ball_flow(0.01, 0.9), optax.sgd(0.01, momentum=0.9)),
+    "Nesterov": (
+        flowopt.nesterov_flow(0.01, damping=3.0),
+        optax.inject_hyperparams(optax.sgd)(learning_rate=0.01, momentum=lambda k: 1 - 3.0 / (k + 1)),
+    ),
 }
 for name, (ours, theirs) in pairs.items():
     difference = jnp.max(jnp.abs(run(ours, smooth, theta_start, 200) - run(theirs, smooth, theta_start, 200)))
@@ -103,8 +111,11 @@ for name, (ours, theirs) in pairs.items():
 # ($\beta_1 = 0.99$, $\beta_2 = 0.9999$) at the same learning rate $0.01$.
 # Adam's second moment remembers the large gradients of the start, so its
 # steps $s\,m/\sqrt{v + \varepsilon}$ shrink long before the gradient does.
+# The seed's figures keep its $\varepsilon = 10^{-8}$ inside the root.
 
 # %%
+SEED_EPS = {"eps": 0.0, "eps_root": 1e-8}
+
 def quartic(theta):
     x, y = theta[0], theta[1]
     return (x + y) ** 4 + (x / 2 - y / 2) ** 4
@@ -112,7 +123,7 @@ def quartic(theta):
 
 start = jnp.array([0.5, -2.5])
 gd_path = run(flowopt.euler(0.01), quartic, start, 2000)
-adam_path = run(flowopt.adam_flow(0.01, 0.99, 0.9999, 1e-8), quartic, start, 2000)
+adam_path = run(flowopt.adam_flow(0.01, 0.99, 0.9999, **SEED_EPS), quartic, start, 2000)
 
 grid = np.linspace(-3, 3, 241)
 xx, yy = np.meshgrid(grid, grid)
@@ -151,14 +162,17 @@ print(f"after 2000 steps: f = {float(quartic(gd_path[-1])):.2e} (GD), {float(qua
 # %%
 T, LAM = 4.0, 0.05
 rates = [0.002, 0.005, 0.01, 0.02, 0.05]
-fixed_betas = {s: run(flowopt.adam_flow(s, 0.9, 0.999), quartic, start, round(T / s)) for s in rates}
+fixed_betas = {s: run(flowopt.adam_flow(s, 0.9, 0.999, **SEED_EPS), quartic, start, round(T / s)) for s in rates}
 fixed_ode = {
-    s: run(flowopt.adam_flow(s, 0.9, 0.999, init_from_gradient=True, reference_learning_rate=LAM), quartic, start, round(T / s))
+    s: run(
+        flowopt.adam_flow(s, 0.9, 0.999, **SEED_EPS, init_from_gradient=True, reference_learning_rate=LAM),
+        quartic, start, round(T / s),
+    )
     for s in rates
 }
 reference_step = 0.001
 flow = run(
-    flowopt.adam_flow(reference_step, 0.9, 0.999, integrator=flowopt.tableaus.RK4, reference_learning_rate=LAM),
+    flowopt.adam_flow(reference_step, 0.9, 0.999, **SEED_EPS, integrator=flowopt.tableaus.RK4, reference_learning_rate=LAM),
     quartic, start, round(T / reference_step),
 )
 
@@ -205,13 +219,14 @@ plt.show()
 # their order:
 
 # %%
-integrators = {"Euler scheme (optax's Adam)": None, "Heun": flowopt.tableaus.HEUN, "RK4": flowopt.tableaus.RK4}
+integrators = {"Euler scheme (Adam)": None, "Heun": flowopt.tableaus.HEUN, "RK4": flowopt.tableaus.RK4}
 steps_sizes = [0.05, 0.025, 0.0125]
 order_errors = {}
 for name, tableau in integrators.items():
     order_errors[name] = [
         error_at_T(
-            run(flowopt.adam_flow(s, 0.9, 0.999, integrator=tableau, init_from_gradient=True, reference_learning_rate=LAM),
+            run(flowopt.adam_flow(s, 0.9, 0.999, **SEED_EPS, integrator=tableau, init_from_gradient=True,
+                                  reference_learning_rate=LAM),
                 quartic, start, round(T / s)),
             flow, s, reference_step,
         )

@@ -82,8 +82,13 @@ def _problem(name, dtype):
 EXACT_BETAS = dict(b1=0.875, b2=1 - 2.0**-10)
 MEMBERS = {
     "adam": (
-        lambda lr: flowopt.adam_flow(lr, eps=1e-8, **EXACT_BETAS),
-        lambda lr: optax.adam(lr, eps=0.0, eps_root=1e-8, **EXACT_BETAS),
+        lambda lr: flowopt.adam_flow(lr, **EXACT_BETAS),
+        lambda lr: optax.adam(lr, **EXACT_BETAS),
+        {"quartic": 1e-2, "mlp": 3e-3},
+    ),
+    "adam_eps_root": (
+        lambda lr: flowopt.adam_flow(lr, eps=1e-8, eps_root=1e-6, **EXACT_BETAS),
+        lambda lr: optax.adam(lr, eps=1e-8, eps_root=1e-6, **EXACT_BETAS),
         {"quartic": 1e-2, "mlp": 3e-3},
     ),
     "heavy_ball": (
@@ -99,7 +104,19 @@ MEMBERS = {
         lambda lr: optax.rmsprop(lr, decay=0.9, eps=1e-2),
         {"quartic": 1e-2, "mlp": 3e-3},
     ),
+    "rmsprop_eps_outside": (
+        lambda lr: flowopt.rmsprop_flow(lr, decay=0.9, eps=1e-1, eps_in_sqrt=False),
+        lambda lr: optax.rmsprop(lr, decay=0.9, eps=1e-1, eps_in_sqrt=False),
+        {"quartic": 1e-2, "mlp": 3e-3},
+    ),
     "adagrad": (lambda lr: flowopt.adagrad_flow(lr), lambda lr: optax.adagrad(lr), {"quartic": 1e-1}),
+    # optax.sgd with the momentum 1 - r₀/(k+1) of step k (see nesterov_flow). In float32 that momentum
+    # and the flow's s·r₀/t_{k+1} round apart, 1.0e-6 after 1000 steps on the MLP: the quartic only.
+    "nesterov": (
+        lambda lr: flowopt.nesterov_flow(lr, damping=3.0),
+        lambda lr: optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=lambda count: 1 - 3.0 / (count + 1)),
+        {"quartic": 1e-3},
+    ),
 }
 CASES = [(member, problem) for member in MEMBERS for problem in MEMBERS[member][2]]
 
@@ -117,11 +134,21 @@ def test_euler_members_match_optax(member, problem, dtype):
     assert _relative_gap(path, reference) < (1e-12 if dtype == "float64" else 1e-6)
 
 
+def test_momentum_flows_are_not_optax_nesterov_momentum():
+    """optax.sgd(nesterov=True) adds a look-ahead gradient: neither momentum flow's Euler scheme is it."""
+    with jax.enable_x64(True):
+        params = jnp.asarray(X0)
+        heavy_ball, _ = _trajectory(flowopt.heavy_ball_flow(1e-3, momentum=0.9), params, quartic, 200)
+        nesterov, _ = _trajectory(flowopt.nesterov_flow(1e-3), params, quartic, 200)
+        look_ahead, _ = _trajectory(optax.sgd(1e-3, momentum=0.9, nesterov=True), params, quartic, 200)
+    assert _relative_gap(heavy_ball, look_ahead) > 1e-3 and _relative_gap(nesterov, look_ahead) > 1e-3
+
+
 def test_adam_eq4_start_gives_the_same_euler_steps():
     with jax.enable_x64(True):
         params = jnp.asarray(X0)
         path, _ = _trajectory(flowopt.adam_flow(1e-2, init_from_gradient=True), params, quartic, 1000)
-        reference, _ = _trajectory(optax.adam(1e-2, eps=0.0, eps_root=1e-8), params, quartic, 1000)
+        reference, _ = _trajectory(optax.adam(1e-2), params, quartic, 1000)
     assert _relative_gap(path, reference) < 1e-12
 
 
@@ -138,10 +165,10 @@ def test_adam_float32_with_default_betas_tracks_float64_adam(problem, lr):
     """
     params, loss = _problem(problem, jnp.float32)
     path, _ = _trajectory(flowopt.adam_flow(lr), params, loss, 1000)
-    optax32, _ = _trajectory(optax.adam(lr, eps=0.0, eps_root=1e-8), params, loss, 1000)
+    optax32, _ = _trajectory(optax.adam(lr), params, loss, 1000)
     with jax.enable_x64(True):
         params64, loss64 = _problem(problem, jnp.float64)
-        reference, _ = _trajectory(optax.adam(lr, eps=0.0, eps_root=1e-8), params64, loss64, 1000)
+        reference, _ = _trajectory(optax.adam(lr), params64, loss64, 1000)
     ours, theirs = _relative_gap(path, reference), _relative_gap(optax32, reference)
     assert ours < (1e-6 if problem == "quartic" else theirs), (ours, theirs)
 
@@ -151,7 +178,7 @@ def test_schedules_follow_the_flow_and_constant_ones_match_optax():
         params = jnp.asarray(X0)
         tx = flowopt.adam_flow(optax.constant_schedule(0.01), reference_learning_rate=0.01)
         path, state = _trajectory(tx, params, quartic, 500)
-        reference, _ = _trajectory(optax.adam(0.01, eps=0.0, eps_root=1e-8), params, quartic, 500)
+        reference, _ = _trajectory(optax.adam(0.01), params, quartic, 500)
         assert _relative_gap(path, reference) < 1e-12
         assert float(state.t) == pytest.approx(500 * 0.01, rel=1e-12)
         tx = flowopt.heavy_ball_flow(optax.constant_schedule(1e-3), 0.9, reference_learning_rate=1e-3)
@@ -179,7 +206,7 @@ def _adam_eq4_literal(lr, b1, b2, eps, steps):
 
 def test_adam_eq4_recursion_of_the_seed():
     with jax.enable_x64(True):
-        tx = flowopt.adam_flow(0.02, b1=0.9, b2=0.99, eps=1e-6, init_from_gradient=True)
+        tx = flowopt.adam_flow(0.02, b1=0.9, b2=0.99, eps=0.0, eps_root=1e-6, init_from_gradient=True)
         path, state = _trajectory(tx, jnp.asarray(X0), quartic, 300)
     np.testing.assert_allclose(path, _adam_eq4_literal(0.02, 0.9, 0.99, 1e-6, 300), rtol=0, atol=1e-12)
     assert float(state.t) == pytest.approx(300 * 0.02)  # eq. 4 starts its clock at t₀ = λ
@@ -207,7 +234,7 @@ def test_generic_eq3_recursion_of_the_seed():
     q = lambda t: 0.5 + np.cos(t) ** 2  # noqa: E731
     with jax.enable_x64(True):
         tx = flowopt.adaptive_flow(
-            lambda t: 1.0 + 0.5 * jnp.sin(t), r, p, lambda t: 0.5 + jnp.cos(t) ** 2, 0.05, eps=1e-3
+            lambda t: 1.0 + 0.5 * jnp.sin(t), r, p, lambda t: 0.5 + jnp.cos(t) ** 2, 0.05, eps=0.0, eps_root=1e-3
         )
         path, _ = _trajectory(tx, jnp.asarray(X0), quartic, 200)
     np.testing.assert_allclose(path, _eq3_literal(h, r, p, q, 0.05, 1e-3, 200), rtol=0, atol=1e-12)
@@ -285,7 +312,7 @@ def test_runge_kutta_order_generic_flow(tableau):
     steps = [8, 16, 32, 64]
     with jax.enable_x64(True):
         build = lambda s: flowopt.adaptive_flow(  # noqa: E731
-            **SMOOTH, learning_rate=s, eps=eps, integrator=tableau, initial_time=t0, initial_v=v0
+            **SMOOTH, learning_rate=s, eps=0.0, eps_root=eps, integrator=tableau, initial_time=t0, initial_v=v0
         )
         ends = _endpoints(build, jnp.asarray(START), horizon, steps, value_fn=quartic)
     errors = [np.linalg.norm(theta - reference) for theta, _ in ends]
@@ -300,7 +327,9 @@ def test_seed_euler_scheme_is_first_order():
     reference = _reference_flow(SMOOTH_NP, eps, t0, horizon, np.array(START), np.zeros(2), np.full(2, v0))
     steps = [16, 32, 64, 128]
     with jax.enable_x64(True):
-        build = lambda s: flowopt.adaptive_flow(**SMOOTH, learning_rate=s, eps=eps, initial_time=t0, initial_v=v0)  # noqa: E731
+        build = lambda s: flowopt.adaptive_flow(  # noqa: E731
+            **SMOOTH, learning_rate=s, eps=0.0, eps_root=eps, initial_time=t0, initial_v=v0
+        )
         ends = _endpoints(build, jnp.asarray(START), horizon, steps)
     errors = [np.linalg.norm(theta - reference) for theta, _ in ends]
     assert abs(_slope([horizon / n for n in steps], errors) - 1.0) < 0.15, errors
@@ -316,7 +345,7 @@ def test_runge_kutta_order_adam_flow(tableau):
     reference = _reference_flow(dict(h=g1, r=g1, p=g2, q=g2), eps, lam, horizon, np.array(START), grad0, grad0**2)
     steps = [16, 32, 64, 128]
     with jax.enable_x64(True):
-        build = lambda s: flowopt.adam_flow(s, b1, b2, eps, integrator=tableau, reference_learning_rate=lam)  # noqa: E731
+        build = lambda s: flowopt.adam_flow(s, b1, b2, 0.0, eps, integrator=tableau, reference_learning_rate=lam)  # noqa: E731
         ends = _endpoints(build, jnp.asarray(START), horizon, steps, value_fn=quartic)
     errors = [np.linalg.norm(theta - reference) for theta, _ in ends]
     slope = _slope([horizon / n for n in steps], errors)
@@ -401,9 +430,13 @@ def test_adam_convergence_condition_and_warning():
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda: flowopt.adam_flow(0.01, eps=0.0), "eps must be positive"),
-        (lambda: flowopt.adam_flow(0.01, eps=-1e-8), "eps must be positive"),
+        (lambda: flowopt.adam_flow(0.01, eps=0.0), "eps and eps_root cannot both be 0"),
+        (lambda: flowopt.adam_flow(0.01, eps=-1e-8), "eps must be non-negative"),
+        (lambda: flowopt.adam_flow(0.01, eps_root=-1e-8), "eps_root must be non-negative"),
+        (lambda: flowopt.adam_flow(0.01, eps_root=float("inf")), "eps_root must be a finite real number"),
         (lambda: flowopt.rmsprop_flow(0.01, eps=0.0), "eps must be positive"),
+        (lambda: flowopt.rmsprop_flow(0.01, eps_in_sqrt=1), "eps_in_sqrt must be True or False"),
+        (lambda: flowopt.adagrad_flow(0.1, eps=-1.0), "eps must be positive"),
         (lambda: flowopt.adam_flow(0.0), "learning_rate is 0, which cannot serve as the reference rate"),
         (lambda: flowopt.heavy_ball_flow(-0.1), "learning_rate must be finite and non-negative"),
         (lambda: flowopt.adagrad_flow(float("nan")), "learning_rate must be finite and non-negative"),
