@@ -13,6 +13,7 @@ from linear_flow import integrate, random_quadratic
 import flowopt
 from flowopt.implicit import (
     BDF_COEFFICIENTS,
+    MAX_UNROLLED_INNER_STEPS,
     BDFState,
     extrapolation_weights,
     implicit_bdf,
@@ -321,13 +322,19 @@ def _loop_primitives(jaxpr) -> set[str]:
 
 @pytest.mark.parametrize("tx", [flowopt.backward_euler(0.5, 3), flowopt.bdf(3, 0.5, 3)], ids=["backward_euler", "bdf3"])
 def test_fixed_inner_steps_run_without_a_loop(tx):
-    """After the start-up (which sits in a lax.cond) a step is straight-line code: no while_loop or scan."""
+    """After the start-up (which sits in a lax.cond) a short fixed solve is straight-line code: no while_loop or scan.
+
+    A tolerance makes the solve a while_loop, and more than MAX_UNROLLED_INNER_STEPS a rolled loop.
+    """
     params, loss = _mlp_problem()
     jaxpr = jax.make_jaxpr(lambda p, s: tx.update(jax.grad(loss)(p), s, p, value_fn=loss))(params, tx.init(params))
     assert _loop_primitives(jaxpr.jaxpr) == set()
-    looped = flowopt.bdf(3, 0.5, 3, inner_tolerance=1e-3)
-    jaxpr = jax.make_jaxpr(lambda p, s: looped.update(jax.grad(loss)(p), s, p, value_fn=loss))(params, looped.init(params))
-    assert _loop_primitives(jaxpr.jaxpr) == {"while"}
+    for looped, kind in [(flowopt.bdf(3, 0.5, 3, inner_tolerance=1e-3), "while"),
+                         (flowopt.bdf(3, 0.5, MAX_UNROLLED_INNER_STEPS + 1), "scan")]:
+        jaxpr = jax.make_jaxpr(lambda p, s, tx=looped: tx.update(jax.grad(loss)(p), s, p, value_fn=loss))(
+            params, looped.init(params)
+        )
+        assert _loop_primitives(jaxpr.jaxpr) == {kind}
 
 
 # --- bad input ----------------------------------------------------------------------------------
