@@ -1,6 +1,6 @@
 """flowopt: numerical integrators of the gradient flow ``θ' = -∇f(θ)`` as optax optimizers."""
 
-import importlib
+import importlib as _importlib
 
 from flowopt import analysis, registry, tableaus
 from flowopt.adaptive import (
@@ -50,9 +50,9 @@ _LAZY_SUBMODULES = ("training",)  # imported on first access: it loads orbax, tq
 def __getattr__(name: str):
     """``flowopt.training`` without ``import flowopt.training``, imported when first used (PEP 562)."""
     if name in _LAZY_SUBMODULES:
-        return importlib.import_module(f"flowopt.{name}")
+        return _importlib.import_module(f"flowopt.{name}")
     raise AttributeError(f"module 'flowopt' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+    return sorted(set(__all__) | set(_LAZY_SUBMODULES) | {"__version__"})

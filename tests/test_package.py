@@ -11,7 +11,7 @@ _IMPORT_CHECK = textwrap.dedent("""
 
     loaded = [m for m in sys.modules if m.startswith(("orbax", "matplotlib", "flowopt.training"))]
     assert not loaded, f"import flowopt loaded {loaded}"
-    assert {"training", "analysis"} <= set(dir(flowopt))
+    assert {"training", "analysis"} <= set(dir(flowopt)) and "importlib" not in dir(flowopt)
     assert callable(flowopt.training.train) and callable(flowopt.analysis.gradient_flow)
     assert "orbax.checkpoint" in sys.modules
     try:
