@@ -146,6 +146,17 @@ def test_cli_checkpoint_every_dividing_the_epoch_finishes_and_a_rerun_adds_nothi
     assert "already complete (step 16)" in capsys.readouterr().err
 
 
+def test_a_smaller_budget_on_a_finished_run_changes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--model", "logistic_regression", "--dataset", "synthetic_mnist", "--optimizer", "sgd",
+            "--batch-size", "256", "--epochs", "2", "--no-progress", "--output", str(out)]
+    assert cli.main(args) == 0
+    before = _snapshot(out)
+    assert cli.main(args[:args.index("2")] + ["1"] + args[args.index("2") + 1:]) == 0
+    assert _snapshot(out) == before  # config.json keeps epochs 2: the metrics hold two epochs
+    assert "already complete (step 16)" in capsys.readouterr().err
+
+
 def test_budget_ending_on_an_eval_row_saves_its_checkpoint(tmp_path, tiny_data):
     loop.train(TrainConfig(**BASE, steps=6, eval_every=3), tmp_path, dataset=tiny_data)
     assert _checkpoints(tmp_path) == [6] and _steps(tmp_path / "metrics.jsonl") == [3, 6]

@@ -292,6 +292,14 @@ def _budget_left(config: TrainConfig, step: int, evals: int, last_cost: int | No
     return True
 
 
+def _budget_spent(config: TrainConfig, step: int, evals: int, progress: dict[str, Any], steps_per_epoch: int) -> bool:
+    """Whether a run at ``step``/``evals`` with ``progress`` has reached one of ``config``'s budgets."""
+    epochs_done = progress["epoch"] + (progress["batch"] >= steps_per_epoch)
+    return not _budget_left(config, step, evals, progress["last_cost"]) or (
+        config.epochs is not None and epochs_done >= config.epochs
+    )
+
+
 def _number(x: float) -> float | int:
     return int(x) if float(x).is_integer() else float(x)
 
@@ -369,6 +377,7 @@ def _open_run(
         _remove_run(out)
     checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
     progress = _fresh_progress()
+    resume_step = None
     try:
         if checkpointer.all_steps():
             if not config.resume:
@@ -414,7 +423,9 @@ def _open_run(
                 if has_rows:
                     _notice(f"{out} holds no checkpoint of this run: starting it again from step 0.")
             log = MetricsLog(metrics_file)
-        if writer:
+        done = resume_step is not None and _budget_spent(
+            config, resume_step, int(state.grad_evals), progress, steps_per_epoch)
+        if writer and not done:  # a run already at or past a smaller budget keeps the record of its own
             old = _read_record(config_file) if config_file.exists() else None
             if old != record:
                 if old is not None:
@@ -530,9 +541,7 @@ def _run(config, dataset, mesh, state, graphdef, train_step, eval_step, test_spl
     started = time.perf_counter() - progress["time_s"]
 
     def finished() -> bool:
-        return not _budget_left(config, step, evals, progress["last_cost"]) or (
-            config.epochs is not None and progress["epoch"] >= config.epochs
-        )
+        return _budget_spent(config, step, evals, progress, steps_per_epoch)
 
     def write_row(epoch_end: bool) -> None:
         nonlocal train_split
