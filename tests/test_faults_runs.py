@@ -146,6 +146,17 @@ def test_cli_checkpoint_every_dividing_the_epoch_finishes_and_a_rerun_adds_nothi
     assert "already complete (step 16)" in capsys.readouterr().err
 
 
+def test_a_budget_below_one_step_is_refused_naming_the_flag(tmp_path, capsys):
+    args = ["--model", "logistic_regression", "--dataset", "synthetic_mnist", "--optimizer", "rk4",
+            "--grad-evals", "2", "--no-progress", "--output", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].endswith(
+        "argument --grad-evals: grad_evals is 2, less than one step of rk4 (4 gradient evaluations); nothing was trained.")
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
 def test_a_smaller_budget_on_a_finished_run_changes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--model", "logistic_regression", "--dataset", "synthetic_mnist", "--optimizer", "sgd",

@@ -272,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train(config, os.fspath(Path(args.output).expanduser()), overwrite=args.overwrite)
     except (DataIntegrityError, DataUnavailableError) as error:
         parser.error(_data_error(error, config, origins))
+    except ConfigError as error:
+        parser.error(origins.describe(error))
     except ValueError as error:
         message = one_line(error)
         if os.fspath(Path(args.output).expanduser()) in message:

@@ -41,7 +41,7 @@ import flowopt
 from flowopt.guard import tree_all_finite
 from flowopt.training import models, parallel
 from flowopt.training.checkpoint import Checkpointer, CheckpointError
-from flowopt.training.config import TrainConfig, trajectory_mismatch
+from flowopt.training.config import ConfigError, TrainConfig, trajectory_mismatch
 from flowopt.training.data import Dataset, iterate_batches, load_dataset, normalize, random_crop_flip
 from flowopt.training.metrics import MetricsLog
 from flowopt.training.optimizers import make_optimizer
@@ -618,6 +618,10 @@ def _run(config, dataset, mesh, state, graphdef, train_step, eval_step, test_spl
                 loss, correct, skipped, new_evals = jax.device_get(
                     (metrics.loss, metrics.correct, metrics.skipped, new_state.grad_evals)
                 )
+                if by_evals and evals == 0 and int(new_evals) > config.grad_evals:
+                    raise ConfigError("grad_evals", (
+                        f"grad_evals is {config.grad_evals}, less than one step of {config.optimizer} "
+                        f"({int(new_evals)} gradient evaluations); nothing was trained."))
                 if not np.isfinite(loss):
                     diverged = True
                     message = f"the minibatch loss is {float(loss)} at step {step}"
