@@ -2,7 +2,10 @@
 
 Trains the same MLP (784-256-256-10) with each method for the same budget of
 gradient evaluations (an s-stage step costs s) and prints the test loss each
-method has reached at every eighth of the budget, then the test accuracy.
+method has reached at about every eighth of the budget, then the test accuracy.
+The rows are multiples of the evaluations of one step of every method (4), so
+each cell is the loss after exactly its row's number of evaluations; a budget
+that is not such a multiple is rounded down, and one below it is refused.
 MNIST comes from the offline sources of :func:`flowopt.training.load_dataset`;
 ``--dataset synthetic_mnist`` runs without any download.
 
@@ -44,6 +47,8 @@ def _load(name: str):
 
 MAX_BUDGET = 10_000_000
 MAX_BATCH_SIZE = 65_536
+# Evaluations after which every method has taken a whole number of steps.
+COMMON_STEP = math.lcm(*(evals_per_step for _, evals_per_step in METHODS.values()))
 
 
 def check_settings(dataset: str, budget: int, learning_rate: float, batch_size: int, seed: int) -> None:
@@ -54,13 +59,25 @@ def check_settings(dataset: str, budget: int, learning_rate: float, batch_size: 
                                    ("--seed", seed, 0, 2**32 - 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
             raise ValueError(f"argument {flag}: must be an integer in [{low}, {high}], got {value!r}")
+    if budget < COMMON_STEP:
+        costliest = max(METHODS, key=lambda name: METHODS[name][1])
+        raise ValueError(f"argument --budget: must be at least {COMMON_STEP} gradient evaluations, one step of "
+                         f"every method ({costliest} takes {METHODS[costliest][1]} a step), got {budget}")
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) \
             or not math.isfinite(learning_rate) or learning_rate <= 0:
         raise ValueError(f"argument --learning-rate: must be a finite positive number, got {learning_rate!r}")
 
 
+def table_rows(budget: int) -> list[int]:
+    """Distinct evaluation counts of the table: each eighth of ``budget`` rounded down to a multiple of COMMON_STEP."""
+    return sorted({budget * i // 8 // COMMON_STEP * COMMON_STEP for i in range(9)})
+
+
 def run(dataset: str, budget: int, learning_rate: float, batch_size: int, seed: int):
-    """Test loss of each method after each eighth of the evaluation budget, and final accuracy.
+    """Test loss of each method at each of :func:`table_rows`, and the final test accuracy.
+
+    Returns ``(label, rows, curves, accuracy, spent)``: ``curves[name][i]`` is the
+    test loss after ``spent[name][i]`` gradient evaluations, which is ``rows[i]``.
 
     Raises:
       ValueError: for a bad setting, naming its command-line flag.
@@ -79,8 +96,8 @@ def run(dataset: str, budget: int, learning_rate: float, batch_size: int, seed: 
         xent = optax.softmax_cross_entropy_with_integer_labels(logits, y_test).mean()
         return xent, jnp.mean(jnp.argmax(logits, -1) == y_test)
 
-    checkpoints = [budget * i // 8 for i in range(9)]
-    curves, accuracy = {}, {}
+    rows = table_rows(budget)
+    curves, accuracy, spent = {}, {}, {}
     for name, (make, evals_per_step) in METHODS.items():
         tx = make(learning_rate)
 
@@ -92,17 +109,18 @@ def run(dataset: str, budget: int, learning_rate: float, batch_size: int, seed: 
 
         params, state = params0, tx.init(params0)
         rng = np.random.default_rng(seed)
-        curve, evals = [], 0
-        for target in checkpoints:
-            while evals < target:
+        curve, counts, evals = [], [], 0
+        for target in rows:
+            while evals + evals_per_step <= target:
                 idx = rng.integers(0, x_train.shape[0], batch_size)
                 params, state = step(params, state, x_train[idx], y_train[idx])
                 evals += evals_per_step
             test_loss, test_accuracy = test_metrics(params)
             curve.append(float(test_loss))
-        curves[name] = curve
+            counts.append(evals)
+        curves[name], spent[name] = curve, counts
         accuracy[name] = float(test_accuracy)
-    return label, checkpoints, curves, accuracy
+    return label, rows, curves, accuracy, spent
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -125,12 +143,15 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         parser.error(str(error))
     start = time.perf_counter()
-    label, evals, curves, accuracy = run(args.dataset, args.budget, args.learning_rate, args.batch_size, args.seed)
+    label, rows, curves, accuracy, _ = run(args.dataset, args.budget, args.learning_rate, args.batch_size, args.seed)
     names = list(METHODS)
     print(f"\nTest loss on {label}, MLP 784-256-256-10, batch {args.batch_size}, lr {args.learning_rate}")
+    if rows[-1] != args.budget:
+        print(f"(budget {args.budget} rounded down to {rows[-1]}: every row is a whole number of steps of each "
+              f"method, a multiple of {COMMON_STEP} evaluations)")
     print("| gradient evaluations | " + " | ".join(names) + " |")
     print("|---:|" + "---:|" * len(names))
-    for i, count in enumerate(evals):
+    for i, count in enumerate(rows):
         print(f"| {count} | " + " | ".join(f"{curves[n][i]:.4f}" for n in names) + " |")
     print("| test accuracy | " + " | ".join(f"{100 * accuracy[n]:.2f}%" for n in names) + " |")
     print(f"({time.perf_counter() - start:.1f} s on {jax.devices()[0].platform})")
