@@ -8,16 +8,22 @@ the position in the data stream and the running epoch sums.
 Every checkpoint also stores a SHA-256 of each array and of its JSON record,
 checked on restore: orbax does not notice a flipped bit in array data, and a
 checkpoint that is unreadable or fails its checks is skipped for the newest
-one that passes (with a warning naming it). A step is never saved twice.
+one that passes (with one warning line naming it and why). A step is never saved twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
+import inspect
 import json
 import logging
 import os
 import shutil
+import sys
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,9 @@ import orbax.checkpoint as ocp
 logger = logging.getLogger(__name__)
 
 _FORMAT = "flowopt-checkpoint-1"
+_ORBAX_SOURCE = Path(ocp.__file__).parent
+# TensorStore appends its whole spec to its messages; a warning keeps what precedes it.
+_TENSORSTORE_DETAILS = (" [tensorstore_spec", ". See full TensorStore details")
 
 
 class CheckpointError(ValueError):
@@ -70,6 +79,54 @@ def array_checksums(tree: Any) -> list[list[str]]:
 def _digest(record: Any, arrays: Any) -> str:
     text = json.dumps({"record": record, "arrays": arrays}, sort_keys=True, allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _reason(error: BaseException) -> str:
+    """One line saying why a restore failed: the innermost cause (the file and what is wrong with it)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).splitlines()[0] if str(error) else ""
+    for marker in _TENSORSTORE_DETAILS:
+        text = text.split(marker)[0]
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def _left_by_a_failed_restore(unraisable: Any) -> bool:
+    """Whether an exception Python could not raise (``sys.unraisablehook``'s argument) is orbax's leftover.
+
+    orbax runs a restore on an event loop of its own and closes it when the
+    restore raises, with reads still in flight: TensorStore then reports their
+    completion to the closed loop from one of its threads ("Event loop is
+    closed"), and the abandoned coroutines raise again when they are collected.
+    """
+    if inspect.iscoroutine(unraisable.object):
+        return Path(unraisable.object.cr_code.co_filename).is_relative_to(_ORBAX_SOURCE)
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"
+            and bool(frames) and frames[0].name == "call_soon_threadsafe")
+
+
+@contextlib.contextmanager
+def _failed_restores_contained() -> Iterator[None]:
+    """Within, orbax's leftovers of a failed restore are logged at debug level instead of printed as tracebacks.
+
+    Any other unraisable exception goes to the hook that was installed before.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if _left_by_a_failed_restore(unraisable):
+            logger.debug("Ignored after a failed restore: %r (in %r)", unraisable.exc_value, unraisable.object)
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = previous
 
 
 def _positive_int(name: str, value: Any, minimum: int) -> int:
@@ -223,8 +280,11 @@ class Checkpointer:
         """Restore into the structure and shardings of ``like``: the given step, or the newest good one.
 
         Without ``step``, a checkpoint that cannot be read or fails its checksums
-        is skipped with a warning and the next older one is tried; the skipped
-        steps are listed in the attribute ``skipped`` (see :meth:`quarantine`).
+        is skipped and the next older one is tried; once one is restored, each
+        skipped step gets one warning line naming it, why, and the step restored
+        instead. The skipped steps are listed in the attribute ``skipped`` (see
+        :meth:`quarantine`). What orbax leaves behind from a failed restore is
+        logged at debug level, never printed.
 
         Raises:
           CheckpointError: no checkpoint (or not the given step) could be restored and verified.
@@ -239,24 +299,30 @@ class Checkpointer:
         if not steps:
             raise CheckpointError(f"No checkpoint in {self.directory}.")
         self.skipped = {}
+        with _failed_restores_contained():
+            result = self._newest_usable(like, steps)
+            if self.skipped:
+                gc.collect()  # the failed restores' abandoned coroutines raise now, inside the scope
+        if result is None:
+            raise CheckpointError(
+                f"No usable checkpoint in {self.directory}: "
+                + "; ".join(f"step {s}: {r}" for s, r in self.skipped.items())
+            )
+        for skipped, reason in self.skipped.items():
+            logger.warning("The checkpoint for step %d in %s is unusable (%s); restored step %d instead, "
+                           "the newest that passed its checks.",
+                           skipped, self.directory / str(skipped), reason, result[2])
+        return result[:2]
+
+    def _newest_usable(self, like: Any, steps: list[int]) -> tuple[Any, dict[str, Any], int] | None:
+        """``(state, record, step)`` of the first of ``steps`` that restores and verifies; the others go to ``skipped``."""
         for candidate in steps:
             self._check_fits(like, candidate)
             try:
-                result = self._restore_one(like, candidate)
+                return *self._restore_one(like, candidate), candidate
             except Exception as error:  # orbax, tensorstore and json raise many kinds
-                reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
-                self.skipped[candidate] = reason
-                logger.warning("The checkpoint for step %d in %s is unusable (%s).",
-                               candidate, self.directory / str(candidate), reason)
-                continue
-            if self.skipped:
-                logger.warning("Falling back to the checkpoint for step %d in %s (newest that passed its checks).",
-                               candidate, self.directory)
-            return result
-        raise CheckpointError(
-            f"No usable checkpoint in {self.directory}: "
-            + "; ".join(f"step {s}: {r}" for s, r in self.skipped.items())
-        )
+                self.skipped[candidate] = _reason(error)
+        return None
 
     def quarantine(self, steps: list[int] | None = None) -> list[Path]:
         """Move the given (default: last skipped) checkpoints out of the way, into ``<directory>-corrupt/``.
