@@ -27,7 +27,8 @@ is calibrated from the oracle alone by gradient-only backtracking: a trial
 step is accepted when the secant curvature along it,
 ``||∇f(x⁺) - ∇f(x)|| / ||x⁺ - x||``, does not exceed ``L̂``; otherwise it is
 rejected (the oracle call still counts) and ``L̂`` becomes 5/4 of that
-secant (a non-finite trial gradient shrinks the step tenfold instead). On a
+secant (a secant that overflows between finite gradients shrinks the step
+tenfold instead; a non-finite gradient is a fault, see below). On a
 convex quadratic every accepted step decreases the subproblem's objective by
 at least ``η ||∇φ||² / 2``, so backward Euler with this default is a descent
 method for any ``h``. ``L̂`` starts at zero, so the first trial of a run is
@@ -54,6 +55,24 @@ machine epsilon), where the inner step can no longer move the iterate. One
 inner step has no second oracle gradient to compare with, so there an
 inconsistent ``k1`` still stops progress (at that bound);
 :func:`flowopt.check_oracle` reports the cause.
+
+**Non-finite stages.** A NaN or inf in the incoming gradient, in a trial
+point or in any oracle gradient of a step's proximal solves (the start-up's
+extrapolated solves included) is not a rejected trial: it makes the whole
+step a fault. The step returns a NaN increment and curvature, so
+:func:`flowopt.integrator.commit_step` discards it as it does a Runge–Kutta
+step with a non-finite stage: zero update, the state (history, curvature
+estimate, everything) kept as it was, and the step counted in ``skipped``
+(:func:`flowopt.skipped_steps`), which :func:`flowopt.guard_nonfinite` reads
+to roll a whole optax chain back. A later clean step trains as if the faulty
+one had not been made. (Were a NaN a rejection, it would raise ``L̂``
+tenfold for every inner step left, up to ``1/(ε βh)``, where it stays: the
+run would stop moving, with nothing reported.) The check is one finiteness
+reduction per inner step; a solve with ``inner_tolerance`` stops at the
+first non-finite value, the others still make their ``inner_steps`` calls.
+As with any fixed-step method, a step that meets a non-finite region from
+the same point and state is skipped again on every call: recovery needs a
+new minibatch or another step size.
 
 **Start-up.** BDF-τ needs τ past iterates. With ``startup="high_order"`` the
 first τ-1 steps are taken by backward Euler extrapolated to order τ
@@ -101,7 +120,7 @@ import optax
 
 from flowopt.integrator import Integrator
 from flowopt.linear_multistep import check_integer, check_startup, weighted_sum
-from flowopt.oracle import GradFn, Params
+from flowopt.oracle import GradFn, Params, tree_all_finite
 
 MAX_BDF_ORDER = 6
 
@@ -172,6 +191,9 @@ class ProximalSolution(NamedTuple):
       curvature: the updated estimate ``L̂``.
       residual: ``||∇φ(x)|| / ||∇φ(x_0)||`` (0 when the start is exact).
       calls: oracle calls made (int32).
+      finite: whether the start gradient and every trial point and oracle
+        gradient of the solve were finite (a boolean scalar). When it is
+        False the other fields are meaningless: the step is a fault.
     """
 
     params: Params
@@ -179,6 +201,7 @@ class ProximalSolution(NamedTuple):
     curvature: jax.Array
     residual: jax.Array
     calls: jax.Array
+    finite: jax.Array
 
 
 class BDFState(NamedTuple):
@@ -217,7 +240,10 @@ def solve_proximal(
     new point, at most ``inner_steps`` times; with ``inner_tolerance`` the
     loop stops once ``||∇φ(x)|| ≤ inner_tolerance · ||∇φ(start)||``. The step
     ``η`` is ``inner_learning_rate`` if given, otherwise the backtracked
-    ``1 / (L̂ + 1/βh)`` described in the module docstring.
+    ``1 / (L̂ + 1/βh)`` described in the module docstring. A non-finite
+    ``start_grad``, trial point or oracle gradient clears the solution's
+    ``finite`` flag (see "Non-finite stages" in the module docstring); a
+    ``lax.while_loop`` solve then stops at once.
 
     Without ``inner_tolerance`` the count is static: with ``unroll`` the
     ``inner_steps`` iterations are straight-line code, otherwise a
@@ -249,16 +275,21 @@ def solve_proximal(
         # rejected_trial, rejected_grad: the last rejected trial from the start point and its oracle
         # gradient. Before the first they are the start point and NaN: a secant against them is NaN
         # and compares False.
-        calls, x, g, direction, residual, estimate, rejected_trial, rejected_grad = carry
+        calls, x, g, direction, residual, estimate, rejected_trial, rejected_grad, finite = carry
         if inner_learning_rate is None:
             eta = 1.0 / (estimate + inverse)
         else:
             eta = jnp.asarray(inner_learning_rate, dtype)
         trial = jax.tree.map(lambda xi, di: xi - jnp.asarray(eta, xi.dtype) * di, x, direction)
         trial_grad = oracle(trial)
+        # Carried to the end only (nothing later in the solve reads it), so the chain of ands stays cheap.
+        finite = finite & tree_all_finite((trial, trial_grad))
         if inner_learning_rate is not None:
             trial_direction = prox_grad(trial, trial_grad)
-            return calls + 1, trial, trial_grad, trial_direction, norm(trial_direction), estimate, rejected_trial, rejected_grad
+            return (
+                calls + 1, trial, trial_grad, trial_direction, norm(trial_direction), estimate,
+                rejected_trial, rejected_grad, finite,
+            )
         along = secant(trial_grad, g, eta * residual)  # ||trial - x|| = η ||∇φ(x)||
         # The flag and the distance are norms (reductions), not chains of scalar selects (see below).
         at_start = norm(optax.tree_utils.tree_sub(x, start)) == 0
@@ -288,11 +319,13 @@ def solve_proximal(
             jnp.where(accept, accepted_estimate, jnp.minimum(rejected_estimate, largest_estimate)),
             reference(trial, rejected_trial),
             reference(trial_grad, rejected_grad),
+            finite,
         )
 
     carry = (
         jnp.zeros([], jnp.int32), start, start_grad, initial_direction, initial_residual,
         start_estimate, start, jax.tree.map(lambda leaf: jnp.full_like(leaf, jnp.nan), start_grad),
+        tree_all_finite((start, start_grad)),
     )
     if inner_tolerance is None:
         carry = jax.lax.fori_loop(0, inner_steps, lambda _, c: inner_step(c), carry, unroll=unroll)
@@ -300,13 +333,13 @@ def solve_proximal(
         threshold = inner_tolerance * initial_residual
 
         def keep_going(carry):
-            calls, _, _, _, residual, *_ = carry
-            return (calls < inner_steps) & (residual > threshold)
+            calls, _, _, _, residual, *_, finite = carry
+            return (calls < inner_steps) & (residual > threshold) & finite
 
         carry = jax.lax.while_loop(keep_going, inner_step, carry)
-    calls, x, g, _, residual, estimate, *_ = carry
+    calls, x, g, _, residual, estimate, *_, finite = carry
     relative = jnp.where(initial_residual > 0, residual / jnp.where(initial_residual > 0, initial_residual, 1), 0)
-    return ProximalSolution(x, g, estimate, relative, calls)
+    return ProximalSolution(x, g, estimate, relative, calls, finite)
 
 
 def _check_positive(value, name: str, below_one: bool = False) -> float | None:
@@ -375,19 +408,24 @@ def implicit_bdf(
 
     def extrapolate(oracle, params, k1, h, first: ProximalSolution):
         """Backward Euler over 1..τ substeps, combined by ``weights``; ``first`` is the one-substep solve."""
-        ends, curvature, residual, calls = [first.params], first.curvature, first.residual, first.calls
+        ends, curvature, residual, calls, finite = (
+            [first.params], first.curvature, first.residual, first.calls, first.finite,
+        )
         for substeps in range(2, len(weights) + 1):
 
             def substep(_, carry, substeps=substeps):
-                y, gy, estimate, _, count = carry
+                y, gy, estimate, _, count, ok = carry
                 solution = solve(oracle, y, h / substeps, y, gy, estimate, unroll=False)
-                return solution.params, solution.grad, solution.curvature, solution.residual, count + solution.calls
+                return (
+                    solution.params, solution.grad, solution.curvature, solution.residual,
+                    count + solution.calls, ok & solution.finite,
+                )
 
-            y, _, curvature, residual, calls = jax.lax.fori_loop(
-                0, substeps, substep, (params, k1, curvature, residual, calls)
+            y, _, curvature, residual, calls, finite = jax.lax.fori_loop(
+                0, substeps, substep, (params, k1, curvature, residual, calls, finite)
             )
             ends.append(y)
-        return weighted_sum(weights, ends), curvature, residual, calls
+        return weighted_sum(weights, ends), curvature, residual, calls, finite
 
     def step(oracle: GradFn, params: Params, k1: Params, h: jax.Array, state: BDFState):
         points = (params,) + state.history
@@ -402,18 +440,22 @@ def implicit_bdf(
             a_row, beta = [jnp.asarray(a_table)[row, i] for i in range(order)], jnp.asarray(betas)[row]
         anchor = weighted_sum([-a for a in a_row], points)
         solution = solve(oracle, anchor, beta * h, params, k1, state.curvature, inner_steps <= MAX_UNROLLED_INNER_STEPS)
-        new, curvature, residual, calls = solution.params, solution.curvature, solution.residual, solution.calls
+        new, curvature, residual, calls, finite = (
+            solution.params, solution.curvature, solution.residual, solution.calls, solution.finite,
+        )
         if order > 1 and startup == "high_order":
-            new, curvature, residual, calls = jax.lax.cond(
+            new, curvature, residual, calls, finite = jax.lax.cond(
                 starting,
                 lambda: extrapolate(oracle, params, k1, h, solution),
-                lambda: (new, curvature, residual, calls),
+                lambda: (new, curvature, residual, calls, finite),
             )
-        increment = jax.tree.map(jnp.subtract, new, params)
+        # A solve that met a non-finite point or gradient makes the step a fault: a NaN increment and
+        # curvature, which as_optimizer's commit_step discards whole (zero update, state kept, counted).
+        increment = jax.tree.map(lambda n, p: jnp.where(finite, n - p, jnp.nan), new, params)
         new_state = BDFState(
             history=points[: order - 1],
             filled=jnp.minimum(state.filled + 1, order - 1),
-            curvature=curvature,
+            curvature=jnp.where(finite, curvature, jnp.nan),
             inner_residual=residual,
         )
         return increment, new_state, calls
