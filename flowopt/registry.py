@@ -188,6 +188,17 @@ def _named_runge_kutta(constructor: Callable[..., optax.GradientTransformation],
 
 
 _FLOW_COST = "1 (Euler), else the stages of integrator"
+
+
+def _flow_member(constructor: Callable[..., optax.GradientTransformation], description: str,
+                 learning_rate: float) -> OptimizerEntry:
+    """A named member of the adaptive-algorithm family (its cost set by ``integrator``)."""
+    return OptimizerEntry(
+        name=constructor.__name__, constructor=constructor, description=description,
+        cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
+        test_arguments={"learning_rate": learning_rate},
+    )
+
 _EXPLICIT_RATE = 2e-3  # below 2/L on Rosenbrock's function (L ≈ 1002 at its minimum)
 
 _ENTRIES = (
@@ -257,36 +268,14 @@ _ENTRIES = (
         cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
         test_arguments={"h": 1.0, "r": 1.0, "p": 1.0, "q": 1.0, "learning_rate": 1e-2, "integrator": tableaus.HEUN},
     ),
-    OptimizerEntry(
-        name="adam_flow", constructor=adam_flow,
-        description="Adam's flow; its Euler scheme is optax.adam with the same arguments.",
-        cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
-        test_arguments={"learning_rate": 1e-2},
-    ),
-    OptimizerEntry(
-        name="rmsprop_flow", constructor=rmsprop_flow,
-        description="RMSProp's flow; its Euler scheme is optax.rmsprop with the same arguments.",
-        cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
-        test_arguments={"learning_rate": 3e-3},
-    ),
-    OptimizerEntry(
-        name="adagrad_flow", constructor=adagrad_flow,
-        description="AdaGrad's flow; its Euler scheme is optax.adagrad with the same arguments.",
-        cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
-        test_arguments={"learning_rate": 0.5},
-    ),
-    OptimizerEntry(
-        name="heavy_ball_flow", constructor=heavy_ball_flow,
-        description="Polyak's heavy ball θ'' + γθ' + ∇f = 0; its Euler scheme is optax.sgd with momentum.",
-        cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
-        test_arguments={"learning_rate": 1e-3},
-    ),
-    OptimizerEntry(
-        name="nesterov_flow", constructor=nesterov_flow,
-        description="Su–Boyd–Candès's Nesterov ODE θ'' + (r₀/t)θ' + ∇f = 0; Euler: optax.sgd with momentum 1 - r₀/(k+1).",
-        cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
-        test_arguments={"learning_rate": 1e-3},
-    ),
+    _flow_member(adam_flow, "Adam's flow; its Euler scheme is optax.adam with the same arguments.", learning_rate=1e-2),
+    _flow_member(rmsprop_flow, "RMSProp's flow; its Euler scheme is optax.rmsprop with the same arguments.", learning_rate=3e-3),
+    _flow_member(adagrad_flow, "AdaGrad's flow; its Euler scheme is optax.adagrad with the same arguments.", learning_rate=0.5),
+    _flow_member(heavy_ball_flow, "Polyak's heavy ball θ'' + γθ' + ∇f = 0; its Euler scheme is optax.sgd with momentum.",
+                 learning_rate=1e-3),
+    _flow_member(nesterov_flow,
+                 "Su–Boyd–Candès's Nesterov ODE θ'' + (r₀/t)θ' + ∇f = 0; Euler: optax.sgd with momentum 1 - r₀/(k+1).",
+                 learning_rate=1e-3),
     OptimizerEntry(
         name="guard_nonfinite", constructor=guard_nonfinite,
         description="Wraps an optimizer: a step with a non-finite stage or result is rejected and counted.",
