@@ -27,9 +27,8 @@ import optax
 
 from flowopt.analysis._checks import check_callable, check_int, check_params, check_real, is_traced, leaf_dtype
 from flowopt.analysis._functions import as_partial
-from flowopt.guard import tree_all_finite
 from flowopt.integrator import skipped_steps as flowopt_skipped_steps
-from flowopt.oracle import GradFn, Params, resolve_oracle
+from flowopt.oracle import GradFn, Params, resolve_oracle, tree_all_finite
 
 Where = Callable[[tuple, jax.Array], bool] | Params | None
 

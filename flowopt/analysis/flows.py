@@ -30,8 +30,7 @@ from flowopt.adaptive import PIController, StepSizeState, adaptive_step, attempt
 from flowopt.analysis._checks import INT32_MAX, check_callable, check_int, check_params, check_real, merge_complex, split_complex
 from flowopt.analysis._functions import as_partial
 from flowopt.explicit import explicit_runge_kutta, oracle_calls
-from flowopt.guard import tree_all_finite
-from flowopt.oracle import GradFn, Params, resolve_oracle
+from flowopt.oracle import GradFn, Params, resolve_oracle, tree_all_finite
 from flowopt.tableau import ButcherTableau
 
 _TABLEAUS = {tableau.name: tableau for tableau in tableaus.ALL} | {"gd": tableaus.EULER}
