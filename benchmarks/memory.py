@@ -28,7 +28,7 @@ from benchmarks.problems import DESCRIPTIONS, classifier, elementwise, param_byt
 from benchmarks.report import Report, Row
 from benchmarks.timing import compile_step, train_step
 from flowopt import tableaus
-from flowopt.explicit import needed_stages
+from flowopt.rk.stages import needed_stages
 
 TABLEAUS = {"euler": tableaus.EULER, "heun": tableaus.HEUN, "rk3": tableaus.RK3, "rk4": tableaus.RK4,
             "dopri5-fixed": tableaus.DOPRI5}  # fmt: skip

@@ -18,7 +18,7 @@ fixed-step Runge–Kutta and SGD (with and without momentum) at every step of
 a log grid; a fixed method's result is its best step. A gradient evaluation
 is an incoming gradient (one per update) or an oracle call (the state's
 count); the adaptive optimizers pay every stage of every attempt, rejected
-ones included, and cannot reuse the FSAL stage (see :mod:`flowopt.adaptive`).
+ones included, and cannot reuse the FSAL stage (see :mod:`flowopt.rk.adaptive`).
 
 Writes ``runs.csv`` (one row per method and setting), ``summary.csv`` (per
 problem and method: best setting, evaluations there, how many settings

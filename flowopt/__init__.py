@@ -2,33 +2,41 @@
 
 import importlib as _importlib
 
-from flowopt import analysis, registry, tableaus
-from flowopt.adaptive import (
-    AdaptiveState,
-    PIController,
-    adaptive_runge_kutta,
-    adaptive_step,
-    minibatch_adaptive_runge_kutta,
-    step_diagnostics,
+from flowopt import (
+    analysis,
+    registry,  # noqa: E402  (last: it names every constructor above)
 )
-from flowopt.adaptive_family import (
-    AdaptiveFlowState,
+from flowopt.alias import (
     adagrad_flow,
-    adam_coefficient,
     adam_flow,
-    adam_flow_converges,
+    adams_bashforth,
     adaptive_flow,
+    adaptive_runge_kutta,
+    backward_euler,
+    bdf,
+    euler,
     heavy_ball_flow,
+    heun,
+    midpoint,
+    minibatch_adaptive_runge_kutta,
     nesterov_flow,
+    ralston,
+    rk3,
+    rk4,
+    rk38,
     rmsprop_flow,
+    runge_kutta,
+    ssprk3,
 )
-from flowopt.alias import euler, heun, midpoint, ralston, rk3, rk4, rk38, runge_kutta, ssprk3
-from flowopt.alias_multistep import adams_bashforth, backward_euler, bdf
-from flowopt.flax_oracle import NNXObjective, StepOracle, nnx_step_oracle, step_oracle
+from flowopt.core.integrator import Integrator, IntegratorState, as_optimizer, oracle_evaluations, skipped_steps
+from flowopt.flax.oracle import NNXObjective, StepOracle, nnx_step_oracle, step_oracle
+from flowopt.flax.train_state import TrainState
+from flowopt.flows.family import AdaptiveFlowState, adam_coefficient, adam_flow_converges
 from flowopt.guard import GuardState, guard_counts, guard_nonfinite
-from flowopt.integrator import Integrator, IntegratorState, as_optimizer, oracle_evaluations, skipped_steps
-from flowopt.tableau import ButcherTableau
-from flowopt.train_state import TrainState
+from flowopt.rk import tableaus
+from flowopt.rk.adaptive import AdaptiveState, adaptive_step, step_diagnostics
+from flowopt.rk.step_size import PIController
+from flowopt.rk.tableau import ButcherTableau
 from flowopt.wrappers import AccumulatedOracle, CheckOracleState, accumulated_oracle, check_oracle, lookahead
 
 __all__ = [

@@ -36,7 +36,6 @@ last stage of the FSAL pairs ``BOSH3`` and ``DOPRI5``), or by the guard with
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -44,8 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flowopt.integrator import oracle_evaluations, skipped_steps
-from flowopt.oracle import Params, tree_all_finite
+from flowopt.core.integrator import oracle_evaluations, skipped_steps
+from flowopt.core.oracle import flag_nonfinite_loss
+from flowopt.core.trees import tree_all_finite
+from flowopt.core.types import Params
 
 _NEVER_GIVE_UP = int(jnp.iinfo(jnp.int32).max)
 
@@ -67,44 +68,6 @@ class GuardState(NamedTuple):
     oracle_evals: jax.Array
     loss_evals: jax.Array
     inner_state: optax.OptState
-
-
-def flag_nonfinite_loss(value_fn: Callable[[Params], jax.Array]) -> Callable[[Params], jax.Array]:
-    """The same loss, whose gradient is NaN wherever the loss itself is non-finite.
-
-    A loss written as ``jnp.where(ok, f, jnp.nan)`` has a finite (zero)
-    gradient where it is NaN; an integrator that sees only gradients would
-    take that point for a flat region. With this wrapper the gradient carries
-    the failure, so the finiteness checks on gradients also catch it. (The
-    derivative gains the term ``c · Σ tangent``, ``c = 0`` where the loss is
-    finite and NaN elsewhere: linear in the tangent, so reverse mode puts
-    the NaN into every gradient entry, past any masking.)
-
-    Raises:
-      ValueError: if ``value_fn`` is not callable.
-    """
-    if not callable(value_fn):
-        raise ValueError(f"value_fn must be a function params -> scalar loss, got {value_fn!r}.")
-
-    @jax.custom_jvp
-    def flagged(params: Params) -> jax.Array:
-        return value_fn(params)
-
-    @flagged.defjvp
-    def flagged_jvp(primals, tangents):
-        (params,), (tangent,) = primals, tangents
-        value, value_tangent = jax.jvp(value_fn, (params,), (tangent,))
-        poison = jnp.where(jnp.isfinite(value), 0.0, jnp.nan).astype(value_tangent.dtype)
-        leaves = [leaf for leaf in jax.tree.leaves(tangent) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-        # Real and imaginary parts of a complex tangent both count (an R-linear term), so that the
-        # NaN reaches both parts of a complex parameter's gradient.
-        total = sum(
-            (jnp.sum(jnp.real(leaf) + jnp.imag(leaf)).astype(value_tangent.dtype) for leaf in leaves),
-            jnp.zeros([], value_tangent.dtype),
-        )
-        return value, value_tangent + poison * total
-
-    return flagged
 
 
 def _reject_nonfinite_steps(

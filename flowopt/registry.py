@@ -42,15 +42,34 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flowopt import tableaus
-from flowopt.adaptive import adaptive_runge_kutta, attempt_oracle_calls, minibatch_adaptive_runge_kutta
-from flowopt.adaptive_family import adagrad_flow, adam_flow, adaptive_flow, heavy_ball_flow, nesterov_flow, rmsprop_flow
-from flowopt.alias import euler, heun, midpoint, ralston, rk3, rk4, rk38, runge_kutta, ssprk3
-from flowopt.alias_multistep import adams_bashforth, backward_euler, bdf
-from flowopt.explicit import explicit_runge_kutta, oracle_calls
+from flowopt.alias import (
+    adagrad_flow,
+    adam_flow,
+    adams_bashforth,
+    adaptive_flow,
+    adaptive_runge_kutta,
+    backward_euler,
+    bdf,
+    euler,
+    heavy_ball_flow,
+    heun,
+    midpoint,
+    minibatch_adaptive_runge_kutta,
+    nesterov_flow,
+    ralston,
+    rk3,
+    rk4,
+    rk38,
+    rmsprop_flow,
+    runge_kutta,
+    ssprk3,
+)
+from flowopt.core.integrator import as_optimizer
 from flowopt.guard import guard_nonfinite
-from flowopt.integrator import as_optimizer
-from flowopt.tableau import ButcherTableau
+from flowopt.rk import tableaus
+from flowopt.rk.adaptive import attempt_oracle_calls
+from flowopt.rk.stages import explicit_runge_kutta, oracle_calls
+from flowopt.rk.tableau import ButcherTableau
 from flowopt.wrappers import check_oracle, lookahead
 
 Arguments = Mapping[str, Any]

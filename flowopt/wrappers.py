@@ -39,10 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flowopt.adaptive import _check_range
+from flowopt.core.checks import check_integer, check_range
+from flowopt.core.oracle import _scalar_checked, check_updates_match, conjugate_if_complex, resolve_oracle
+from flowopt.core.types import GradFn, Params
 from flowopt.guard import _check_transformation
-from flowopt.linear_multistep import check_integer
-from flowopt.oracle import GradFn, Params, _scalar_checked, check_updates_match, conjugate_if_complex, resolve_oracle
 
 _CHECK = "flowopt.check_oracle"
 
@@ -114,8 +114,8 @@ def check_oracle(
         in ``update``, if the oracle or ``params`` is missing.
     """
     _check_transformation(inner, _CHECK)
-    rtol_value = _check_range("rtol", rtol, 0.0, math.inf, low_open=False)
-    atol_value = _check_range("atol", atol, 0.0, math.inf, low_open=False)
+    rtol_value = check_range("rtol", rtol, 0.0, math.inf, low_open=False)
+    atol_value = check_range("atol", atol, 0.0, math.inf, low_open=False)
     if rtol_value == 0 and atol_value == 0:
         raise ValueError(f"{_CHECK}: rtol and atol are both zero; two evaluations of one gradient may differ by rounding.")
     if not isinstance(raise_on_mismatch, (bool, np.bool_)):
@@ -315,7 +315,7 @@ def lookahead(
     """
     _check_transformation(fast_optimizer, "flowopt.lookahead", "fast_optimizer")
     sync_period = check_integer(sync_period, "sync_period", 1)
-    _check_range("slow_step_size", slow_step_size, 0.0, 1.0, high_open=False)
+    check_range("slow_step_size", slow_step_size, 0.0, 1.0, high_open=False)
     if not isinstance(reset_state, (bool, np.bool_)):
         raise ValueError(f"flowopt.lookahead: reset_state must be True or False, got {reset_state!r}.")
     fast_optimizer = optax.with_extra_args_support(fast_optimizer)

@@ -13,8 +13,9 @@ import scipy.linalg
 
 import flowopt
 from flowopt import tableaus
-from flowopt.adaptive import PIController, adaptive_step, attempt_oracle_calls, stage_stiffness
-from flowopt.explicit import needed_stages, stage_gradients
+from flowopt.rk.adaptive import adaptive_step, attempt_oracle_calls, stage_stiffness
+from flowopt.rk.stages import gradient_stages, needed_stages
+from flowopt.rk.step_size import PIController
 
 I_CONTROL = dict(pcoeff=0.0, icoeff=1.0)
 PI_CONTROL = dict(pcoeff=0.4, icoeff=0.3)
@@ -220,11 +221,11 @@ def test_stage_stiffness_is_h_times_the_curvature_on_a_quadratic():
     with jax.enable_x64(True):
         for tableau in (tableaus.HEUN_EULER, tableaus.BOSH3, tableaus.DOPRI5):
             h = 0.3
-            ks = stage_gradients(tableau, lambda p: 7.0 * p, jnp.ones(1), 7.0 * jnp.ones(1), h, (tableau.b, tableau.b_error))
+            ks = gradient_stages(tableau, lambda p: 7.0 * p, jnp.ones(1), 7.0 * jnp.ones(1), h, (tableau.b, tableau.b_error))
             assert float(stage_stiffness(tableau, ks)) == pytest.approx(7.0 * h, rel=1e-12)
             a, y0 = stiff_quadratic(dim=6, condition=1e2)
             matrix = jnp.asarray(a)
-            ks = stage_gradients(tableau, lambda p: matrix @ p, jnp.asarray(y0), matrix @ y0, 0.01, (tableau.b, tableau.b_error))
+            ks = gradient_stages(tableau, lambda p: matrix @ p, jnp.asarray(y0), matrix @ y0, 0.01, (tableau.b, tableau.b_error))
             assert 0 < float(stage_stiffness(tableau, ks)) <= 0.01 * 1e2 * (1 + 1e-9)
 
 

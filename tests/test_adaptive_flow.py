@@ -388,7 +388,7 @@ def test_runge_kutta_without_oracle_raises():
 def test_state_layout():
     params = {"a": jnp.ones(3), "b": jnp.ones((2, 2))}
     adam = flowopt.adam_flow(0.1).init(params)
-    assert isinstance(adam, flowopt.AdaptiveFlowState)
+    assert isinstance(adam, flowopt.IntegratorState) and isinstance(adam.stage_state, flowopt.AdaptiveFlowState)
     assert jax.tree.structure(adam.m) == jax.tree.structure(params) and adam.v["b"].shape == (2, 2)
     assert adam.count.dtype == jnp.int32 and adam.oracle_evals.dtype == jnp.int32 and adam.t.shape == ()
     assert flowopt.rmsprop_flow(0.1).init(params).m is None
@@ -434,18 +434,18 @@ def test_adam_convergence_condition_and_warning():
         (lambda: flowopt.adam_flow(0.01, eps=-1e-8), "eps must be non-negative"),
         (lambda: flowopt.adam_flow(0.01, eps_root=-1e-8), "eps_root must be non-negative"),
         (lambda: flowopt.adam_flow(0.01, eps_root=float("inf")), "eps_root must be a finite real number"),
-        (lambda: flowopt.rmsprop_flow(0.01, eps=0.0), "eps must be positive"),
+        (lambda: flowopt.rmsprop_flow(0.01, eps=0.0), "eps must be a finite real number greater than 0"),
         (lambda: flowopt.rmsprop_flow(0.01, eps_in_sqrt=1), "eps_in_sqrt must be True or False"),
-        (lambda: flowopt.adagrad_flow(0.1, eps=-1.0), "eps must be positive"),
+        (lambda: flowopt.adagrad_flow(0.1, eps=-1.0), "eps must be a finite real number greater than 0"),
         (lambda: flowopt.adam_flow(0.0), "learning_rate is 0, which cannot serve as the reference rate"),
         (lambda: flowopt.heavy_ball_flow(-0.1), "learning_rate must be finite and non-negative"),
         (lambda: flowopt.adagrad_flow(float("nan")), "learning_rate must be finite and non-negative"),
-        (lambda: flowopt.adam_flow(0.01, b1=1.0), "b1 must lie in the open interval"),
-        (lambda: flowopt.adam_flow(0.01, b2=0.0), "b2 must lie in the open interval"),
-        (lambda: flowopt.adam_flow(0.01, b1=-0.1), "b1 must lie in the open interval"),
-        (lambda: flowopt.rmsprop_flow(0.01, decay=1.5), "decay must lie in the open interval"),
-        (lambda: flowopt.heavy_ball_flow(0.01, momentum=1.0), "momentum must lie in the open interval"),
-        (lambda: flowopt.adam_flow_converges(0.9, 1.0), "b2 must lie in the open interval"),
+        (lambda: flowopt.adam_flow(0.01, b1=1.0), r"b1 must be a real number in \(0, 1\)"),
+        (lambda: flowopt.adam_flow(0.01, b2=0.0), r"b2 must be a real number in \(0, 1\)"),
+        (lambda: flowopt.adam_flow(0.01, b1=-0.1), r"b1 must be a real number in \(0, 1\)"),
+        (lambda: flowopt.rmsprop_flow(0.01, decay=1.5), r"decay must be a real number in \(0, 1\)"),
+        (lambda: flowopt.heavy_ball_flow(0.01, momentum=1.0), r"momentum must be a real number in \(0, 1\)"),
+        (lambda: flowopt.adam_flow_converges(0.9, 1.0), r"b2 must be a real number in \(0, 1\)"),
         (lambda: flowopt.adaptive_flow(lambda t: jnp.ones(2), 1.0, None, None, 0.1), r"h\(t\) must return a scalar"),
         (lambda: flowopt.adaptive_flow(1.0, 1.0, 1.0, lambda t: jnp.ones((1, 1)), 0.1), r"q\(t\) must return a scalar"),
         (lambda: flowopt.adaptive_flow(1.0, None, None, None, 0.1), "give both h and r"),

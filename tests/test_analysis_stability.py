@@ -8,7 +8,7 @@ import pytest
 
 from flowopt import tableaus
 from flowopt.analysis import stability
-from flowopt.tableau import ButcherTableau, lower_triangular
+from flowopt.rk.tableau import ButcherTableau, lower_triangular
 
 matplotlib.use("Agg")
 

@@ -168,7 +168,7 @@ WRAPPINGS = {
 
 def _stage_states(state):
     """The BDF stage states inside an optimizer state, whatever wraps them."""
-    is_bdf = lambda x: isinstance(x, flowopt.implicit.BDFState)
+    is_bdf = lambda x: isinstance(x, flowopt.multistep.bdf.BDFState)
     return [leaf for leaf in jax.tree.leaves(state, is_leaf=is_bdf) if is_bdf(leaf)]
 
 

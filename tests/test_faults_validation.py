@@ -12,11 +12,12 @@ import optax
 import pytest
 
 import flowopt
-import flowopt.tableau as tableau_module
+import flowopt.rk.tableau as tableau_module
 from flowopt import tableaus
-from flowopt.adaptive import PIController, adaptive_step, scaled_error_norm
-from flowopt.guard import flag_nonfinite_loss
-from flowopt.tableau import ButcherTableau, check_order, lower_triangular, min_stages, order_conditions, rooted_trees
+from flowopt.core.oracle import flag_nonfinite_loss
+from flowopt.rk.adaptive import adaptive_step
+from flowopt.rk.step_size import PIController, scaled_error_norm
+from flowopt.rk.tableau import ButcherTableau, check_order, lower_triangular, min_stages, order_conditions, rooted_trees
 
 HEUN = dict(a=[[0.0, 0.0], [1.0, 0.0]], b=[0.5, 0.5], c=[0.0, 1.0], order=2)
 
@@ -261,11 +262,11 @@ def quadratic(x):
         ("smoothing", "x", r"smoothing must be a real number in \[0, 1\), got 'x'"),
         ("smoothing", 1.0, r"smoothing must be a real number in \[0, 1\), got 1.0"),
         ("smoothing", -0.5, r"smoothing must be a real number in \[0, 1\), got -0.5"),
-        ("max_attempts", 0, r"max_attempts must be an integer in 1..1000, got 0"),
-        ("max_attempts", 2.5, r"max_attempts must be an integer in 1..1000, got 2.5"),
-        ("max_attempts", True, r"max_attempts must be an integer in 1..1000, got True"),
-        ("max_attempts", "3", r"max_attempts must be an integer in 1..1000, got '3'"),
-        ("max_attempts", 2**40, r"max_attempts must be an integer in 1..1000, got 1099511627776"),
+        ("max_attempts", 0, r"max_attempts must be an integer in \[1, 1000\], got 0"),
+        ("max_attempts", 2.5, r"max_attempts must be an integer in \[1, 1000\], got 2.5"),
+        ("max_attempts", True, r"max_attempts must be an integer in \[1, 1000\], got True"),
+        ("max_attempts", "3", r"max_attempts must be an integer in \[1, 1000\], got '3'"),
+        ("max_attempts", 2**40, r"max_attempts must be an integer in \[1, 1000\], got 1099511627776"),
         ("max_attempts", jnp.array(3), r"max_attempts must be a Python integer .*static_args"),
         ("learning_rate", "0.1", r"learning_rate must be a positive number"),
         ("learning_rate", float("nan"), r"learning_rate must be finite and positive, got nan"),

@@ -10,7 +10,7 @@ import pytest
 
 import flowopt
 from flowopt import tableaus
-from flowopt.guard import flag_nonfinite_loss
+from flowopt.core.oracle import flag_nonfinite_loss
 
 RADIUS = 2.0
 CURVATURES = jnp.array([1.0, 3.0, 10.0])

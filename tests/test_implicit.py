@@ -11,13 +11,9 @@ import scipy.linalg
 from linear_flow import integrate, random_quadratic
 
 import flowopt
-from flowopt.implicit import (
-    BDF_COEFFICIENTS,
-    MAX_UNROLLED_INNER_STEPS,
-    BDFState,
-    extrapolation_weights,
-    implicit_bdf,
-)
+from flowopt.multistep.bdf import MAX_UNROLLED_INNER_STEPS, BDFState, implicit_bdf
+from flowopt.multistep.coefficients import BDF_COEFFICIENTS, extrapolation_weights
+from flowopt.rk.stages import explicit_runge_kutta
 
 # The table of Huang et al. / Hairer–Wanner, written out independently of the module.
 EXPECTED_BDF = {
@@ -160,7 +156,7 @@ def _stiff_problem():
 
 def test_gradient_descent_diverges_at_ten_over_l():
     a, x0 = _stiff_problem()
-    x, _, _ = integrate(flowopt.explicit.explicit_runge_kutta(flowopt.tableaus.EULER), a, x0, 10.0, 50)
+    x, _, _ = integrate(explicit_runge_kutta(flowopt.tableaus.EULER), a, x0, 10.0, 50)
     assert not np.all(np.isfinite(np.asarray(x))) or np.linalg.norm(x) > 1e10 * np.linalg.norm(x0)
 
 
@@ -343,17 +339,17 @@ def test_fixed_inner_steps_run_without_a_loop(tx):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(order=0), "order must be between 1 and 6"),
-        (dict(order=7), "order must be between 1 and 6"),
+        (dict(order=0), r"order must be an integer in \[1, 6\]"),
+        (dict(order=7), r"order must be an integer in \[1, 6\]"),
         (dict(order=2.0), "order must be an integer"),
         (dict(order=True), "order must be an integer"),
-        (dict(inner_steps=0), "inner_steps must be at least 1"),
-        (dict(inner_steps=2.5), "inner_steps must be an integer"),
+        (dict(inner_steps=0), "inner_steps must be a positive integer"),
+        (dict(inner_steps=2.5), "inner_steps must be a positive integer, got 2.5"),
         (dict(learning_rate=-0.1), "learning_rate must be finite and non-negative"),
         (dict(learning_rate=float("nan")), "learning_rate must be finite and non-negative"),
-        (dict(inner_learning_rate=0.0), "inner_learning_rate must be finite and positive"),
-        (dict(inner_learning_rate=lambda c: 0.1), "inner_learning_rate must be a positive number"),
-        (dict(inner_tolerance=1.5), "inner_tolerance must be in"),
+        (dict(inner_learning_rate=0.0), "inner_learning_rate must be a finite real number greater than 0"),
+        (dict(inner_learning_rate=lambda c: 0.1), "inner_learning_rate must be a finite real number greater than 0"),
+        (dict(inner_tolerance=1.5), r"inner_tolerance must be a real number in \(0, 1\)"),
         (dict(startup="euler"), "startup must be one of"),
     ],
 )

@@ -11,7 +11,8 @@ import scipy.linalg
 from linear_flow import integrate
 
 import flowopt
-from flowopt.multistep import ADAMS_BASHFORTH_COEFFICIENTS, explicit_adams_bashforth
+from flowopt.multistep.adams_bashforth import explicit_adams_bashforth
+from flowopt.multistep.coefficients import ADAMS_BASHFORTH_COEFFICIENTS
 
 EXPECTED_AB = {
     1: (F(1),),
@@ -162,8 +163,8 @@ def test_missing_oracle_raises():
 @pytest.mark.parametrize(
     "args, kwargs, match",
     [
-        ((0, 0.1), {}, "order must be between 1 and 4"),
-        ((5, 0.1), {}, "order must be between 1 and 4"),
+        ((0, 0.1), {}, r"order must be an integer in \[1, 4\]"),
+        ((5, 0.1), {}, r"order must be an integer in \[1, 4\]"),
         ((2.0, 0.1), {}, "order must be an integer"),
         ((2, -0.1), {}, "learning_rate must be finite and non-negative"),
         ((2, float("inf")), {}, "learning_rate must be finite and non-negative"),

@@ -5,7 +5,7 @@ import pytest
 
 import flowopt
 from flowopt import tableaus
-from flowopt.tableau import ButcherTableau, lower_triangular, order_conditions, rooted_trees
+from flowopt.rk.tableau import ButcherTableau, lower_triangular, order_conditions, rooted_trees
 
 
 def test_number_of_rooted_trees_matches_oeis_a000081():

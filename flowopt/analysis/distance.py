@@ -27,8 +27,10 @@ import optax
 
 from flowopt.analysis._checks import check_callable, check_int, check_params, check_real, is_traced, leaf_dtype
 from flowopt.analysis._functions import as_partial
-from flowopt.integrator import skipped_steps as flowopt_skipped_steps
-from flowopt.oracle import GradFn, Params, resolve_oracle, tree_all_finite
+from flowopt.core.integrator import skipped_steps as flowopt_skipped_steps
+from flowopt.core.oracle import resolve_oracle
+from flowopt.core.trees import tree_all_finite
+from flowopt.core.types import GradFn, Params
 
 Where = Callable[[tuple, jax.Array], bool] | Params | None
 

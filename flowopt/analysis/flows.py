@@ -25,13 +25,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flowopt import tableaus
-from flowopt.adaptive import PIController, StepSizeState, adaptive_step, attempt_oracle_calls, scaled_error_norm
 from flowopt.analysis._checks import INT32_MAX, check_callable, check_int, check_params, check_real, merge_complex, split_complex
 from flowopt.analysis._functions import as_partial
-from flowopt.explicit import explicit_runge_kutta, oracle_calls
-from flowopt.oracle import GradFn, Params, resolve_oracle, tree_all_finite
-from flowopt.tableau import ButcherTableau
+from flowopt.core.oracle import resolve_oracle
+from flowopt.core.trees import tree_all_finite
+from flowopt.core.types import GradFn, Params
+from flowopt.rk import tableaus
+from flowopt.rk.adaptive import adaptive_step, attempt_oracle_calls
+from flowopt.rk.stages import explicit_runge_kutta, oracle_calls
+from flowopt.rk.step_size import PIController, StepSizeState, scaled_error_norm
+from flowopt.rk.tableau import ButcherTableau
 
 _TABLEAUS = {tableau.name: tableau for tableau in tableaus.ALL} | {"gd": tableaus.EULER}
 # (rtol, atol) by whether the parameters are float64.

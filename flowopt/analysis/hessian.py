@@ -39,7 +39,7 @@ from flowopt.analysis._checks import (
     split_complex,
 )
 from flowopt.analysis._functions import as_partial
-from flowopt.oracle import Params
+from flowopt.core.types import Params
 
 ValueFn = Callable[[Params], jax.Array]
 

@@ -24,7 +24,7 @@ from jax.tree_util import Partial
 
 from flowopt.analysis._checks import check_callable, check_params, check_real, checked_value
 from flowopt.analysis._functions import as_partial
-from flowopt.oracle import Params
+from flowopt.core.types import Params
 
 
 def _modified_value(value_fn: Callable[[Params], jax.Array], learning_rate: jax.Array, params: Params) -> jax.Array:

@@ -27,10 +27,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from flowopt import tableaus
-from flowopt.implicit import BDF_COEFFICIENTS
-from flowopt.multistep import ADAMS_BASHFORTH_COEFFICIENTS
-from flowopt.tableau import ButcherTableau, check_tableau
+from flowopt.multistep.coefficients import ADAMS_BASHFORTH_COEFFICIENTS, BDF_COEFFICIENTS
+from flowopt.rk import tableaus
+from flowopt.rk.tableau import ButcherTableau, check_tableau
 
 
 class LinearMultistep(NamedTuple):

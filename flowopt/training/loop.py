@@ -38,7 +38,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 import flowopt
-from flowopt.oracle import tree_all_finite
+from flowopt.core.trees import tree_all_finite
 from flowopt.training import models, parallel
 from flowopt.training.checkpoint import Checkpointer, CheckpointError
 from flowopt.training.config import ConfigError, TrainConfig, trajectory_mismatch

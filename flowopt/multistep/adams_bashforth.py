@@ -24,28 +24,23 @@ current ``h`` is used with them.
 
 from __future__ import annotations
 
-from fractions import Fraction
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from flowopt import tableaus
-from flowopt.explicit import explicit_runge_kutta
-from flowopt.integrator import Integrator
-from flowopt.linear_multistep import check_integer, check_startup, weighted_sum
-from flowopt.oracle import GradFn, Params
-
-MAX_ADAMS_BASHFORTH_ORDER = 4
-
-# order -> (b_0, ..., b_{τ-1}) in  θ_{n+1} = θ_n - h Σ_j b_j ∇f(θ_{n-j}).
-ADAMS_BASHFORTH_COEFFICIENTS: dict[int, tuple[Fraction, ...]] = {
-    1: (Fraction(1),),
-    2: (Fraction(3, 2), Fraction(-1, 2)),
-    3: (Fraction(23, 12), Fraction(-16, 12), Fraction(5, 12)),
-    4: (Fraction(55, 24), Fraction(-59, 24), Fraction(37, 24), Fraction(-9, 24)),
-}
+from flowopt.core.checks import check_integer
+from flowopt.core.integrator import Integrator
+from flowopt.core.trees import linear_combination
+from flowopt.core.types import GradFn, Params
+from flowopt.multistep.coefficients import (
+    ADAMS_BASHFORTH_COEFFICIENTS,
+    MAX_ADAMS_BASHFORTH_ORDER,
+    check_startup,
+    padded_rows,
+)
+from flowopt.rk import tableaus
+from flowopt.rk.stages import explicit_runge_kutta
 
 STARTUP_TABLEAUS = {2: tableaus.HEUN, 3: tableaus.RK3, 4: tableaus.RK4}
 
@@ -64,13 +59,9 @@ class AdamsBashforthState(NamedTuple):
 
 def explicit_adams_bashforth(order: int, startup: str = "high_order") -> Integrator:
     """The AB-``order`` integrator (order 1..4); see the module docstring."""
-    order = check_integer(order, "order", 1, MAX_ADAMS_BASHFORTH_ORDER)
+    order = check_integer("order", order, 1, MAX_ADAMS_BASHFORTH_ORDER)
     startup = check_startup(startup)
-
-    # Row j: AB-(j+1) padded with zeros, so lower-order start-up steps index it.
-    table = np.zeros((order, order))
-    for j in range(order):
-        table[j, : j + 1] = [float(b) for b in ADAMS_BASHFORTH_COEFFICIENTS[j + 1]]
+    table = padded_rows([ADAMS_BASHFORTH_COEFFICIENTS[j + 1] for j in range(order)])
     high_order_start = startup == "high_order" and order > 1
     starter = explicit_runge_kutta(STARTUP_TABLEAUS[order]) if high_order_start else None
 
@@ -81,7 +72,7 @@ def explicit_adams_bashforth(order: int, startup: str = "high_order") -> Integra
         )
 
     def multistep(gradients, h, coefficients):
-        return weighted_sum([-h * b for b in coefficients], gradients), jnp.zeros([], jnp.int32)
+        return linear_combination([-h * b for b in coefficients], gradients), jnp.zeros([], jnp.int32)
 
     def step(oracle: GradFn | None, params: Params, k1: Params, h: jax.Array, state: AdamsBashforthState):
         gradients = (k1,) + state.gradients

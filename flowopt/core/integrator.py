@@ -33,7 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flowopt.oracle import GradFn, Params, check_updates_match, resolve_oracle, tree_all_finite
+from flowopt.core.oracle import check_updates_match, resolve_oracle
+from flowopt.core.trees import tree_all_finite
+from flowopt.core.types import GradFn, Params
 
 StageFn = Callable[[GradFn | None, Params, Params, jax.Array, Any], tuple[Params, Any, jax.Array | int]]
 
@@ -46,12 +48,23 @@ class Integrator(NamedTuple):
       init: ``params -> stage_state`` (history, moments, ...; ``()`` if none).
       step: the stage function, see the module docstring.
       needs_oracle: whether ``step`` evaluates gradients away from ``params``.
+      chooses_step_size: ``False``: ``step`` takes the step ``h`` of the
+        learning-rate schedule, and :func:`as_optimizer` applies its result
+        only when it is finite (see the module docstring). ``True``: ``step``
+        chooses its own step from its state (an error-controlled method; it
+        receives ``h = None``), rejects a failed attempt itself by returning
+        a zero increment, and :func:`as_optimizer` takes no learning rate.
+      flags_nonfinite_loss: make the oracle's gradient NaN wherever the loss
+        is non-finite (:func:`flowopt.core.oracle.flag_nonfinite_loss`), for
+        methods that reject such attempts themselves.
     """
 
     name: str
     init: Callable[[Params], Any]
     step: StageFn
     needs_oracle: bool
+    chooses_step_size: bool = False
+    flags_nonfinite_loss: bool = False
 
 
 class IntegratorState(NamedTuple):
@@ -63,13 +76,23 @@ class IntegratorState(NamedTuple):
         passed in as ``updates`` are not included.
       skipped: steps not applied because their size or increment was not a
         finite number (or the size was negative), see the module docstring (int32).
-      stage_state: the integrator's own state.
+      stage_state: the integrator's own state; its fields can be read on
+        this state too (``state.m`` for ``state.stage_state.m``).
     """
 
     count: jax.Array
     oracle_evals: jax.Array
     skipped: jax.Array
     stage_state: Any
+
+    def __getattr__(self, name: str) -> Any:
+        """The fields of the integrator's own state, read through this one (``state.t``, ``state.controller``)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return getattr(self.stage_state, name)
+        except AttributeError:
+            raise AttributeError(f"'IntegratorState' object (and its stage_state) has no attribute {name!r}") from None
 
 
 def check_learning_rate(
@@ -183,24 +206,41 @@ def check_state_matches(method: str, state: Any, init: Callable[[Params], Any], 
 
 
 def as_optimizer(
-    integrator: Integrator, learning_rate: optax.ScalarOrSchedule
+    integrator: Integrator, learning_rate: optax.ScalarOrSchedule | None = None
 ) -> optax.GradientTransformationExtraArgs:
-    """Wrap an :class:`Integrator` as an optax transformation with step ``h = learning_rate``.
+    """Wrap an :class:`Integrator` as an optax transformation: the one route from a method to an optimizer.
 
     ``update(grads, state, params, value_fn=..., grad_fn=..., full_params=..., **ignored)``
     returns the increment ``θ_{n+1} - θ_n``: add it with ``optax.apply_updates``.
-    ``full_params`` is needed inside ``optax.masked`` and
-    ``optax.multi_transform`` only (see :func:`flowopt.oracle.resolve_oracle`).
+    The step is ``h = learning_rate`` (a number or an optax schedule of the
+    step count), or, for an integrator that chooses its own steps, whatever it
+    chooses (then ``learning_rate`` must be ``None``). ``full_params`` is
+    needed inside ``optax.masked`` and ``optax.multi_transform`` only (see
+    :func:`flowopt.core.oracle.resolve_oracle`). The state is an
+    :class:`IntegratorState` around the integrator's own.
+
+    Raises:
+      ValueError: if ``integrator`` is not an :class:`Integrator`, or
+        ``learning_rate`` is missing, not a valid rate or schedule, or given to
+        an integrator that chooses its own steps.
     """
-    check_learning_rate(learning_rate, allow_zero=True)
+    if not isinstance(integrator, Integrator):
+        raise ValueError(f"as_optimizer needs a flowopt.Integrator, got {type(integrator).__name__}.")
+    if integrator.chooses_step_size:
+        if learning_rate is not None:
+            raise ValueError(
+                f"{integrator.name} chooses its own step sizes: as_optimizer takes no learning_rate for it "
+                "(its first step is an argument of the integrator)."
+            )
+    elif learning_rate is None:
+        raise ValueError(f"{integrator.name} needs a learning_rate: a positive number or an optax schedule.")
+    else:
+        check_learning_rate(learning_rate, allow_zero=True)
 
     def init_fn(params: Params) -> IntegratorState:
-        return IntegratorState(
-            count=jnp.zeros([], jnp.int32),
-            oracle_evals=jnp.zeros([], jnp.int32),
-            skipped=jnp.zeros([], jnp.int32),
-            stage_state=integrator.init(params),
-        )
+        # A buffer per count: a state donated to a jitted step must not hold one buffer twice.
+        count, oracle_evals, skipped = (jnp.zeros([], jnp.int32) for _ in range(3))
+        return IntegratorState(count, oracle_evals, skipped, integrator.init(params))
 
     def update_fn(
         updates: optax.Updates,
@@ -216,11 +256,16 @@ def as_optimizer(
         check_updates_match(integrator.name, updates, params)
         check_state_matches(integrator.name, state, init_fn, params)
         oracle = resolve_oracle(
-            integrator.name, params, value_fn, grad_fn, required=integrator.needs_oracle, full_params=full_params
+            integrator.name, params, value_fn, grad_fn, required=integrator.needs_oracle, full_params=full_params,
+            flag_nonfinite=integrator.flags_nonfinite_loss,
         )
-        h = checked_step_size(integrator.name, learning_rate, state.count)
-        increment, stage_state, calls = integrator.step(oracle, params, updates, h, state.stage_state)
-        increment, stage_state, _, fault = commit_step(h, increment, stage_state, state.stage_state)
+        if integrator.chooses_step_size:
+            increment, stage_state, calls = integrator.step(oracle, params, updates, None, state.stage_state)
+            fault = jnp.zeros([], jnp.int32)
+        else:
+            h = checked_step_size(integrator.name, learning_rate, state.count)
+            increment, stage_state, calls = integrator.step(oracle, params, updates, h, state.stage_state)
+            increment, stage_state, _, fault = commit_step(h, increment, stage_state, state.stage_state)
         new_state = IntegratorState(
             count=optax.safe_increment(state.count),
             oracle_evals=state.oracle_evals + jnp.asarray(calls, jnp.int32),

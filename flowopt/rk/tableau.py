@@ -23,6 +23,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from flowopt.core.checks import check_integer
+
 _TOLERANCE = 1e-10
 
 MAX_ORDER = 14
@@ -111,7 +113,7 @@ def min_stages(order: int) -> int:
     ``p = 7``; ``s ≥ p + 3`` for ``p ≥ 8`` (Butcher 1964, 1965, 1985; Hairer,
     Nørsett & Wanner, *Solving ODEs I*, §II.5; tight up to ``p = 8``).
     """
-    order = _check_integer("order", order, minimum=1)
+    order = check_integer("order", order, 1)
     if order <= 4:
         return order
     if order <= 6:
@@ -185,7 +187,7 @@ class ButcherTableau:
       c: ``(s,)`` nodes, equal to the row sums of ``a``.
       order: the classical order, checked against all order conditions; at
         most ``MAX_ORDER`` (14) and within Butcher's barriers for ``s`` stages
-        (see ``flowopt.tableau.min_stages``).
+        (see ``flowopt.rk.tableau.min_stages``).
       b_error: optional ``(s,)`` error weights ``b - b̂`` of an embedded method
         ``b̂`` of order ``embedded_order``; they sum to zero and must give an
         error estimate that is not identically zero.
@@ -227,7 +229,7 @@ class ButcherTableau:
             raise ValueError(
                 f"{where}b and c must have {stages} entries, got shapes {b.shape} and {c.shape}."
             )
-        order = _check_integer("order", self.order, minimum=1, where=where)
+        order = check_integer(f"{where}order", self.order, 1)
         if order > MAX_ORDER:
             raise ValueError(
                 f"{where}order {order} exceeds MAX_ORDER = {MAX_ORDER}: its order conditions run over "
@@ -239,7 +241,7 @@ class ButcherTableau:
         else:
             if b_error.shape != b.shape:
                 raise ValueError(f"{where}b_error must have shape {b.shape}, got {b_error.shape}.")
-            embedded_order = _check_integer("embedded_order", self.embedded_order, minimum=1, where=where)
+            embedded_order = check_integer(f"{where}embedded_order", self.embedded_order, 1)
             if embedded_order > order:
                 raise ValueError(
                     f"{where}embedded_order must be an integer in 1..{order} (at most order), "
@@ -307,14 +309,8 @@ def _check_error_weights(a: np.ndarray, b_error: np.ndarray, where: str) -> None
         )
 
 
-def _check_integer(name: str, value: Any, *, minimum: int, where: str = "") -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{where}{name} must be a positive integer, got {value!r}.")
-    return int(value)
-
-
 def _check_tree_order(name: str, value: Any) -> int:
-    order = _check_integer(name, value, minimum=1)
+    order = check_integer(name, value, 1)
     if order > MAX_ORDER:
         raise ValueError(
             f"{name} {order} exceeds MAX_ORDER = {MAX_ORDER}: there are {_tree_count_estimate(order)} "

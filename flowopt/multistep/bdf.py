@@ -110,98 +110,21 @@ step; under a schedule the current ``h`` is used with them.
 
 from __future__ import annotations
 
-from fractions import Fraction
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from flowopt.integrator import Integrator
-from flowopt.linear_multistep import check_integer, check_startup, weighted_sum
-from flowopt.oracle import GradFn, Params, tree_all_finite
-
-MAX_BDF_ORDER = 6
-
-# order -> ((a_1, ..., a_τ), β) in  θ_{n+1} + Σ_j a_j θ_{n+1-j} = -β h ∇f(θ_{n+1}).
-BDF_COEFFICIENTS: dict[int, tuple[tuple[Fraction, ...], Fraction]] = {
-    1: ((Fraction(-1),), Fraction(1)),
-    2: ((Fraction(-4, 3), Fraction(1, 3)), Fraction(2, 3)),
-    3: ((Fraction(-18, 11), Fraction(9, 11), Fraction(-2, 11)), Fraction(6, 11)),
-    4: (
-        (Fraction(-48, 25), Fraction(36, 25), Fraction(-16, 25), Fraction(3, 25)),
-        Fraction(12, 25),
-    ),
-    5: (
-        (
-            Fraction(-300, 137),
-            Fraction(300, 137),
-            Fraction(-200, 137),
-            Fraction(75, 137),
-            Fraction(-12, 137),
-        ),
-        Fraction(60, 137),
-    ),
-    6: (
-        (
-            Fraction(-120, 49),
-            Fraction(150, 49),
-            Fraction(-400, 147),
-            Fraction(75, 49),
-            Fraction(-24, 49),
-            Fraction(10, 147),
-        ),
-        Fraction(20, 49),
-    ),
-}
+from flowopt.core.checks import check_integer, check_positive, check_range
+from flowopt.core.integrator import Integrator
+from flowopt.core.trees import linear_combination
+from flowopt.core.types import GradFn, Params
+from flowopt.multistep.coefficients import BDF_COEFFICIENTS, MAX_BDF_ORDER, check_startup, extrapolation_weights, padded_rows
+from flowopt.multistep.proximal import ProximalSolution, solve_proximal
 
 MAX_UNROLLED_INNER_STEPS = 8
 """The most inner steps a fixed-count proximal solve runs unrolled (see "Loop form" above)."""
-
-_REJECTED_GROWTH = 1.25  # L̂ after a rejection, relative to the measured secant
-_NONFINITE_SHRINK = 10.0  # step reduction after a non-finite trial gradient
-_INCONSISTENT_RATIO = 10.0  # a secant against k1 this many times the oracle-only one marks k1 inconsistent
-
-
-def extrapolation_weights(order: int) -> tuple[Fraction, ...]:
-    """Weights ``c_j`` with ``Σ_j c_j T_j`` of order ``order``, ``T_j`` = backward Euler over j substeps.
-
-    Backward Euler's error expands in all powers of the substep ``h/j``, so the
-    weights solve ``Σ_j c_j = 1`` and ``Σ_j c_j j^{-q} = 0`` for
-    ``q = 1..order-1``: the Lagrange basis at 0 on the nodes ``1/j``.
-    """
-    nodes = [Fraction(1, j) for j in range(1, order + 1)]
-    weights = []
-    for j, node in enumerate(nodes):
-        weight = Fraction(1)
-        for i, other in enumerate(nodes):
-            if i != j:
-                weight *= -other / (node - other)
-        weights.append(weight)
-    return tuple(weights)
-
-
-class ProximalSolution(NamedTuple):
-    """Result of :func:`solve_proximal`.
-
-    Attributes:
-      params: the approximate minimiser ``x``.
-      grad: ``∇f(x)``, as returned by the oracle (or the start gradient).
-      curvature: the updated estimate ``L̂``.
-      residual: ``||∇φ(x)|| / ||∇φ(x_0)||`` (0 when the start is exact).
-      calls: oracle calls made (int32).
-      finite: whether the start gradient and every trial point and oracle
-        gradient of the solve were finite (a boolean scalar). When it is
-        False the other fields are meaningless: the step is a fault.
-    """
-
-    params: Params
-    grad: Params
-    curvature: jax.Array
-    residual: jax.Array
-    calls: jax.Array
-    finite: jax.Array
 
 
 class BDFState(NamedTuple):
@@ -218,143 +141,6 @@ class BDFState(NamedTuple):
     filled: jax.Array
     curvature: jax.Array
     inner_residual: jax.Array
-
-
-def solve_proximal(
-    oracle: GradFn,
-    anchor: Params,
-    beta_h: jax.Array,
-    start: Params,
-    start_grad: Params,
-    curvature: jax.Array,
-    inner_steps: int,
-    inner_learning_rate: float | None = None,
-    inner_tolerance: float | None = None,
-    *,
-    unroll: bool = True,
-) -> ProximalSolution:
-    """Minimise ``φ(x) = f(x) + ||x - anchor||² / (2 βh)`` approximately by gradient steps.
-
-    ``x ← x - η (∇f(x) + (x - anchor)/βh)``, starting from ``start`` whose
-    gradient ``start_grad`` is known. Each step calls the oracle once, at the
-    new point, at most ``inner_steps`` times; with ``inner_tolerance`` the
-    loop stops once ``||∇φ(x)|| ≤ inner_tolerance · ||∇φ(start)||``. The step
-    ``η`` is ``inner_learning_rate`` if given, otherwise the backtracked
-    ``1 / (L̂ + 1/βh)`` described in the module docstring. A non-finite
-    ``start_grad``, trial point or oracle gradient clears the solution's
-    ``finite`` flag (see "Non-finite stages" in the module docstring); a
-    ``lax.while_loop`` solve then stops at once.
-
-    Without ``inner_tolerance`` the count is static: with ``unroll`` the
-    ``inner_steps`` iterations are straight-line code, otherwise a
-    ``lax.fori_loop``. With ``inner_tolerance`` they run in a
-    ``lax.while_loop``. The three forms compute the same iterates; see "Loop
-    form" in the module docstring for their costs.
-    """
-    dtype = jnp.result_type(curvature)
-    inverse = 1.0 / jnp.asarray(beta_h, dtype)
-    start_estimate = jnp.asarray(curvature, dtype)
-    largest_estimate = inverse / jnp.finfo(dtype).eps
-
-    def prox_grad(x: Params, g: Params) -> Params:
-        return jax.tree.map(
-            lambda gi, xi, zi: gi + (xi - zi) * jnp.asarray(inverse, xi.dtype), g, x, anchor
-        )
-
-    def norm(tree: Params) -> jax.Array:
-        return jnp.asarray(optax.tree_utils.tree_norm(tree), dtype)
-
-    def secant(grad: Params, other_grad: Params, moved: jax.Array) -> jax.Array:
-        changed = norm(optax.tree_utils.tree_sub(grad, other_grad))
-        return jnp.where(moved > 0, changed / jnp.where(moved > 0, moved, 1), 0)
-
-    initial_direction = prox_grad(start, start_grad)
-    initial_residual = norm(initial_direction)
-
-    def inner_step(carry):
-        # rejected_trial, rejected_grad: the last rejected trial from the start point and its oracle
-        # gradient. Before the first they are the start point and NaN: a secant against them is NaN
-        # and compares False.
-        calls, x, g, direction, residual, estimate, rejected_trial, rejected_grad, finite = carry
-        if inner_learning_rate is None:
-            eta = 1.0 / (estimate + inverse)
-        else:
-            eta = jnp.asarray(inner_learning_rate, dtype)
-        trial = jax.tree.map(lambda xi, di: xi - jnp.asarray(eta, xi.dtype) * di, x, direction)
-        trial_grad = oracle(trial)
-        # Carried to the end only (nothing later in the solve reads it), so the chain of ands stays cheap.
-        finite = finite & tree_all_finite((trial, trial_grad))
-        if inner_learning_rate is not None:
-            trial_direction = prox_grad(trial, trial_grad)
-            return (
-                calls + 1, trial, trial_grad, trial_direction, norm(trial_direction), estimate,
-                rejected_trial, rejected_grad, finite,
-            )
-        along = secant(trial_grad, g, eta * residual)  # ||trial - x|| = η ||∇φ(x)||
-        # The flag and the distance are norms (reductions), not chains of scalar selects (see below).
-        at_start = norm(optax.tree_utils.tree_sub(x, start)) == 0
-        between_trials = secant(trial_grad, rejected_grad, norm(optax.tree_utils.tree_sub(trial, rejected_trial)))
-        inconsistent = at_start & (along > _INCONSISTENT_RATIO * between_trials)
-        accept = (along <= estimate) | inconsistent  # False for NaN
-        rejected_estimate = jnp.where(
-            jnp.isfinite(along),
-            _REJECTED_GROWTH * along,
-            _NONFINITE_SHRINK * estimate + (_NONFINITE_SHRINK - 1) * inverse,
-        )
-        accepted_estimate = jnp.where(
-            inconsistent, jnp.maximum(start_estimate, _REJECTED_GROWTH * between_trials), estimate
-        )
-        trial_direction = prox_grad(trial, trial_grad)
-        choose = lambda new, old: optax.tree_utils.tree_where(accept, new, old)
-        direction = choose(trial_direction, direction)
-        reference = lambda new, old: optax.tree_utils.tree_where(~accept & jnp.isfinite(along) & at_start, new, old)
-        return (
-            calls + 1,
-            choose(trial, x),
-            choose(trial_grad, g),
-            direction,
-            # A norm (a reduction), not a select of scalars: unrolled, a chain of selects would be
-            # fused into every later step, and XLA's compile time would grow quadratically.
-            norm(direction),
-            jnp.where(accept, accepted_estimate, jnp.minimum(rejected_estimate, largest_estimate)),
-            reference(trial, rejected_trial),
-            reference(trial_grad, rejected_grad),
-            finite,
-        )
-
-    carry = (
-        jnp.zeros([], jnp.int32), start, start_grad, initial_direction, initial_residual,
-        start_estimate, start, jax.tree.map(lambda leaf: jnp.full_like(leaf, jnp.nan), start_grad),
-        tree_all_finite((start, start_grad)),
-    )
-    if inner_tolerance is None:
-        carry = jax.lax.fori_loop(0, inner_steps, lambda _, c: inner_step(c), carry, unroll=unroll)
-    else:
-        threshold = inner_tolerance * initial_residual
-
-        def keep_going(carry):
-            calls, _, _, _, residual, *_, finite = carry
-            return (calls < inner_steps) & (residual > threshold) & finite
-
-        carry = jax.lax.while_loop(keep_going, inner_step, carry)
-    calls, x, g, _, residual, estimate, *_, finite = carry
-    relative = jnp.where(initial_residual > 0, residual / jnp.where(initial_residual > 0, initial_residual, 1), 0)
-    return ProximalSolution(x, g, estimate, relative, calls, finite)
-
-
-def _check_positive(value, name: str, below_one: bool = False) -> float | None:
-    if value is None:
-        return None
-    if callable(value) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a positive number, got {value!r}.")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}.") from None
-    if not np.isfinite(number) or number <= 0 or (below_one and number >= 1):
-        interval = "in (0, 1)" if below_one else "finite and positive"
-        raise ValueError(f"{name} must be {interval}, got {value!r}.")
-    return number
 
 
 def implicit_bdf(
@@ -377,19 +163,14 @@ def implicit_bdf(
         up to :data:`MAX_UNROLLED_INNER_STEPS`.
       startup: ``"high_order"`` or ``"lower_order"``.
     """
-    order = check_integer(order, "order", 1, MAX_BDF_ORDER)
-    inner_steps = check_integer(inner_steps, "inner_steps", 1)
-    inner_learning_rate = _check_positive(inner_learning_rate, "inner_learning_rate")
-    inner_tolerance = _check_positive(inner_tolerance, "inner_tolerance", below_one=True)
+    order = check_integer("order", order, 1, MAX_BDF_ORDER)
+    inner_steps = check_integer("inner_steps", inner_steps, 1)
+    inner_learning_rate = check_positive("inner_learning_rate", inner_learning_rate, allow_none=True)
+    inner_tolerance = None if inner_tolerance is None else check_range("inner_tolerance", inner_tolerance, 0.0, 1.0)
     startup = check_startup(startup)
 
-    # Row j: BDF-(j+1) padded with zeros, so lower-order start-up steps index it.
-    a_table = np.zeros((order, order))
-    betas = np.zeros(order)
-    for j in range(order):
-        a, beta = BDF_COEFFICIENTS[j + 1]
-        a_table[j, : j + 1] = [float(x) for x in a]
-        betas[j] = float(beta)
+    a_table = padded_rows([BDF_COEFFICIENTS[j + 1][0] for j in range(order)])
+    betas = np.array([float(BDF_COEFFICIENTS[j + 1][1]) for j in range(order)])
     weights = [float(w) for w in extrapolation_weights(order)]
 
     def solve(oracle, anchor, beta_h, start, start_grad, curvature, unroll) -> ProximalSolution:
@@ -425,7 +206,7 @@ def implicit_bdf(
                 0, substeps, substep, (params, k1, curvature, residual, calls, finite)
             )
             ends.append(y)
-        return weighted_sum(weights, ends), curvature, residual, calls, finite
+        return linear_combination(weights, ends), curvature, residual, calls, finite
 
     def step(oracle: GradFn, params: Params, k1: Params, h: jax.Array, state: BDFState):
         points = (params,) + state.history
@@ -438,7 +219,7 @@ def implicit_bdf(
             # other solves.
             row = jnp.where(starting, 0, order - 1) if startup == "high_order" else jnp.minimum(state.filled, order - 1)
             a_row, beta = [jnp.asarray(a_table)[row, i] for i in range(order)], jnp.asarray(betas)[row]
-        anchor = weighted_sum([-a for a in a_row], points)
+        anchor = linear_combination([-a for a in a_row], points)
         solution = solve(oracle, anchor, beta * h, params, k1, state.curvature, inner_steps <= MAX_UNROLLED_INNER_STEPS)
         new, curvature, residual, calls, finite = (
             solution.params, solution.curvature, solution.residual, solution.calls, solution.finite,

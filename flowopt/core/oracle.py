@@ -26,8 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-Params = Any
-GradFn = Callable[[Params], Params]
+from flowopt.core.types import GradFn, Params
 
 
 def resolve_oracle(
@@ -38,6 +37,7 @@ def resolve_oracle(
     *,
     required: bool = True,
     full_params: Params | None = None,
+    flag_nonfinite: bool = False,
 ) -> GradFn | None:
     """Turn the ``value_fn``/``grad_fn`` keyword arguments into a checked gradient oracle.
 
@@ -47,7 +47,8 @@ def resolve_oracle(
     When ``params`` holds ``optax.MaskedNode`` leaves, the oracle takes and
     returns pytrees of that masked layout; ``full_params`` (the whole
     parameter pytree) supplies the masked-out leaves, see the module
-    docstring. Otherwise ``full_params`` is ignored.
+    docstring. Otherwise ``full_params`` is ignored. With ``flag_nonfinite``
+    a ``value_fn`` is wrapped by :func:`flag_nonfinite_loss`.
 
     Raises:
       ValueError: if both or (when required) neither oracle is given, if ``params`` is missing,
@@ -75,7 +76,9 @@ def resolve_oracle(
     if value_fn is not None:
         if not callable(value_fn):
             raise ValueError(f"{method}: value_fn must be a callable params -> scalar loss, got {type(value_fn).__name__}.")
-        loss = value_fn if embedding is None else lambda p: value_fn(embedding.embed(p))
+        loss = flag_nonfinite_loss(value_fn) if flag_nonfinite else value_fn
+        if embedding is not None:
+            loss = lambda p, loss=loss: loss(embedding.embed(p))  # noqa: E731
         differentiate = jax.grad(_scalar_checked(method, loss))
         gradient = lambda p: jax.tree.map(conjugate_if_complex, differentiate(p))
     else:
@@ -86,6 +89,44 @@ def resolve_oracle(
             full_gradient = _structure_checked(method, grad_fn, full_params)
             gradient = lambda p: embedding.restrict(full_gradient(embedding.embed(p)))
     return _structure_checked(method, gradient, params)
+
+
+def flag_nonfinite_loss(value_fn: Callable[[Params], jax.Array]) -> Callable[[Params], jax.Array]:
+    """The same loss, whose gradient is NaN wherever the loss itself is non-finite.
+
+    A loss written as ``jnp.where(ok, f, jnp.nan)`` has a finite (zero)
+    gradient where it is NaN; an integrator that sees only gradients would
+    take that point for a flat region. With this wrapper the gradient carries
+    the failure, so the finiteness checks on gradients also catch it. (The
+    derivative gains the term ``c · Σ tangent``, ``c = 0`` where the loss is
+    finite and NaN elsewhere: linear in the tangent, so reverse mode puts
+    the NaN into every gradient entry, past any masking.)
+
+    Raises:
+      ValueError: if ``value_fn`` is not callable.
+    """
+    if not callable(value_fn):
+        raise ValueError(f"value_fn must be a function params -> scalar loss, got {value_fn!r}.")
+
+    @jax.custom_jvp
+    def flagged(params: Params) -> jax.Array:
+        return value_fn(params)
+
+    @flagged.defjvp
+    def flagged_jvp(primals, tangents):
+        (params,), (tangent,) = primals, tangents
+        value, value_tangent = jax.jvp(value_fn, (params,), (tangent,))
+        poison = jnp.where(jnp.isfinite(value), 0.0, jnp.nan).astype(value_tangent.dtype)
+        leaves = [leaf for leaf in jax.tree.leaves(tangent) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+        # Real and imaginary parts of a complex tangent both count (an R-linear term), so that the
+        # NaN reaches both parts of a complex parameter's gradient.
+        total = sum(
+            (jnp.sum(jnp.real(leaf) + jnp.imag(leaf)).astype(value_tangent.dtype) for leaf in leaves),
+            jnp.zeros([], value_tangent.dtype),
+        )
+        return value, value_tangent + poison * total
+
+    return flagged
 
 
 def _is_masked(node: Any) -> bool:
@@ -251,9 +292,3 @@ def _check_inexact(method: str, what: str, tree: Params) -> None:
 
 def _is_array_like(leaf: Any) -> bool:
     return isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, complex, int)) and not isinstance(leaf, bool)
-
-
-def tree_all_finite(tree: Any) -> jax.Array:
-    """Whether every element of every leaf of ``tree`` is finite (a boolean scalar)."""
-    leaves = jax.tree.leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])) if leaves else jnp.array(True)

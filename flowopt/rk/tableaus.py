@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flowopt.tableau import ButcherTableau, lower_triangular
+from flowopt.rk.tableau import ButcherTableau, lower_triangular
 
 EULER = ButcherTableau(a=[[0.0]], b=[1.0], c=[0.0], order=1, name="euler")
 

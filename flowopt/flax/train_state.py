@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from flowopt.oracle import _check_inexact, check_updates_match
+from flowopt.core.oracle import _check_inexact, check_updates_match
 
 _CREATE = "flowopt.TrainState.create"
 _APPLY = "flowopt.TrainState.apply_gradients"
