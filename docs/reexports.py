@@ -2,7 +2,7 @@
 
 flowopt documents each object once, under the name users import it by
 (``flowopt.adaptive_step``), while docstrings inside a module refer to their
-neighbours by short name (``:func:`adaptive_step``` in ``flowopt.adaptive``).
+neighbours by short name (``:func:`adaptive_step``` in ``flowopt.rk.adaptive``).
 When such a reference does not resolve, this handler imports the object it
 names (relative to the current module, or to the module of the docstring it
 appears in) and, if the very same object is documented under another name,

@@ -247,7 +247,7 @@ def bdf(
     gradient norm has fallen by that factor; the solve is then a
     ``lax.while_loop``, which on the CPU runs a convolutional net's gradients
     7–30× slower than the unrolled loop of a fixed ``inner_steps`` (see
-    :mod:`flowopt.implicit`, "Loop form"). The first τ-1 steps use backward
+    :mod:`flowopt.multistep.bdf`, "Loop form"). The first τ-1 steps use backward
     Euler extrapolated to order τ (``startup="high_order"``) or lower-order BDF
     (``"lower_order"``, global order at most 2). The state counts oracle calls.
 

@@ -21,7 +21,7 @@ oracle breaks that contract silently:
   every update (one more gradient evaluation), so such a chain fails loudly.
 
 ``optax.masked`` and ``optax.multi_transform`` compose once ``full_params``
-is passed (see :mod:`flowopt.oracle`); ``optax.apply_if_finite`` composes as
+is passed (see :mod:`flowopt.core.oracle`); ``optax.apply_if_finite`` composes as
 it is (a flowopt integrator skips and counts a step whose stages are
 non-finite by itself; :func:`flowopt.guard_nonfinite` is the stronger form).
 """
@@ -200,7 +200,7 @@ class AccumulatedOracle:
     ``jax.value_and_grad``, so the activations of one micro-batch are alive at
     a time (differentiating a ``lax.map`` of the losses instead would keep all
     of them for the backward pass). Complex parameters get ``conj(∇F)``, the
-    convention of the oracle (see :func:`flowopt.oracle.conjugate_if_complex`).
+    convention of the oracle (see :func:`flowopt.core.oracle.conjugate_if_complex`).
 
     It is a pytree whose leaves are the micro-batches (``loss_fn`` is static),
     so it crosses a ``jit`` boundary as an argument and a new accumulated
@@ -314,7 +314,7 @@ def lookahead(
         ``params`` is not an ``optax.LookaheadParams``.
     """
     _check_transformation(fast_optimizer, "flowopt.lookahead", "fast_optimizer")
-    sync_period = check_integer(sync_period, "sync_period", 1)
+    sync_period = check_integer("sync_period", sync_period, 1)
     check_range("slow_step_size", slow_step_size, 0.0, 1.0, high_open=False)
     if not isinstance(reset_state, (bool, np.bool_)):
         raise ValueError(f"flowopt.lookahead: reset_state must be True or False, got {reset_state!r}.")

@@ -224,6 +224,11 @@ def _wrappable(entry: OptimizerEntry) -> bool:
     return entry.params_layout is MODEL_PARAMS
 
 
+def _calls_the_oracle(name: str) -> bool:
+    """Whether the optimizer with its test arguments calls the oracle (asked of the plain run's state)."""
+    return _short_run(name).oracle_evals[-1] > 0
+
+
 def _skip_unless_wrappable(name: str, wrapper: str) -> None:
     if not _wrappable(OPTIMIZERS[name]):
         pytest.skip(f"{wrapper} cannot wrap {name}: its params are not shaped like its updates; wrap its inner optimizer")
@@ -357,11 +362,16 @@ def test_accumulated_oracle_steps_on_the_mean_loss(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_multisteps_takes_one_step_per_accumulated_gradient(name):
-    # Every mini-step sees the same parameters (the updates in between are zero), so the accumulated
-    # gradient is the plain first gradient and the deterministic oracle is consistent with it. (With
-    # a minibatch oracle the later stages would see the last micro-batch only: accumulated_oracle, above.)
+def test_multisteps_takes_one_step_per_accumulated_gradient_or_refuses(name):
+    # A method that calls the oracle is refused: its later stages would see the last micro-batch only
+    # (accumulated_oracle, above, is the supported form). One that does not is MultiSteps' usual
+    # accumulation: every mini-step sees the same parameters (the updates in between are zero), so it
+    # takes the plain first step once.
     _skip_unless_wrappable(name, "optax.MultiSteps")
+    if _calls_the_oracle(name):
+        with pytest.raises(ValueError, match="inside optax.MultiSteps.*flowopt.accumulated_oracle"):
+            _short_run(name, "multisteps")
+        return
     accumulated, plain = _short_run(name, "multisteps"), _short_run(name)
     initial = mixed_tensors(jnp.float32).initial
     for params in accumulated.params[:-1]:

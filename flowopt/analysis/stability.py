@@ -41,7 +41,7 @@ class LinearMultistep(NamedTuple):
 
 
 def bdf_method(order: int) -> LinearMultistep:
-    """BDF-τ: ``ρ(ζ) = ζ^τ + Σ_j a_j ζ^{τ-j}``, ``σ(ζ) = β ζ^τ`` (coefficients from :mod:`flowopt.implicit`)."""
+    """BDF-τ: ``ρ(ζ) = ζ^τ + Σ_j a_j ζ^{τ-j}``, ``σ(ζ) = β ζ^τ`` (coefficients from :mod:`flowopt.multistep.coefficients`)."""
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order not in BDF_COEFFICIENTS:
         raise ValueError(f"BDF order must be in {sorted(BDF_COEFFICIENTS)}, got {order!r}.")
     a, beta = BDF_COEFFICIENTS[order]
@@ -51,7 +51,7 @@ def bdf_method(order: int) -> LinearMultistep:
 
 
 def adams_bashforth_method(order: int) -> LinearMultistep:
-    """AB-τ: ``ρ(ζ) = ζ^τ - ζ^{τ-1}``, ``σ(ζ) = Σ_j b_j ζ^{τ-1-j}`` (from :mod:`flowopt.multistep`)."""
+    """AB-τ: ``ρ(ζ) = ζ^τ - ζ^{τ-1}``, ``σ(ζ) = Σ_j b_j ζ^{τ-1-j}`` (from :mod:`flowopt.multistep.coefficients`)."""
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order not in ADAMS_BASHFORTH_COEFFICIENTS:
         raise ValueError(f"Adams–Bashforth order must be in {sorted(ADAMS_BASHFORTH_COEFFICIENTS)}, got {order!r}.")
     rho = np.zeros(order + 1)

@@ -18,6 +18,7 @@ layout of ``params``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -50,8 +51,14 @@ def resolve_oracle(
     docstring. Otherwise ``full_params`` is ignored. With ``flag_nonfinite``
     a ``value_fn`` is wrapped by :func:`flag_nonfinite_loss`.
 
+    A method that needs the oracle is refused inside ``optax.MultiSteps``
+    (found on the call stack while ``update`` is traced): MultiSteps averages
+    the first stage over micro-batches but cannot average the oracle, see
+    :func:`flowopt.accumulated_oracle`.
+
     Raises:
-      ValueError: if both or (when required) neither oracle is given, if ``params`` is missing,
+      ValueError: if both or (when required) neither oracle is given, if it runs inside
+        ``optax.MultiSteps``, if ``params`` is missing,
         if ``params`` is masked and ``full_params`` is missing or does not fit it,
         or (when the oracle is first called) if ``value_fn`` is not scalar or
         the oracle's output does not match the structure of ``params``.
@@ -62,6 +69,15 @@ def resolve_oracle(
         )
     if not required:
         return None
+    if _inside_multisteps():
+        raise ValueError(
+            f"{method} runs inside optax.MultiSteps, which hands it the gradient averaged over the micro-batches "
+            "while the oracle passed with the last micro-batch sees that batch alone: its later stages would "
+            "integrate another objective than its first (silently wrong). Accumulate in the oracle instead: "
+            "oracle = flowopt.accumulated_oracle(loss_fn, microbatches); loss, grads = oracle.value_and_grad(params); "
+            "tx.update(grads, state, params, grad_fn=oracle), one update per accumulated batch, every stage on "
+            "the mean loss."
+        )
     if value_fn is None and grad_fn is None:
         raise ValueError(
             f"{method} evaluates the gradient at intermediate points and needs an "
@@ -89,6 +105,23 @@ def resolve_oracle(
             full_gradient = _structure_checked(method, grad_fn, full_params)
             gradient = lambda p: embedding.restrict(full_gradient(embedding.embed(p)))
     return _structure_checked(method, gradient, params)
+
+
+def _inside_multisteps() -> bool:
+    """Whether ``optax.MultiSteps.update`` is on the call stack: the transformation runs inside MultiSteps.
+
+    MultiSteps calls its inner ``update`` with the accumulated gradient and
+    the caller's keyword arguments and leaves no other trace of itself, so
+    the stack (walked while ``update`` runs or is traced, never inside the
+    compiled step) is where it shows.
+    """
+    target = optax.MultiSteps.update.__code__
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is target:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def flag_nonfinite_loss(value_fn: Callable[[Params], jax.Array]) -> Callable[[Params], jax.Array]:

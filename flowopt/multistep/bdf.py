@@ -60,7 +60,7 @@ inconsistent ``k1`` still stops progress (at that bound);
 point or in any oracle gradient of a step's proximal solves (the start-up's
 extrapolated solves included) is not a rejected trial: it makes the whole
 step a fault. The step returns a NaN increment and curvature, so
-``flowopt.integrator.commit_step`` discards it as it does a Runge–Kutta
+``flowopt.core.integrator.commit_step`` discards it as it does a Runge–Kutta
 step with a non-finite stage: zero update, the state (history, curvature
 estimate, everything) kept as it was, and the step counted in ``skipped``
 (:func:`flowopt.skipped_steps`), which :func:`flowopt.guard_nonfinite` reads

@@ -44,7 +44,7 @@ Wanner (*Solving ODEs II*, §IV.2), over every pair of stages::
 
     ρ̂ = max_{i>j} ||k_i - k_j|| / ||Y_i - Y_j||,   Y_i = θ_n - h Σ_l a_il k_l
 
-(:func:`flowopt.adaptive.stage_stiffness`: from the Gram matrix ``⟨k_i, k_j⟩``, one more
+(:func:`flowopt.rk.adaptive.stage_stiffness`: from the Gram matrix ``⟨k_i, k_j⟩``, one more
 pass over the stages), and an attempt with ``σ = hρ̂/β`` above
 ``stability_limit`` is rejected. The next step is at most ``safety ·
 stability_limit · h/σ``, so the controller does not propose what the estimate
