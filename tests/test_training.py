@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 import flowopt
-from flowopt.training import cli, data, loop, models, optimizers
+from flowopt.training import cli, data, loop, models, optimizers, parallel, step
 from flowopt.training import config as config_lib
 from flowopt.training.config import TrainConfig
 
@@ -163,15 +163,15 @@ def test_objective_puts_weight_decay_and_penalty_in_the_loss():
 
 def test_train_step_binds_the_oracle_to_the_batch(tiny_data):
     model = models.create_model("mlp", input_shape=(8, 8, 1), num_classes=10, hidden=(16,))
-    mesh = loop.parallel.data_mesh(1)
-    prep = loop.Preprocess(*tiny_data.channel_stats(), False)
+    mesh = parallel.data_mesh(1)
+    prep = step.Preprocess(*tiny_data.channel_stats(), False)
     x, y = tiny_data.x_train[:32], tiny_data.y_train[:32]
     states = {}
     for name in ("rk4", "euler"):
         tx = optimizers.make_optimizer(name, 0.1)
-        graphdef, state = loop.init_state(model, tx, 0, mesh)
-        states[name], _ = loop.make_train_step(graphdef, tx, prep, 0.0, mesh)(state, x, y)
-    objective = loop.make_objective(graphdef, 0.0)
+        graphdef, state = step.init_state(model, tx, 0, mesh)
+        states[name], _ = step.make_train_step(graphdef, tx, prep, 0.0, mesh)(state, x, y)
+    objective = step.make_objective(graphdef, 0.0)
     inputs = data.normalize(x, prep.mean, prep.std)
     f = lambda p: objective(p, state.model_state, inputs, y)[0]  # noqa: E731
     g = lambda fn: jax.jit(jax.grad(fn))  # noqa: E731

@@ -25,11 +25,12 @@ from flowopt.training.data import (
     random_crop_flip,
     synthetic_dataset,
 )
-from flowopt.training.loop import RunResult, RunState, evaluate, make_eval_step, make_train_step, train
+from flowopt.training.loop import RunResult, train
 from flowopt.training.models import MODELS, create_model
 from flowopt.training.optimizers import available_optimizers, make_optimizer
 from flowopt.training.parallel import data_mesh
 from flowopt.training.rundir import RunDirectoryError
+from flowopt.training.step import RunState, evaluate, make_eval_step, make_train_step
 
 __all__ = [
     "Checkpointer", "CheckpointError", "ConfigError", "DATASET_NAMES", "DataIntegrityError", "DataUnavailableError",
