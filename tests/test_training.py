@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import jax
@@ -17,6 +19,7 @@ import pytest
 from flax import nnx
 
 import flowopt
+from flowopt import registry
 from flowopt.training import cli, data, loop, models, optimizers, parallel, step
 from flowopt.training import config as config_lib
 from flowopt.training.config import TrainConfig
@@ -213,9 +216,31 @@ def test_optimizer_registry():
         optimizers.make_optimizer("oracle_evaluations", 0.1)
 
 
-def test_flowopt_names_resolve_lazily(monkeypatch):
-    monkeypatch.setattr(flowopt, "brand_new_method", lambda lr: optax.sgd(lr), raising=False)
+def test_a_constructor_added_to_the_registry_is_available_without_change(monkeypatch):
+    entry = dataclasses.replace(registry.OPTIMIZERS["heun"], name="brand_new_method")
+    monkeypatch.setattr(registry, "OPTIMIZERS", types.MappingProxyType({**registry.OPTIMIZERS, "brand_new_method": entry}))
     assert isinstance(optimizers.make_optimizer("brand_new_method", 0.1), optax.GradientTransformation)
+    assert "brand_new_method" in optimizers.available_optimizers()
+    assert optimizers.gradients_per_step("brand_new_method") == 2
+
+
+def test_a_flowopt_function_without_a_registry_entry_is_no_optimizer(monkeypatch):
+    monkeypatch.setattr(flowopt, "brand_new_method", lambda learning_rate: optax.sgd(learning_rate), raising=False)
+    with pytest.raises(ValueError, match="not an optimizer constructor .it has no entry in flowopt.registry.OPTIMIZERS"):
+        optimizers.make_optimizer("brand_new_method", 0.1)
+
+
+@pytest.mark.parametrize("name, options, cost", [
+    ("sgd", {}, 1), ("momentum", {"momentum": 0.5}, 1), ("adam", {}, 1), ("heun", {}, 2), ("rk4", {}, 4),
+    ("bdf2", {"inner_steps": 3}, 4), ("backward_euler", {"inner_steps": 5}, 6), ("adams_bashforth3", {}, 1),
+])
+def test_gradients_per_step_comes_from_the_registry(name, options, cost):
+    assert optimizers.gradients_per_step(name, **options) == cost
+
+
+def test_gradients_per_step_names_a_missing_option():
+    with pytest.raises(ValueError, match="inner_steps"):
+        optimizers.gradients_per_step("bdf2")
 
 
 def test_config_validation_and_files(tmp_path):
