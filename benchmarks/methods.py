@@ -1,33 +1,43 @@
-"""The optimizers under test, built by name."""
+"""The optimizers under test, built by name from :mod:`flowopt.registry`."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 import optax
 
 import flowopt
-from flowopt import tableaus
+from flowopt import registry, tableaus
 
 LEARNING_RATE = 1e-3
 
 Factory = Callable[[], optax.GradientTransformation]
 
-
-FACTORIES: dict[str, Factory] = {
-    "optax.sgd": lambda: optax.sgd(LEARNING_RATE),
-    "euler": lambda: flowopt.euler(LEARNING_RATE),
-    "heun": lambda: flowopt.heun(LEARNING_RATE),
-    "rk3": lambda: flowopt.rk3(LEARNING_RATE),
-    "rk4": lambda: flowopt.rk4(LEARNING_RATE),
-    "dopri5-fixed": lambda: flowopt.runge_kutta(tableaus.DOPRI5, LEARNING_RATE),
-    "bosh3-adaptive": lambda: flowopt.adaptive_runge_kutta(tableaus.BOSH3, learning_rate=LEARNING_RATE, rtol=1e-3, atol=1e-6),
-    "backward_euler": lambda: flowopt.backward_euler(LEARNING_RATE, 3),
-    "bdf2": lambda: flowopt.bdf(2, LEARNING_RATE, 3),
-    "optax.adam": lambda: optax.adam(LEARNING_RATE),
-    "adam_flow": lambda: flowopt.adam_flow(LEARNING_RATE),
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "optax.sgd": ("sgd", {}),
+    "euler": ("euler", {}),
+    "heun": ("heun", {}),
+    "rk3": ("rk3", {}),
+    "rk4": ("rk4", {}),
+    "dopri5-fixed": ("runge_kutta", {"tableau": tableaus.DOPRI5}),
+    "bosh3-adaptive": ("adaptive_runge_kutta", {"tableau": tableaus.BOSH3, "rtol": 1e-3, "atol": 1e-6}),
+    "backward_euler": ("backward_euler", {"inner_steps": 3}),
+    "bdf2": ("bdf2", {"inner_steps": 3}),
+    "optax.adam": ("adam", {}),
+    "adam_flow": ("adam_flow", {}),
 }
+"""Each benchmarked method: its name in :func:`flowopt.registry.resolve` and its arguments besides the learning rate."""
+
+
+def _factory(name: str, arguments: dict[str, Any]) -> Factory:
+    entry, fixed = registry.resolve(name)
+    return functools.partial(entry.constructor, learning_rate=LEARNING_RATE, **fixed, **arguments)
+
+
+FACTORIES: dict[str, Factory] = {name: _factory(*method) for name, method in METHODS.items()}
 
 
 def build(name: str) -> optax.GradientTransformation:
@@ -37,4 +47,3 @@ def build(name: str) -> optax.GradientTransformation:
 def gradients_per_step(opt_state: optax.OptState, steps: int) -> float:
     """Gradient evaluations per step, counted from the state: the incoming one plus the oracle calls."""
     return 1.0 + float(jnp.asarray(flowopt.oracle_evaluations(opt_state))) / steps
-

@@ -8,6 +8,13 @@ arguments), and a set of arguments that converges on small test problems.
 The contract tests run over every entry, and a public constructor without
 one fails them.
 
+:data:`BASELINES` holds the optax optimizers flowopt is compared with
+(``"sgd"``, ``"momentum"``, ``"adam"``, ...) as entries of the same type,
+apart from :data:`OPTIMIZERS`. :data:`ORDERS` gives the orders of the
+constructors whose first argument is one, and :func:`resolve` turns any of
+these names, or an order-suffixed one such as ``"bdf2"``, into its entry and
+the arguments the name fixes.
+
 Example::
 
     from flowopt.registry import OPTIMIZERS
@@ -15,6 +22,8 @@ Example::
     OPTIMIZERS["rk4"].gradients_per_step()                           # 4
     OPTIMIZERS["bdf"].gradients_per_step(order=2, inner_steps=3)     # 4
     tx = OPTIMIZERS["heun"].build(learning_rate=0.1)
+    entry, fixed = resolve("bdf2")                                   # OPTIMIZERS["bdf"], {"order": 2}
+    BASELINES["adam"].gradients_per_step()                           # 1
 
 **Cost.** A step's gradient evaluations are the incoming gradient plus the
 oracle calls, as counted by :func:`flowopt.oracle_evaluations`. For
@@ -34,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import operator
+import re
 import types
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -66,6 +76,7 @@ from flowopt.alias import (
 )
 from flowopt.core.integrator import as_optimizer
 from flowopt.guard import guard_nonfinite
+from flowopt.multistep.coefficients import MAX_ADAMS_BASHFORTH_ORDER, MAX_BDF_ORDER
 from flowopt.rk import tableaus
 from flowopt.rk.adaptive import attempt_oracle_calls
 from flowopt.rk.stages import explicit_runge_kutta, oracle_calls
@@ -325,3 +336,77 @@ _ENTRIES = (
 
 OPTIMIZERS: Mapping[str, OptimizerEntry] = types.MappingProxyType({entry.name: entry for entry in _ENTRIES})
 """Every public optimizer constructor of flowopt by name (read-only)."""
+
+
+def _optax_baseline(target: Callable[..., optax.GradientTransformation], name: str, description: str,
+                    learning_rate: float, defaults: Arguments | None = None,
+                    fixed: Arguments | None = None) -> OptimizerEntry:
+    """``target`` as the baseline ``name``: ``target(learning_rate, **defaults, **options, **fixed)``.
+
+    ``defaults`` replace ``target``'s defaults (an option overrides them);
+    ``fixed`` are set by the name and are no options. The constructor's
+    signature is ``target``'s with those changes, its options keyword-only.
+    """
+    defaults, fixed = dict(defaults or {}), dict(fixed or {})
+
+    def constructor(learning_rate, **options):
+        return target(learning_rate, **{**defaults, **options}, **fixed)
+
+    signature = inspect.signature(target)
+    parameters = list(signature.parameters.values())
+    constructor.__signature__ = signature.replace(parameters=parameters[:1] + [
+        p.replace(kind=p.KEYWORD_ONLY, default=defaults.get(p.name, p.default))
+        for p in parameters[1:] if p.name not in fixed
+    ])
+    constructor.__name__ = constructor.__qualname__ = name
+    constructor.__doc__ = description
+    return OptimizerEntry(
+        name=name, constructor=constructor, description=description,
+        cost=lambda arguments: 1, cost_formula="1", oracle=lambda arguments: False,
+        test_arguments={"learning_rate": learning_rate},
+    )
+
+
+BASELINES: Mapping[str, OptimizerEntry] = types.MappingProxyType({entry.name: entry for entry in (
+    _optax_baseline(optax.sgd, "sgd", "optax.sgd: gradient descent (the Euler scheme of the gradient flow).",
+                    _EXPLICIT_RATE),
+    _optax_baseline(optax.sgd, "momentum", "optax.sgd with momentum 0.9 (heavy ball).", 1e-3,
+                    defaults={"momentum": 0.9}),
+    _optax_baseline(optax.sgd, "nesterov", "optax.sgd with Nesterov momentum 0.9.", 1e-3,
+                    defaults={"momentum": 0.9}, fixed={"nesterov": True}),
+    _optax_baseline(optax.adam, "adam", "optax.adam (the Euler scheme of adam_flow).", 1e-2),
+    _optax_baseline(optax.rmsprop, "rmsprop", "optax.rmsprop (the Euler scheme of rmsprop_flow).", 3e-3),
+    _optax_baseline(optax.adagrad, "adagrad", "optax.adagrad (the Euler scheme of adagrad_flow).", 0.5),
+)})
+"""The optax optimizers flowopt is compared with, by name (read-only): built as
+``BASELINES[name].constructor(learning_rate, **options)``, one gradient a step, no oracle.
+Not flowopt constructors, so not in :data:`OPTIMIZERS` or its contract tests."""
+
+ORDERS: Mapping[str, range] = types.MappingProxyType({
+    "bdf": range(1, MAX_BDF_ORDER + 1),
+    "adams_bashforth": range(1, MAX_ADAMS_BASHFORTH_ORDER + 1),
+})
+"""The orders of the constructors of :data:`OPTIMIZERS` whose first argument is ``order``:
+``bdf2`` names ``bdf`` with ``order=2`` (see :func:`resolve`)."""
+
+_ORDERED_NAME = re.compile("(" + "|".join(map(re.escape, ORDERS)) + r")(\d+)")
+
+
+def resolve(name: str) -> tuple[OptimizerEntry, dict[str, Any]]:
+    """The entry ``name`` stands for and the arguments the name fixes.
+
+    ``name`` is a key of :data:`BASELINES` or :data:`OPTIMIZERS` (no fixed
+    arguments), or a constructor of :data:`ORDERS` followed by one of its
+    orders: ``resolve("bdf2")`` is ``(OPTIMIZERS["bdf"], {"order": 2})``, and
+    ``entry.constructor(**fixed, **arguments)`` builds it.
+
+    Raises:
+      KeyError: for any other name (``"bdf7"`` included: BDF has orders 1–6).
+    """
+    for table in (BASELINES, OPTIMIZERS):
+        if name in table:
+            return table[name], {}
+    match = _ORDERED_NAME.fullmatch(name) if isinstance(name, str) else None
+    if match is not None and int(match[2]) in ORDERS[match[1]]:
+        return OPTIMIZERS[match[1]], {"order": int(match[2])}
+    raise KeyError(name)

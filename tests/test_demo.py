@@ -2,7 +2,7 @@
 
 import pytest
 
-from flowopt import demo
+from flowopt.training import demo
 
 
 def test_demo_runs_on_the_synthetic_stand_in(capsys):

@@ -511,7 +511,7 @@ def test_train_state_oracle_reaches_plain_transformations_and_extra_args():
     (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
 ])
 def test_demo_bad_flag_exits_2_with_one_line_naming_it(argv, message, capsys):
-    from flowopt import demo
+    from flowopt.training import demo
 
     with pytest.raises(SystemExit) as exit_:
         demo.main(["--dataset", "synthetic_mnist", *argv])
@@ -522,7 +522,7 @@ def test_demo_bad_flag_exits_2_with_one_line_naming_it(argv, message, capsys):
 
 
 def test_demo_run_rejects_bad_settings_naming_the_flag():
-    from flowopt import demo
+    from flowopt.training import demo
 
     with pytest.raises(ValueError, match="argument --batch-size: must be an integer in \\[1, 65536\\], got 2.5"):
         demo.run("synthetic_mnist", 80, 0.1, 2.5, 0)

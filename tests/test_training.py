@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import jax
@@ -17,7 +19,8 @@ import pytest
 from flax import nnx
 
 import flowopt
-from flowopt.training import cli, data, loop, models, optimizers
+from flowopt import registry
+from flowopt.training import cli, data, loop, models, optimizers, parallel, step
 from flowopt.training import config as config_lib
 from flowopt.training.config import TrainConfig
 
@@ -163,15 +166,15 @@ def test_objective_puts_weight_decay_and_penalty_in_the_loss():
 
 def test_train_step_binds_the_oracle_to_the_batch(tiny_data):
     model = models.create_model("mlp", input_shape=(8, 8, 1), num_classes=10, hidden=(16,))
-    mesh = loop.parallel.data_mesh(1)
-    prep = loop.Preprocess(*tiny_data.channel_stats(), False)
+    mesh = parallel.data_mesh(1)
+    prep = step.Preprocess(*tiny_data.channel_stats(), False)
     x, y = tiny_data.x_train[:32], tiny_data.y_train[:32]
     states = {}
     for name in ("rk4", "euler"):
         tx = optimizers.make_optimizer(name, 0.1)
-        graphdef, state = loop.init_state(model, tx, 0, mesh)
-        states[name], _ = loop.make_train_step(graphdef, tx, prep, 0.0, mesh)(state, x, y)
-    objective = loop.make_objective(graphdef, 0.0)
+        graphdef, state = step.init_state(model, tx, 0, mesh)
+        states[name], _ = step.make_train_step(graphdef, tx, prep, 0.0, mesh)(state, x, y)
+    objective = step.make_objective(graphdef, 0.0)
     inputs = data.normalize(x, prep.mean, prep.std)
     f = lambda p: objective(p, state.model_state, inputs, y)[0]  # noqa: E731
     g = lambda fn: jax.jit(jax.grad(fn))  # noqa: E731
@@ -213,9 +216,31 @@ def test_optimizer_registry():
         optimizers.make_optimizer("oracle_evaluations", 0.1)
 
 
-def test_flowopt_names_resolve_lazily(monkeypatch):
-    monkeypatch.setattr(flowopt, "brand_new_method", lambda lr: optax.sgd(lr), raising=False)
+def test_a_constructor_added_to_the_registry_is_available_without_change(monkeypatch):
+    entry = dataclasses.replace(registry.OPTIMIZERS["heun"], name="brand_new_method")
+    monkeypatch.setattr(registry, "OPTIMIZERS", types.MappingProxyType({**registry.OPTIMIZERS, "brand_new_method": entry}))
     assert isinstance(optimizers.make_optimizer("brand_new_method", 0.1), optax.GradientTransformation)
+    assert "brand_new_method" in optimizers.available_optimizers()
+    assert optimizers.gradients_per_step("brand_new_method") == 2
+
+
+def test_a_flowopt_function_without_a_registry_entry_is_no_optimizer(monkeypatch):
+    monkeypatch.setattr(flowopt, "brand_new_method", lambda learning_rate: optax.sgd(learning_rate), raising=False)
+    with pytest.raises(ValueError, match="not an optimizer constructor .it has no entry in flowopt.registry.OPTIMIZERS"):
+        optimizers.make_optimizer("brand_new_method", 0.1)
+
+
+@pytest.mark.parametrize("name, options, cost", [
+    ("sgd", {}, 1), ("momentum", {"momentum": 0.5}, 1), ("adam", {}, 1), ("heun", {}, 2), ("rk4", {}, 4),
+    ("bdf2", {"inner_steps": 3}, 4), ("backward_euler", {"inner_steps": 5}, 6), ("adams_bashforth3", {}, 1),
+])
+def test_gradients_per_step_comes_from_the_registry(name, options, cost):
+    assert optimizers.gradients_per_step(name, **options) == cost
+
+
+def test_gradients_per_step_names_a_missing_option():
+    with pytest.raises(ValueError, match="inner_steps"):
+        optimizers.gradients_per_step("bdf2")
 
 
 def test_config_validation_and_files(tmp_path):

@@ -10,6 +10,17 @@ Typical use::
     result.history[-1]["test_accuracy"]
 
 or from the shell: ``flowopt-train --model mlp --dataset mnist --optimizer rk4 --output runs/mlp-rk4``.
+
+The modules, one job each:
+
+- ``config``: :class:`TrainConfig`, a run's definition, and its checks;
+- ``data``: datasets (a subpackage: catalog, sources, formats, cache, batches, augment);
+- ``models``: the NNX classifiers; ``optimizers``: optimizers by name, from :mod:`flowopt.registry`;
+- ``step``: the jitted objective, train and eval steps, the initial state;
+- ``loop``: :func:`train` and its phases; ``progress``: the typed progress record and the budgets;
+- ``resume``: opening a run directory and resuming it; ``rundir``: its lock, atomic writes, notices;
+- ``checkpoint``, ``metrics``: the checkpoints and ``metrics.jsonl`` of a run;
+- ``parallel``: the device mesh and shardings; ``cli``: ``flowopt-train``; ``demo``: ``flowopt-demo``.
 """
 
 from flowopt.training.checkpoint import Checkpointer, CheckpointError
@@ -25,11 +36,12 @@ from flowopt.training.data import (
     random_crop_flip,
     synthetic_dataset,
 )
-from flowopt.training.loop import RunResult, RunState, evaluate, make_eval_step, make_train_step, train
+from flowopt.training.loop import RunResult, train
 from flowopt.training.models import MODELS, create_model
 from flowopt.training.optimizers import available_optimizers, make_optimizer
 from flowopt.training.parallel import data_mesh
 from flowopt.training.rundir import RunDirectoryError
+from flowopt.training.step import RunState, evaluate, make_eval_step, make_train_step
 
 __all__ = [
     "Checkpointer", "CheckpointError", "ConfigError", "DATASET_NAMES", "DataIntegrityError", "DataUnavailableError",

@@ -25,22 +25,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from flowopt.training.config import SCHEDULES, ConfigError, TrainConfig, read_config_file
+from flowopt.training.config import BUDGET_FIELDS, SCHEDULES, ConfigError, TrainConfig, read_config_file
 from flowopt.training.data import DATASET_NAMES, DataIntegrityError, DataUnavailableError
 from flowopt.training.models import MODELS
 from flowopt.training.optimizers import available_optimizers
 
 EXIT_DIVERGED = 3
 
-_FLAGS = (  # flags whose destination is a config key of the same name
-    "model", "dataset", "optimizer", "learning_rate", "batch_size", "epochs", "steps", "grad_evals", "seed",
-    "weight_decay", "schedule", "warmup_steps", "augment", "eval_batch_size", "eval_train", "eval_every",
-    "checkpoint_every", "num_devices",
-)
-
-
-_FLAG_OF = {
-    **{key: "--" + key.replace("_", "-") for key in _FLAGS}, "num_devices": "--devices",
+_FLAG_OF = {  # the flag that sets each config key
+    **{key: "--" + key.replace("_", "-") for key in TrainConfig.field_names()}, "num_devices": "--devices",
     "model_options": "--model-option", "optimizer_options": "--optimizer-option", "progress": "--no-progress",
 }
 _DATA_FLAG_OF = {"path": "--data-path", "data_dir": "--data-dir"}
@@ -93,12 +86,9 @@ class _Origins:
         if self.config_file is not None:
             where = f"key {field}" + (f".{key}" if key is not None else "")
             return f"argument --config: {self.config_file}: {where}: {one_line(error)}"
-        if field in BUDGET_FLAGS_FIELDS:
+        if field in BUDGET_FIELDS:
             return f"argument --epochs/--steps/--grad-evals: {one_line(error)}"
-        return f"argument {_FLAG_OF.get(field, '--' + field.replace('_', '-'))}: {one_line(error)}"
-
-
-BUDGET_FLAGS_FIELDS = ("epochs", "steps", "grad_evals")
+        return f"argument {_FLAG_OF[field]}: {one_line(error)}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,8 +140,8 @@ def _merge(args: argparse.Namespace) -> tuple[dict[str, Any], _Origins]:
     except ValueError as error:
         raise ValueError(f"argument --config: {one_line(error)}") from error
     origins = _Origins(args.config)
-    for key in _FLAGS:
-        if getattr(args, key) is not None:
+    for key in TrainConfig.field_names():  # the flags whose destination is a config key of the same name
+        if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
             origins.set_flag(key)
     for field, pairs in (("model_options", args.model_option), ("optimizer_options", args.optimizer_option)):

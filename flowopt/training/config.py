@@ -262,12 +262,20 @@ class TrainConfig:
             raise ConfigError(
                 "batch_size", f"batch_size {self.batch_size} exceeds the {size} training examples of {self.dataset}."
             )
-        lengths = [n for n in (self.steps, self.epochs and self.epochs * (size // self.batch_size)) if n]
-        if self.warmup_steps and lengths and self.warmup_steps >= min(lengths):
+        total_steps = self.total_steps(size)
+        if self.warmup_steps and total_steps is not None and self.warmup_steps >= total_steps:
             raise ConfigError(
                 "warmup_steps",
-                f"warmup_steps ({self.warmup_steps}) must be less than the run's {min(lengths)} steps.",
+                f"warmup_steps ({self.warmup_steps}) must be less than the run's {total_steps} steps.",
             )
+
+    def total_steps(self, num_train: int) -> int | None:
+        """The run's length in steps on ``num_train`` training examples, where ``epochs`` or ``steps`` sets it.
+
+        The smaller of ``steps`` and ``epochs`` full epochs; ``None`` for a budget of ``grad_evals`` only.
+        """
+        lengths = [n for n in (self.steps, self.epochs and self.epochs * (num_train // self.batch_size)) if n]
+        return min(lengths, default=None)
 
     def _check_optimizer(self) -> None:
         if self.schedule == "constant":
@@ -283,11 +291,16 @@ class TrainConfig:
             raise ConfigError(field, str(error), _key_in(error, self.optimizer_options)) from error
 
     @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The config keys, in the order of the fields: the keys :meth:`from_dict` and config files accept."""
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Build from a mapping, rejecting unknown keys."""
         if not isinstance(values, Mapping):
             raise ValueError(f"A config must be a mapping of config keys, got {type(values).__name__}.")
-        valid = {f.name for f in dataclasses.fields(cls)}
+        valid = set(cls.field_names())
         unknown = sorted(set(values) - valid)
         if unknown:
             raise ValueError(f"Unknown config key(s) {unknown}; valid keys: {', '.join(sorted(valid))}.")

@@ -1,15 +1,11 @@
-"""The training loop: a jitted step that binds the oracle to the batch, budgets, evaluation.
+"""The train loop: :func:`train` and its phases, from building the run to its last metrics row.
 
-The objective of a run is
-
-    f(θ) = mean_i ℓ(model_θ(x_i), y_i) + model.penalty() + λ/2 · Σ_kernels ‖W‖²,
-
-and *every* gradient the optimizer sees is a gradient of this same ``f`` on the
-current minibatch. That is why weight decay is an L2 term in the loss rather
-than ``optax.add_decayed_weights``: a multi-stage integrator evaluates
-``value_fn`` at intermediate points, and a decay added only to the incoming
-gradient (stage ``k1``) would make the stages integrate a different flow. For
-plain SGD the two are the same update.
+:func:`train` builds the run (:func:`build`: data, optimizer, model, jitted
+steps), opens its directory (:func:`flowopt.training.resume.open_run`), then a
+:class:`_Training` goes through the epochs: each step is taken, counted in the
+:class:`~flowopt.training.progress.Progress` record, and followed where due by
+an evaluation and a metrics row, then a checkpoint; the run ends with its
+:class:`RunResult`. The jitted pieces live in :mod:`flowopt.training.step`.
 
 The Python loop around the jitted step is deliberate: on CPU, convolutions
 inside ``lax.scan`` run several times slower than a loop of jitted steps.
@@ -18,229 +14,45 @@ inside ``lax.scan`` run several times slower than a loop of jitted steps.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import os
-import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-import flowopt
 from flowopt.core.trees import tree_all_finite
 from flowopt.training import models, parallel
-from flowopt.training.checkpoint import Checkpointer, CheckpointError
-from flowopt.training.config import ConfigError, TrainConfig, trajectory_mismatch
-from flowopt.training.data import Dataset, iterate_batches, load_dataset, normalize, random_crop_flip
+from flowopt.training.checkpoint import Checkpointer
+from flowopt.training.config import ConfigError, TrainConfig
+from flowopt.training.data import Dataset, iterate_batches, load_dataset
 from flowopt.training.metrics import MetricsLog
 from flowopt.training.optimizers import make_optimizer
-from flowopt.training.rundir import RunDirectoryError, RunLock, kill_point, make_run_dir, write_atomic
+from flowopt.training.progress import Progress, budget_left, budget_spent
+from flowopt.training.resume import OpenedRun, data_identity, open_run
+from flowopt.training.rundir import RunLock, kill_point, make_run_dir, notice
+
+# The step functions lived here; importers of make_objective from this module keep working.
+from flowopt.training.step import (
+    EvalSplit,
+    Preprocess,
+    RunState,
+    StepMetrics,
+    evaluate_split,
+    init_state,
+    make_eval_step,
+    make_objective,  # noqa: F401
+    make_train_step,
+)
 
 logger = logging.getLogger(__name__)
-
-
-class RunState(NamedTuple):
-    """All device state of a run (a pytree: it jits, shards and checkpoints)."""
-
-    step: jax.Array
-    grad_evals: jax.Array
-    params: nnx.State
-    model_state: nnx.State
-    opt_state: optax.OptState
-    rng: jax.Array
-
-
-class StepMetrics(NamedTuple):
-    """Per-step outputs: minibatch objective at the pre-update parameters, correct predictions.
-
-    ``skipped`` is true when the optimizer left the parameters unchanged
-    because a stage or the increment was not finite (``flowopt.skipped_steps``
-    grew): the loop treats that as divergence.
-    """
-
-    loss: jax.Array
-    correct: jax.Array
-    skipped: jax.Array
-
-
-class Preprocess(NamedTuple):
-    """On-device input pipeline: optional crop+flip, then per-channel normalisation."""
-
-    mean: np.ndarray
-    std: np.ndarray
-    augment: bool
-
-
-def example_losses(logits: jax.Array, labels: jax.Array, kind: str) -> jax.Array:
-    """Per-example data loss: ``cross_entropy`` or ``squared_error`` (½‖logits − onehot‖²)."""
-    if kind == "cross_entropy":
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    if kind == "squared_error":
-        return 0.5 * jnp.sum((logits - jax.nn.one_hot(labels, logits.shape[-1])) ** 2, axis=-1)
-    raise ValueError(f"Unknown task loss {kind!r}; valid: cross_entropy, squared_error.")
-
-
-def weight_l2(params: nnx.State) -> jax.Array:
-    """``½ Σ‖W‖²`` over parameters with two or more axes (kernels, not biases or scales)."""
-    return 0.5 * sum(
-        (jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params) if p.ndim > 1), jnp.zeros([])
-    )
-
-
-def make_objective(
-    graphdef: nnx.GraphDef, weight_decay: float
-) -> Callable[[nnx.State, nnx.State, jax.Array, jax.Array], tuple[jax.Array, tuple[jax.Array, nnx.State]]]:
-    """``objective(params, model_state, x, y) -> (f, (logits, new_model_state))`` in training mode.
-
-    A pure function (:class:`flowopt.NNXObjective`): ``model_state`` is not
-    mutated, so BatchNorm may update its statistics under ``grad``.
-    """
-    model_objective = flowopt.NNXObjective(graphdef, _training_loss, has_aux=True)
-
-    def objective(params, model_state, x, y):
-        loss, aux = model_objective(params, model_state, (x, y))
-        if weight_decay:
-            loss = loss + weight_decay * weight_l2(params)
-        return loss, aux
-
-    return objective
-
-
-def _training_loss(model: nnx.Module, batch: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    x, y = batch
-    model.train()
-    logits = model(x)
-    return jnp.mean(example_losses(logits, y, models.task_loss(model))) + models.penalty(model), logits
-
-
-def _inputs(images: jax.Array, prep: Preprocess, key: jax.Array | None) -> jax.Array:
-    if key is not None:
-        images = random_crop_flip(key, images)
-    return normalize(images, jnp.asarray(prep.mean), jnp.asarray(prep.std))
-
-
-def make_train_step(
-    graphdef: nnx.GraphDef,
-    tx: optax.GradientTransformation,
-    prep: Preprocess,
-    weight_decay: float,
-    mesh: Mesh,
-) -> Callable[[RunState, jax.Array, jax.Array], tuple[RunState, StepMetrics]]:
-    """A jitted step: gradient at the batch, optimizer update with the batch-bound oracle.
-
-    The oracle ``value_fn`` is a ``jax.tree_util.Partial`` whose leaves are the
-    batch and the pre-step model state, so every stage of a multi-stage method
-    evaluates the same minibatch objective (same BatchNorm mode, same dropout
-    mask). ``grad_evals`` grows by one for the incoming gradient plus the
-    optimizer's oracle calls (``flowopt.oracle_evaluations``).
-    """
-    objective = make_objective(graphdef, weight_decay)
-
-    def step(state: RunState, images: jax.Array, labels: jax.Array) -> tuple[RunState, StepMetrics]:
-        key = jax.random.fold_in(state.rng, state.step) if prep.augment else None
-        x = _inputs(images, prep, key)
-        at_params = flowopt.step_oracle(objective, state.params, state.model_state, x, labels, has_aux=True)
-        updates, opt_state = tx.update(at_params.grads, state.opt_state, state.params, value_fn=at_params.value_fn)
-        oracle_calls = flowopt.oracle_evaluations(opt_state) - flowopt.oracle_evaluations(state.opt_state)
-        new_state = RunState(
-            step=state.step + 1,
-            grad_evals=state.grad_evals + 1 + oracle_calls,
-            params=optax.apply_updates(state.params, updates),
-            model_state=at_params.state,
-            opt_state=opt_state,
-            rng=state.rng,
-        )
-        correct = jnp.sum(jnp.argmax(at_params.aux, -1) == labels)
-        skipped = flowopt.skipped_steps(opt_state) > flowopt.skipped_steps(state.opt_state)
-        return new_state, StepMetrics(at_params.loss, correct, skipped)
-
-    replicated = parallel.replicated(mesh)
-    return jax.jit(step, out_shardings=(replicated, replicated))
-
-
-def make_eval_step(
-    graphdef: nnx.GraphDef, prep: Preprocess, mesh: Mesh
-) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """A jitted ``(params, model_state, images, labels, mask) -> (loss sum, correct count)`` in eval mode."""
-
-    def step(params, model_state, images, labels, mask):
-        model = nnx.merge(graphdef, params, model_state)
-        model.eval()
-        logits = model(_inputs(images, prep, None))
-        losses = example_losses(logits, labels, models.task_loss(model))
-        correct = (jnp.argmax(logits, -1) == labels) & mask
-        return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(correct)
-
-    replicated = parallel.replicated(mesh)
-    return jax.jit(step, out_shardings=(replicated, replicated))
-
-
-def evaluate(
-    eval_step: Callable[..., tuple[jax.Array, jax.Array]],
-    state: RunState,
-    images: np.ndarray,
-    labels: np.ndarray,
-    batch_size: int,
-    mesh: Mesh,
-) -> tuple[float, float]:
-    """Mean data loss and accuracy over a whole split (the last batch is padded and masked)."""
-    return _evaluate_split(eval_step, state, _EvalSplit.build(images, labels, batch_size, mesh))
-
-
-class _EvalSplit(NamedTuple):
-    """A split cut into equal, device-sharded ``(x, y, mask)`` batches once, for repeated evaluation."""
-
-    batches: list[tuple[jax.Array, jax.Array, jax.Array]]
-    size: int
-
-    @classmethod
-    def build(cls, images: np.ndarray, labels: np.ndarray, batch_size: int, mesh: Mesh) -> _EvalSplit:
-        batch_size = min(batch_size, len(images))
-        batch_size = -(-batch_size // mesh.size) * mesh.size
-        batches = []
-        for start in range(0, len(images), batch_size):
-            x, y = images[start : start + batch_size], labels[start : start + batch_size]
-            mask = np.arange(batch_size) < len(x)
-            pad = batch_size - len(x)
-            if pad:
-                x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-                y = np.concatenate([y, np.zeros(pad, y.dtype)])
-            batches.append(parallel.shard_batch((x, y, mask), mesh))
-        return cls(batches, len(images))
-
-
-def _evaluate_split(eval_step: Callable[..., tuple[jax.Array, jax.Array]], state: RunState,
-                    split: _EvalSplit) -> tuple[float, float]:
-    sums = [eval_step(state.params, state.model_state, *batch) for batch in split.batches]
-    losses, corrects = zip(*jax.device_get(sums))
-    return math.fsum(map(float, losses)) / split.size, int(sum(map(int, corrects))) / split.size
-
-
-def init_state(
-    model: nnx.Module, tx: optax.GradientTransformation, seed: int, mesh: Mesh
-) -> tuple[nnx.GraphDef, RunState]:
-    """Split ``model`` into a graph definition and a replicated :class:`RunState`."""
-    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
-    state = RunState(
-        step=jnp.zeros([], jnp.int32),
-        grad_evals=jnp.zeros([], jnp.int32),
-        params=params,
-        model_state=model_state,
-        opt_state=tx.init(params),
-        rng=jax.random.fold_in(jax.random.key(seed), 1),
-    )
-    return graphdef, parallel.replicate(state, mesh)
 
 
 def learning_rate_schedule(config: TrainConfig, total_steps: int | None) -> float | optax.Schedule:
@@ -280,161 +92,75 @@ class RunResult:
         return nnx.merge(self.graphdef, self.state.params, self.state.model_state)
 
 
-def _fresh_progress() -> dict[str, Any]:
-    return {"epoch": 0, "batch": 0, "loss_sum": 0.0, "correct": 0, "count": 0, "last_cost": None, "time_s": 0.0}
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything :func:`build` makes before the first step: the data, the mesh, the jitted steps, the initial state.
 
-
-def _budget_left(config: TrainConfig, step: int, evals: int, last_cost: int | None) -> bool:
-    if config.steps is not None and step >= config.steps:
-        return False
-    if config.grad_evals is not None and evals + (last_cost or 1) > config.grad_evals:
-        return False
-    return True
-
-
-def _budget_spent(config: TrainConfig, step: int, evals: int, progress: dict[str, Any], steps_per_epoch: int) -> bool:
-    """Whether a run at ``step``/``evals`` with ``progress`` has reached one of ``config``'s budgets."""
-    epochs_done = progress["epoch"] + (progress["batch"] >= steps_per_epoch)
-    return not _budget_left(config, step, evals, progress["last_cost"]) or (
-        config.epochs is not None and epochs_done >= config.epochs
-    )
-
-
-def _number(x: float) -> float | int:
-    return int(x) if float(x).is_integer() else float(x)
-
-
-def _notice(message: str) -> None:
-    """Tell the user, whether or not logging is configured to show INFO records."""
-    if logger.isEnabledFor(logging.INFO) and logging.getLogger().handlers:
-        logger.info(message)
-    else:
-        print(f"flowopt: {message}", file=sys.stderr, flush=True)
-
-
-def _read_record(path: Path) -> dict[str, Any] | None:
-    """The ``config.json`` record of a run directory, None if there is none."""
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunDirectoryError(f"{path} is not a readable run record ({error}); repair or remove it, "
-                                "or overwrite the run.") from None
-    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
-        raise RunDirectoryError(f"{path} is not a run record (no 'config' mapping); repair or remove it, "
-                                "or overwrite the run.")
-    return record
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-
-
-_RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "checkpoints-corrupt")
-
-
-def _remove_run(out: Path) -> None:
-    """Delete what a run left in ``out`` (only the files a run writes)."""
-    present = [name for name in _RUN_FILES if (out / name).exists()]
-    if not present:
-        return
-    _notice(f"Overwriting the run in {out}: removing {', '.join(present)}.")
-    for name in present:
-        path = out / name
-        try:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        except OSError as error:
-            raise RunDirectoryError(f"Cannot remove {path}: {error.strerror or error}.") from error
-
-
-def _check_same_run(out: Path, stored: dict[str, Any], config: TrainConfig) -> None:
-    mismatch = trajectory_mismatch(stored, config)
-    if mismatch:
-        raise RunDirectoryError(
-            f"{out} holds a run that differs in {mismatch}; use a fresh output directory, "
-            "or overwrite (--overwrite) to replace it."
-        )
-
-
-def _data_identity(dataset: Dataset) -> dict[str, Any]:
-    """What a resumed run's data must agree on (the example order and the arrays' shapes depend on it)."""
-    return {"name": dataset.name, "train": len(dataset.x_train), "test": len(dataset.x_test),
-            "image_shape": list(dataset.image_shape), "classes": dataset.num_classes}
-
-
-def _open_run(
-    out: Path, config: TrainConfig, state: RunState, record: dict[str, Any], overwrite: bool,
-    data_identity: dict[str, Any], steps_per_epoch: int,
-) -> tuple[Checkpointer, RunState, dict[str, Any], MetricsLog]:
-    """Check the run directory and resume what it holds: (checkpointer, state, progress, metrics log).
-
-    Nothing in ``out`` changes before every check has passed.
+    Attributes:
+      config: the run.
+      dataset: its data.
+      mesh: the devices the batch is sharded over.
+      graphdef: the model's graph definition.
+      state: the initial device state.
+      train_step, eval_step: the jitted steps (:mod:`flowopt.training.step`).
+      test_split: the test set, cut into device batches once.
+      schedule: the learning rate or schedule, ``None`` when the caller passed its own optimizer.
+      steps_per_epoch: full batches in one epoch.
+      total_steps: the run's length in steps when ``epochs`` or ``steps`` sets it.
+      augment: whether the training images are augmented.
     """
-    writer = jax.process_index() == 0
-    config_file, metrics_file = out / "config.json", out / "metrics.jsonl"
-    if overwrite and writer:
-        _remove_run(out)
-    checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
-    progress = _fresh_progress()
-    resume_step = None
-    try:
-        if checkpointer.all_steps():
-            if not config.resume:
-                raise RunDirectoryError(
-                    f"{out} already holds checkpoints; resume, overwrite (--overwrite), or use a fresh directory."
-                )
-            try:  # a different run is refused before its arrays are read (they may not even fit)
-                _check_same_run(out, checkpointer.read_record().get("config", {}), config)
-            except CheckpointError:
-                pass  # the newest checkpoint is damaged: restore() falls back, and the record is checked then
-            state, stored = checkpointer.restore(state)
-            _check_same_run(out, stored.get("config", {}), config)
-            progress = {**progress, **stored["progress"]}
-            resume_step = int(state.step)
-            stored_data = stored.get("data", data_identity)
-            if stored_data != data_identity or progress["batch"] > steps_per_epoch:
-                what = "; ".join(_differences(stored_data, data_identity)) or (
-                    f"its checkpoint is at batch {progress['batch']} of an epoch of {steps_per_epoch}")
-                raise RunDirectoryError(f"{out} holds a run on other data ({what}); use the same data, "
-                                        "a fresh output directory, or overwrite (--overwrite).")
-            rows = stored.get("metrics")
-            progress["legacy"] = rows is None
-            log = (MetricsLog(metrics_file, resume_step) if rows is None
-                   else MetricsLog(metrics_file, rows=rows["rows"], sha256=rows["sha256"]))
-            if checkpointer.skipped:
-                checkpointer.quarantine()
-            _notice(f"Resuming {out} from step {resume_step}.")
-        else:
-            old = None if overwrite else _read_record(config_file)
-            has_rows = metrics_file.exists() and metrics_file.stat().st_size > 0
-            if not overwrite and old is None and has_rows:
-                raise RunDirectoryError(
-                    f"{out} holds {metrics_file.name} but no config.json: it is not known which run wrote it. "
-                    "Use a fresh output directory, or overwrite (--overwrite) to replace it."
-                )
-            if old is not None:
-                mismatch = trajectory_mismatch(old["config"], config)
-                if mismatch:
-                    raise RunDirectoryError(
-                        f"{out} holds a different run (it differs in {mismatch}); use a fresh output directory, "
-                        "or overwrite (--overwrite) to replace it."
-                    )
-                if has_rows:
-                    _notice(f"{out} holds no checkpoint of this run: starting it again from step 0.")
-            log = MetricsLog(metrics_file)
-        done = resume_step is not None and _budget_spent(
-            config, resume_step, int(state.grad_evals), progress, steps_per_epoch)
-        if writer and not done:  # a run already at or past a smaller budget keeps the record of its own
-            old = _read_record(config_file) if config_file.exists() else None
-            if old != record:
-                if old is not None:
-                    _notice(f"Updating {config_file}: {'; '.join(_differences(old['config'], record['config']))}.")
-                write_atomic(config_file, (json.dumps(record, indent=2) + "\n").encode())
-    except BaseException:
-        checkpointer.close()
-        raise
-    return checkpointer, state, progress, log
+
+    config: TrainConfig
+    dataset: Dataset
+    mesh: Mesh
+    graphdef: nnx.GraphDef
+    state: RunState
+    train_step: Callable[[RunState, jax.Array, jax.Array], tuple[RunState, StepMetrics]]
+    eval_step: Callable[..., tuple[jax.Array, jax.Array]]
+    test_split: EvalSplit
+    schedule: float | optax.Schedule | None
+    steps_per_epoch: int
+    total_steps: int | None
+    augment: bool
+
+    def record(self) -> dict[str, Any]:
+        """The ``config.json`` record of the run."""
+        return {"config": self.config.to_dict(), "dataset": self.dataset.label, "source": self.dataset.source,
+                "devices": self.mesh.size, "augment": self.augment}
+
+
+def build(config: TrainConfig, dataset: Dataset | None = None, tx: optax.GradientTransformation | None = None) -> Setup:
+    """Load the data (unless given), build the optimizer (unless given), the model, the jitted steps and the state.
+
+    Raises:
+      ValueError: a batch that does not split over the devices or exceeds the training set, bad names or options.
+    """
+    if dataset is None:
+        dataset = load_dataset(config.dataset, **config.dataset_options)
+    mesh = parallel.data_mesh(config.num_devices)
+    parallel.check_batch_size(config.batch_size, mesh)
+    steps_per_epoch = len(dataset.x_train) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(dataset.x_train)} training examples.")
+    total_steps = config.total_steps(len(dataset.x_train))
+    schedule = None
+    if tx is None:
+        schedule = learning_rate_schedule(config, total_steps)
+        tx = make_optimizer(config.optimizer, schedule, **config.optimizer_options)
+    model = models.create_model(
+        config.model, input_shape=dataset.image_shape, num_classes=dataset.num_classes,
+        seed=config.seed, **config.model_options,
+    )
+    augment = config.augment if config.augment is not None else dataset.image_shape == (32, 32, 3)
+    prep = Preprocess(*dataset.channel_stats(), augment)
+    graphdef, state = init_state(model, tx, config.seed, mesh)
+    return Setup(
+        config=config, dataset=dataset, mesh=mesh, graphdef=graphdef, state=state,
+        train_step=make_train_step(graphdef, tx, prep, config.weight_decay, mesh),
+        eval_step=make_eval_step(graphdef, prep, mesh),
+        test_split=EvalSplit.build(dataset.x_test, dataset.y_test, config.eval_batch_size, mesh),
+        schedule=schedule, steps_per_epoch=steps_per_epoch, total_steps=total_steps, augment=augment,
+    )
 
 
 def train(
@@ -487,44 +213,19 @@ def train(
         raise ValueError(f"overwrite must be True or False, got {overwrite!r}.")
     if output_dir is not None and (not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir)):
         raise ValueError(f"output_dir must be a non-empty path or None, got {output_dir!r}.")
-    if dataset is None:
-        dataset = load_dataset(config.dataset, **config.dataset_options)
-    mesh = parallel.data_mesh(config.num_devices)
-    parallel.check_batch_size(config.batch_size, mesh)
-    steps_per_epoch = len(dataset.x_train) // config.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(dataset.x_train)} training examples.")
-    lengths = [n for n in (config.steps, config.epochs and config.epochs * steps_per_epoch) if n]
-    total_steps = min(lengths, default=None)
-    schedule = None
-    if tx is None:
-        schedule = learning_rate_schedule(config, total_steps)
-        tx = make_optimizer(config.optimizer, schedule, **config.optimizer_options)
-    model = models.create_model(
-        config.model, input_shape=dataset.image_shape, num_classes=dataset.num_classes,
-        seed=config.seed, **config.model_options,
-    )
-    augment = config.augment if config.augment is not None else dataset.image_shape == (32, 32, 3)
-    prep = Preprocess(*dataset.channel_stats(), augment)
-    graphdef, state = init_state(model, tx, config.seed, mesh)
-    train_step = make_train_step(graphdef, tx, prep, config.weight_decay, mesh)
-    eval_step = make_eval_step(graphdef, prep, mesh)
-    test_split = _EvalSplit.build(dataset.x_test, dataset.y_test, config.eval_batch_size, mesh)
-
+    setup = build(config, dataset, tx)
     out = Path(output_dir) if output_dir is not None else None
     lock = checkpointer = None
     try:
-        progress, log = _fresh_progress(), MetricsLog(None)
+        opened = OpenedRun(None, setup.state, Progress(), MetricsLog(None), legacy=False)
         if out is not None:
             if jax.process_index() == 0:
                 make_run_dir(out)
                 lock = RunLock(out)
-            record = {"config": config.to_dict(), "dataset": dataset.label, "source": dataset.source,
-                      "devices": mesh.size, "augment": augment}
-            checkpointer, state, progress, log = _open_run(out, config, state, record, overwrite,
-                                                           _data_identity(dataset), steps_per_epoch)
-        return _run(config, dataset, mesh, state, graphdef, train_step, eval_step, test_split, schedule,
-                    steps_per_epoch, total_steps, progress, log, checkpointer, out)
+            opened = open_run(out, config, setup.state, setup.record(), overwrite, data_identity(setup.dataset),
+                              setup.steps_per_epoch)
+            checkpointer = opened.checkpointer
+        return _Training(setup, opened, out).run()
     finally:
         if checkpointer is not None:
             checkpointer.close()
@@ -532,147 +233,188 @@ def train(
             lock.release()
 
 
-def _run(config, dataset, mesh, state, graphdef, train_step, eval_step, test_split, schedule,
-         steps_per_epoch, total_steps, progress, log, checkpointer, out) -> RunResult:
-    """The loop of :func:`train`, from ``progress`` on."""
-    train_split = None  # built at the first full-training-set evaluation
-    step, evals = (int(v) for v in jax.device_get((state.step, state.grad_evals)))
-    by_evals = config.grad_evals is not None
-    started = time.perf_counter() - progress["time_s"]
+def _number(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else float(x)
 
-    def finished() -> bool:
-        return _budget_spent(config, step, evals, progress, steps_per_epoch)
 
-    def write_row(epoch_end: bool) -> None:
-        nonlocal train_split
-        test_loss, test_accuracy = _evaluate_split(eval_step, state, test_split)
+class _Training:
+    """A run under way: its device state, step and evaluation counts, progress, metrics log and checkpoints."""
+
+    def __init__(self, setup: Setup, opened: OpenedRun, out: Path | None):
+        self.setup, self.config, self.out = setup, setup.config, out
+        self.state, self.progress, self.log = opened.state, opened.progress, opened.log
+        self.checkpointer: Checkpointer | None = opened.checkpointer
+        self.legacy = opened.legacy
+        self.step, self.evals = (int(v) for v in jax.device_get((self.state.step, self.state.grad_evals)))
+        self.by_evals = self.config.grad_evals is not None
+        self.started = time.perf_counter() - self.progress.time_s
+        self.train_split: EvalSplit | None = None  # built at the first full-training-set evaluation
+        self.data_identity = data_identity(setup.dataset)
+
+    def run(self) -> RunResult:
+        """Train from where the progress record stands until a budget is spent or the run diverges."""
+        config, setup = self.config, self.setup
+        self.bar = tqdm(
+            total=config.grad_evals if self.by_evals else setup.total_steps,
+            initial=self.evals if self.by_evals else self.step, unit="eval" if self.by_evals else "step",
+            disable=not config.progress, dynamic_ncols=True,
+            desc=f"{config.model}/{config.optimizer} on {setup.dataset.label}",
+        )
+        divergence = None
+        try:
+            self._catch_up()
+            if self._finished() and self.out is not None:
+                notice(f"The run in {self.out} is already complete (step {self.step}); nothing to do.")
+            while divergence is None and not self._finished():
+                divergence = self._epoch()
+        finally:
+            self.bar.close()
+        return self._finish(divergence)
+
+    def _finished(self) -> bool:
+        return budget_spent(self.config, self.step, self.evals, self.progress, self.setup.steps_per_epoch)
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def _catch_up(self) -> None:
+        """Write the row a legacy checkpoint may lack, and move past an epoch the checkpoint ended."""
+        progress, steps_per_epoch, eval_every = self.progress, self.setup.steps_per_epoch, self.config.eval_every
+        epoch_end = progress.batch == steps_per_epoch
+        if self.legacy and progress.count and (epoch_end or (eval_every and self.step % eval_every == 0)):
+            # A checkpoint of an older flowopt, saved before its step's row: the row may be on disk already.
+            if self.log.rows and self.log.rows[-1].get("step") == self.step:
+                progress.start_row()
+            else:
+                self._write_row(epoch_end)
+        if progress.batch == steps_per_epoch:
+            progress.next_epoch()
+
+    def _epoch(self) -> str | None:
+        """Step through the rest of the current epoch (or until a budget ends); why the run diverged, if it did."""
+        config, setup = self.config, self.setup
+        batches = (
+            parallel.shard_batch(batch, setup.mesh)
+            for batch in iterate_batches(
+                setup.dataset.x_train, setup.dataset.y_train, config.batch_size,
+                seed=config.seed, epoch=self.progress.epoch, start=self.progress.batch,
+            )
+        )
+        batch = next(batches, None)
+        while batch is not None:
+            new_state, metrics = setup.train_step(self.state, *batch)
+            batch = next(batches, None)  # prepared while the device runs the step
+            divergence = self._take(new_state, metrics)
+            if divergence is not None:
+                return divergence
+            divergence, stop = self._after_step()
+            if divergence is not None or stop:
+                return divergence
+        return None
+
+    def _take(self, new_state: RunState, metrics: StepMetrics) -> str | None:
+        """Keep a step's result and count it, unless its loss is not finite or the optimizer skipped it."""
+        config = self.config
+        loss, correct, skipped, new_evals = jax.device_get(
+            (metrics.loss, metrics.correct, metrics.skipped, new_state.grad_evals)
+        )
+        if self.by_evals and self.evals == 0 and int(new_evals) > config.grad_evals:
+            raise ConfigError("grad_evals", (
+                f"grad_evals is {config.grad_evals}, less than one step of {config.optimizer} "
+                f"({int(new_evals)} gradient evaluations); nothing was trained."))
+        if not np.isfinite(loss):
+            return f"the minibatch loss is {float(loss)} at step {self.step}"
+        if skipped:
+            return (
+                f"the optimizer skipped step {self.step} because a stage or its increment was not finite "
+                "(lower the learning rate or check its schedule)"
+            )
+        self.state = new_state
+        self.progress.add_step(float(loss), int(correct), config.batch_size, cost=int(new_evals) - self.evals)
+        self.step, self.evals = self.step + 1, int(new_evals)
+        self.bar.update(self.progress.last_cost if self.by_evals else 1)
+        if self.step % 50 == 0:
+            self.bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+        kill_point("step", self.step)
+        return None
+
+    def _after_step(self) -> tuple[str | None, bool]:
+        """The row and the checkpoint due after a step: (why the run diverged, if it did; whether a budget ends)."""
+        config, progress, step = self.config, self.progress, self.step
+        epoch_end = progress.batch >= self.setup.steps_per_epoch
+        stop = not budget_left(config, step, self.evals, progress.last_cost) or (
+            epoch_end and config.epochs is not None and progress.epoch + 1 >= config.epochs
+        )
+        row_due = epoch_end or stop or bool(config.eval_every and step % config.eval_every == 0)
+        save_due = epoch_end or stop or bool(config.checkpoint_every and step % config.checkpoint_every == 0)
+        if (row_due or save_due) and not tree_all_finite(self.state.params):
+            return f"the parameters are not finite at step {step}", stop
+        if row_due:
+            self._write_row(epoch_end)
+        if save_due:
+            self._checkpoint()
+        return None, stop
+
+    def _write_row(self, epoch_end: bool) -> None:
+        """Evaluate and append a metrics row; the sums start again, and an epoch's end moves to the next."""
+        config, setup, progress, step = self.config, self.setup, self.progress, self.step
+        test_loss, test_accuracy = evaluate_split(setup.eval_step, self.state, setup.test_split)
         kill_point("eval", step)
         row = {
-            "epoch": _number(progress["epoch"] + progress["batch"] / steps_per_epoch),
+            "epoch": _number(progress.position(setup.steps_per_epoch)),
             "step": step,
-            "grad_evals": evals,
-            "train_loss": progress["loss_sum"] * config.batch_size / progress["count"],
-            "train_accuracy": progress["correct"] / progress["count"],
+            "grad_evals": self.evals,
+            "train_loss": progress.loss_sum * config.batch_size / progress.count,
+            "train_accuracy": progress.correct / progress.count,
             "test_loss": test_loss,
             "test_accuracy": test_accuracy,
         }
         if config.eval_train:
-            train_split = train_split or _EvalSplit.build(
-                dataset.x_train, dataset.y_train, config.eval_batch_size, mesh
+            if self.train_split is None:
+                self.train_split = EvalSplit.build(
+                    setup.dataset.x_train, setup.dataset.y_train, config.eval_batch_size, setup.mesh
+                )
+            row["full_train_loss"], row["full_train_accuracy"] = evaluate_split(
+                setup.eval_step, self.state, self.train_split
             )
-            row["full_train_loss"], row["full_train_accuracy"] = _evaluate_split(eval_step, state, train_split)
+        schedule = setup.schedule
         if schedule is not None:
             row["learning_rate"] = float(schedule(step - 1)) if callable(schedule) else schedule
         row["partial"] = not epoch_end
-        row["time_s"] = time.perf_counter() - started
-        log.write(row)
+        row["time_s"] = self._elapsed()
+        self.log.write(row)
         kill_point("row", step)
-        bar.set_postfix(loss=f"{row['train_loss']:.4f}", test_acc=f"{test_accuracy:.4f}")
-        progress.update(loss_sum=0.0, correct=0, count=0)
+        self.bar.set_postfix(loss=f"{row['train_loss']:.4f}", test_acc=f"{test_accuracy:.4f}")
+        progress.start_row()
         if epoch_end:
-            progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
+            progress.next_epoch()
 
-    def save() -> None:
-        # After the step's row: the checkpoint vouches for the rows written so far and nothing is pending.
-        if checkpointer is not None:
-            progress["time_s"] = time.perf_counter() - started
-            checkpointer.save(step, state, {
-                "config": config.to_dict(), "progress": dict(progress), "data": _data_identity(dataset),
-                "metrics": {"rows": len(log.rows), "sha256": log.sha256()},
-            })
-            kill_point("save", step)
-
-    bar = tqdm(
-        total=config.grad_evals if by_evals else total_steps,
-        initial=evals if by_evals else step, unit="eval" if by_evals else "step",
-        disable=not config.progress, dynamic_ncols=True,
-        desc=f"{config.model}/{config.optimizer} on {dataset.label}",
-    )
-    message, diverged = "", False
-    try:
-        epoch_end = progress["batch"] == steps_per_epoch
-        if progress.pop("legacy", False) and progress["count"] and (
-            epoch_end or (config.eval_every and step % config.eval_every == 0)
-        ):
-            # A checkpoint of an older flowopt, saved before its step's row: the row may be on disk already.
-            if log.rows and log.rows[-1].get("step") == step:
-                progress.update(loss_sum=0.0, correct=0, count=0)
-            else:
-                write_row(epoch_end)
-        if progress["batch"] == steps_per_epoch:
-            progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
-        if finished() and out is not None:
-            _notice(f"The run in {out} is already complete (step {step}); nothing to do.")
-        while not diverged and not finished():
-            batches = (
-                parallel.shard_batch(batch, mesh)
-                for batch in iterate_batches(
-                    dataset.x_train, dataset.y_train, config.batch_size,
-                    seed=config.seed, epoch=progress["epoch"], start=progress["batch"],
-                )
-            )
-            batch = next(batches, None)
-            while batch is not None:
-                new_state, metrics = train_step(state, *batch)
-                batch = next(batches, None)  # prepared while the device runs the step
-                loss, correct, skipped, new_evals = jax.device_get(
-                    (metrics.loss, metrics.correct, metrics.skipped, new_state.grad_evals)
-                )
-                if by_evals and evals == 0 and int(new_evals) > config.grad_evals:
-                    raise ConfigError("grad_evals", (
-                        f"grad_evals is {config.grad_evals}, less than one step of {config.optimizer} "
-                        f"({int(new_evals)} gradient evaluations); nothing was trained."))
-                if not np.isfinite(loss):
-                    diverged = True
-                    message = f"the minibatch loss is {float(loss)} at step {step}"
-                    break
-                if skipped:
-                    diverged = True
-                    message = (
-                        f"the optimizer skipped step {step} because a stage or its increment was not finite "
-                        "(lower the learning rate or check its schedule)"
-                    )
-                    break
-                state, progress["last_cost"] = new_state, int(new_evals) - evals
-                step, evals = step + 1, int(new_evals)
-                progress["batch"] += 1
-                progress["loss_sum"] += float(loss)
-                progress["correct"] += int(correct)
-                progress["count"] += config.batch_size
-                bar.update(progress["last_cost"] if by_evals else 1)
-                if step % 50 == 0:
-                    bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
-                kill_point("step", step)
-                epoch_end = progress["batch"] >= steps_per_epoch
-                stop = not _budget_left(config, step, evals, progress["last_cost"]) or (
-                    epoch_end and config.epochs is not None and progress["epoch"] + 1 >= config.epochs
-                )
-                row_due = epoch_end or stop or bool(config.eval_every and step % config.eval_every == 0)
-                save_due = epoch_end or stop or bool(config.checkpoint_every and step % config.checkpoint_every == 0)
-                if (row_due or save_due) and not tree_all_finite(state.params):
-                    diverged, message = True, f"the parameters are not finite at step {step}"
-                    break
-                if row_due:
-                    write_row(epoch_end)
-                if save_due:
-                    save()
-                if stop:
-                    break
-    finally:
-        bar.close()
-    if diverged:
-        kept = checkpointer.latest_step() if checkpointer is not None else None
-        message = (
-            f"Training diverged: {message} (epoch {progress['epoch'] + 1}). "
-            + (f"The last good checkpoint (step {kept}) is kept in {out / 'checkpoints'}."
-               if kept is not None else "No checkpoint was written.")
-        )
-        logger.error(message)
-        log.write({
-            "epoch": _number(progress["epoch"] + progress["batch"] / steps_per_epoch), "step": step,
-            "grad_evals": evals, "diverged": True, "message": message,
-            "time_s": time.perf_counter() - started,
+    def _checkpoint(self) -> None:
+        """Save the state and progress; after the step's row, so the checkpoint vouches for every row written."""
+        if self.checkpointer is None:
+            return
+        self.progress.time_s = self._elapsed()
+        self.checkpointer.save(self.step, self.state, {
+            "config": self.config.to_dict(), "progress": self.progress.to_record(), "data": self.data_identity,
+            "metrics": {"rows": len(self.log.rows), "sha256": self.log.sha256()},
         })
-    else:
-        message = f"Finished after {step} steps and {evals} gradient evaluations."
-    return RunResult(state, graphdef, log.rows, diverged, message, dataset.label)
+        kill_point("save", self.step)
+
+    def _finish(self, divergence: str | None) -> RunResult:
+        """The result; a diverged run logs why and ends its metrics with a row that says so."""
+        if divergence is None:
+            message = f"Finished after {self.step} steps and {self.evals} gradient evaluations."
+        else:
+            kept = self.checkpointer.latest_step() if self.checkpointer is not None else None
+            message = (
+                f"Training diverged: {divergence} (epoch {self.progress.epoch + 1}). "
+                + (f"The last good checkpoint (step {kept}) is kept in {self.out / 'checkpoints'}."
+                   if kept is not None else "No checkpoint was written.")
+            )
+            logger.error(message)
+            self.log.write({
+                "epoch": _number(self.progress.position(self.setup.steps_per_epoch)), "step": self.step,
+                "grad_evals": self.evals, "diverged": True, "message": message, "time_s": self._elapsed(),
+            })
+        return RunResult(self.state, self.setup.graphdef, self.log.rows, divergence is not None, message,
+                         self.setup.dataset.label)

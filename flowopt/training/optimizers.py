@@ -1,7 +1,11 @@
-"""Optimizers by name: a few optax baselines plus every flowopt integrator.
+"""Optimizers by name for the training stack, all from :mod:`flowopt.registry`.
 
-flowopt names are looked up on the ``flowopt`` package when asked for, so an
-integrator added to flowopt is available here without any change.
+A name is an optax baseline (:data:`flowopt.registry.BASELINES`: ``sgd``,
+``momentum``, ...), a flowopt constructor that takes a ``learning_rate``
+(:data:`flowopt.registry.OPTIMIZERS`), or a constructor of
+:data:`flowopt.registry.ORDERS` with its order appended (``bdf2``,
+``adams_bashforth3``): :func:`flowopt.registry.resolve` decides. A
+constructor added to the registry is available here without any change.
 """
 
 from __future__ import annotations
@@ -9,7 +13,6 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,45 +21,30 @@ import jax.numpy as jnp
 import optax
 
 import flowopt
+from flowopt import registry
 
 LearningRate = float | optax.Schedule
 
-BASELINES: dict[str, Callable[..., optax.GradientTransformation]] = {
-    "sgd": lambda lr, **kw: optax.sgd(lr, **kw),
-    "momentum": lambda lr, momentum=0.9, **kw: optax.sgd(lr, momentum=momentum, **kw),
-    "nesterov": lambda lr, momentum=0.9, **kw: optax.sgd(lr, momentum=momentum, nesterov=True, **kw),
-    "adam": lambda lr, **kw: optax.adam(lr, **kw),
-    "rmsprop": lambda lr, **kw: optax.rmsprop(lr, **kw),
-    "adagrad": lambda lr, **kw: optax.adagrad(lr, **kw),
-}
-"""optax optimizers, built as ``BASELINES[name](learning_rate, **options)``."""
-
-INTEGRATORS = ("euler", "heun", "ralston", "midpoint", "rk3", "ssprk3", "rk4", "rk38")
-"""The flowopt integrators the command line advertises; any other constructor
-exported by ``flowopt`` that takes ``learning_rate`` works too."""
-
-
-ORDERED = {"bdf": range(1, 7), "adams_bashforth": range(1, 5)}
-"""Constructors whose first argument is an order: ``bdf2`` is ``flowopt.bdf(2, learning_rate, ...)``."""
-
-_ORDERED_NAME = re.compile(r"^(" + "|".join(ORDERED) + r")(\d+)$")
-
 
 def available_optimizers() -> tuple[str, ...]:
-    """Names :func:`make_optimizer` accepts (baselines, integrators, and ``bdf1``… ``adams_bashforth4``)."""
-    ordered = tuple(f"{family}{order}" for family, orders in ORDERED.items() for order in orders)
-    return tuple(BASELINES) + tuple(n for n in INTEGRATORS if hasattr(flowopt, n)) + ordered
+    """Names :func:`make_optimizer` accepts and the command line lists.
+
+    The baselines, the flowopt constructors that need no argument besides the
+    learning rate, and the order-suffixed names (``bdf1`` … ``adams_bashforth4``).
+    Any other constructor of :data:`flowopt.registry.OPTIMIZERS` that takes a
+    ``learning_rate`` works too, given its options.
+    """
+    plain = tuple(name for name, entry in registry.OPTIMIZERS.items() if _needs_only_a_learning_rate(entry.constructor))
+    ordered = tuple(f"{name}{order}" for name, orders in registry.ORDERS.items() for order in orders)
+    return tuple(registry.BASELINES) + plain + ordered
 
 
-def _ordered_constructor(name: str) -> Callable[..., optax.GradientTransformation] | None:
-    match = _ORDERED_NAME.match(name)
-    if match is None:
-        return None
-    return functools.partial(getattr(flowopt, match[1]), int(match[2]))
-
-
-_BASELINE_TARGETS = {"sgd": optax.sgd, "momentum": optax.sgd, "nesterov": optax.sgd, "adam": optax.adam,
-                     "rmsprop": optax.rmsprop, "adagrad": optax.adagrad}
+def _needs_only_a_learning_rate(constructor: Callable[..., Any]) -> bool:
+    parameters = inspect.signature(constructor).parameters
+    return "learning_rate" in parameters and all(
+        p.default is not p.empty for key, p in parameters.items()
+        if key != "learning_rate" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    )
 
 
 def _unknown(name: object) -> ValueError:
@@ -66,33 +54,67 @@ def _unknown(name: object) -> ValueError:
     )
 
 
+def _not_a_constructor(name: str, function: Callable[..., Any] | None) -> ValueError:
+    """The error for a flowopt callable that is no optimizer constructor taking a learning rate."""
+    signature = _signature(function)
+    if signature is not None and "learning_rate" in signature.parameters:
+        reason = "it has no entry in flowopt.registry.OPTIMIZERS"
+    else:
+        first = next(iter(signature.parameters.values()), None) if signature is not None else None
+        annotation = "" if first is None or first.annotation is first.empty else str(first.annotation)
+        taken = f"its first argument is {first.name}: {annotation}" if first is not None else "it takes none"
+        reason = f"it takes no learning rate; {taken}"
+    return ValueError(
+        f"flowopt.{name} is not an optimizer constructor ({reason}); valid names: {', '.join(available_optimizers())}."
+    )
+
+
+def _resolve(name: str) -> tuple[registry.OptimizerEntry, dict[str, Any]]:
+    """The registry entry behind ``name`` and the arguments the name fixes, for a constructor taking a learning rate."""
+    if not isinstance(name, str) or not name:
+        raise _unknown(name)
+    try:
+        entry, fixed = registry.resolve(name)
+    except KeyError:
+        function = None if name.startswith("_") else getattr(flowopt, name, None)
+        if callable(function) and not inspect.isclass(function) and not inspect.ismodule(function):
+            raise _not_a_constructor(name, function) from None
+        raise _unknown(name) from None
+    if "learning_rate" not in inspect.signature(entry.constructor).parameters:
+        raise _not_a_constructor(name, entry.constructor)
+    return entry, fixed
+
+
 def resolve_optimizer(name: str) -> tuple[Callable[..., optax.GradientTransformation], inspect.Signature | None]:
-    """The constructor behind ``name`` and the signature its options are checked against.
+    """The constructor behind ``name`` (the arguments the name fixes bound) and the signature its options are checked against.
 
     Raises:
       ValueError: an unknown name, or a flowopt callable that does not take a
         ``learning_rate`` (such as ``guard_nonfinite``, which wraps an optimizer).
     """
-    if not isinstance(name, str) or not name:
-        raise _unknown(name)
-    if name in BASELINES:
-        return BASELINES[name], _signature(_BASELINE_TARGETS.get(name))
-    if (ordered := _ordered_constructor(name)) is not None:
-        return ordered, _signature(ordered)
-    constructor = None if name.startswith("_") else getattr(flowopt, name, None)
-    if not callable(constructor) or inspect.isclass(constructor) or inspect.ismodule(constructor):
-        raise _unknown(name)
-    signature = _signature(constructor)
-    if signature is not None and "learning_rate" not in signature.parameters:
-        first = next(iter(signature.parameters.values()), None)
-        annotation = "" if first is None or first.annotation is first.empty else str(first.annotation)
-        if first is None or (annotation and not any(t in annotation for t in ("float", "Schedule", "Array"))):
-            taken = f"its first argument is {first.name}: {annotation}" if first is not None else "it takes none"
-            raise ValueError(
-                f"flowopt.{name} is not an optimizer constructor (it takes no learning rate; {taken}); "
-                f"valid names: {', '.join(available_optimizers())}."
-            )
-    return constructor, signature
+    entry, fixed = _resolve(name)
+    constructor = entry.constructor
+    if fixed:
+        bound = inspect.signature(constructor).bind_partial(**fixed)
+        constructor = functools.partial(constructor, *bound.args, **bound.kwargs)
+    return constructor, _signature(constructor)
+
+
+def gradients_per_step(name: str, **options: Any) -> int:
+    """Gradient evaluations one step of optimizer ``name`` built with ``options`` costs, the incoming gradient included.
+
+    From the registry's cost (:meth:`flowopt.registry.OptimizerEntry.gradients_per_step`):
+    ``gradients_per_step("rk4") == 4``, ``gradients_per_step("bdf2", inner_steps=3) == 4``,
+    ``gradients_per_step("adam") == 1``.
+
+    Raises:
+      ValueError: an unknown name, or an option the cost depends on is missing.
+    """
+    entry, fixed = _resolve(name)
+    cost = entry.gradients_per_step(**fixed, **options)
+    if cost is None:
+        raise ValueError(f"The registry gives no cost per step for {name!r} with options {options}.")
+    return cost
 
 
 def _signature(function: Callable[..., Any] | None) -> inspect.Signature | None:
@@ -144,7 +166,8 @@ def check_option_values(name: str, options: dict[str, Any]) -> None:
     missing = [key for key, p in parameters.items() if key != "learning_rate" and key not in options
                and p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     if missing:
-        shorthand = f" (or a name with the order in it, such as {name}2)" if "order" in missing and name in ORDERED else ""
+        ordered = "order" in missing and name in registry.ORDERS
+        shorthand = f" (or a name with the order in it, such as {name}2)" if ordered else ""
         raise ValueError(f"Optimizer {name!r} needs the option(s) {', '.join(missing)}{shorthand}.")
 
 
@@ -177,19 +200,16 @@ def make_optimizer(name: str, learning_rate: LearningRate, **options: Any) -> op
         ``rmsprop``, ``adagrad``) or the name of a flowopt constructor that
         takes a ``learning_rate`` (``euler``, ``heun``, ``rk4``, ...), or an
         order-suffixed name such as ``bdf2`` or ``adams_bashforth3`` (see
-        ``ORDERED`` in this module).
+        :data:`flowopt.registry.ORDERS`).
       learning_rate: step size or schedule.
       **options: further keyword arguments of the constructor.
 
     Raises:
       ValueError: unknown name, or options the constructor does not take or rejects.
     """
-    constructor, signature = resolve_optimizer(name)
+    constructor, _ = resolve_optimizer(name)
     try:
-        if signature is not None and "learning_rate" in signature.parameters and name not in BASELINES:
-            tx = constructor(learning_rate=learning_rate, **options)
-        else:
-            tx = constructor(learning_rate, **options)
+        tx = constructor(learning_rate=learning_rate, **options)
     except (TypeError, ValueError) as error:
         raise ValueError(f"Optimizer {name!r} rejected options {options}: {' '.join(str(error).split())}") from error
     if not isinstance(tx, optax.GradientTransformation):

@@ -1,4 +1,4 @@
-"""The run directory: an exclusive lock while a run uses it, atomic file writes, test kill points.
+"""The run directory: an exclusive lock while a run uses it, atomic file writes, notices, test kill points.
 
 The lock is an ``fcntl.flock`` on ``<run>/run.lock``. The kernel drops it when
 the holding process exits, however it exits, so a killed run never leaves a
@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 LOCK_NAME = "run.lock"
 
@@ -23,6 +27,14 @@ _KILL_ENV = "_FLOWOPT_TEST_KILL_AT"
 
 class RunDirectoryError(ValueError):
     """The run directory is in use, holds something else, is damaged, or cannot be written."""
+
+
+def notice(message: str) -> None:
+    """Tell the user, whether or not logging is configured to show INFO records."""
+    if logger.isEnabledFor(logging.INFO) and logging.getLogger().handlers:
+        logger.info(message)
+    else:
+        print(f"flowopt: {message}", file=sys.stderr, flush=True)
 
 
 def kill_point(point: str, step: int, before: Callable[[], object] | None = None) -> None:

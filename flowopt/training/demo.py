@@ -14,7 +14,7 @@ MNIST comes from the offline sources of :func:`flowopt.training.load_dataset`;
 
 from __future__ import annotations
 
-import argparse
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -25,14 +25,17 @@ import numpy as np
 import optax
 from flax import nnx
 
-import flowopt
-from flowopt.training import DATASET_NAMES, DataUnavailableError, create_model, load_dataset
+from flowopt.training.cli import OneLineParser
+from flowopt.training.data import DATASET_NAMES, DataUnavailableError, load_dataset
+from flowopt.training.models import create_model
+from flowopt.training.optimizers import gradients_per_step, make_optimizer
+
+_COMPARED = {"SGD (Euler)": "sgd", "Heun": "heun", "RK4": "rk4"}  # column label: optimizer name
 
 METHODS: dict[str, tuple[Callable[[float], optax.GradientTransformation], int]] = {
-    "SGD (Euler)": (optax.sgd, 1),
-    "Heun": (flowopt.heun, 2),
-    "RK4": (flowopt.rk4, 4),
+    label: (functools.partial(make_optimizer, name), gradients_per_step(name)) for label, name in _COMPARED.items()
 }
+"""Each column's ``(learning_rate -> optimizer, gradient evaluations per step)``, from :mod:`flowopt.registry`."""
 
 
 def _load(name: str):
@@ -123,15 +126,8 @@ def run(dataset: str, budget: int, learning_rate: float, batch_size: int, seed: 
     return label, rows, curves, accuracy, spent
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Errors are one line on stderr (no usage block) and exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = _OneLineParser(prog="flowopt-demo", description="Compare SGD, Heun and RK4 at equal gradient evaluations.")
+    parser = OneLineParser(prog="flowopt-demo", description="Compare SGD, Heun and RK4 at equal gradient evaluations.")
     parser.add_argument("--dataset", default="mnist", help=f"one of {', '.join(DATASET_NAMES)}")
     parser.add_argument("--budget", type=int, default=2400, help="gradient evaluations per method")
     parser.add_argument("--learning-rate", type=float, default=0.1)
