@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 
 from flowopt.training.data import DataUnavailableError
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+STUDIES_DIR = Path(__file__).parent / "studies"
 CONFIG_NAMES = ("smoke", "cpu", "gpu")
+"""The configurations every study ships, smallest first; a study may ship others (``gpu_budget``)."""
 
 
 class RunSpec(NamedTuple):
@@ -241,15 +242,29 @@ def full_run_config(study: Study, spec: RunSpec, config: dict[str, Any]) -> dict
     return json.loads(json.dumps(values, sort_keys=True))
 
 
+def study_module(study: str) -> str:
+    """The package of study ``study`` (``runge-kutta`` -> ``experiments.studies.runge_kutta``)."""
+    return f"experiments.studies.{study.replace('-', '_')}"
+
+
+def config_dir(study: str) -> Path:
+    """The folder of the configurations study ``study`` ships: ``experiments/studies/<study>/configs``."""
+    return STUDIES_DIR / study.replace("-", "_") / "configs"
+
+
+def config_names(study: str) -> tuple[str, ...]:
+    """The names of the configurations ``study`` ships: those of :data:`CONFIG_NAMES` first, then the others."""
+    shipped = sorted(path.stem for path in config_dir(study).glob("*.json"))
+    return tuple(n for n in CONFIG_NAMES if n in shipped) + tuple(n for n in shipped if n not in CONFIG_NAMES)
+
+
 def load_config(study: str, config: str) -> dict[str, Any]:
-    """The configuration ``experiments/configs/<study>/<config>.json`` (or a path to a JSON file).
+    """The configuration ``config`` that ``study`` ships (see :func:`config_names`), or a path to a JSON file.
 
     Raises:
       ConfigFileError: an unknown name, a missing or unreadable file, invalid JSON or not a mapping
         (the message names the file).
     """
-    if not isinstance(config, str) or not config.strip():
-        raise ConfigFileError(f"config must be one of {CONFIG_NAMES} or a .json file, got {config!r}.")
     path = config_path(study, config)
     if not path.is_file():
         raise ConfigFileError(f"no configuration file {path} for study {study!r}.")
@@ -270,12 +285,14 @@ def load_config(study: str, config: str) -> dict[str, Any]:
 
 
 def config_path(study: str, config: str) -> Path:
-    """The file behind a configuration name (``smoke``, ``cpu``, ``gpu``) or path."""
+    """The file behind a configuration name (``smoke``, ``cpu``, ...) or path."""
+    if not isinstance(config, str) or not config.strip():
+        raise ConfigFileError(f"config must be one of {config_names(study)} or a .json file, got {config!r}.")
     path = Path(config).expanduser()
     if not path.suffix:
-        if config not in CONFIG_NAMES:
-            raise ConfigFileError(f"config must be one of {CONFIG_NAMES} or a .json file, got {config!r}.")
-        path = CONFIG_DIR / study.replace("-", "_") / f"{config}.json"
+        if config not in config_names(study):
+            raise ConfigFileError(f"config must be one of {config_names(study)} or a .json file, got {config!r}.")
+        path = config_dir(study) / f"{config}.json"
     return path
 
 

@@ -7,18 +7,26 @@ L2-regularised logistic regression, every method runs at each learning rate
 gradient-evaluation budget is spent. A gradient evaluation is an incoming
 gradient (one per step) or an oracle call (the state's count).
 
-Writes ``runs.csv`` (one row per method and rate), ``summary.csv`` (per
-method: the range of rates that reach the target, the evaluations at the
-best rate, the median over the range) and ``bdf_stability.png``::
+One run per problem. Writes ``runs.csv`` (one row per problem, method and
+rate), ``summary.csv`` (per problem and method: the range of rates that reach
+the target, the evaluations at the best rate, the median over the range) and
+``bdf_stability.png`` to ``results/bdf-stability/<config>/``::
 
-    python experiments/bdf_stability.py --output-dir results/bdf
+    flowopt-experiment bdf-stability --config cpu
+
+The bdf study reuses these problems (:func:`problem`) and runs
+(:func:`make_run`) for its synthetic rows.
+
+Configuration (JSON)::
+
+    {"problems": ["quadratic_kappa1e2", ..., "logistic_regression"], "dim": 50,
+     "methods": [labels of METHODS], "min_rate": 0.1, "max_rate": 1000,
+     "rates_per_decade": 4, "target": 1e-3, "budget": 20000}
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,7 +37,8 @@ import numpy as np
 import optax
 
 import flowopt
-from experiments.tables import write_csv
+from experiments import report, runner
+from experiments.runner import RunSpec, Study
 
 
 class Problem(NamedTuple):
@@ -71,6 +80,32 @@ def _newton_minimum(loss, dim: int) -> float:
     assert float(jnp.linalg.norm(grad(w))) < 1e-12, "Newton did not converge"
     return float(loss(w))
 
+
+def problem(name: str, dim: int = 50) -> Problem:
+    """``quadratic_kappa1e4`` (a quadratic of that condition number, dimension ``dim``) or ``logistic_regression``.
+
+    Call under ``jax.enable_x64``.
+    """
+    if name.startswith("quadratic_kappa"):
+        return quadratic(float(name[len("quadratic_kappa"):]), dim=dim)
+    if name == "logistic_regression":
+        return logistic_regression()
+    raise ValueError(f"unknown synthetic problem {name!r}.")
+
+
+def _is_problem(value: Any) -> bool:
+    if value == "logistic_regression":
+        return True
+    if not isinstance(value, str) or not value.startswith("quadratic_kappa"):
+        return False
+    try:
+        return float(value[len("quadratic_kappa"):]) >= 1
+    except ValueError:
+        return False
+
+
+PROBLEM = runner.satisfies("logistic_regression or quadratic_kappa<condition number ≥ 1>", _is_problem)
+"""The schema of a problem name."""
 
 INNER_STEPS = 3
 
@@ -137,36 +172,35 @@ def make_run(problem: Problem, constructor: Callable, target: float, budget: int
     return run
 
 
-def measure(problems, methods, rates, target: float, budget: int) -> list[dict]:
+def measure(problem: Problem, methods: dict[str, Callable], rates, target: float, budget: int) -> list[dict]:
+    """One row per method and rate: whether the target was reached, with how many gradient evaluations."""
     rows = []
-    for problem in problems:
-        for name, constructor in methods.items():
-            start = time.perf_counter()
-            run = make_run(problem, constructor, target, budget)
-            for rate in rates:
-                reached, evals, gap = jax.device_get(run(rate / problem.lipschitz))
-                rows.append(
-                    dict(
-                        problem=problem.name,
-                        method=name,
-                        lr_times_L=float(rate),
-                        reached=bool(reached),
-                        gradient_evaluations=int(evals) if reached else "",
-                        final_relative_gap=float(gap),
-                        diverged=bool(not np.isfinite(gap) or gap >= 1e6),
-                    )
+    for name, constructor in methods.items():
+        run = make_run(problem, constructor, target, budget)
+        for rate in rates:
+            reached, evals, gap = jax.device_get(run(rate / problem.lipschitz))
+            rows.append(
+                dict(
+                    problem=problem.name,
+                    method=name,
+                    lr_times_L=float(rate),
+                    reached=bool(reached),
+                    gradient_evaluations=int(evals) if reached else "",
+                    final_relative_gap=float(gap),
+                    diverged=bool(not np.isfinite(gap) or gap >= 1e6),
                 )
-            print(f"{problem.name:28s} {name:20s} {time.perf_counter() - start:6.1f}s", flush=True)
+            )
     return rows
 
 
-def summarise(rows: list[dict], methods, problems) -> list[dict]:
+def summarise(rows: list[dict], methods, problems: list[str]) -> list[dict]:
+    """Per problem (display name) and method: the rates that reach the target, the best and median cost."""
     summary = []
-    for problem in problems:
+    for name_of_problem in problems:
         for name in methods:
-            runs = [r for r in rows if r["problem"] == problem.name and r["method"] == name]
+            runs = [r for r in rows if r["problem"] == name_of_problem and r["method"] == name]
             good = [r for r in runs if r["reached"]]
-            entry = dict(problem=problem.name, method=name, rates_tried=len(runs), rates_reaching_target=len(good))
+            entry = dict(problem=name_of_problem, method=name, rates_tried=len(runs), rates_reaching_target=len(good))
             if good:
                 best = min(good, key=lambda r: r["gradient_evaluations"])
                 low, high = min(r["lr_times_L"] for r in good), max(r["lr_times_L"] for r in good)
@@ -183,61 +217,71 @@ def summarise(rows: list[dict], methods, problems) -> list[dict]:
     return summary
 
 
-def plot(path: Path, rows: list[dict], methods, problems, target: float, budget: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(12, 9), sharex=True, sharey=True)
+def plot(path: Path, rows: list[dict], methods, problems: list[str], target: float, budget: int) -> None:
+    """Gradient evaluations to the target against the rate, one panel per problem (two columns)."""
+    plt = report.pyplot()
+    columns = min(2, len(problems))
+    lines = math.ceil(len(problems) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(6 * columns, 4.5 * lines), sharex=True, sharey=True,
+                             squeeze=False)
     colors = [f"C{i}" for i in range(10)] + ["black"]
     styles = {name: ("--" if name in ("gd", "heun", "rk4") else ":" if name.startswith("ab") else "-") for name in methods}
-    for ax, problem in zip(axes.flat, problems):
+    for ax, name_of_problem in zip(axes.flat, problems):
         for index, name in enumerate(methods):
-            runs = [r for r in rows if r["problem"] == problem.name and r["method"] == name]
+            runs = [r for r in rows if r["problem"] == name_of_problem and r["method"] == name]
             rates = [r["lr_times_L"] for r in runs]
             evals = [r["gradient_evaluations"] if r["reached"] else np.nan for r in runs]
             ax.plot(rates, evals, styles[name], marker="o", markersize=3, color=colors[index], label=name)
-        ax.set(xscale="log", yscale="log", title=problem.name, xlabel="learning rate × L")
+        ax.set(xscale="log", yscale="log", title=name_of_problem, xlabel="learning rate × L")
         ax.set_ylabel(f"gradient evaluations to gap ≤ {target:g}")
         ax.grid(True, which="major", alpha=0.3)
     axes.flat[0].legend(fontsize=8, ncol=2)
     fig.suptitle(f"Learning rates reaching the target within {budget} gradient evaluations (missing = not reached)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output-dir", type=Path, default=Path("results/bdf"))
-    parser.add_argument("--target", type=float, default=1e-3, help="relative suboptimality to reach")
-    parser.add_argument("--budget", type=int, default=20_000, help="gradient evaluations per run")
-    parser.add_argument("--rates-per-decade", type=int, default=4)
-    parser.add_argument("--max-rate", type=float, default=1e3, help="largest learning rate × L")
-    parser.add_argument("--min-rate", type=float, default=1e-1, help="smallest learning rate × L")
-    args = parser.parse_args(argv)
-
-    jax.config.update("jax_enable_x64", True)
-    problems = [quadratic(1e2), quadratic(1e4), quadratic(1e6), logistic_regression()]
-    rates = rate_grid(args.min_rate, args.max_rate, args.rates_per_decade)
-    rows = measure(problems, METHODS, rates, args.target, args.budget)
-    summary = summarise(rows, METHODS, problems)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(args.output_dir / "runs.csv", rows)
-    write_csv(args.output_dir / "summary.csv", summary)
-    plot(args.output_dir / "bdf_stability.png", rows, METHODS, problems, args.target, args.budget)
-    for entry in summary:
-        if entry["rates_reaching_target"]:
-            print(
-                f"{entry['problem']:28s} {entry['method']:20s} h·L in [{entry['min_lr_times_L']:.3g}, "
-                f"{entry['max_lr_times_L']:.3g}]  best {entry['best_gradient_evaluations']} evals"
-                f" at {entry['best_lr_times_L']:.3g}, median {entry['median_gradient_evaluations']:.0f}"
-            )
-        else:
-            print(f"{entry['problem']:28s} {entry['method']:20s} never reached the target")
-    print(f"wrote {args.output_dir}")
+# --------------------------------------------------------------------------- the study
 
 
-if __name__ == "__main__":
-    main()
+def _methods(config: dict[str, Any]) -> dict[str, Callable]:
+    return {name: METHODS[name] for name in config.get("methods", METHODS)}
+
+
+def plan(config: dict[str, Any]) -> list[RunSpec]:
+    """One run per problem: every method at every rate of the grid."""
+    if config["min_rate"] > config["max_rate"]:
+        raise ValueError(f"min_rate ({config['min_rate']}) exceeds max_rate ({config['max_rate']}).")
+    return [RunSpec(name, {"problem": name}) for name in config["problems"]]
+
+
+def execute(spec: RunSpec, config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Every method at every rate on one problem, in float64."""
+    rates = rate_grid(config["min_rate"], config["max_rate"], config["rates_per_decade"])
+    with jax.enable_x64(True):
+        built = problem(spec.settings["problem"], dim=config.get("dim", 50))
+        rows = measure(built, _methods(config), rates, config["target"], config["budget"])
+    return {"problem": built.name, "rows": rows}
+
+
+def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir: Path) -> None:
+    """``runs.csv``, ``summary.csv`` and ``bdf_stability.png``."""
+    finished = [results[name] for name in config["problems"] if name in results]
+    rows = [row for result in finished for row in result["rows"]]
+    problems = [result["problem"] for result in finished]
+    methods = _methods(config)
+    report.write_csv(output_dir / "runs.csv", rows)
+    report.write_csv(output_dir / "summary.csv", summarise(rows, methods, problems))
+    if problems:
+        plot(output_dir / "bdf_stability.png", rows, methods, problems, config["target"], config["budget"])
+
+
+SCHEMA = {
+    **runner.COMMON,
+    "problems": runner.ListOf(PROBLEM, unique=None),
+    "dim": runner.optional(runner.POSITIVE_INT),
+    "methods": runner.optional(runner.ListOf(runner.one_of(*METHODS))),
+    "min_rate": runner.POSITIVE, "max_rate": runner.POSITIVE, "rates_per_decade": runner.POSITIVE_INT,
+    "target": runner.POSITIVE, "budget": runner.POSITIVE_INT,
+}
+
+STUDY = Study("bdf-stability", plan, execute, summarize, SCHEMA)
