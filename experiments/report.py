@@ -25,6 +25,21 @@ def write_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def pack(rows: Iterable[dict[str, Any]]) -> dict[str, list]:
+    """``rows`` as ``{"columns": [...], "rows": [[...], ...]}``: a table that keeps its column order in a result file.
+
+    (A run's result is stored with sorted keys, so rows stored as dicts come back with their columns sorted.)
+    """
+    rows = list(rows)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return {"columns": columns, "rows": [[row.get(column) for column in columns] for row in rows]}
+
+
+def unpack(table: dict[str, list]) -> list[dict[str, Any]]:
+    """The rows of a :func:`pack`-ed table, as dicts with the columns in their order."""
+    return [dict(zip(table["columns"], values)) for values in table["rows"]]
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` to ``path`` as indented JSON."""
     Path(path).write_text(json.dumps(data, indent=2))

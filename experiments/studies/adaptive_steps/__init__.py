@@ -342,13 +342,13 @@ def plan(config: dict[str, Any]) -> list[RunSpec]:
 def execute(spec: RunSpec, config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Measure every method on one problem."""
     rows, traces = measure(build_problem(spec.settings["problem"], config), config["budget"], config["tolerances"])
-    return {"rows": rows, "traces": traces}
+    return {"rows": report.pack(rows), "traces": traces}
 
 
 def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir: Path) -> None:
     """``runs.csv``, ``summary.csv`` and ``adaptive_steps.png``."""
     finished = [results[name] for name in config["problems"] if name in results]
-    rows = [row for result in finished for row in result["rows"]]
+    rows = [row for result in finished for row in report.unpack(result["rows"])]
     report.write_csv(output_dir / "runs.csv", rows)
     report.write_csv(output_dir / "summary.csv", summary_rows(rows))
     if rows:

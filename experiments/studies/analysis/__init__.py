@@ -42,22 +42,22 @@ def plan(config: dict[str, Any]) -> list[RunSpec]:
 def execute(spec: RunSpec, config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The stability intervals, or the GD–GF distances (in float64)."""
     if spec.key == "stability_regions":
-        return {"intervals": stability_regions.intervals()}
+        return {"intervals": report.pack(stability_regions.intervals())}
     with jax.enable_x64(True):
-        return gf_gd_distance.measure(**spec.settings)
+        return {name: report.pack(rows) for name, rows in gf_gd_distance.measure(**spec.settings).items()}
 
 
 def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir: Path) -> None:
     """The tables and the figure of each part that ran."""
     if "stability_regions" in results:
-        report.write_csv(output_dir / "stability_intervals.csv", results["stability_regions"]["intervals"])
+        report.write_csv(output_dir / "stability_intervals.csv", report.unpack(results["stability_regions"]["intervals"]))
         stability_regions.plot(output_dir / "stability_regions.png", config["stability_regions"]["resolution"])
-    distance = results.get("gf_gd_distance")
-    if distance is not None:
-        report.write_csv(output_dir / "gf_gd_relu.csv", distance["rows"])
-        report.write_csv(output_dir / "gf_gd_relu_summary.csv", distance["summary"])
-        report.write_csv(output_dir / "gf_gd_relu_spectrum.csv", distance["spectrum"])
-        gf_gd_distance.plot(output_dir / "gf_gd_relu.png", distance["rows"], distance["summary"], distance["spectrum"])
+    if "gf_gd_distance" in results:
+        tables = {name: report.unpack(results["gf_gd_distance"][name]) for name in ("rows", "summary", "spectrum")}
+        report.write_csv(output_dir / "gf_gd_relu.csv", tables["rows"])
+        report.write_csv(output_dir / "gf_gd_relu_summary.csv", tables["summary"])
+        report.write_csv(output_dir / "gf_gd_relu_spectrum.csv", tables["spectrum"])
+        gf_gd_distance.plot(output_dir / "gf_gd_relu.png", tables["rows"], tables["summary"], tables["spectrum"])
 
 
 SCHEMA = {

@@ -260,13 +260,13 @@ def execute(spec: RunSpec, config: dict[str, Any], run_dir: Path) -> dict[str, A
     with jax.enable_x64(True):
         built = problem(spec.settings["problem"], dim=config.get("dim", 50))
         rows = measure(built, _methods(config), rates, config["target"], config["budget"])
-    return {"problem": built.name, "rows": rows}
+    return {"problem": built.name, "rows": report.pack(rows)}
 
 
 def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir: Path) -> None:
     """``runs.csv``, ``summary.csv`` and ``bdf_stability.png``."""
     finished = [results[name] for name in config["problems"] if name in results]
-    rows = [row for result in finished for row in result["rows"]]
+    rows = [row for result in finished for row in report.unpack(result["rows"])]
     problems = [result["problem"] for result in finished]
     methods = _methods(config)
     report.write_csv(output_dir / "runs.csv", rows)
