@@ -133,18 +133,34 @@ class Nullable(Schema):
             yield from check_value(self.inner, value, path)
 
 
-class ListOf(Schema):
+class _Container(Schema):
+    """A list or mapping of at least ``min_length`` elements, each checked by ``check_elements``."""
+
+    kind: type = object
+    noun, element = "", ""
+    min_length = 0
+
+    def check(self, value: Any, path: str) -> Iterable[tuple[str, str]]:
+        if not isinstance(value, self.kind):
+            yield path, f"must be a {self.noun}, got {_show(value)}"
+            return
+        if len(value) < self.min_length:
+            yield path, f"must hold at least {self.min_length} {self.element}, got {_show(value)}"
+        yield from self.check_elements(value, path)
+
+    def check_elements(self, value: Any, path: str) -> Iterable[tuple[str, str]]:
+        raise NotImplementedError
+
+
+class ListOf(_Container):
     """A list (at least ``min_length`` items) of values matching ``item``; ``unique``: a key no two items share."""
+
+    kind, noun, element = list, "list", "item(s)"
 
     def __init__(self, item: Any, min_length: int = 1, unique: str | None = None):
         self.item, self.min_length, self.unique = item, min_length, unique
 
-    def check(self, value: Any, path: str) -> Iterable[tuple[str, str]]:
-        if not isinstance(value, list):
-            yield path, f"must be a list, got {_show(value)}"
-            return
-        if len(value) < self.min_length:
-            yield path, f"must hold at least {self.min_length} item(s), got {_show(value)}"
+    def check_elements(self, value: Any, path: str) -> Iterable[tuple[str, str]]:
         seen: set[Any] = set()
         for i, item in enumerate(value):
             yield from check_value(self.item, item, f"{path}[{i}]")
@@ -155,18 +171,15 @@ class ListOf(Schema):
                 seen.add(name)
 
 
-class MapOf(Schema):
+class MapOf(_Container):
     """A mapping from names (matching ``keys``, if given) to values matching ``value``."""
+
+    kind, noun, element = dict, "mapping", "entry"
 
     def __init__(self, value: Any, keys: Schema | None = None, min_length: int = 0):
         self.value, self.keys, self.min_length = value, keys, min_length
 
-    def check(self, value: Any, path: str) -> Iterable[tuple[str, str]]:
-        if not isinstance(value, dict):
-            yield path, f"must be a mapping, got {_show(value)}"
-            return
-        if len(value) < self.min_length:
-            yield path, f"must hold at least {self.min_length} entry, got {_show(value)}"
+    def check_elements(self, value: Any, path: str) -> Iterable[tuple[str, str]]:
         for key, item in value.items():
             if self.keys is not None and not self.keys.test(key):
                 yield f"{path}.{key}", f"is not a valid name: must be {self.keys.describe}"

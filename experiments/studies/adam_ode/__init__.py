@@ -40,17 +40,9 @@ from typing import Any
 import jax
 
 import flowopt
-from experiments import report, runner
+from experiments import report, runner, training_runs
 from experiments.runner import RunSpec, Study
 from experiments.studies.adam_ode import figures
-from experiments.training_runs import (
-    check_train_run,
-    gradients_per_step,
-    row_at_grad_evals,
-    steps_per_epoch,
-    train_run,
-    train_schema,
-)
 from flowopt import tableaus
 
 INTEGRATORS = {"euler": None, "heun": tableaus.HEUN, "rk4": tableaus.RK4}
@@ -64,7 +56,7 @@ def _key(integrator: str, lr: float) -> str:
 
 def cost(integrator: str) -> int:
     """Gradient evaluations of one step of Adam's flow integrated by ``integrator``."""
-    return gradients_per_step("adam_flow", integrator=INTEGRATORS[integrator])
+    return training_runs.gradients_per_step("adam_flow", integrator=INTEGRATORS[integrator])
 
 
 def optimizer(integrator: str, learning_rate: float, config: dict[str, Any]):
@@ -84,7 +76,7 @@ def _epsilons(config: dict[str, Any]) -> tuple[float, float]:
 
 def budget(config: dict[str, Any]) -> int:
     """``G``: the gradient evaluations the Euler scheme (Adam) spends in ``epochs`` epochs."""
-    return config["train"]["epochs"] * steps_per_epoch(config["train"])
+    return config["train"]["epochs"] * training_runs.steps_per_epoch(config["train"])
 
 
 def plan(config: dict[str, Any]) -> list[RunSpec]:
@@ -125,7 +117,8 @@ def execute(spec: RunSpec, config: dict[str, Any], run_dir: Path) -> dict[str, A
     if spec.settings["kind"] == "figures":
         return _figures(run_dir)
     integrator, lr = spec.settings["integrator"], spec.settings["learning_rate"]
-    return {"kind": "train", **train_run(_train_settings(spec, config), run_dir, tx=optimizer(integrator, lr, config))}
+    tx = optimizer(integrator, lr, config)
+    return {"kind": "train", **training_runs.train_run(_train_settings(spec, config), run_dir, tx=tx)}
 
 
 def run_config(spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +131,7 @@ def run_config(spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
 def check_run(spec: RunSpec, config: dict[str, Any]) -> None:
     """Settings TrainConfig or adam_flow rejects, before any run starts."""
     if spec.settings["kind"] == "train":
-        check_train_run(_train_settings(spec, config), build_optimizer=False)
+        training_runs.check_train_run(_train_settings(spec, config), build_optimizer=False)
         optimizer(spec.settings["integrator"], spec.settings["learning_rate"], config)
 
 
@@ -150,7 +143,7 @@ SCHEMA = {
     "eps_root": runner.optional(runner.NON_NEGATIVE),
     "integrators": runner.ListOf(runner.one_of(*INTEGRATORS)),
     "learning_rates": runner.ListOf(runner.POSITIVE),
-    "train": train_schema("epochs"),
+    "train": training_runs.train_schema("epochs"),
 }
 
 
@@ -168,7 +161,7 @@ def view_row(config: dict[str, Any], result: dict[str, Any], view: str) -> dict[
     if view == "per_step":
         row = history[-1] if history else None
         return row if row is not None and row["epoch"] == config["train"]["epochs"] else None
-    return row_at_grad_evals(history, budget(config))
+    return training_runs.row_at_grad_evals(history, budget(config))
 
 
 def table(config: dict[str, Any], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -234,7 +227,7 @@ def plot(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir:
     plt = report.pyplot()
     rates = config["learning_rates"]
     fig, axes = plt.subplots(3, len(rates), figsize=(4.8 * len(rates), 10), squeeze=False)
-    per_epoch = steps_per_epoch(config["train"])
+    per_epoch = training_runs.steps_per_epoch(config["train"])
     for column, lr in enumerate(rates):
         for color, integrator in enumerate(config["integrators"]):
             result = results.get(_key(integrator, lr))

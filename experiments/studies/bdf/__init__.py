@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-import flowopt
 from experiments import report, runner
 from experiments.runner import RunSpec, Study
 from experiments.studies import bdf_stability
+from experiments.studies.bdf_stability import loss_curve
 from experiments.training_runs import check_train_run, gradients_per_step, train_run, train_schema
 from flowopt.training import make_optimizer
 
@@ -70,28 +69,6 @@ def _key(problem: str, method: str, lr: float) -> str:
 def rate_grid(spec: dict[str, Any]) -> np.ndarray:
     """Log-spaced ``h·L`` from ``min_rate`` to ``max_rate``, ``rates_per_decade`` per decade."""
     return bdf_stability.rate_grid(spec["min_rate"], spec["max_rate"], spec["rates_per_decade"])
-
-
-def loss_curve(problem: bdf_stability.Problem, make, cost: int, budget: int):
-    """A jitted ``learning_rate -> (gradient evaluations, relative gap)`` after each step, ``budget // cost`` steps."""
-    x0 = jnp.asarray(problem.x0)
-    gap0 = float(problem.loss(x0)) - problem.minimum
-
-    @jax.jit
-    def run(learning_rate):
-        tx = make(learning_rate)
-
-        def step(carry, _):
-            x, state, steps = carry
-            x, state, gap = bdf_stability.advance(problem, tx, gap0, x, state)
-            evals = flowopt.oracle_evaluations(state) + steps + 1
-            return (x, state, steps + 1), (evals, gap)
-
-        carry = (x0, tx.init(x0), jnp.zeros([], jnp.int32))
-        _, (evals, gaps) = jax.lax.scan(step, carry, None, length=budget // cost)
-        return evals, gaps
-
-    return run
 
 
 def _execute_synthetic(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:

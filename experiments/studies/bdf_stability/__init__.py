@@ -139,12 +139,14 @@ def advance(
     return x, state, (problem.loss(x) - problem.minimum) / gap0
 
 
-def make_run(problem: Problem, constructor: Callable, target: float, budget: int):
-    """A jitted ``learning_rate -> (reached, gradient evaluations, relative gap)``.
+def _evaluations(carry: tuple) -> jax.Array:
+    """Gradient evaluations so far: one incoming gradient per step plus the oracle calls."""
+    _, state, steps, _ = carry
+    return flowopt.oracle_evaluations(state) + steps
 
-    The loss of each new iterate is evaluated to test the target; those
-    evaluations are monitoring and not counted.
-    """
+
+def _jitted(problem: Problem, constructor: Callable, loop: Callable) -> Callable:
+    """A jitted ``learning_rate -> loop(step, carry)``, ``step`` one optimizer step on ``carry = (x, state, steps, gap)``."""
     x0 = jnp.asarray(problem.x0)
     gap0 = float(problem.loss(x0)) - problem.minimum
 
@@ -152,24 +154,46 @@ def make_run(problem: Problem, constructor: Callable, target: float, budget: int
     def run(learning_rate):
         tx = constructor(learning_rate)
 
-        def evaluations(state, steps):
-            return flowopt.oracle_evaluations(state) + steps
-
-        def keep_going(carry):
-            _, state, steps, gap = carry
-            running = (gap > target) & (gap < 1e6) & jnp.isfinite(gap)
-            return running & (evaluations(state, steps) < budget)
-
         def step(carry):
             x, state, steps, _ = carry
             x, state, gap = advance(problem, tx, gap0, x, state)
             return x, state, steps + 1, gap
 
-        carry = (x0, tx.init(x0), jnp.zeros([], jnp.int32), jnp.ones([], x0.dtype))
-        _, state, steps, gap = jax.lax.while_loop(keep_going, step, carry)
-        return gap <= target, evaluations(state, steps), gap
+        return loop(step, (x0, tx.init(x0), jnp.zeros([], jnp.int32), jnp.ones([], x0.dtype)))
 
     return run
+
+
+def make_run(problem: Problem, constructor: Callable, target: float, budget: int):
+    """A jitted ``learning_rate -> (reached, gradient evaluations, relative gap)``.
+
+    The loss of each new iterate is evaluated to test the target; those
+    evaluations are monitoring and not counted.
+    """
+
+    def until_target(step, carry):
+        def keep_going(carry):
+            gap = carry[3]
+            running = (gap > target) & (gap < 1e6) & jnp.isfinite(gap)
+            return running & (_evaluations(carry) < budget)
+
+        carry = jax.lax.while_loop(keep_going, step, carry)
+        return carry[3] <= target, _evaluations(carry), carry[3]
+
+    return _jitted(problem, constructor, until_target)
+
+
+def loss_curve(problem: Problem, constructor: Callable, cost: int, budget: int):
+    """A jitted ``learning_rate -> (gradient evaluations, relative gap)`` after each step, ``budget // cost`` steps."""
+
+    def record(step, carry):
+        def one(carry, _):
+            carry = step(carry)
+            return carry, (_evaluations(carry), carry[3])
+
+        return jax.lax.scan(one, carry, None, length=budget // cost)[1]
+
+    return _jitted(problem, constructor, record)
 
 
 def measure(problem: Problem, methods: dict[str, Callable], rates, target: float, budget: int) -> list[dict]:
