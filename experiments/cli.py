@@ -1,4 +1,4 @@
-"""``flowopt-experiment STUDY --config {smoke,cpu,gpu}``: run one study end to end.
+"""``flowopt-experiment STUDY --config {smoke,cpu,gpu,...}``: run one study end to end into ``results/STUDY/CONFIG``.
 
 Exit status: 0 when the study ran, 2 for bad arguments, a malformed
 configuration, a damaged data cache or an unwritable output (one line on
@@ -12,23 +12,28 @@ import sys
 import tempfile
 from pathlib import Path
 
-from experiments.runner import CONFIG_NAMES, ConfigFileError, Study, check_config, config_path, load_config, run_study
+from experiments.runner import (
+    CONFIG_NAMES,
+    ConfigFileError,
+    Study,
+    check_config,
+    config_path,
+    load_config,
+    run_study,
+    study_module,
+)
 from flowopt.training.cli import OneLineParser
 from flowopt.training.data import DataIntegrityError
 
-STUDIES = {
-    "runge-kutta": "experiments.studies.runge_kutta",
-    "adam-ode": "experiments.studies.adam_ode",
-    "bdf": "experiments.studies.bdf",
-    "continuous-vs-discrete": "experiments.studies.continuous_vs_discrete",
-}
+STUDIES = ("runge-kutta", "adam-ode", "bdf", "continuous-vs-discrete", "bdf-stability", "adaptive-steps", "analysis")
+"""The study names; study ``a-b`` is the package ``experiments.studies.a_b``, its configurations beside it."""
 
 
 def get_study(name: str) -> Study:
     """The study registered under ``name``."""
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; choose one of {sorted(STUDIES)}.")
-    return importlib.import_module(STUDIES[name]).STUDY
+    return importlib.import_module(study_module(name)).STUDY
 
 
 def _check_output(output: Path) -> None:
@@ -51,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Run a flowopt study; finished runs are kept and reused while their configuration matches.",
     )
     parser.add_argument("study", choices=sorted(STUDIES))
-    parser.add_argument("--config", default="cpu", help=f"one of {CONFIG_NAMES} or a JSON file")
+    parser.add_argument("--config", default="cpu",
+                        help=f"a configuration the study ships ({', '.join(CONFIG_NAMES)}, ...) or a JSON file")
     parser.add_argument("--output", default=None, help="default: results/<study>/<config>")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)

@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 
 from flowopt.training.data import DataUnavailableError
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+STUDIES_DIR = Path(__file__).parent / "studies"
 CONFIG_NAMES = ("smoke", "cpu", "gpu")
+"""The configurations every study ships, smallest first; a study may ship others (``gpu_budget``)."""
 
 
 class RunSpec(NamedTuple):
@@ -132,18 +133,34 @@ class Nullable(Schema):
             yield from check_value(self.inner, value, path)
 
 
-class ListOf(Schema):
+class _Container(Schema):
+    """A list or mapping of at least ``min_length`` elements, each checked by ``check_elements``."""
+
+    kind: type = object
+    noun, element = "", ""
+    min_length = 0
+
+    def check(self, value: Any, path: str) -> Iterable[tuple[str, str]]:
+        if not isinstance(value, self.kind):
+            yield path, f"must be a {self.noun}, got {_show(value)}"
+            return
+        if len(value) < self.min_length:
+            yield path, f"must hold at least {self.min_length} {self.element}, got {_show(value)}"
+        yield from self.check_elements(value, path)
+
+    def check_elements(self, value: Any, path: str) -> Iterable[tuple[str, str]]:
+        raise NotImplementedError
+
+
+class ListOf(_Container):
     """A list (at least ``min_length`` items) of values matching ``item``; ``unique``: a key no two items share."""
+
+    kind, noun, element = list, "list", "item(s)"
 
     def __init__(self, item: Any, min_length: int = 1, unique: str | None = None):
         self.item, self.min_length, self.unique = item, min_length, unique
 
-    def check(self, value: Any, path: str) -> Iterable[tuple[str, str]]:
-        if not isinstance(value, list):
-            yield path, f"must be a list, got {_show(value)}"
-            return
-        if len(value) < self.min_length:
-            yield path, f"must hold at least {self.min_length} item(s), got {_show(value)}"
+    def check_elements(self, value: Any, path: str) -> Iterable[tuple[str, str]]:
         seen: set[Any] = set()
         for i, item in enumerate(value):
             yield from check_value(self.item, item, f"{path}[{i}]")
@@ -154,18 +171,15 @@ class ListOf(Schema):
                 seen.add(name)
 
 
-class MapOf(Schema):
+class MapOf(_Container):
     """A mapping from names (matching ``keys``, if given) to values matching ``value``."""
+
+    kind, noun, element = dict, "mapping", "entry"
 
     def __init__(self, value: Any, keys: Schema | None = None, min_length: int = 0):
         self.value, self.keys, self.min_length = value, keys, min_length
 
-    def check(self, value: Any, path: str) -> Iterable[tuple[str, str]]:
-        if not isinstance(value, dict):
-            yield path, f"must be a mapping, got {_show(value)}"
-            return
-        if len(value) < self.min_length:
-            yield path, f"must hold at least {self.min_length} entry, got {_show(value)}"
+    def check_elements(self, value: Any, path: str) -> Iterable[tuple[str, str]]:
         for key, item in value.items():
             if self.keys is not None and not self.keys.test(key):
                 yield f"{path}.{key}", f"is not a valid name: must be {self.keys.describe}"
@@ -241,15 +255,29 @@ def full_run_config(study: Study, spec: RunSpec, config: dict[str, Any]) -> dict
     return json.loads(json.dumps(values, sort_keys=True))
 
 
+def study_module(study: str) -> str:
+    """The package of study ``study`` (``runge-kutta`` -> ``experiments.studies.runge_kutta``)."""
+    return f"experiments.studies.{study.replace('-', '_')}"
+
+
+def config_dir(study: str) -> Path:
+    """The folder of the configurations study ``study`` ships: ``experiments/studies/<study>/configs``."""
+    return STUDIES_DIR / study.replace("-", "_") / "configs"
+
+
+def config_names(study: str) -> tuple[str, ...]:
+    """The names of the configurations ``study`` ships: those of :data:`CONFIG_NAMES` first, then the others."""
+    shipped = sorted(path.stem for path in config_dir(study).glob("*.json"))
+    return tuple(n for n in CONFIG_NAMES if n in shipped) + tuple(n for n in shipped if n not in CONFIG_NAMES)
+
+
 def load_config(study: str, config: str) -> dict[str, Any]:
-    """The configuration ``experiments/configs/<study>/<config>.json`` (or a path to a JSON file).
+    """The configuration ``config`` that ``study`` ships (see :func:`config_names`), or a path to a JSON file.
 
     Raises:
       ConfigFileError: an unknown name, a missing or unreadable file, invalid JSON or not a mapping
         (the message names the file).
     """
-    if not isinstance(config, str) or not config.strip():
-        raise ConfigFileError(f"config must be one of {CONFIG_NAMES} or a .json file, got {config!r}.")
     path = config_path(study, config)
     if not path.is_file():
         raise ConfigFileError(f"no configuration file {path} for study {study!r}.")
@@ -270,12 +298,14 @@ def load_config(study: str, config: str) -> dict[str, Any]:
 
 
 def config_path(study: str, config: str) -> Path:
-    """The file behind a configuration name (``smoke``, ``cpu``, ``gpu``) or path."""
+    """The file behind a configuration name (``smoke``, ``cpu``, ...) or path."""
+    if not isinstance(config, str) or not config.strip():
+        raise ConfigFileError(f"config must be one of {config_names(study)} or a .json file, got {config!r}.")
     path = Path(config).expanduser()
     if not path.suffix:
-        if config not in CONFIG_NAMES:
-            raise ConfigFileError(f"config must be one of {CONFIG_NAMES} or a .json file, got {config!r}.")
-        path = CONFIG_DIR / study.replace("-", "_") / f"{config}.json"
+        if config not in config_names(study):
+            raise ConfigFileError(f"config must be one of {config_names(study)} or a .json file, got {config!r}.")
+        path = config_dir(study) / f"{config}.json"
     return path
 
 

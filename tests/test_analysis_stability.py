@@ -2,15 +2,12 @@
 
 import math
 
-import matplotlib
 import numpy as np
 import pytest
 
 from flowopt import tableaus
 from flowopt.analysis import stability
 from flowopt.rk.tableau import ButcherTableau, lower_triangular
-
-matplotlib.use("Agg")
 
 # Known real stability intervals: Hairer & Wanner II §IV.2; AB from the boundary locus.
 KNOWN_INTERVALS = {

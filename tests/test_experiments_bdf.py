@@ -8,9 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import bdf_stability
 from experiments.runner import load_config, run_study
-from experiments.studies import bdf
+from experiments.studies import bdf, bdf_stability
 from experiments.studies.bdf import STUDY, constructor, loss_curve, plan, rate_grid
 
 

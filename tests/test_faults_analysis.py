@@ -428,9 +428,6 @@ def test_a_root_at_infinity_is_unstable():
 
 
 def test_plot_takes_a_single_method():
-    import matplotlib
-
-    matplotlib.use("Agg")
     figure = analysis.plot_stability_regions("rk4", resolution=8)
     assert len(figure.axes) == 1
 

@@ -10,11 +10,11 @@ import pytest
 
 from experiments import cli
 from experiments.runner import (
-    CONFIG_DIR,
     ConfigFileError,
     RunSpec,
     Study,
     check_config,
+    config_dir,
     full_run_config,
     load_config,
     run_study,
@@ -111,10 +111,10 @@ def test_results_written_before_run_configs_were_stored(tmp_path, capsys):
 
 
 def test_study_run_configs_hold_the_study_values_each_run_reads():
-    rk = json.loads((CONFIG_DIR / "runge_kutta" / "smoke.json").read_text())
+    rk = json.loads((config_dir("runge-kutta") / "smoke.json").read_text())
     spec = runge_kutta.plan(rk)[0]
     assert full_run_config(runge_kutta.STUDY, spec, {**rk, "seed": 1})["seed"] == 1
-    adam = json.loads((CONFIG_DIR / "adam_ode" / "smoke.json").read_text())
+    adam = json.loads((config_dir("adam-ode") / "smoke.json").read_text())
     spec = next(s for s in adam_ode.plan(adam) if s.settings["kind"] == "train")
     longer = copy.deepcopy(adam)
     longer["train"]["epochs"] = 8
@@ -122,19 +122,19 @@ def test_study_run_configs_hold_the_study_values_each_run_reads():
     assert full_run_config(adam_ode.STUDY, spec, adam) != full_run_config(adam_ode.STUDY, spec, {**adam, "b2": 0.99})
     figures = adam_ode.plan(adam)[0]
     assert full_run_config(adam_ode.STUDY, figures, adam) == full_run_config(adam_ode.STUDY, figures, longer)
-    b = json.loads((CONFIG_DIR / "bdf" / "smoke.json").read_text())
+    b = json.loads((config_dir("bdf") / "smoke.json").read_text())
     synthetic = bdf.plan(b)[0]
     assert full_run_config(bdf.STUDY, synthetic, b) != full_run_config(bdf.STUDY, synthetic, {**b, "inner_steps": 3})
 
 
 @pytest.mark.parametrize("study", sorted(cli.STUDIES))
 def test_every_shipped_configuration_is_valid(study):
-    for path in sorted((CONFIG_DIR / study.replace("-", "_")).glob("*.json")):
+    for path in sorted(config_dir(study).glob("*.json")):
         assert check_config(cli.get_study(study), load_config(study, str(path)), path), path
 
 
 def _rk(edit) -> dict:
-    config = json.loads((CONFIG_DIR / "runge_kutta" / "smoke.json").read_text())
+    config = json.loads((config_dir("runge-kutta") / "smoke.json").read_text())
     edit(config)
     return config
 
@@ -211,7 +211,7 @@ def test_malformed_study_config_names_file_and_key(edit, message, tmp_path, caps
     ],
 )
 def test_other_studies_name_file_and_key(study, edit, message, tmp_path):
-    config = json.loads((CONFIG_DIR / study.replace("-", "_") / "smoke.json").read_text())
+    config = json.loads((config_dir(study) / "smoke.json").read_text())
     edit(config)
     path = tmp_path / "study.json"
     path.write_text(json.dumps(config))
@@ -240,8 +240,8 @@ def test_unreadable_study_file(text, message, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["nope"], "argument study: invalid choice: 'nope' (choose from 'adam-ode', 'bdf', 'continuous-vs-discrete', "
-                   "'runge-kutta')"),
+        (["nope"], "argument study: invalid choice: 'nope' (choose from 'adam-ode', 'adaptive-steps', 'analysis', "
+                   "'bdf', 'bdf-stability', 'continuous-vs-discrete', 'runge-kutta')"),
         (["bdf", "--config", "huge"], "argument --config: config must be one of ('smoke', 'cpu', 'gpu') or a .json "
                                       "file, got 'huge'."),
         (["bdf", "--config", ""], "argument --config: config must be one of ('smoke', 'cpu', 'gpu') or a .json file, "
@@ -271,7 +271,7 @@ def test_output_that_is_a_file(tmp_path, capsys):
 
 
 def test_continuous_vs_discrete_plan_is_checked_too():
-    config = json.loads((CONFIG_DIR / "continuous_vs_discrete" / "smoke.json").read_text())
+    config = json.loads((config_dir("continuous-vs-discrete") / "smoke.json").read_text())
     config["small_step"]["record_points"] = 7
     with pytest.raises(ConfigFileError, match="small_step/deep_linear: iterations must be a multiple of record_points"):
         check_config(continuous_vs_discrete.STUDY, config)

@@ -29,23 +29,21 @@ Configuration (JSON)::
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from experiments import runner
+from experiments import report, runner
 from experiments.runner import RunSpec, Study
-from experiments.studies.training_runs import (
-    GRADS_PER_STEP,
+from experiments.training_runs import (
+    FIXED_STEP_METHODS,
     check_train_run,
-    grads_per_step,
+    gradients_per_step,
     row_at_grad_evals,
     steps_per_epoch,
     train_run,
     train_schema,
 )
-from experiments.tables import write_csv
 
 VIEWS = ("per_epoch", "equal_evals")
 
@@ -71,7 +69,7 @@ def _separate(train: dict[str, Any], cost: int) -> bool:
 
 def _view_result(experiment: dict[str, Any], method: str, lr: float, view: str, results: dict) -> dict | None:
     """The run behind one method, rate and view, if it has finished."""
-    separate = view == "equal_evals" and _separate(experiment["train"], grads_per_step(method))
+    separate = view == "equal_evals" and _separate(experiment["train"], gradients_per_step(method))
     return results.get(_key(experiment["name"], method, lr, "evals" if separate else "epochs"))
 
 
@@ -81,7 +79,7 @@ def plan(config: dict[str, Any]) -> list[RunSpec]:
     for experiment in config["experiments"]:
         train, name = experiment["train"], experiment["name"]
         for method, rates in experiment["methods"].items():
-            cost = grads_per_step(method)
+            cost = gradients_per_step(method)
             for lr in rates:
                 settings = {**train, "optimizer": method, "learning_rate": lr, "experiment": name}
                 epochs_run = RunSpec(_key(name, method, lr, "epochs"), settings)
@@ -104,7 +102,7 @@ def execute(spec: RunSpec, config: dict[str, Any], run_dir: Path) -> dict[str, A
 
 def _view_row(experiment: dict[str, Any], method: str, lr: float, view: str, results: dict) -> dict | None:
     """The metrics row of one method and rate in one view, or None if it is missing or diverged."""
-    train, cost = experiment["train"], grads_per_step(method)
+    train, cost = experiment["train"], gradients_per_step(method)
     result = _view_result(experiment, method, lr, view, results)
     if result is None or not result["history"]:
         return None
@@ -171,7 +169,7 @@ def run_table(config: dict[str, Any], results: dict) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(entry: dict[str, Any]) -> str:
+def _cell(entry: dict[str, Any]) -> str:
     if not entry["rates_run"]:
         return "not run"
     if "test_accuracy" not in entry:
@@ -192,16 +190,14 @@ def markdown(config: dict[str, Any], table: list[dict[str, Any]], results: dict)
             f"weight decay {train.get('weight_decay', 0)}, schedule {train.get('schedule', 'constant')}, "
             f"{train['epochs']} epochs; equal budget G = {budget(train)} gradient evaluations.",
             "",
-            f"| method | per epoch ({train['epochs']} epochs): test acc / test loss | "
-            f"equal gradient evaluations (G = {budget(train)}): test acc / test loss |",
-            "|---|---|---|",
         ]
-        missing = False
-        for method in experiment["methods"]:
-            cells = [next(e for e in table if e["experiment"] == experiment["name"] and e["view"] == view
-                          and e["method"] == method) for view in VIEWS]
-            lines.append(f"| {method} | {_fmt(cells[0])} | {_fmt(cells[1])} |")
-            missing |= not all(cell["rates_run"] for cell in cells)
+        cells = {method: [next(e for e in table if e["experiment"] == experiment["name"] and e["view"] == view
+                               and e["method"] == method) for view in VIEWS] for method in experiment["methods"]}
+        lines += report.markdown_table(
+            ["method", f"per epoch ({train['epochs']} epochs): test acc / test loss",
+             f"equal gradient evaluations (G = {budget(train)}): test acc / test loss"],
+            ([method, *map(_cell, entries)] for method, entries in cells.items()))
+        missing = not all(cell["rates_run"] for entries in cells.values() for cell in entries)
         if missing:
             lines += ["", "*Not run*: the data set is not available on this machine, or the study stopped before "
                           "these runs; re-running the command runs them."]
@@ -225,11 +221,7 @@ def _view_history(experiment: dict[str, Any], method: str, lr: float, view: str,
 
 def plot(config: dict[str, Any], table: list[dict[str, Any]], results: dict, output_dir: Path) -> None:
     """Per experiment that ran: the equal-budget runs against gradient evaluations, the per-epoch runs against epochs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = report.pyplot()
     for experiment in config["experiments"]:
         if not any(key.startswith(experiment["name"] + "-") for key in results):
             continue  # nothing ran: no figure
@@ -259,17 +251,15 @@ def plot(config: dict[str, Any], table: list[dict[str, Any]], results: dict, out
         axes[0].legend(fontsize=8)
         axes[2].legend(fontsize=8)
         fig.suptitle(experiment.get("row", experiment["name"]))
-        fig.tight_layout()
-        fig.savefig(output_dir / f"{experiment['name']}.png", dpi=100)
-        plt.close(fig)
+        report.save_figure(fig, output_dir / f"{experiment['name']}.png")
 
 
 def summarize(config: dict[str, Any], results: dict, output_dir: Path) -> None:
     """Write ``runs.csv``, ``results.csv``, ``results.md``, ``results.json`` and one figure per experiment."""
     table = selections(config, results)
-    write_csv(output_dir / "runs.csv", run_table(config, results))
-    write_csv(output_dir / "results.csv", table)
-    (output_dir / "results.json").write_text(json.dumps(table, indent=2))
+    report.write_csv(output_dir / "runs.csv", run_table(config, results))
+    report.write_csv(output_dir / "results.csv", table)
+    report.write_json(output_dir / "results.json", table)
     (output_dir / "results.md").write_text(markdown(config, table, results))
     plot(config, table, results, output_dir)
 
@@ -280,7 +270,7 @@ SCHEMA = {
         "name": runner.STRING,
         "row": runner.optional(runner.STRING),
         "train": train_schema("epochs"),
-        "methods": runner.MapOf(runner.ListOf(runner.POSITIVE), keys=runner.one_of(*GRADS_PER_STEP), min_length=1),
+        "methods": runner.MapOf(runner.ListOf(runner.POSITIVE), keys=runner.one_of(*FIXED_STEP_METHODS), min_length=1),
         "source": runner.optional(runner.MapOf(runner.ListOf(runner.NUMBER))),
     }, unique="name"),
 }

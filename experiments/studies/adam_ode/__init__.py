@@ -12,7 +12,7 @@ the root, the flow is stiff where ``v`` is small and RK4 diverged on MNIST
 This study
 
 * reproduces the seed's Figures 2 and 3 on ``(x + y)⁴ + (x/2 - y/2)⁴`` with
-  :mod:`experiments.adam_ode_figures` (gradient descent beats Adam with large
+  :mod:`experiments.studies.adam_ode.figures` (gradient descent beats Adam with large
   β's; at fixed β's the learning rate changes the ODE);
 * trains a network on MNIST with the *same* flow integrated three ways at the
   same step ``s``: the seed's Euler scheme (which is Adam), Heun and RK4
@@ -34,35 +34,29 @@ Configuration (JSON)::
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 import jax
 
 import flowopt
-from experiments import adam_ode_figures, runner
+from experiments import report, runner, training_runs
 from experiments.runner import RunSpec, Study
-from experiments.studies.training_runs import (
-    check_train_run,
-    grads_per_step,
-    row_at_grad_evals,
-    steps_per_epoch,
-    train_run,
-    train_schema,
-)
-from experiments.tables import write_csv
+from experiments.studies.adam_ode import figures
 from flowopt import tableaus
 
 INTEGRATORS = {"euler": None, "heun": tableaus.HEUN, "rk4": tableaus.RK4}
-GRADS_PER_STEP = {integrator: grads_per_step(integrator) for integrator in INTEGRATORS}
 FIGURES_KEY = "figures"
 VIEWS = ("per_step", "equal_evals")
 
 
 def _key(integrator: str, lr: float) -> str:
     return f"{integrator}-lr{lr:g}"
+
+
+def cost(integrator: str) -> int:
+    """Gradient evaluations of one step of Adam's flow integrated by ``integrator``."""
+    return training_runs.gradients_per_step("adam_flow", integrator=INTEGRATORS[integrator])
 
 
 def optimizer(integrator: str, learning_rate: float, config: dict[str, Any]):
@@ -82,7 +76,7 @@ def _epsilons(config: dict[str, Any]) -> tuple[float, float]:
 
 def budget(config: dict[str, Any]) -> int:
     """``G``: the gradient evaluations the Euler scheme (Adam) spends in ``epochs`` epochs."""
-    return config["train"]["epochs"] * steps_per_epoch(config["train"])
+    return config["train"]["epochs"] * training_runs.steps_per_epoch(config["train"])
 
 
 def plan(config: dict[str, Any]) -> list[RunSpec]:
@@ -90,9 +84,9 @@ def plan(config: dict[str, Any]) -> list[RunSpec]:
     specs = [RunSpec(FIGURES_KEY, {"kind": "figures"})] if config.get("figures", True) else []
     epochs = config["train"]["epochs"]
     for integrator in config["integrators"]:
-        if epochs % GRADS_PER_STEP[integrator]:
+        if epochs % cost(integrator):
             raise ValueError(
-                f"epochs ({epochs}) must be a multiple of {GRADS_PER_STEP[integrator]} so that {integrator}'s "
+                f"epochs ({epochs}) must be a multiple of {cost(integrator)} so that {integrator}'s "
                 "equal-budget point is a logged epoch."
             )
         for lr in config["learning_rates"]:
@@ -102,10 +96,10 @@ def plan(config: dict[str, Any]) -> list[RunSpec]:
 
 def _figures(run_dir: Path) -> dict[str, Any]:
     with jax.enable_x64(True):
-        fig2 = adam_ode_figures.figure2()
-        fig3_paths, fig3_errors = adam_ode_figures.figure3()
-    summary = adam_ode_figures.write_csvs(run_dir, fig2, fig3_paths, fig3_errors)
-    adam_ode_figures.plot(run_dir, fig2, fig3_paths, fig3_errors)
+        fig2 = figures.figure2()
+        fig3_paths, fig3_errors = figures.figure3()
+    summary = figures.write_csvs(run_dir, fig2, fig3_paths, fig3_errors)
+    figures.plot(run_dir, fig2, fig3_paths, fig3_errors)
     return {"kind": "figures", "summary": {name: float(value) for name, value in summary}}
 
 
@@ -123,7 +117,8 @@ def execute(spec: RunSpec, config: dict[str, Any], run_dir: Path) -> dict[str, A
     if spec.settings["kind"] == "figures":
         return _figures(run_dir)
     integrator, lr = spec.settings["integrator"], spec.settings["learning_rate"]
-    return {"kind": "train", **train_run(_train_settings(spec, config), run_dir, tx=optimizer(integrator, lr, config))}
+    tx = optimizer(integrator, lr, config)
+    return {"kind": "train", **training_runs.train_run(_train_settings(spec, config), run_dir, tx=tx)}
 
 
 def run_config(spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +131,7 @@ def run_config(spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
 def check_run(spec: RunSpec, config: dict[str, Any]) -> None:
     """Settings TrainConfig or adam_flow rejects, before any run starts."""
     if spec.settings["kind"] == "train":
-        check_train_run(_train_settings(spec, config), build_optimizer=False)
+        training_runs.check_train_run(_train_settings(spec, config), build_optimizer=False)
         optimizer(spec.settings["integrator"], spec.settings["learning_rate"], config)
 
 
@@ -148,7 +143,7 @@ SCHEMA = {
     "eps_root": runner.optional(runner.NON_NEGATIVE),
     "integrators": runner.ListOf(runner.one_of(*INTEGRATORS)),
     "learning_rates": runner.ListOf(runner.POSITIVE),
-    "train": train_schema("epochs"),
+    "train": training_runs.train_schema("epochs"),
 }
 
 
@@ -166,7 +161,7 @@ def view_row(config: dict[str, Any], result: dict[str, Any], view: str) -> dict[
     if view == "per_step":
         row = history[-1] if history else None
         return row if row is not None and row["epoch"] == config["train"]["epochs"] else None
-    return row_at_grad_evals(history, budget(config))
+    return training_runs.row_at_grad_evals(history, budget(config))
 
 
 def table(config: dict[str, Any], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -191,18 +186,14 @@ def table(config: dict[str, Any], results: dict[str, dict[str, Any]]) -> list[di
     return rows
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4g}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
-
-
 def markdown(config: dict[str, Any], rows: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> str:
     train_settings = config["train"]
     labels = sorted({r["dataset"] for r in results.values() if r.get("kind") == "train"})
     lines = []
-    figures = results.get(FIGURES_KEY)
-    if figures is not None:
-        lines += ["### Figures 2 and 3 (quartic, float64)", "", "| quantity | value |", "|---|---|"]
-        lines += [f"| {name} | {_fmt(value)} |" for name, value in figures["summary"].items()]
+    drawn = results.get(FIGURES_KEY)
+    if drawn is not None:
+        lines += ["### Figures 2 and 3 (quartic, float64)", ""]
+        lines += report.markdown_table(["quantity", "value"], ((n, report.fmt(v)) for n, v in drawn["summary"].items()))
         lines.append("")
     lines += [
         f"### Adam's flow on {', '.join(labels) or train_settings['dataset']}: Euler (= Adam) vs Heun vs RK4",
@@ -212,37 +203,31 @@ def markdown(config: dict[str, Any], rows: list[dict[str, Any]], results: dict[s
         f"ε_root = {_epsilons(config)[1]} inside the square root. "
         f"Per step: {train_settings['epochs']} epochs each. Per gradient evaluation: G = {budget(config)} each.",
         "",
-        "| s | integrator | per step: train loss / test acc | grad evals | "
-        "equal evals: train loss / test acc | steps |",
-        "|---|---|---|---|---|---|",
     ]
+    table = []
     for lr in config["learning_rates"]:
         for integrator in config["integrators"]:
             cells = {}
             for view in VIEWS:
                 entry = next(r for r in rows if r["integrator"] == integrator and r["learning_rate"] == lr and r["view"] == view)
                 cells[view] = (
-                    (f"{_fmt(entry['train_loss'])} / {100 * entry['test_accuracy']:.2f}%", entry)
+                    (f"{report.fmt(entry['train_loss'])} / {100 * entry['test_accuracy']:.2f}%", entry)
                     if entry["complete"] else ("diverged" if entry.get("diverged") else "missing", entry)
                 )
-            lines.append(
-                f"| {lr:g} | {integrator} | {cells['per_step'][0]} | {cells['per_step'][1].get('grad_evals', '–')} | "
-                f"{cells['equal_evals'][0]} | {cells['equal_evals'][1].get('step', '–')} |"
-            )
+            table.append([f"{lr:g}", integrator, cells["per_step"][0], cells["per_step"][1].get("grad_evals", "–"),
+                          cells["equal_evals"][0], cells["equal_evals"][1].get("step", "–")])
+    lines += report.markdown_table(["s", "integrator", "per step: train loss / test acc", "grad evals",
+                                    "equal evals: train loss / test acc", "steps"], table)
     lines.append("")
     return "\n".join(lines)
 
 
 def plot(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir: Path) -> None:
     """``training.png``: train loss and test accuracy per step and per gradient evaluation, one column per rate."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = report.pyplot()
     rates = config["learning_rates"]
     fig, axes = plt.subplots(3, len(rates), figsize=(4.8 * len(rates), 10), squeeze=False)
-    per_epoch = steps_per_epoch(config["train"])
+    per_epoch = training_runs.steps_per_epoch(config["train"])
     for column, lr in enumerate(rates):
         for color, integrator in enumerate(config["integrators"]):
             result = results.get(_key(integrator, lr))
@@ -251,7 +236,7 @@ def plot(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir:
             history = result["history"]
             steps = [row["step"] for row in history]
             evals = [row["grad_evals"] for row in history]
-            label = f"{integrator} ({GRADS_PER_STEP[integrator]} grads/step)"
+            label = f"{integrator} ({cost(integrator)} grads/step)"
             style = {"color": f"C{color}", "marker": "o", "ms": 3, "label": label}
             axes[0, column].semilogy(steps, [_loss(r) for r in history], **style)
             axes[1, column].semilogy(evals, [_loss(r) for r in history], **style)
@@ -267,29 +252,27 @@ def plot(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir:
         axes[2, column].set_ylabel("test accuracy (%)")
         for ax in axes[:, column]:
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(output_dir / "training.png", dpi=80)
-    plt.close(fig)
+    report.save_figure(fig, output_dir / "training.png", dpi=80)
 
 
 def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir: Path) -> None:
-    """``results.csv``, ``curves.csv``, ``results.md``, ``summary.json``, ``training.png``, and the figures."""
+    """``results.csv``, ``curves.csv``, ``results.md``, ``summary.json``, ``training.png``, and the figures' files."""
     rows = table(config, results)
-    write_csv(output_dir / "results.csv", rows)
+    report.write_csv(output_dir / "results.csv", rows)
     curves = [
         {"integrator": r["settings"]["integrator"], "learning_rate": r["settings"]["learning_rate"],
          **{k: row[k] for k in ("epoch", "step", "grad_evals", "train_loss", "test_loss", "test_accuracy")},
          "full_train_loss": row.get("full_train_loss")}
         for key, r in sorted(results.items()) if r.get("kind") == "train" for row in r["history"]
     ]
-    write_csv(output_dir / "curves.csv", curves)
+    report.write_csv(output_dir / "curves.csv", curves)
     (output_dir / "results.md").write_text(markdown(config, rows, results))
-    figures = results.get(FIGURES_KEY)
-    summary = {"training": rows, "figures": None if figures is None else figures["summary"], "budget": budget(config)}
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if figures is not None:
+    drawn = results.get(FIGURES_KEY)
+    summary = {"training": rows, "figures": None if drawn is None else drawn["summary"], "budget": budget(config)}
+    report.write_json(output_dir / "summary.json", summary)
+    if drawn is not None:
         run_dir = output_dir / "runs" / FIGURES_KEY
-        for name in ("adam_ode_fig2.png", "adam_ode_fig3.png", "summary.csv"):
+        for name in figures.FILES:
             source = run_dir / name
             if source.is_file():
                 target = output_dir / (name if name != "summary.csv" else "figures_summary.csv")

@@ -8,11 +8,11 @@ study measures that claim against gradient descent (Euler) and explicit
 Runge–Kutta (Heun, RK4) at equal gradient evaluations:
 
 * **synthetic** problems (float64): quadratics ``½ θᵀAθ`` of growing
-  condition number and an ill-conditioned logistic regression, from
-  :mod:`experiments.bdf_stability`. Each method runs at every rate ``h = r/L``
-  of a log grid until the relative suboptimality reaches ``target``, the run
-  diverges, or the budget is spent; a rate *trains* when the target is
-  reached. Loss curves are recorded at each method's best rate.
+  condition number and an ill-conditioned logistic regression, from the
+  bdf-stability study (:mod:`experiments.studies.bdf_stability`). Each
+  method runs at every rate ``h = r/L`` of a log grid until the relative
+  suboptimality reaches ``target``, the run diverges, or the budget is
+  spent; a rate *trains* when the target is reached. Loss curves are recorded at each method's best rate.
 * **MNIST** (minibatch training with the library's loop): L2 logistic
   regression, an MLP and a CNN, each method at each rate for a fixed budget
   of gradient evaluations; a rate *trains* when the run does not diverge and
@@ -25,20 +25,18 @@ start-up steps cost more, and are counted).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-import flowopt
-from experiments import bdf_stability, runner
+from experiments import report, runner
 from experiments.runner import RunSpec, Study
-from experiments.studies.training_runs import check_train_run, grads_per_step, train_run, train_schema
-from experiments.tables import write_csv
+from experiments.studies import bdf_stability
+from experiments.studies.bdf_stability import loss_curve
+from experiments.training_runs import check_train_run, gradients_per_step, train_run, train_schema
 from flowopt.training import make_optimizer
 
 EXPLICIT = {"gd": "euler", "heun": "heun", "rk4": "rk4"}
@@ -73,43 +71,12 @@ def rate_grid(spec: dict[str, Any]) -> np.ndarray:
     return bdf_stability.rate_grid(spec["min_rate"], spec["max_rate"], spec["rates_per_decade"])
 
 
-def synthetic_problem(name: str, spec: dict[str, Any]) -> bdf_stability.Problem:
-    """``quadratic_kappa1e4`` (dimension ``spec['dim']``) or ``logistic_regression``; call under x64."""
-    if name.startswith("quadratic_kappa"):
-        return bdf_stability.quadratic(float(name[len("quadratic_kappa"):]), dim=spec.get("dim", 50))
-    if name == "logistic_regression":
-        return bdf_stability.logistic_regression()
-    raise ValueError(f"unknown synthetic problem {name!r}.")
-
-
-def loss_curve(problem: bdf_stability.Problem, make, cost: int, budget: int):
-    """A jitted ``learning_rate -> (gradient evaluations, relative gap)`` after each step, ``budget // cost`` steps."""
-    x0 = jnp.asarray(problem.x0)
-    gap0 = float(problem.loss(x0)) - problem.minimum
-
-    @jax.jit
-    def run(learning_rate):
-        tx = make(learning_rate)
-
-        def step(carry, _):
-            x, state, steps = carry
-            x, state, gap = bdf_stability.advance(problem, tx, gap0, x, state)
-            evals = flowopt.oracle_evaluations(state) + steps + 1
-            return (x, state, steps + 1), (evals, gap)
-
-        carry = (x0, tx.init(x0), jnp.zeros([], jnp.int32))
-        _, (evals, gaps) = jax.lax.scan(step, carry, None, length=budget // cost)
-        return evals, gaps
-
-    return run
-
-
 def _execute_synthetic(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     synthetic, inner = config["synthetic"], config["inner_steps"]
     rates = rate_grid(synthetic)
     rows, curves = [], {}
     with jax.enable_x64(True):
-        problem = synthetic_problem(spec["problem"], synthetic)
+        problem = bdf_stability.problem(spec["problem"], dim=synthetic.get("dim", 50))
         for method in config["methods"]:
             make = constructor(method, inner)
             run = bdf_stability.make_run(problem, make, synthetic["target"], synthetic["budget"])
@@ -122,7 +89,7 @@ def _execute_synthetic(spec: dict[str, Any], config: dict[str, Any]) -> dict[str
                 })
             rows += method_rows
             best = _best_rate(method_rows)
-            cost = grads_per_step(optimizer_name(method), optimizer_options(method, inner))
+            cost = gradients_per_step(optimizer_name(method), **optimizer_options(method, inner))
             curve = loss_curve(problem, make, cost, synthetic["curve_budget"])
             evals, gaps = jax.device_get(curve(best / problem.lipschitz))
             keep = np.asarray(evals) <= synthetic["curve_budget"]
@@ -269,15 +236,11 @@ def markdown(config: dict[str, Any], table: list[dict[str, Any]]) -> str:
         "evaluations per step). Cell: range of learning rates that train [min, max] (decades); "
         "then the best result.",
         "",
-        "| problem | " + " | ".join(methods) + " |",
-        "|---|" + "---|" * len(methods),
     ]
-    for problem in dict.fromkeys(e["problem"] for e in table):
-        cells = []
-        for method in methods:
-            entry = next((x for x in table if x["problem"] == problem and x["method"] == method), None)
-            cells.append(_cell(entry))
-        lines.append(f"| {problem} | " + " | ".join(cells) + " |")
+    lines += report.markdown_table(["problem", *methods], (
+        [problem, *(_cell(next((x for x in table if x["problem"] == problem and x["method"] == method), None))
+                    for method in methods)]
+        for problem in dict.fromkeys(e["problem"] for e in table)))
     if synthetic:
         lines += ["", f"- Synthetic rows: rate h·L on {len(rate_grid(synthetic))} log-spaced values in "
                       f"[{synthetic['min_rate']:g}, {synthetic['max_rate']:g}]; trains = relative suboptimality "
@@ -295,11 +258,7 @@ def markdown(config: dict[str, Any], table: list[dict[str, Any]]) -> str:
 
 def plot(config: dict[str, Any], results: dict, runs: list[dict[str, Any]], output_dir: Path) -> None:
     """``synthetic.png`` (sensitivity, loss curves) and ``mnist.png`` (loss vs rate, loss vs evaluations)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = report.pyplot()
     colors = {method: f"C{i}" for i, method in enumerate(config["methods"])}
     synthetic = sorted((r for r in results.values() if r["kind"] == "synthetic"), key=lambda r: r["problem"])
     if synthetic:
@@ -320,9 +279,7 @@ def plot(config: dict[str, Any], results: dict, runs: list[dict[str, Any]], outp
                        ylim=(1e-12, 10))
             bottom.legend(fontsize=7)
         axes[0, 0].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(output_dir / "synthetic.png", dpi=100)
-        plt.close(fig)
+        report.save_figure(fig, output_dir / "synthetic.png")
     problems = config.get("mnist", [])
     if problems:
         fig, axes = plt.subplots(2, len(problems), figsize=(4.5 * len(problems), 8), squeeze=False)
@@ -346,9 +303,7 @@ def plot(config: dict[str, Any], results: dict, runs: list[dict[str, Any]], outp
             bottom.set(yscale="log", xlabel="gradient evaluations", ylabel="training loss")
             bottom.legend(fontsize=7)
         axes[0, 0].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(output_dir / "mnist.png", dpi=100)
-        plt.close(fig)
+        report.save_figure(fig, output_dir / "mnist.png")
 
 
 def summarize(config: dict[str, Any], results: dict, output_dir: Path) -> None:
@@ -358,11 +313,11 @@ def summarize(config: dict[str, Any], results: dict, output_dir: Path) -> None:
     runs = mnist_rows(config, results)
     table = sensitivity(config, results, runs)
     if synthetic_rows:
-        write_csv(output_dir / "synthetic_runs.csv", synthetic_rows)
+        report.write_csv(output_dir / "synthetic_runs.csv", synthetic_rows)
     if runs:
-        write_csv(output_dir / "mnist_runs.csv", runs)
-    write_csv(output_dir / "sensitivity.csv", table)
-    (output_dir / "sensitivity.json").write_text(json.dumps(table, indent=2))
+        report.write_csv(output_dir / "mnist_runs.csv", runs)
+    report.write_csv(output_dir / "sensitivity.csv", table)
+    report.write_json(output_dir / "sensitivity.json", table)
     (output_dir / "sensitivity.md").write_text(markdown(config, table))
     plot(config, results, runs, output_dir)
 
@@ -375,25 +330,13 @@ def _is_method(value: Any) -> bool:
     return not value.startswith("bdf") or 1 <= int(value[3:]) <= 6
 
 
-def _is_problem(value: Any) -> bool:
-    if value == "logistic_regression":
-        return True
-    if not isinstance(value, str) or not value.startswith("quadratic_kappa"):
-        return False
-    try:
-        return float(value[len("quadratic_kappa"):]) >= 1
-    except ValueError:
-        return False
-
-
 METHOD = runner.satisfies("one of gd, heun, rk4, bdf1 ... bdf6", _is_method)
 SCHEMA = {
     **runner.COMMON,
     "inner_steps": runner.POSITIVE_INT,
     "methods": runner.ListOf(METHOD),
     "synthetic": runner.optional({
-        "problems": runner.ListOf(runner.satisfies(
-            "logistic_regression or quadratic_kappa<condition number ≥ 1>", _is_problem), min_length=0),
+        "problems": runner.ListOf(bdf_stability.PROBLEM, min_length=0),
         "dim": runner.optional(runner.POSITIVE_INT),
         "min_rate": runner.POSITIVE, "max_rate": runner.POSITIVE, "rates_per_decade": runner.POSITIVE_INT,
         "target": runner.POSITIVE, "budget": runner.POSITIVE_INT, "curve_budget": runner.POSITIVE_INT,

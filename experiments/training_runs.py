@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +20,49 @@ import numpy as np
 import optax
 
 from experiments import runner
+from flowopt.registry import OPTIMIZERS
 from flowopt.training.config import SCHEDULES, ConfigError, TrainConfig, nominal_train_size
 from flowopt.training.data import DATASET_NAMES, SPECS, Dataset, load_dataset
 from flowopt.training.loop import train
 from flowopt.training.models import MODELS
+from flowopt.training.optimizers import INTEGRATORS, ORDERED
 
-# Gradient evaluations per step of each optimizer the studies name (fixed-step methods only).
-GRADS_PER_STEP = {
-    "sgd": 1, "momentum": 1, "nesterov": 1, "adam": 1, "euler": 1,
-    "heun": 2, "ralston": 2, "midpoint": 2, "rk3": 3, "ssprk3": 3, "rk4": 4, "rk38": 4,
-}
+BASELINES = ("sgd", "momentum", "nesterov", "adam")
+"""The optax baselines the studies train: one gradient evaluation a step."""
 
-# Settings of a run that are passed to TrainConfig unchanged.
-_CONFIG_KEYS = (
-    "model", "optimizer", "learning_rate", "batch_size", "epochs", "steps", "grad_evals", "seed",
-    "weight_decay", "schedule", "warmup_steps", "augment", "model_options", "eval_batch_size",
-    "eval_train", "checkpoint_every",
-)
+FIXED_STEP_METHODS = BASELINES + INTEGRATORS
+"""Optimizers a study may compare at fixed cost per step: the baselines and flowopt's fixed-step Runge–Kutta."""
+
+_ORDERED_NAME = re.compile(r"(" + "|".join(ORDERED) + r")(\d+)")
+
+
+def gradients_per_step(name: str, **options: Any) -> int:
+    """Gradient evaluations of one step of the training optimizer ``name`` built with ``options``.
+
+    flowopt names (``heun``, ``adam_flow``, order-suffixed ``bdf2``) cost what
+    :data:`flowopt.registry.OPTIMIZERS` says (BDF's ``inner_steps`` must be among
+    ``options``); the optax baselines cost 1.
+
+    Raises:
+      ValueError: an unknown name, or options that do not fix the cost.
+    """
+    if name in BASELINES:
+        return 1
+    match = _ORDERED_NAME.fullmatch(name)
+    if match is not None:
+        name, options = match[1], {"order": int(match[2]), **options}
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown cost per step of optimizer {name!r}.")
+    cost = OPTIMIZERS[name].gradients_per_step(**options)
+    if cost is None:
+        raise ValueError(f"the cost per step of {name!r} depends on the optimizer it wraps.")
+    return cost
+
+
+# TrainConfig fields a study supplies itself (the data set by name, the optimizer's options, no progress bar);
+# a run's other settings that are TrainConfig fields are passed on unchanged.
+_SUPPLIED = ("dataset", "optimizer_options", "progress")
+_CONFIG_KEYS = tuple(field.name for field in dataclasses.fields(TrainConfig) if field.name not in _SUPPLIED)
 
 
 def train_schema(*required: str, optimizer: bool = False) -> dict[str, Any]:
@@ -59,16 +86,20 @@ def train_schema(*required: str, optimizer: bool = False) -> dict[str, Any]:
     return schema
 
 
+def _train_config(settings: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a run's settings (raises ConfigError)."""
+    values = {key: settings[key] for key in _CONFIG_KEYS if key in settings}
+    return TrainConfig.from_dict({**values, "dataset": settings["dataset"],
+                                  "optimizer_options": dict(settings.get("optimizer_options") or {}), "progress": False})
+
+
 def check_train_run(settings: dict[str, Any], build_optimizer: bool = True) -> None:
     """Raise ValueError naming the field when ``settings`` cannot make a run (nothing is loaded or trained).
 
     ``build_optimizer=False`` when the study passes its own optimizer (``tx``).
     """
-    values = {key: settings[key] for key in _CONFIG_KEYS if key in settings}
-    options = dict(settings.get("optimizer_options") or {})
     try:
-        config = TrainConfig.from_dict({**values, "dataset": settings["dataset"], "optimizer_options": options,
-                                        "progress": False})
+        config = _train_config(settings)
         size = nominal_train_size(config.dataset)
         for key, full in (("train_subset", size), ("test_subset", SPECS[config.dataset].num_test
                                                     if config.dataset in SPECS else None)):
@@ -79,15 +110,6 @@ def check_train_run(settings: dict[str, Any], build_optimizer: bool = True) -> N
         config.check_buildable(num_train=size, optimizer=build_optimizer)
     except ConfigError as error:
         raise ValueError(f"{error.field}: {error}") from error
-
-
-def grads_per_step(optimizer: str, options: dict[str, Any] | None = None) -> int:
-    """Gradient evaluations one step of ``optimizer`` costs (BDF: the incoming gradient plus its inner steps)."""
-    if optimizer in GRADS_PER_STEP:
-        return GRADS_PER_STEP[optimizer]
-    if optimizer.startswith("bdf") or optimizer == "backward_euler":
-        return 1 + int((options or {})["inner_steps"])
-    raise ValueError(f"unknown cost per step of optimizer {optimizer!r}.")
 
 
 @functools.lru_cache(maxsize=4)
@@ -134,10 +156,7 @@ def train_run(settings: dict[str, Any], run_dir: Path, tx: optax.GradientTransfo
     ``{"history": [...], "final": last row, "diverged", "message", "dataset"}``.
     """
     dataset = get_dataset(settings["dataset"], settings.get("train_subset"), settings.get("test_subset"))
-    values = {key: settings[key] for key in _CONFIG_KEYS if key in settings}
-    options = dict(settings.get("optimizer_options") or {})
-    config = TrainConfig.from_dict({**values, "dataset": settings["dataset"], "optimizer_options": options,
-                                    "progress": False})
+    config = _train_config(settings)
     result = train(config, os.fspath(run_dir), dataset=dataset, tx=tx)
     history = [row for row in result.history if not row.get("diverged")]
     return {

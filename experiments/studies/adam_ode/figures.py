@@ -13,15 +13,15 @@ panel fixes the ODE instead (``adam_flow(s, reference_learning_rate=λ)``):
 the Euler trajectories then converge to one flow, with error ∝ s, measured
 against an RK4 solution of that flow. All runs in float64.
 
-Writes ``fig2_paths.csv``, ``fig3_paths.csv``, ``fig3_errors.csv``,
-``summary.csv``, ``adam_ode_fig2.png`` and ``adam_ode_fig3.png``::
+Writes :data:`FILES` into the ``figures`` run of the adam-ode study, which
+copies them to ``results/adam-ode/<config>/`` (``summary.csv`` as
+``figures_summary.csv``)::
 
-    python experiments/adam_ode_figures.py --output-dir results/adam_ode
+    flowopt-experiment adam-ode --config cpu
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 import flowopt
-from experiments.tables import write_csv
+from experiments import report
 from flowopt import tableaus
 
 START = (0.5, -2.5)
@@ -42,6 +42,7 @@ FIG3_RATES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 FIG3_ODE_RATE = 0.05  # λ of the fixed ODE in the third panel
 FIG3_ODE_REFERENCE_STEP = 0.0005
 MAX_ROWS_PER_RUN = 250
+FILES = ("fig2_paths.csv", "fig3_paths.csv", "fig3_errors.csv", "summary.csv", "adam_ode_fig2.png", "adam_ode_fig3.png")
 
 
 def quartic(theta: jax.Array) -> jax.Array:
@@ -118,7 +119,7 @@ def _subsample(n: int) -> np.ndarray:
 
 
 def _write(path: Path, columns: list[str], rows: Iterable[tuple]) -> None:
-    write_csv(path, (dict(zip(columns, _row(*row))) for row in rows))
+    report.write_csv(path, (dict(zip(columns, _row(*row))) for row in rows))
 
 
 def write_csvs(output: Path, fig2: dict, fig3_paths: dict, fig3_errors: dict) -> list[list]:
@@ -150,11 +151,7 @@ def write_csvs(output: Path, fig2: dict, fig3_paths: dict, fig3_errors: dict) ->
 
 
 def plot(output: Path, fig2: dict, fig3_paths: dict, fig3_errors: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = report.pyplot()
     grid = np.linspace(-3.0, 3.0, 241)
     xx, yy = np.meshgrid(grid, grid)
     levels = np.logspace(-3, 2.5, 14)
@@ -187,9 +184,7 @@ def plot(output: Path, fig2: dict, fig3_paths: dict, fig3_errors: dict) -> None:
     axes[2].set_xlabel("step k")
     axes[2].set_title("Adam's memory: sqrt(v) against the current gradient")
     axes[2].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(output / "adam_ode_fig2.png", dpi=90)
-    plt.close(fig)
+    report.save_figure(fig, output / "adam_ode_fig2.png", dpi=90)
 
     b1, b2 = FIG3_BETAS
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
@@ -210,25 +205,4 @@ def plot(output: Path, fig2: dict, fig3_paths: dict, fig3_errors: dict) -> None:
     for ax in axes[1:]:
         ax.set_xlabel("time t = ks")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(output / "adam_ode_fig3.png", dpi=90)
-    plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", type=Path, default=Path("results") / "adam_ode")
-    args = parser.parse_args(argv)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    with jax.enable_x64(True):
-        fig2 = figure2()
-        fig3_paths, fig3_errors = figure3()
-    summary = write_csvs(args.output_dir, fig2, fig3_paths, fig3_errors)
-    plot(args.output_dir, fig2, fig3_paths, fig3_errors)
-    for name, value in summary:
-        print(f"{name}: {value:.4g}")
-    print(f"results written to {args.output_dir}")
-
-
-if __name__ == "__main__":
-    main()
+    report.save_figure(fig, output / "adam_ode_fig3.png", dpi=90)

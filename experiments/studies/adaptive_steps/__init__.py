@@ -20,18 +20,26 @@ is an incoming gradient (one per update) or an oracle call (the state's
 count); the adaptive optimizers pay every stage of every attempt, rejected
 ones included, and cannot reuse the FSAL stage (see :mod:`flowopt.rk.adaptive`).
 
-Writes ``runs.csv`` (one row per method and setting), ``summary.csv`` (per
-problem and method: best setting, evaluations there, how many settings
-reach the target) and ``adaptive_steps.png`` (evaluations against the
-learning rate, and the steps the adaptive methods chose)::
+One run per problem. Writes ``runs.csv`` (one row per method and setting),
+``summary.csv`` (per problem and method: best setting, evaluations there,
+how many settings reach the target) and ``adaptive_steps.png`` (evaluations
+against the learning rate, and the steps the adaptive methods chose) to
+``results/adaptive-steps/<config>/``::
 
-    python experiments/adaptive_steps.py --output-dir results/adaptive
+    flowopt-experiment adaptive-steps --config cpu
+
+Configuration (JSON)::
+
+    {"problems": ["logistic", "mlp", "mlp-minibatch"], "budget": 10000,
+     "tolerances": [1e-2, 1e-3, 1e-4], "rate_stride": 1, "dataset": "mnist"}
+
+``rate_stride`` keeps every n-th rate of the fixed methods' grids;
+``dataset`` is the MLP's data (``mnist``, or its labelled synthetic stand-in
+``synthetic_mnist``, also used when MNIST is unavailable).
 """
 
 from __future__ import annotations
 
-import argparse
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -42,12 +50,13 @@ import numpy as np
 import optax
 
 import flowopt
-from experiments.tables import write_csv
+from experiments import report, runner
+from experiments.runner import RunSpec, Study
 from flowopt import tableaus
 
 INITIAL_STEP = 1e-3
-TOLERANCES = (1e-2, 1e-3, 1e-4)
 CHECK_EVERY = 10
+PROBLEMS = ("logistic", "mlp", "mlp-minibatch")
 
 
 class Problem(NamedTuple):
@@ -88,14 +97,20 @@ def _newton_minimum(loss: Callable, dim: int) -> float:
         return float(f(w))
 
 
-def mnist_subset(samples: int, data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, str]:
-    """``samples`` training images, 2×2 average-pooled to 14×14 and scaled to [0, 1], with labels."""
+def mnist_subset(samples: int, dataset_name: str = "mnist") -> tuple[np.ndarray, np.ndarray, str]:
+    """``samples`` training images, 2×2 average-pooled to 14×14 and scaled to [0, 1], with labels.
+
+    ``dataset_name`` ``mnist`` falls back to the synthetic stand-in (and says so) when MNIST is unavailable.
+    """
     from flowopt.training import data
 
-    try:
-        dataset = data.load_dataset("mnist", data_dir=data_dir)
-    except (data.DataUnavailableError, data.DataIntegrityError) as error:
-        print(f"MNIST unavailable ({error}); using the synthetic stand-in.")
+    dataset = None
+    if dataset_name == "mnist":
+        try:
+            dataset = data.load_dataset("mnist")
+        except (data.DataUnavailableError, data.DataIntegrityError) as error:
+            print(f"MNIST unavailable ({error}); using the synthetic stand-in.")
+    if dataset is None:
         dataset = data.synthetic_dataset("synthetic_mnist", num_train=samples)
     images = dataset.x_train[:samples, :, :, 0].astype(np.float32) / 255.0
     pooled = images.reshape(samples, 14, 2, 14, 2).mean(axis=(2, 4)).reshape(samples, -1)
@@ -103,9 +118,9 @@ def mnist_subset(samples: int, data_dir: Path | None = None) -> tuple[np.ndarray
 
 
 def mlp_problems(
-    samples: int = 1024, hidden: int = 32, batch: int = 64, seed: int = 0, data_dir: Path | None = None
+    samples: int = 1024, hidden: int = 32, batch: int = 64, seed: int = 0, dataset_name: str = "mnist"
 ) -> list[Problem]:
-    x, y, label = mnist_subset(samples, data_dir)
+    x, y, label = mnist_subset(samples, dataset_name)
     x, y = jnp.asarray(x), jnp.asarray(y)
     k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
     params0 = {
@@ -212,26 +227,23 @@ def adaptive_methods(minibatch: bool) -> dict[str, Callable]:
     }
 
 
-def measure(problems: list[Problem], budget: int, tolerances) -> tuple[list[dict], dict]:
-    rows, traces = [], {}
-    for problem in problems:
-        minibatch = problem.batch_loss is not None
-        for name, constructor in fixed_methods(minibatch).items():
-            start = time.perf_counter()
-            run = make_run(problem, constructor, budget)
-            for rate in problem.rates:
-                outcome = jax.device_get(run(jnp.asarray(rate, jnp.float32)))
-                rows.append(_row(problem, name, "fixed", "learning_rate", rate, outcome))
-            print(f"{problem.name:14s} {name:28s} {time.perf_counter() - start:6.1f}s")
-        for name, constructor in adaptive_methods(minibatch).items():
-            start = time.perf_counter()
-            for tol in tolerances:
-                run = make_run(problem, lambda _, tol=tol: constructor(tol), budget, record_steps=True)
-                outcome = jax.device_get(run(0.0))
-                rows.append(_row(problem, name, "adaptive", "rtol=atol", tol, outcome))
-                steps = outcome.step_sizes[outcome.step_sizes > 0]
-                traces[(problem.name, name, tol)] = steps
-            print(f"{problem.name:14s} {name:28s} {time.perf_counter() - start:6.1f}s")
+def measure(problem: Problem, budget: int, tolerances) -> tuple[list[dict], list[dict]]:
+    """Rows of every fixed method at every rate and every adaptive method at every tolerance; the adaptive steps."""
+    rows, traces = [], []
+    minibatch = problem.batch_loss is not None
+    for name, constructor in fixed_methods(minibatch).items():
+        run = make_run(problem, constructor, budget)
+        for rate in problem.rates:
+            outcome = jax.device_get(run(jnp.asarray(rate, jnp.float32)))
+            rows.append(_row(problem, name, "fixed", "learning_rate", rate, outcome))
+    for name, constructor in adaptive_methods(minibatch).items():
+        for tol in tolerances:
+            run = make_run(problem, lambda _, tol=tol: constructor(tol), budget, record_steps=True)
+            outcome = jax.device_get(run(0.0))
+            rows.append(_row(problem, name, "adaptive", "rtol=atol", tol, outcome))
+            steps = outcome.step_sizes[outcome.step_sizes > 0]
+            traces.append({"problem": problem.name, "method": name, "tolerance": tol,
+                           "steps": [float(h) for h in steps]})
     return rows, traces
 
 
@@ -252,7 +264,8 @@ def _row(problem, method, kind, setting_name, setting, outcome) -> dict:
     )
 
 
-def summarize(rows: list[dict]) -> list[dict]:
+def summary_rows(rows: list[dict]) -> list[dict]:
+    """Per problem and method: the settings that reach the target, the best and the median cost."""
     summary = []
     keys = dict.fromkeys((row["problem"], row["method"]) for row in rows)
     for problem, method in keys:
@@ -274,11 +287,9 @@ def summarize(rows: list[dict]) -> list[dict]:
     return summary
 
 
-def plot(rows: list[dict], traces: dict, path: Path, budget: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot(rows: list[dict], traces: list[dict], path: Path, budget: int) -> None:
+    """Evaluations to the target against the rate (top), the adaptive methods' steps (bottom), per problem."""
+    plt = report.pyplot()
     import matplotlib.ticker
 
     problems = list(dict.fromkeys(r["problem"] for r in rows))
@@ -301,40 +312,57 @@ def plot(rows: list[dict], traces: dict, path: Path, budget: int) -> None:
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=7)
         ax = axes[1, column]
-        for (trace_problem, method, tol), steps in traces.items():
-            if trace_problem == problem and len(steps):
-                ax.plot(np.arange(1, len(steps) + 1), steps, label=f"{method}, tol {tol:g}", linewidth=0.8)
+        for trace in traces:
+            steps = trace["steps"]
+            if trace["problem"] == problem and len(steps):
+                ax.plot(np.arange(1, len(steps) + 1), steps, label=f"{trace['method']}, tol {trace['tolerance']:g}",
+                        linewidth=0.8)
         ax.set(yscale="log", xlabel="update", ylabel="adaptive step size h", title=f"{problem}: chosen steps")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    report.save_figure(fig, path, dpi=130)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output-dir", type=Path, default=Path("results/adaptive"))
-    parser.add_argument("--budget", type=int, default=10_000, help="gradient evaluations per run")
-    parser.add_argument("--quick", action="store_true", help="small budget and grids (smoke run)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="flowopt dataset cache (default: its own default)")
-    args = parser.parse_args(argv)
-    budget, tolerances = (args.budget, TOLERANCES) if not args.quick else (2_000, TOLERANCES[:2])
-    problems = [logistic_regression(), *mlp_problems(data_dir=args.data_dir)]
-    print(f"devices: {jax.devices()}")
-    if args.quick:
-        problems = [p._replace(rates=p.rates[::4]) for p in problems]
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    rows, traces = measure(problems, budget, tolerances)
-    summary = summarize(rows)
-    write_csv(args.output_dir / "runs.csv", rows)
-    write_csv(args.output_dir / "summary.csv", summary)
-    plot(rows, traces, args.output_dir / "adaptive_steps.png", budget)
-    for row in summary:
-        print(
-            f"{row['problem']:14s} {row['method']:28s} best {row['best_gradient_evals']!s:>6} evals "
-            f"at {row['best_setting']!s:>10}  ({row['settings_reaching_target']}/{row['settings_tried']} settings reach)"
-        )
+# --------------------------------------------------------------------------- the study
 
 
-if __name__ == "__main__":
-    main()
+def build_problem(name: str, config: dict[str, Any]) -> Problem:
+    """Problem ``name`` with its fixed methods' rate grid thinned to every ``rate_stride``-th rate."""
+    if name == "logistic":
+        problem = logistic_regression()
+    else:
+        problem = {p.name: p for p in mlp_problems(dataset_name=config.get("dataset", "mnist"))}[name]
+    return problem._replace(rates=problem.rates[:: config.get("rate_stride", 1)])
+
+
+def plan(config: dict[str, Any]) -> list[RunSpec]:
+    """One run per problem: every fixed method at every rate, every adaptive one at every tolerance."""
+    return [RunSpec(name, {"problem": name}) for name in config["problems"]]
+
+
+def execute(spec: RunSpec, config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Measure every method on one problem."""
+    rows, traces = measure(build_problem(spec.settings["problem"], config), config["budget"], config["tolerances"])
+    return {"rows": report.pack(rows), "traces": traces}
+
+
+def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir: Path) -> None:
+    """``runs.csv``, ``summary.csv`` and ``adaptive_steps.png``."""
+    finished = [results[name] for name in config["problems"] if name in results]
+    rows = [row for result in finished for row in report.unpack(result["rows"])]
+    report.write_csv(output_dir / "runs.csv", rows)
+    report.write_csv(output_dir / "summary.csv", summary_rows(rows))
+    if rows:
+        plot(rows, [t for result in finished for t in result["traces"]], output_dir / "adaptive_steps.png",
+             config["budget"])
+
+
+SCHEMA = {
+    **runner.COMMON,
+    "problems": runner.ListOf(runner.one_of(*PROBLEMS), unique=None),
+    "budget": runner.POSITIVE_INT,
+    "tolerances": runner.ListOf(runner.POSITIVE),
+    "rate_stride": runner.optional(runner.POSITIVE_INT),
+    "dataset": runner.optional(runner.one_of("mnist", "synthetic_mnist")),
+}
+
+STUDY = Study("adaptive-steps", plan, execute, summarize, SCHEMA)

@@ -40,7 +40,6 @@ an interrupted run resumes mid-trajectory.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -54,10 +53,9 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
-from experiments import runner
+from experiments import report, runner
 from experiments.runner import RunSpec, Study
-from experiments.studies.training_runs import get_dataset
-from experiments.tables import write_csv
+from experiments.training_runs import get_dataset
 from flowopt import analysis
 from flowopt.training.checkpoint import Checkpointer
 from flowopt.training.data import DATASET_NAMES, normalize
@@ -388,10 +386,13 @@ def _curve_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{value:.{digits}g}"
+def _short(value: float | None) -> str:
+    return report.fmt(value, digits=3)
+
+
+def _with_before_edge(row: dict[str, Any], name: str) -> str:
+    """``max (max before the edge)`` of a distance."""
+    return f"{_short(row.get(f'max_distance_to_{name}'))} ({_short(row.get(f'max_distance_to_{name}_before_edge'))})"
 
 
 def markdown(config: dict[str, Any], rows: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> str:
@@ -405,54 +406,40 @@ def markdown(config: dict[str, Any], rows: list[dict[str, Any]], results: dict[s
             f"### Small step (η₀ = {', '.join(f'{lr:g}' for lr in config['small_step']['learning_rates'])}): "
             "GD vs GD at η₀/r and vs the reference flow",
             "",
-            "| model | iterations | final loss (seed) | ‖θ−θ₀‖ (seed 2.6–3.0) | "
-            + "".join(f"max dist. to η₀/{r} | " for r in ratios)
-            + "max dist. to extrapolated flow | max dist. to toolkit flow | min λ_min | max λ_max | ∫λ_min⁻ dt |",
-            "|---|---|---|---|" + "---|" * len(ratios) + "---|---|---|---|---|",
         ]
-        for r in small:
-            lines.append(
-                f"| {MODEL_LABELS[r['model']]} | {r['iterations']} | {_fmt(r['final_loss'])} "
-                f"({_fmt(SOURCE_FINAL_LOSS[r['model']])}) | {_fmt(r['distance_from_init'])} | "
-                + "".join(f"{_fmt(r.get(f'max_distance_to_gd_r{k}'))} | " for k in ratios)
-                + f"{_fmt(r.get('max_distance_to_extrapolated_flow'))} | "
-                f"{_fmt(r.get('max_distance_to_flow'))} | {_fmt(r['min_lambda_min'])} | "
-                f"{_fmt(r['max_lambda_max'])} | {_fmt(r['integral_negative_lambda_min'])} |"
-            )
+        lines += report.markdown_table(
+            ["model", "iterations", "final loss (seed)", "‖θ−θ₀‖ (seed 2.6–3.0)",
+             *(f"max dist. to η₀/{r}" for r in ratios), "max dist. to extrapolated flow",
+             "max dist. to toolkit flow", "min λ_min", "max λ_max", "∫λ_min⁻ dt"],
+            ([MODEL_LABELS[r["model"]], r["iterations"],
+              f"{_short(r['final_loss'])} ({_short(SOURCE_FINAL_LOSS[r['model']])})", _short(r["distance_from_init"]),
+              *(_short(r.get(f"max_distance_to_gd_r{k}")) for k in ratios),
+              *(_short(r.get(key)) for key in ("max_distance_to_extrapolated_flow", "max_distance_to_flow")),
+              *(_short(r[key]) for key in ("min_lambda_min", "max_lambda_max", "integral_negative_lambda_min"))]
+             for r in small))
         lines.append("")
     large = [r for r in rows if r["regime"] == "large_step"]
     if large:
         lines += [
             "### Large step (edge of stability): sharpness along GD, distance to the flow and to the modified flow",
             "",
-            "| model | η | 2/η | iterations | final loss | λ_max at init / max along GD | first iteration λ_max ≥ 0.9·2/η | "
-            "max dist. to extrapolated flow (before that) | max dist. to toolkit flow (before that) | "
-            "max dist. to modified flow (before that) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in large:
-            edge = r["first_iteration_sharpness_above_0.9x2/eta"]
-            lines.append(
-                f"| {MODEL_LABELS[r['model']]} | {r['learning_rate']:g} | {_fmt(r['two_over_eta'])} | "
-                f"{r['iterations']} | {_fmt(r['final_loss'])} | {_fmt(r['initial_lambda_max'])} / {_fmt(r['max_lambda_max'])} | "
-                f"{edge if edge is not None else 'not reached'} | "
-                f"{_fmt(r.get('max_distance_to_extrapolated_flow'))} "
-                f"({_fmt(r.get('max_distance_to_extrapolated_flow_before_edge'))}) | "
-                f"{_fmt(r.get('max_distance_to_flow'))} ({_fmt(r.get('max_distance_to_flow_before_edge'))}) | "
-                f"{_fmt(r.get('max_distance_to_modified_flow'))} "
-                f"({_fmt(r.get('max_distance_to_modified_flow_before_edge'))}) |"
-            )
+        lines += report.markdown_table(
+            ["model", "η", "2/η", "iterations", "final loss", "λ_max at init / max along GD",
+             "first iteration λ_max ≥ 0.9·2/η", "max dist. to extrapolated flow (before that)",
+             "max dist. to toolkit flow (before that)", "max dist. to modified flow (before that)"],
+            ([MODEL_LABELS[r["model"]], f"{r['learning_rate']:g}", _short(r["two_over_eta"]), r["iterations"],
+              _short(r["final_loss"]), f"{_short(r['initial_lambda_max'])} / {_short(r['max_lambda_max'])}",
+              edge if (edge := r["first_iteration_sharpness_above_0.9x2/eta"]) is not None else "not reached",
+              *(_with_before_edge(r, name) for name in ("extrapolated_flow", "flow", "modified_flow"))]
+             for r in large))
         lines.append("")
     return "\n".join(lines)
 
 
 def plot(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir: Path) -> None:
     """``small_step.png`` (loss, distances, λ_min per model) and ``large_step.png`` (per run)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = report.pyplot()
     for regime in REGIMES:
         runs = [(spec.key, results[spec.key]) for spec in plan(config)
                 if spec.settings["regime"] == regime and spec.key in results]
@@ -494,16 +481,14 @@ def plot(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir:
                 ax.set_ylabel("sharpness")
             ax.legend(fontsize=8)
             ax.set_xlabel("iteration k (t = kη)")
-        fig.tight_layout()
-        fig.savefig(output_dir / f"{regime}.png", dpi=80)
-        plt.close(fig)
+        report.save_figure(fig, output_dir / f"{regime}.png", dpi=80)
 
 
 def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir: Path) -> None:
     """``summary.csv``, ``summary.md``, ``curves.csv``, ``spectrum.csv``, ``summary.json`` and the figures."""
     rows = summary_rows(config, results)
-    write_csv(output_dir / "summary.csv", rows)
-    write_csv(output_dir / "curves.csv", _curve_rows(results))
+    report.write_csv(output_dir / "summary.csv", rows)
+    report.write_csv(output_dir / "curves.csv", _curve_rows(results))
     spectra = [
         {"run": key, "iteration": it, "time": t, "lambda_min": lo, "lambda_max": hi,
          "negative_curvature_integral": neg, "bound_shape": b}
@@ -511,12 +496,11 @@ def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output
         for it, t, lo, hi, neg, b in zip(*(r["spectrum"][k] for k in (
             "iteration", "time", "lambda_min", "lambda_max", "negative_curvature_integral", "bound_shape")))
     ]
-    write_csv(output_dir / "spectrum.csv", spectra)
+    report.write_csv(output_dir / "spectrum.csv", spectra)
     (output_dir / "summary.md").write_text(markdown(config, rows, results))
-    (output_dir / "summary.json").write_text(json.dumps(
-        {"rows": rows, "source": {"final_loss": SOURCE_FINAL_LOSS, "distance_from_init": SOURCE_DISTANCE_FROM_INIT,
-                                  "max_distance_to_finer": SOURCE_MAX_DISTANCE_TO_FINER}},
-        indent=2))
+    report.write_json(output_dir / "summary.json", {
+        "rows": rows, "source": {"final_loss": SOURCE_FINAL_LOSS, "distance_from_init": SOURCE_DISTANCE_FROM_INIT,
+                                 "max_distance_to_finer": SOURCE_MAX_DISTANCE_TO_FINER}})
     plot(config, results, output_dir)
 
 
