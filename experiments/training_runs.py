@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -20,49 +19,23 @@ import numpy as np
 import optax
 
 from experiments import runner
-from flowopt.registry import OPTIMIZERS
+from flowopt import tableaus
 from flowopt.training.config import SCHEDULES, ConfigError, TrainConfig, nominal_train_size
 from flowopt.training.data import DATASET_NAMES, SPECS, Dataset, load_dataset
 from flowopt.training.loop import train
 from flowopt.training.models import MODELS
-from flowopt.training.optimizers import INTEGRATORS, ORDERED
 
 BASELINES = ("sgd", "momentum", "nesterov", "adam")
-"""The optax baselines the studies train: one gradient evaluation a step."""
+"""The optax baselines the studies train (entries of :data:`flowopt.registry.BASELINES`): one gradient a step."""
 
-FIXED_STEP_METHODS = BASELINES + INTEGRATORS
+FIXED_STEP_METHODS = BASELINES + tuple(tableau.name for tableau in tableaus.FIXED_STEP)
 """Optimizers a study may compare at fixed cost per step: the baselines and flowopt's fixed-step Runge–Kutta."""
-
-_ORDERED_NAME = re.compile(r"(" + "|".join(ORDERED) + r")(\d+)")
-
-
-def gradients_per_step(name: str, **options: Any) -> int:
-    """Gradient evaluations of one step of the training optimizer ``name`` built with ``options``.
-
-    flowopt names (``heun``, ``adam_flow``, order-suffixed ``bdf2``) cost what
-    :data:`flowopt.registry.OPTIMIZERS` says (BDF's ``inner_steps`` must be among
-    ``options``); the optax baselines cost 1.
-
-    Raises:
-      ValueError: an unknown name, or options that do not fix the cost.
-    """
-    if name in BASELINES:
-        return 1
-    match = _ORDERED_NAME.fullmatch(name)
-    if match is not None:
-        name, options = match[1], {"order": int(match[2]), **options}
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown cost per step of optimizer {name!r}.")
-    cost = OPTIMIZERS[name].gradients_per_step(**options)
-    if cost is None:
-        raise ValueError(f"the cost per step of {name!r} depends on the optimizer it wraps.")
-    return cost
 
 
 # TrainConfig fields a study supplies itself (the data set by name, the optimizer's options, no progress bar);
 # a run's other settings that are TrainConfig fields are passed on unchanged.
 _SUPPLIED = ("dataset", "optimizer_options", "progress")
-_CONFIG_KEYS = tuple(field.name for field in dataclasses.fields(TrainConfig) if field.name not in _SUPPLIED)
+_CONFIG_KEYS = tuple(name for name in TrainConfig.field_names() if name not in _SUPPLIED)
 
 
 def train_schema(*required: str, optimizer: bool = False) -> dict[str, Any]:

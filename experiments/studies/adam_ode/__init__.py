@@ -44,6 +44,7 @@ from experiments import report, runner, training_runs
 from experiments.runner import RunSpec, Study
 from experiments.studies.adam_ode import figures
 from flowopt import tableaus
+from flowopt.training.optimizers import gradients_per_step
 
 INTEGRATORS = {"euler": None, "heun": tableaus.HEUN, "rk4": tableaus.RK4}
 FIGURES_KEY = "figures"
@@ -56,7 +57,7 @@ def _key(integrator: str, lr: float) -> str:
 
 def cost(integrator: str) -> int:
     """Gradient evaluations of one step of Adam's flow integrated by ``integrator``."""
-    return training_runs.gradients_per_step("adam_flow", integrator=INTEGRATORS[integrator])
+    return gradients_per_step("adam_flow", integrator=INTEGRATORS[integrator])
 
 
 def optimizer(integrator: str, learning_rate: float, config: dict[str, Any]):

@@ -38,12 +38,12 @@ from experiments.runner import RunSpec, Study
 from experiments.training_runs import (
     FIXED_STEP_METHODS,
     check_train_run,
-    gradients_per_step,
     row_at_grad_evals,
     steps_per_epoch,
     train_run,
     train_schema,
 )
+from flowopt.training.optimizers import gradients_per_step
 
 VIEWS = ("per_epoch", "equal_evals")
 
