@@ -36,8 +36,9 @@ from experiments import report, runner
 from experiments.runner import RunSpec, Study
 from experiments.studies import bdf_stability
 from experiments.studies.bdf_stability import loss_curve
-from experiments.training_runs import check_train_run, gradients_per_step, train_run, train_schema
+from experiments.training_runs import check_train_run, train_run, train_schema
 from flowopt.training import make_optimizer
+from flowopt.training.optimizers import gradients_per_step
 
 EXPLICIT = {"gd": "euler", "heun": "heun", "rk4": "rk4"}
 
