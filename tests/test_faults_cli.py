@@ -70,7 +70,7 @@ BAD_FLAGS = [
      "argument --optimizer-option: Optimizer option momentum of 'sgd' must be a number or null, got 'fast'."),
     (["--optimizer", "bdf2", "--optimizer-option", "inner_steps=0"],
      "argument --optimizer-option: Optimizer 'bdf2' rejected options {'inner_steps': 0}: "
-     "inner_steps must be at least 1, got 0."),
+     "inner_steps must be a positive integer, got 0."),
     (["--optimizer", "bdf2"], "argument --optimizer-option: Optimizer 'bdf2' needs the option(s) inner_steps."),
     (["--optimizer-option", "learning_rate=0.1"],
      "argument --optimizer-option: learning_rate is set by the learning_rate field, not as an optimizer option."),

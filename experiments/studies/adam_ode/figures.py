@@ -57,7 +57,7 @@ def run(tx: optax.GradientTransformationExtraArgs, steps: int) -> dict[str, np.n
         theta, state = carry
         grads = jax.grad(quartic)(theta)
         updates, state = tx.update(grads, state, theta, value_fn=quartic)
-        v = state.v if isinstance(state, flowopt.AdaptiveFlowState) else jnp.full(2, jnp.nan)
+        v = state.v if isinstance(getattr(state, "stage_state", None), flowopt.AdaptiveFlowState) else jnp.full(2, jnp.nan)
         theta = optax.apply_updates(theta, updates)
         return (theta, state), (theta, grads, v)
 

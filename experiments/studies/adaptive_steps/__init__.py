@@ -192,7 +192,8 @@ def make_run(problem: Problem, constructor: Callable, budget: int, record_steps:
         params0 = problem.params0
         carry = (params0, tx.init(params0), jnp.zeros([], jnp.int32), problem.loss(params0), jnp.zeros(trace_length))
         _, state, steps, loss, trace = jax.lax.while_loop(keep_going, step, carry)
-        counts = (state.accepted, state.rejected) if isinstance(state, flowopt.AdaptiveState) else (-1, -1)
+        adaptive = isinstance(getattr(state, "stage_state", None), flowopt.AdaptiveState)
+        counts = (state.accepted, state.rejected) if adaptive else (-1, -1)
         return Outcome(loss <= problem.target, evals(state, steps), loss, *counts, trace)
 
     return run
