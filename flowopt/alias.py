@@ -43,6 +43,30 @@ from flowopt.rk.stages import explicit_runge_kutta
 from flowopt.rk.step_size import PIController
 from flowopt.rk.tableau import ButcherTableau, check_tableau
 
+__all__ = [
+    "runge_kutta",
+    "euler",
+    "heun",
+    "ralston",
+    "midpoint",
+    "rk3",
+    "ssprk3",
+    "rk4",
+    "rk38",
+    "adaptive_runge_kutta",
+    "minibatch_adaptive_runge_kutta",
+    "bdf",
+    "backward_euler",
+    "adams_bashforth",
+    "adaptive_flow",
+    "adam_flow",
+    "rmsprop_flow",
+    "adagrad_flow",
+    "heavy_ball_flow",
+    "nesterov_flow",
+]
+"""The public constructors, in the order of this module (``flowopt`` exports each)."""
+
 # --- Explicit Runge–Kutta -----------------------------------------------------------------------------------
 
 
