@@ -245,6 +245,38 @@ def _flow_member(constructor: Callable[..., optax.GradientTransformation], descr
         test_arguments={"learning_rate": learning_rate},
     )
 
+def _adaptive_pair(constructor: Callable[..., optax.GradientTransformation], description: str,
+                   test_arguments: Arguments) -> OptimizerEntry:
+    """An embedded pair under step-size control: every attempt evaluates all its stages."""
+    return OptimizerEntry(
+        name=constructor.__name__, family="step_size_control", constructor=constructor, description=description,
+        cost=lambda arguments: _stages(arguments["tableau"], embedded=True),
+        cost_formula="stages s of tableau per attempt: 1 + (s - 1) × attempts", oracle=lambda arguments: True,
+        test_arguments=test_arguments, static_args=("max_attempts",),
+    )
+
+
+def _proximal(constructor: Callable[..., optax.GradientTransformation], description: str, test_arguments: Arguments,
+              *, start_up: str = "", static_args: tuple[str, ...] = ()) -> OptimizerEntry:
+    """An implicit method solved by ``inner_steps`` gradient steps on its proximal subproblem."""
+    return OptimizerEntry(
+        name=constructor.__name__, family="multistep", constructor=constructor, description=description,
+        cost=lambda arguments: 1 + arguments["inner_steps"], cost_formula=f"1 + inner_steps{start_up}",
+        oracle=lambda arguments: True, test_arguments=test_arguments, static_args=(*static_args, "inner_steps"),
+    )
+
+
+def _wrapper(constructor: Callable[..., optax.GradientTransformation], description: str, *, wraps: str,
+             test_arguments: Arguments, oracle: Callable[[Arguments], bool | None] = lambda arguments: None,
+             extra_cost: str = "", **fields: Any) -> OptimizerEntry:
+    """A constructor that wraps the optimizer or integrator ``wraps`` names: it costs what that one does."""
+    return OptimizerEntry(
+        name=constructor.__name__, family="wrappers", constructor=constructor, description=description,
+        cost=lambda arguments: None, cost_formula=f"that of {wraps}{extra_cost}", oracle=oracle,
+        test_arguments=test_arguments, **fields,
+    )
+
+
 _EXPLICIT_RATE = 2e-3  # below 2/L on Rosenbrock's function (L ≈ 1002 at its minimum)
 
 _ENTRIES = (
@@ -263,27 +295,13 @@ _ENTRIES = (
         oracle=lambda arguments: _stages(arguments["tableau"]) > 1,
         test_arguments={"tableau": tableaus.DOPRI5, "learning_rate": _EXPLICIT_RATE},
     ),
-    OptimizerEntry(
-        name="adaptive_runge_kutta", family="step_size_control", constructor=adaptive_runge_kutta,
-        description="Embedded Runge–Kutta pair with a PI step-size controller and step rejection.",
-        cost=lambda arguments: _stages(arguments["tableau"], embedded=True),
-        cost_formula="stages s of tableau per attempt: 1 + (s - 1) × attempts",
-        oracle=lambda arguments: True,
-        test_arguments={"tableau": tableaus.BOSH3, "learning_rate": 1e-3, "rtol": 1e-3, "atol": 1e-6},
-        static_args=("max_attempts",),
-    ),
-    OptimizerEntry(
-        name="minibatch_adaptive_runge_kutta", family="step_size_control", constructor=minibatch_adaptive_runge_kutta,
-        description="adaptive_runge_kutta for minibatch oracles: step bounds required, growth smoothed.",
-        cost=lambda arguments: _stages(arguments["tableau"], embedded=True),
-        cost_formula="stages s of tableau per attempt: 1 + (s - 1) × attempts",
-        oracle=lambda arguments: True,
-        test_arguments={
-            "tableau": tableaus.HEUN_EULER, "learning_rate": 1e-3, "rtol": 1e-3, "atol": 1e-6,
-            "dtmin": 1e-4, "dtmax": 1e-2,
-        },
-        static_args=("max_attempts",),
-    ),
+    _adaptive_pair(adaptive_runge_kutta,
+                   "Embedded Runge–Kutta pair with a PI step-size controller and step rejection.",
+                   {"tableau": tableaus.BOSH3, "learning_rate": 1e-3, "rtol": 1e-3, "atol": 1e-6}),
+    _adaptive_pair(minibatch_adaptive_runge_kutta,
+                   "adaptive_runge_kutta for minibatch oracles: step bounds required, growth smoothed.",
+                   {"tableau": tableaus.HEUN_EULER, "learning_rate": 1e-3, "rtol": 1e-3, "atol": 1e-6,
+                    "dtmin": 1e-4, "dtmax": 1e-2}),
     OptimizerEntry(
         name="adams_bashforth", family="multistep", constructor=adams_bashforth,
         description="Explicit Adams–Bashforth of order 1–4 on stored gradients.",
@@ -292,22 +310,11 @@ _ENTRIES = (
         test_arguments={"order": 2, "learning_rate": 8e-4},
         static_args=("order",),
     ),
-    OptimizerEntry(
-        name="backward_euler", family="multistep", constructor=backward_euler,
-        description="Approximate backward Euler: a proximal-point step solved by inner gradient steps.",
-        cost=lambda arguments: 1 + arguments["inner_steps"], cost_formula="1 + inner_steps",
-        oracle=lambda arguments: True,
-        test_arguments={"learning_rate": 0.05, "inner_steps": 3},
-        static_args=("inner_steps",),
-    ),
-    OptimizerEntry(
-        name="bdf", family="multistep", constructor=bdf,
-        description="Approximate BDF of order 1–6 (Huang et al.), solved by inner gradient steps.",
-        cost=lambda arguments: 1 + arguments["inner_steps"], cost_formula="1 + inner_steps (start-up steps: more)",
-        oracle=lambda arguments: True,
-        test_arguments={"order": 2, "learning_rate": 0.05, "inner_steps": 3},
-        static_args=("order", "inner_steps"),
-    ),
+    _proximal(backward_euler, "Approximate backward Euler: a proximal-point step solved by inner gradient steps.",
+              {"learning_rate": 0.05, "inner_steps": 3}),
+    _proximal(bdf, "Approximate BDF of order 1–6 (Huang et al.), solved by inner gradient steps.",
+              {"order": 2, "learning_rate": 0.05, "inner_steps": 3}, start_up=" (start-up steps: more)",
+              static_args=("order",)),
     OptimizerEntry(
         name="adaptive_flow", family="flows", constructor=adaptive_flow,
         description="The adaptive-algorithm ODE θ' = -m/(√(v+ε_root)+ε), m' = h∇f - rm, v' = p∇f² - qv.",
@@ -322,32 +329,19 @@ _ENTRIES = (
     _flow_member(nesterov_flow,
                  "Su–Boyd–Candès's Nesterov ODE θ'' + (r₀/t)θ' + ∇f = 0; Euler: optax.sgd with momentum 1 - r₀/(k+1).",
                  learning_rate=1e-3),
-    OptimizerEntry(
-        name="guard_nonfinite", family="wrappers", constructor=guard_nonfinite,
-        description="Wraps an optimizer: a step with a non-finite stage or result is rejected and counted.",
-        cost=lambda arguments: None, cost_formula="that of inner", oracle=lambda arguments: None,
-        test_arguments={"inner": rk4(_EXPLICIT_RATE)},
-    ),
-    OptimizerEntry(
-        name="as_optimizer", family="wrappers", constructor=as_optimizer,
-        description="Wraps a pure Integrator step as an optax transformation.",
-        cost=lambda arguments: None, cost_formula="that of integrator",
-        oracle=lambda arguments: arguments["integrator"].needs_oracle,
-        test_arguments={"integrator": explicit_runge_kutta(tableaus.RALSTON), "learning_rate": _EXPLICIT_RATE},
-    ),
-    OptimizerEntry(
-        name="check_oracle", family="wrappers", constructor=check_oracle,
-        description="Wraps an integrator: its first stage against the oracle at params, a mismatch raised or counted.",
-        cost=lambda arguments: None, cost_formula="that of inner, plus 1", oracle=lambda arguments: True,
-        test_arguments={"inner": rk4(_EXPLICIT_RATE)},
-    ),
-    OptimizerEntry(
-        name="lookahead", family="wrappers", constructor=lookahead,
-        description="optax.lookahead (Zhang et al.) with the oracle forwarded to the fast optimizer.",
-        cost=lambda arguments: None, cost_formula="that of fast_optimizer", oracle=lambda arguments: None,
-        test_arguments={"fast_optimizer": rk4(_EXPLICIT_RATE), "sync_period": 2, "slow_step_size": 0.5},
-        static_args=("sync_period",), params_layout=LOOKAHEAD_PARAMS,
-    ),
+    _wrapper(guard_nonfinite, "Wraps an optimizer: a step with a non-finite stage or result is rejected and counted.",
+             wraps="inner", test_arguments={"inner": rk4(_EXPLICIT_RATE)}),
+    _wrapper(as_optimizer, "Wraps a pure Integrator step as an optax transformation.", wraps="integrator",
+             test_arguments={"integrator": explicit_runge_kutta(tableaus.RALSTON), "learning_rate": _EXPLICIT_RATE},
+             oracle=lambda arguments: arguments["integrator"].needs_oracle),
+    _wrapper(check_oracle,
+             "Wraps an integrator: its first stage against the oracle at params, a mismatch raised or counted.",
+             wraps="inner", extra_cost=", plus 1", test_arguments={"inner": rk4(_EXPLICIT_RATE)},
+             oracle=lambda arguments: True),
+    _wrapper(lookahead, "optax.lookahead (Zhang et al.) with the oracle forwarded to the fast optimizer.",
+             wraps="fast_optimizer",
+             test_arguments={"fast_optimizer": rk4(_EXPLICIT_RATE), "sync_period": 2, "slow_step_size": 0.5},
+             static_args=("sync_period",), params_layout=LOOKAHEAD_PARAMS),
 )
 
 OPTIMIZERS: Mapping[str, OptimizerEntry] = types.MappingProxyType({entry.name: entry for entry in _ENTRIES})
