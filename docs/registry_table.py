@@ -1,4 +1,4 @@
-"""Sphinx directive ``optimizer-registry``: the table of ``flowopt.registry.OPTIMIZERS``.
+"""Sphinx directives that render ``flowopt.registry.OPTIMIZERS``: its table, and the constructors of a family.
 
 In a MyST page::
 
@@ -7,8 +7,16 @@ In a MyST page::
 
 renders one row per registered constructor: a link to it, its gradient
 evaluations per step, the arguments ``optax.inject_hyperparams`` must treat
-as static, and its one-line description. The table is built from the registry
-at every build, so it lists exactly what the contract tests run over.
+as static, and its one-line description. ::
+
+    ```{optimizer-constructors} runge_kutta
+    ```
+
+documents every constructor of that family (a key of
+``flowopt.registry.FAMILIES``), in registry order, as ``autofunction``
+entries. Both are built from the registry at every build, so the pages list
+exactly what the contract tests run over, and a new constructor appears once
+its entry is registered.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from docutils import nodes
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 
-from flowopt.registry import OPTIMIZERS
+from flowopt.registry import FAMILIES, OPTIMIZERS
 
 
 def registry_table() -> list[str]:
@@ -41,6 +49,22 @@ class OptimizerRegistry(SphinxDirective):
         return container.children
 
 
+class OptimizerConstructors(SphinxDirective):
+    """``autofunction`` for every registered constructor of one family."""
+
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        family = self.arguments[0]
+        if family not in FAMILIES:
+            raise self.error(f"unknown optimizer family {family!r}; families: {', '.join(FAMILIES)}.")
+        lines = [f".. autofunction:: flowopt.{entry.name}" for entry in OPTIMIZERS.values() if entry.family == family]
+        container = nodes.container()
+        self.state.nested_parse(StringList(lines, "flowopt.registry"), 0, container)
+        return container.children
+
+
 def setup(app):
     app.add_directive("optimizer-registry", OptimizerRegistry)
+    app.add_directive("optimizer-constructors", OptimizerConstructors)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -21,6 +21,7 @@ that evaluate the gradient away from the current parameters call the oracle
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import jax.numpy as jnp
 import optax
@@ -42,6 +43,30 @@ from flowopt.rk.adaptive import adaptive_integrator, check_embedded
 from flowopt.rk.stages import explicit_runge_kutta
 from flowopt.rk.step_size import PIController
 from flowopt.rk.tableau import ButcherTableau, check_tableau
+
+__all__ = [
+    "runge_kutta",
+    "euler",
+    "heun",
+    "ralston",
+    "midpoint",
+    "rk3",
+    "ssprk3",
+    "rk4",
+    "rk38",
+    "adaptive_runge_kutta",
+    "minibatch_adaptive_runge_kutta",
+    "bdf",
+    "backward_euler",
+    "adams_bashforth",
+    "adaptive_flow",
+    "adam_flow",
+    "rmsprop_flow",
+    "adagrad_flow",
+    "heavy_ball_flow",
+    "nesterov_flow",
+]
+"""The public constructors, in the order of this module (``flowopt`` exports each)."""
 
 # --- Explicit Runge–Kutta -----------------------------------------------------------------------------------
 
@@ -196,13 +221,8 @@ def minibatch_adaptive_runge_kutta(
     dtmin: float,
     dtmax: float,
     smoothing: float = 0.9,
-    pcoeff: float = 0.4,
-    icoeff: float = 0.3,
-    safety: float = 0.9,
-    factormin: float = 0.2,
-    factormax: float = 10.0,
-    stability_limit: float | None = 1.2,
     max_attempts: int = 1,
+    **controller_options: Any,
 ) -> optax.GradientTransformationExtraArgs:
     """:func:`adaptive_runge_kutta` for a minibatch oracle: step bounds required, growth smoothed.
 
@@ -210,17 +230,27 @@ def minibatch_adaptive_runge_kutta(
     and retries use it); ``dtmin``/``dtmax`` bound the step and ``smoothing``
     damps the batch-to-batch jitter of accepted proposals. The tolerance then
     controls the error of each step along that batch's flow only, not the
-    error against the full-batch flow; see the module docstring. The other
-    options are those of :func:`adaptive_runge_kutta`.
+    error against the full-batch flow; see :mod:`flowopt.rk.adaptive`.
+    ``controller_options`` are the other options of
+    :func:`adaptive_runge_kutta` (``pcoeff``, ``icoeff``, ``safety``,
+    ``factormin``, ``factormax``, ``stability_limit``), with its defaults.
     """
     for bound_name, bound in (("dtmin", dtmin), ("dtmax", dtmax)):
         if bound is None:
             raise ValueError(f"minibatch_adaptive_runge_kutta needs a finite step bound {bound_name}.")
+    unknown = sorted(set(controller_options) - _CONTROLLER_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"minibatch_adaptive_runge_kutta got unknown option(s) {', '.join(unknown)}; "
+            f"its controller options are {', '.join(sorted(_CONTROLLER_OPTIONS))}."
+        )
     return adaptive_runge_kutta(
         tableau, learning_rate=learning_rate, rtol=rtol, atol=atol, dtmin=dtmin, dtmax=dtmax, smoothing=smoothing,
-        pcoeff=pcoeff, icoeff=icoeff, safety=safety, factormin=factormin, factormax=factormax,
-        stability_limit=stability_limit, max_attempts=max_attempts,
-    )  # fmt: skip
+        max_attempts=max_attempts, **controller_options,
+    )
+
+
+_CONTROLLER_OPTIONS = frozenset({"pcoeff", "icoeff", "safety", "factormin", "factormax", "stability_limit"})
 
 
 # --- Linear multistep ----------------------------------------------------------------------------------------
@@ -332,11 +362,11 @@ def adaptive_flow(
       :class:`AdaptiveFlowState`; ``update`` returns ``θ_new - θ``.
     """
     check_learning_rate(learning_rate, allow_zero=True)
-    integrator_ = flow_integrator(
-        h, r, p, q, eps, eps_root=eps_root, integrator=integrator, initial_time=initial_time, initial_v=initial_v,
-        init_from_gradient=init_from_gradient, scheduled=callable(learning_rate),
-    )  # fmt: skip
-    return as_optimizer(integrator_, learning_rate)
+    system = flow_integrator(
+        h, r, p, q, eps=eps, eps_root=eps_root, integrator=integrator, initial_time=initial_time,
+        initial_v=initial_v, init_from_gradient=init_from_gradient, scheduled=callable(learning_rate),
+    )
+    return as_optimizer(system, learning_rate)
 
 
 def adam_flow(

@@ -118,12 +118,25 @@ LOOKAHEAD_PARAMS = ParamsLayout(wrap=_synced, gradient_point=operator.attrgetter
 """``optax.LookaheadParams``, synced, the slow parameters in buffers of their own; gradients at the fast ones."""
 
 
+FAMILIES: Mapping[str, str] = types.MappingProxyType({
+    "runge_kutta": "Explicit Runge–Kutta",
+    "step_size_control": "Adaptive step sizes",
+    "multistep": "Implicit and multistep",
+    "flows": "The adaptive-algorithm flows",
+    "wrappers": "Wrappers and the route from an integrator",
+    "optax": "optax baselines",
+})
+"""The kinds of optimizer, by key: each entry names one (:attr:`OptimizerEntry.family`)."""
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class OptimizerEntry:
     """One optimizer constructor and what a caller needs to know to use and compare it.
 
     Attributes:
       name: the constructor's public name (``flowopt.<name>``).
+      family: its kind, a key of :data:`FAMILIES` (the section of the API
+        pages that documents it).
       constructor: returns an ``optax.GradientTransformationExtraArgs``.
       description: one line: the method and its equation or source.
       cost: ``arguments -> gradient evaluations per update`` (``None`` when
@@ -140,6 +153,7 @@ class OptimizerEntry:
     """
 
     name: str
+    family: str
     constructor: Callable[..., optax.GradientTransformation]
     description: str
     cost: Callable[[Arguments], int | None]
@@ -150,6 +164,8 @@ class OptimizerEntry:
     params_layout: ParamsLayout = MODEL_PARAMS
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"{self.name}: family must be one of {tuple(FAMILIES)}, got {self.family!r}.")
         object.__setattr__(self, "test_arguments", types.MappingProxyType(dict(self.test_arguments)))
 
     def arguments(self, **arguments: Any) -> dict[str, Any]:
@@ -211,7 +227,7 @@ def _named_runge_kutta(constructor: Callable[..., optax.GradientTransformation],
                        description: str, learning_rate: float) -> OptimizerEntry:
     count = _stages(tableau)
     return OptimizerEntry(
-        name=constructor.__name__, constructor=constructor, description=description,
+        name=constructor.__name__, family="runge_kutta", constructor=constructor, description=description,
         cost=lambda arguments: count, cost_formula=str(count), oracle=lambda arguments: count > 1,
         test_arguments={"learning_rate": learning_rate},
     )  # fmt: skip
@@ -224,10 +240,42 @@ def _flow_member(constructor: Callable[..., optax.GradientTransformation], descr
                  learning_rate: float) -> OptimizerEntry:
     """A named member of the adaptive-algorithm family (its cost set by ``integrator``)."""
     return OptimizerEntry(
-        name=constructor.__name__, constructor=constructor, description=description,
+        name=constructor.__name__, family="flows", constructor=constructor, description=description,
         cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
         test_arguments={"learning_rate": learning_rate},
     )
+
+def _adaptive_pair(constructor: Callable[..., optax.GradientTransformation], description: str,
+                   test_arguments: Arguments) -> OptimizerEntry:
+    """An embedded pair under step-size control: every attempt evaluates all its stages."""
+    return OptimizerEntry(
+        name=constructor.__name__, family="step_size_control", constructor=constructor, description=description,
+        cost=lambda arguments: _stages(arguments["tableau"], embedded=True),
+        cost_formula="stages s of tableau per attempt: 1 + (s - 1) × attempts", oracle=lambda arguments: True,
+        test_arguments=test_arguments, static_args=("max_attempts",),
+    )
+
+
+def _proximal(constructor: Callable[..., optax.GradientTransformation], description: str, test_arguments: Arguments,
+              *, start_up: str = "", static_args: tuple[str, ...] = ()) -> OptimizerEntry:
+    """An implicit method solved by ``inner_steps`` gradient steps on its proximal subproblem."""
+    return OptimizerEntry(
+        name=constructor.__name__, family="multistep", constructor=constructor, description=description,
+        cost=lambda arguments: 1 + arguments["inner_steps"], cost_formula=f"1 + inner_steps{start_up}",
+        oracle=lambda arguments: True, test_arguments=test_arguments, static_args=(*static_args, "inner_steps"),
+    )
+
+
+def _wrapper(constructor: Callable[..., optax.GradientTransformation], description: str, *, wraps: str,
+             test_arguments: Arguments, oracle: Callable[[Arguments], bool | None] = lambda arguments: None,
+             extra_cost: str = "", **fields: Any) -> OptimizerEntry:
+    """A constructor that wraps the optimizer or integrator ``wraps`` names: it costs what that one does."""
+    return OptimizerEntry(
+        name=constructor.__name__, family="wrappers", constructor=constructor, description=description,
+        cost=lambda arguments: None, cost_formula=f"that of {wraps}{extra_cost}", oracle=oracle,
+        test_arguments=test_arguments, **fields,
+    )
+
 
 _EXPLICIT_RATE = 2e-3  # below 2/L on Rosenbrock's function (L ≈ 1002 at its minimum)
 
@@ -241,59 +289,34 @@ _ENTRIES = (
     _named_runge_kutta(rk4, tableaus.RK4, "Classical fourth-order Runge–Kutta.", _EXPLICIT_RATE),
     _named_runge_kutta(rk38, tableaus.RK38, "Kutta's 3/8 rule, order 4.", _EXPLICIT_RATE),
     OptimizerEntry(
-        name="runge_kutta", constructor=runge_kutta,
+        name="runge_kutta", family="runge_kutta", constructor=runge_kutta,
         description="Fixed-step explicit Runge–Kutta of any ButcherTableau.",
         cost=lambda arguments: _stages(arguments["tableau"]), cost_formula="stages of tableau that its weights use",
         oracle=lambda arguments: _stages(arguments["tableau"]) > 1,
         test_arguments={"tableau": tableaus.DOPRI5, "learning_rate": _EXPLICIT_RATE},
     ),
+    _adaptive_pair(adaptive_runge_kutta,
+                   "Embedded Runge–Kutta pair with a PI step-size controller and step rejection.",
+                   {"tableau": tableaus.BOSH3, "learning_rate": 1e-3, "rtol": 1e-3, "atol": 1e-6}),
+    _adaptive_pair(minibatch_adaptive_runge_kutta,
+                   "adaptive_runge_kutta for minibatch oracles: step bounds required, growth smoothed.",
+                   {"tableau": tableaus.HEUN_EULER, "learning_rate": 1e-3, "rtol": 1e-3, "atol": 1e-6,
+                    "dtmin": 1e-4, "dtmax": 1e-2}),
     OptimizerEntry(
-        name="adaptive_runge_kutta", constructor=adaptive_runge_kutta,
-        description="Embedded Runge–Kutta pair with a PI step-size controller and step rejection.",
-        cost=lambda arguments: _stages(arguments["tableau"], embedded=True),
-        cost_formula="stages s of tableau per attempt: 1 + (s - 1) × attempts",
-        oracle=lambda arguments: True,
-        test_arguments={"tableau": tableaus.BOSH3, "learning_rate": 1e-3, "rtol": 1e-3, "atol": 1e-6},
-        static_args=("max_attempts",),
-    ),
-    OptimizerEntry(
-        name="minibatch_adaptive_runge_kutta", constructor=minibatch_adaptive_runge_kutta,
-        description="adaptive_runge_kutta for minibatch oracles: step bounds required, growth smoothed.",
-        cost=lambda arguments: _stages(arguments["tableau"], embedded=True),
-        cost_formula="stages s of tableau per attempt: 1 + (s - 1) × attempts",
-        oracle=lambda arguments: True,
-        test_arguments={
-            "tableau": tableaus.HEUN_EULER, "learning_rate": 1e-3, "rtol": 1e-3, "atol": 1e-6,
-            "dtmin": 1e-4, "dtmax": 1e-2,
-        },
-        static_args=("max_attempts",),
-    ),
-    OptimizerEntry(
-        name="adams_bashforth", constructor=adams_bashforth,
+        name="adams_bashforth", family="multistep", constructor=adams_bashforth,
         description="Explicit Adams–Bashforth of order 1–4 on stored gradients.",
         cost=lambda arguments: 1, cost_formula="1 (start-up steps: those of a Runge–Kutta method of that order)",
         oracle=lambda arguments: arguments["startup"] == "high_order" and arguments["order"] > 1,
         test_arguments={"order": 2, "learning_rate": 8e-4},
         static_args=("order",),
     ),
+    _proximal(backward_euler, "Approximate backward Euler: a proximal-point step solved by inner gradient steps.",
+              {"learning_rate": 0.05, "inner_steps": 3}),
+    _proximal(bdf, "Approximate BDF of order 1–6 (Huang et al.), solved by inner gradient steps.",
+              {"order": 2, "learning_rate": 0.05, "inner_steps": 3}, start_up=" (start-up steps: more)",
+              static_args=("order",)),
     OptimizerEntry(
-        name="backward_euler", constructor=backward_euler,
-        description="Approximate backward Euler: a proximal-point step solved by inner gradient steps.",
-        cost=lambda arguments: 1 + arguments["inner_steps"], cost_formula="1 + inner_steps",
-        oracle=lambda arguments: True,
-        test_arguments={"learning_rate": 0.05, "inner_steps": 3},
-        static_args=("inner_steps",),
-    ),
-    OptimizerEntry(
-        name="bdf", constructor=bdf,
-        description="Approximate BDF of order 1–6 (Huang et al.), solved by inner gradient steps.",
-        cost=lambda arguments: 1 + arguments["inner_steps"], cost_formula="1 + inner_steps (start-up steps: more)",
-        oracle=lambda arguments: True,
-        test_arguments={"order": 2, "learning_rate": 0.05, "inner_steps": 3},
-        static_args=("order", "inner_steps"),
-    ),
-    OptimizerEntry(
-        name="adaptive_flow", constructor=adaptive_flow,
+        name="adaptive_flow", family="flows", constructor=adaptive_flow,
         description="The adaptive-algorithm ODE θ' = -m/(√(v+ε_root)+ε), m' = h∇f - rm, v' = p∇f² - qv.",
         cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
         test_arguments={"h": 1.0, "r": 1.0, "p": 1.0, "q": 1.0, "learning_rate": 1e-2, "integrator": tableaus.HEUN},
@@ -306,32 +329,19 @@ _ENTRIES = (
     _flow_member(nesterov_flow,
                  "Su–Boyd–Candès's Nesterov ODE θ'' + (r₀/t)θ' + ∇f = 0; Euler: optax.sgd with momentum 1 - r₀/(k+1).",
                  learning_rate=1e-3),
-    OptimizerEntry(
-        name="guard_nonfinite", constructor=guard_nonfinite,
-        description="Wraps an optimizer: a step with a non-finite stage or result is rejected and counted.",
-        cost=lambda arguments: None, cost_formula="that of inner", oracle=lambda arguments: None,
-        test_arguments={"inner": rk4(_EXPLICIT_RATE)},
-    ),
-    OptimizerEntry(
-        name="as_optimizer", constructor=as_optimizer,
-        description="Wraps a pure Integrator step as an optax transformation.",
-        cost=lambda arguments: None, cost_formula="that of integrator",
-        oracle=lambda arguments: arguments["integrator"].needs_oracle,
-        test_arguments={"integrator": explicit_runge_kutta(tableaus.RALSTON), "learning_rate": _EXPLICIT_RATE},
-    ),
-    OptimizerEntry(
-        name="check_oracle", constructor=check_oracle,
-        description="Wraps an integrator: its first stage against the oracle at params, a mismatch raised or counted.",
-        cost=lambda arguments: None, cost_formula="that of inner, plus 1", oracle=lambda arguments: True,
-        test_arguments={"inner": rk4(_EXPLICIT_RATE)},
-    ),
-    OptimizerEntry(
-        name="lookahead", constructor=lookahead,
-        description="optax.lookahead (Zhang et al.) with the oracle forwarded to the fast optimizer.",
-        cost=lambda arguments: None, cost_formula="that of fast_optimizer", oracle=lambda arguments: None,
-        test_arguments={"fast_optimizer": rk4(_EXPLICIT_RATE), "sync_period": 2, "slow_step_size": 0.5},
-        static_args=("sync_period",), params_layout=LOOKAHEAD_PARAMS,
-    ),
+    _wrapper(guard_nonfinite, "Wraps an optimizer: a step with a non-finite stage or result is rejected and counted.",
+             wraps="inner", test_arguments={"inner": rk4(_EXPLICIT_RATE)}),
+    _wrapper(as_optimizer, "Wraps a pure Integrator step as an optax transformation.", wraps="integrator",
+             test_arguments={"integrator": explicit_runge_kutta(tableaus.RALSTON), "learning_rate": _EXPLICIT_RATE},
+             oracle=lambda arguments: arguments["integrator"].needs_oracle),
+    _wrapper(check_oracle,
+             "Wraps an integrator: its first stage against the oracle at params, a mismatch raised or counted.",
+             wraps="inner", extra_cost=", plus 1", test_arguments={"inner": rk4(_EXPLICIT_RATE)},
+             oracle=lambda arguments: True),
+    _wrapper(lookahead, "optax.lookahead (Zhang et al.) with the oracle forwarded to the fast optimizer.",
+             wraps="fast_optimizer",
+             test_arguments={"fast_optimizer": rk4(_EXPLICIT_RATE), "sync_period": 2, "slow_step_size": 0.5},
+             static_args=("sync_period",), params_layout=LOOKAHEAD_PARAMS),
 )
 
 OPTIMIZERS: Mapping[str, OptimizerEntry] = types.MappingProxyType({entry.name: entry for entry in _ENTRIES})
@@ -361,7 +371,7 @@ def _optax_baseline(target: Callable[..., optax.GradientTransformation], name: s
     constructor.__name__ = constructor.__qualname__ = name
     constructor.__doc__ = description
     return OptimizerEntry(
-        name=name, constructor=constructor, description=description,
+        name=name, family="optax", constructor=constructor, description=description,
         cost=lambda arguments: 1, cost_formula="1", oracle=lambda arguments: False,
         test_arguments={"learning_rate": learning_rate},
     )

@@ -41,7 +41,7 @@ import optax
 
 from flowopt.core.checks import check_integer, check_range
 from flowopt.core.oracle import _scalar_checked, check_updates_match, conjugate_if_complex, resolve_oracle
-from flowopt.core.types import GradFn, Params
+from flowopt.core.types import Params
 from flowopt.guard import _check_transformation
 
 _CHECK = "flowopt.check_oracle"
@@ -128,17 +128,13 @@ def check_oracle(
         return CheckOracleState(oracle_evals, mismatches, jnp.zeros([], jnp.float32), inner.init(params))
 
     def update_fn(
-        updates: optax.Updates,
-        state: CheckOracleState,
-        params: Params | None = None,
-        *,
-        value_fn: Callable[[Params], jax.Array] | None = None,
-        grad_fn: GradFn | None = None,
-        full_params: Params | None = None,
-        **extra_args: Any,
+        updates: optax.Updates, state: CheckOracleState, params: Params | None = None, **extra_args: Any
     ) -> tuple[optax.Updates, CheckOracleState]:
         check_updates_match(_CHECK, updates, params)
-        oracle = resolve_oracle(_CHECK, params, value_fn, grad_fn, full_params=full_params)
+        oracle = resolve_oracle(
+            _CHECK, params, extra_args.get("value_fn"), extra_args.get("grad_fn"),
+            full_params=extra_args.get("full_params"),
+        )
         reference = oracle(params)
         gap = optax.tree.norm(optax.tree.sub(updates, reference))
         scale = jnp.maximum(optax.tree.norm(updates), optax.tree.norm(reference))
@@ -146,8 +142,6 @@ def check_oracle(
         difference = jnp.where(scale > 0, gap / jnp.where(scale > 0, scale, 1), 0).astype(jnp.float32)
         if raise_on_mismatch:
             _raise_on_mismatch(mismatch, difference, rtol, atol)
-        oracle_args = {"value_fn": value_fn, "grad_fn": grad_fn, "full_params": full_params}
-        extra_args.update({key: value for key, value in oracle_args.items() if value is not None})
         updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         return updates, CheckOracleState(
             oracle_evals=state.oracle_evals + 1,

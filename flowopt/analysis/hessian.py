@@ -80,6 +80,20 @@ def hessian_vector_product(value_fn: ValueFn, params: Params, vector: Params) ->
     return product
 
 
+class TraceEstimate(NamedTuple):
+    """A Monte-Carlo estimate and its standard error (sample std / √samples)."""
+
+    trace: jax.Array
+    standard_error: jax.Array
+
+
+class ExtremeEigenvalues(NamedTuple):
+    """Extreme Hessian eigenvalues at each point of a trajectory (arrays over its leading axis)."""
+
+    lambda_min: jax.Array
+    lambda_max: jax.Array
+
+
 class LanczosResult(NamedTuple):
     """Ritz values of ``m`` Lanczos steps and their a-posteriori error bounds.
 
@@ -270,19 +284,7 @@ def _extreme_eigenvalues(value_fn, params, key, *, num_iterations):
     return result.ritz_values[0], result.ritz_values[-1]
 
 
-class TraceEstimate(NamedTuple):
-    """A Monte-Carlo estimate and its standard error (sample std / √samples)."""
-
-    trace: jax.Array
-    standard_error: jax.Array
-
-
-def hutchinson_trace(
-    value_fn: ValueFn,
-    params: Params,
-    num_samples: int = 64,
-    key: jax.Array | None = None,
-) -> TraceEstimate:
+def hutchinson_trace(value_fn: ValueFn, params: Params, num_samples: int = 64, key: jax.Array | None = None) -> TraceEstimate:
     """Hutchinson's estimate ``tr ∇²f ≈ (1/S) Σ_s v_sᵀ ∇²f v_s`` with Rademacher ``v_s``.
 
     Unbiased, with variance ``2(‖∇²f‖_F² - Σ_i (∇²f)_ii²)/S`` (Hutchinson 1989).
@@ -312,18 +314,8 @@ def _hutchinson_trace(value_fn, params, key, *, num_samples):
     return TraceEstimate(samples.mean(), samples.std(ddof=1) / jnp.sqrt(samples.size))
 
 
-class ExtremeEigenvalues(NamedTuple):
-    """Extreme Hessian eigenvalues at each point of a trajectory (arrays over its leading axis)."""
-
-    lambda_min: jax.Array
-    lambda_max: jax.Array
-
-
 def spectrum_along(
-    value_fn: ValueFn,
-    trajectory: Params,
-    num_iterations: int = 64,
-    key: jax.Array | None = None,
+    value_fn: ValueFn, trajectory: Params, num_iterations: int = 64, key: jax.Array | None = None
 ) -> ExtremeEigenvalues:
     """:func:`extreme_eigenvalues` at every point of ``trajectory``.
 

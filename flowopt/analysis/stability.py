@@ -21,7 +21,6 @@ is stable on every quadratic with curvature at most ``L``. Hairer & Wanner,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -29,7 +28,8 @@ import numpy as np
 
 from flowopt.multistep.coefficients import ADAMS_BASHFORTH_COEFFICIENTS, BDF_COEFFICIENTS
 from flowopt.rk import tableaus
-from flowopt.rk.tableau import ButcherTableau, check_tableau
+from flowopt.rk.stability import first_unstable, runge_kutta_crossings, stability_polynomial
+from flowopt.rk.tableau import ButcherTableau
 
 
 class LinearMultistep(NamedTuple):
@@ -142,20 +142,6 @@ def _name(method: Method) -> str:
     return method if isinstance(method, str) else method.name
 
 
-def stability_polynomial(tableau: ButcherTableau) -> np.ndarray:
-    """Coefficients ``[1, bᵀ𝟙, bᵀA𝟙, ..., bᵀA^{s-1}𝟙]`` of ``R(z)``, lowest degree first.
-
-    ``(I - zA)⁻¹ = Σ_k (zA)^k`` terminates because ``A`` is nilpotent.
-    """
-    check_tableau(tableau)
-    coefficients = [1.0]
-    power = np.ones(tableau.num_stages)
-    for _ in range(tableau.num_stages):
-        coefficients.append(float(tableau.b @ power))
-        power = tableau.a @ power
-    return np.trim_zeros(np.array(coefficients), "b")
-
-
 def stability_function(tableau: ButcherTableau) -> Callable[[np.ndarray], np.ndarray]:
     """``R(z) = 1 + z bᵀ(I - zA)⁻¹𝟙`` of an explicit tableau, vectorised over complex ``z``."""
     coefficients = stability_polynomial(tableau)
@@ -221,47 +207,10 @@ def stability_interval(method: Method) -> float:
     """
     resolved = _resolve(method)
     if isinstance(resolved, ButcherTableau):
-        crossings = _runge_kutta_crossings(resolved)
+        crossings = runge_kutta_crossings(resolved)
     else:
         crossings = _multistep_crossings(resolved)
-    return _first_unstable(lambda x: is_stable(resolved, -x), crossings)
-
-
-def _first_unstable(stable_at: Callable[[float], bool], crossings: np.ndarray) -> float:
-    """Walk the intervals between the points where stability can change; return the first loss."""
-    points = np.concatenate([[0.0], np.unique(crossings[crossings > 1e-12])])
-    for left, right in zip(points[:-1], points[1:]):
-        if not stable_at(0.5 * (left + right)):
-            return float(left)
-    last = points[-1]
-    return math.inf if stable_at(2.0 * last + 1.0) else float(last)
-
-
-def _runge_kutta_crossings(tableau: ButcherTableau) -> np.ndarray:
-    """Positive ``x`` with ``R(-x) = ±1``: the only places ``|R(-x)| ≤ 1`` can change."""
-    polynomial = stability_polynomial(tableau)
-    coefficients = polynomial * (-1.0) ** np.arange(len(polynomial))
-    crossings = []
-    for target in (1.0, -1.0):
-        shifted = coefficients.copy()
-        shifted[0] -= target
-        if len(np.trim_zeros(shifted, "b")) < 2:
-            continue
-        roots = np.polynomial.polynomial.polyroots(np.trim_zeros(shifted, "b"))
-        real = roots[np.abs(roots.imag) <= 1e-9 * np.maximum(1.0, np.abs(roots))].real
-        crossings.extend(_polish(lambda x: np.polynomial.polynomial.polyval(x, shifted), r) for r in real)
-    return np.array(crossings)
-
-
-def _polish(function: Callable[[float], float], root: float) -> float:
-    """Newton refinement of a polynomial root, kept only if it improves the residual."""
-    import scipy.optimize
-
-    try:
-        polished = scipy.optimize.newton(function, root, tol=1e-15, maxiter=20)
-    except RuntimeError:
-        return root
-    return float(polished) if abs(function(polished)) <= abs(function(root)) else root
+    return first_unstable(lambda x: is_stable(resolved, -x), crossings)
 
 
 def _boundary_locus(method: LinearMultistep, phi: np.ndarray) -> np.ndarray:

@@ -156,19 +156,21 @@ def flow_integrator(
     r: CoefficientLike,
     p: CoefficientLike,
     q: CoefficientLike,
-    eps: float = 1e-8,
     *,
-    eps_root: float = 0.0,
-    integrator: ButcherTableau | None = None,
-    initial_time: float = 0.0,
-    initial_v: float = 0.0,
-    init_from_gradient: bool = False,
-    scheduled: bool = False,
+    eps: float,
+    eps_root: float,
+    integrator: ButcherTableau | None,
+    initial_time: float,
+    initial_v: float,
+    init_from_gradient: bool,
+    scheduled: bool,
 ) -> Integrator:
-    """The :class:`~flowopt.Integrator` of the system with coefficients ``h, r, p, q``; see :func:`flowopt.adaptive_flow`.
+    """The :class:`~flowopt.Integrator` of the system with coefficients ``h, r, p, q``.
 
-    ``scheduled`` says whether the step will come from a schedule: the time
-    is then the running sum of the steps taken, otherwise ``t₀ + n·s``.
+    The arguments are those of :func:`flowopt.adaptive_flow` (which holds
+    their defaults); ``scheduled`` says whether the step will come from a
+    schedule: the time is then the running sum of the steps taken, otherwise
+    ``t₀ + n·s``.
     """
     coefficients = _Coefficients(*(_as_coefficient(name, c) for name, c in zip("hrpq", (h, r, p, q))))
     if (coefficients.h is None) != (coefficients.r is None):

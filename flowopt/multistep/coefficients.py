@@ -28,34 +28,16 @@ ADAMS_BASHFORTH_COEFFICIENTS: dict[int, tuple[Fraction, ...]] = {
 
 # order -> ((a_1, ..., a_τ), β) in  θ_{n+1} + Σ_j a_j θ_{n+1-j} = -β h ∇f(θ_{n+1}).
 BDF_COEFFICIENTS: dict[int, tuple[tuple[Fraction, ...], Fraction]] = {
-    1: ((Fraction(-1),), Fraction(1)),
-    2: ((Fraction(-4, 3), Fraction(1, 3)), Fraction(2, 3)),
-    3: ((Fraction(-18, 11), Fraction(9, 11), Fraction(-2, 11)), Fraction(6, 11)),
-    4: (
-        (Fraction(-48, 25), Fraction(36, 25), Fraction(-16, 25), Fraction(3, 25)),
-        Fraction(12, 25),
-    ),
-    5: (
-        (
-            Fraction(-300, 137),
-            Fraction(300, 137),
-            Fraction(-200, 137),
-            Fraction(75, 137),
-            Fraction(-12, 137),
-        ),
-        Fraction(60, 137),
-    ),
-    6: (
-        (
-            Fraction(-120, 49),
-            Fraction(150, 49),
-            Fraction(-400, 147),
-            Fraction(75, 49),
-            Fraction(-24, 49),
-            Fraction(10, 147),
-        ),
-        Fraction(20, 49),
-    ),
+    # Written as numerators over the common denominator d of each order.
+    order: (tuple(Fraction(a, d) for a in numerators), Fraction(beta, d))
+    for order, (numerators, beta, d) in {
+        1: ((-1,), 1, 1),
+        2: ((-4, 1), 2, 3),
+        3: ((-18, 9, -2), 6, 11),
+        4: ((-48, 36, -16, 3), 12, 25),
+        5: ((-300, 300, -200, 75, -12), 60, 137),
+        6: ((-360, 450, -400, 225, -72, 10), 60, 147),
+    }.items()
 }
 
 STARTUPS = ("high_order", "lower_order")

@@ -102,12 +102,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flowopt.analysis.stability import stability_interval
 from flowopt.core.checks import check_integer
 from flowopt.core.integrator import Integrator, IntegratorState, oracle_evaluations
 from flowopt.core.trees import linear_combination, tree_all_finite
 from flowopt.core.types import GradFn, Params
 from flowopt.guard import GuardState, guard_counts
+from flowopt.rk.stability import real_stability_interval
 from flowopt.rk.stages import gradient_stages, oracle_calls
 from flowopt.rk.step_size import PIController, StepSizeState, error_order, scaled_error_norm
 from flowopt.rk.tableau import ButcherTableau, check_tableau
@@ -228,7 +228,7 @@ def adaptive_step(
     if controller.stability_limit is None:
         stiffness = jnp.zeros([], norm.dtype)
     else:
-        stiffness = (stage_stiffness(tableau, ks) / stability_interval(tableau)).astype(norm.dtype)
+        stiffness = (stage_stiffness(tableau, ks) / real_stability_interval(tableau)).astype(norm.dtype)
     accepted, next_state = controller.adapt(
         state, norm, finite, error_order(tableau), None if controller.stability_limit is None else stiffness
     )

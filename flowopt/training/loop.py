@@ -217,7 +217,7 @@ def train(
     out = Path(output_dir) if output_dir is not None else None
     lock = checkpointer = None
     try:
-        opened = OpenedRun(None, setup.state, Progress(), MetricsLog(None), legacy=False)
+        opened = OpenedRun(None, setup.state, Progress.start(), MetricsLog(None), legacy=False)
         if out is not None:
             if jax.process_index() == 0:
                 make_run_dir(out)

@@ -23,18 +23,24 @@ class Progress:
       time_s: training time up to the last checkpoint, in seconds.
     """
 
-    epoch: int = 0
-    batch: int = 0
-    loss_sum: float = 0.0
-    correct: int = 0
-    count: int = 0
-    last_cost: int | None = None
-    time_s: float = 0.0
+    epoch: int
+    batch: int
+    loss_sum: float
+    correct: int
+    count: int
+    last_cost: int | None
+    time_s: float
+
+    @classmethod
+    def start(cls) -> Progress:
+        """The progress of a run that has not taken a step."""
+        return cls(epoch=0, batch=0, loss_sum=0.0, correct=0, count=0, last_cost=None, time_s=0.0)
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Progress:
-        """The progress a checkpoint recorded (fields it lacks keep their initial values)."""
-        return cls(**{field.name: record[field.name] for field in dataclasses.fields(cls) if field.name in record})
+        """The progress a checkpoint recorded (fields it lacks keep their values from :meth:`start`)."""
+        known = {field.name: record[field.name] for field in dataclasses.fields(cls) if field.name in record}
+        return dataclasses.replace(cls.start(), **known)
 
     def to_record(self) -> dict[str, Any]:
         """The JSON record a checkpoint stores."""

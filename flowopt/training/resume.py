@@ -101,7 +101,7 @@ def open_run(
     if overwrite and writer:
         _remove_run(out)
     checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
-    progress = Progress()
+    progress = Progress.start()
     resume_step = None
     legacy = False
     try:
