@@ -84,9 +84,16 @@ def run(config: Config, report: Report) -> None:
 
         def theirs(y0, solver=solver, controller=controller, max_steps=max_steps):
             solution = diffrax.diffeqsolve(
-                term, solver, 0.0, end, first_step, y0, stepsize_controller=controller,
-                saveat=diffrax.SaveAt(t1=True), max_steps=max_steps,
-            )  # fmt: skip
+                term,
+                solver,
+                0.0,
+                end,
+                first_step,
+                y0,
+                stepsize_controller=controller,
+                saveat=diffrax.SaveAt(t1=True),
+                max_steps=max_steps,
+            )
             y1 = jax.tree.map(lambda x: x[-1], solution.ys)
             return y1, solution.stats["num_accepted_steps"], solution.stats["num_rejected_steps"]
 
@@ -96,17 +103,28 @@ def run(config: Config, report: Report) -> None:
         gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(y_ours), jax.tree.leaves(y_theirs)))
         times = interleaved(
             {"flowopt": timed(ours_jit, params0), "diffrax": timed(theirs_jit, params0)},
-            config.repeats, config.block_seconds,
-        )  # fmt: skip
+            config.repeats,
+            config.block_seconds,
+        )
         mode = f"adaptive rtol={config.rtol:g} atol={config.atol:g}" if adaptive else f"{config.fixed_steps} fixed steps"
-        report.add(judged(Row(
-            section="2b. anchors: diffrax.diffeqsolve",
-            model=f"logistic-regression flow ({num_params(params0):,} params, {config.samples} samples), t ∈ [0, {end:g}]",
-            method=f"{method} vs diffrax.{solver_name}, {mode}",
-            metric="flowopt time / diffrax time",
-            value=times["flowopt"].best / times["diffrax"].best,
-            value_median=times["flowopt"].median / times["diffrax"].median,
-            method_ms=1e3 * times["flowopt"].best, baseline_ms=1e3 * times["diffrax"].best,
-            note=(f"steps accepted/rejected flowopt {int(steps_ours)}/{int(rejected_ours)}, "
-                  f"diffrax {int(steps_theirs)}/{int(rejected_theirs)}; max |θ_flowopt(T) - θ_diffrax(T)| = {gap:.1e}"),
-        ), at_most(1.0)))  # fmt: skip
+        report.add(
+            judged(
+                Row(
+                    section="2b. anchors: diffrax.diffeqsolve",
+                    model=(
+                        f"logistic-regression flow ({num_params(params0):,} params, {config.samples} samples), t ∈ [0, {end:g}]"
+                    ),
+                    method=f"{method} vs diffrax.{solver_name}, {mode}",
+                    metric="flowopt time / diffrax time",
+                    value=times["flowopt"].best / times["diffrax"].best,
+                    value_median=times["flowopt"].median / times["diffrax"].median,
+                    method_ms=1e3 * times["flowopt"].best,
+                    baseline_ms=1e3 * times["diffrax"].best,
+                    note=(
+                        f"steps accepted/rejected flowopt {int(steps_ours)}/{int(rejected_ours)}, "
+                        f"diffrax {int(steps_theirs)}/{int(rejected_theirs)}; max |θ_flowopt(T) - θ_diffrax(T)| = {gap:.1e}"
+                    ),
+                ),
+                at_most(1.0),
+            )
+        )

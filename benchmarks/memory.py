@@ -30,8 +30,13 @@ from benchmarks.timing import compile_step, train_step
 from flowopt import tableaus
 from flowopt.rk.stages import needed_stages
 
-TABLEAUS = {"euler": tableaus.EULER, "heun": tableaus.HEUN, "rk3": tableaus.RK3, "rk4": tableaus.RK4,
-            "dopri5-fixed": tableaus.DOPRI5}  # fmt: skip
+TABLEAUS = {
+    "euler": tableaus.EULER,
+    "heun": tableaus.HEUN,
+    "rk3": tableaus.RK3,
+    "rk4": tableaus.RK4,
+    "dopri5-fixed": tableaus.DOPRI5,
+}
 
 
 class Config(NamedTuple):
@@ -88,26 +93,38 @@ def _memory(config: Config, report: Report) -> None:
         for name, donate in variants:
             tx = methods.build(name)
             state = tx.init(problem.params)
-            compiled = compile_step(train_step(tx, problem.loss), problem.params, state, problem.batch,
-                                    donate=(0, 1) if donate else ())  # fmt: skip
+            compiled = compile_step(
+                train_step(tx, problem.loss), problem.params, state, problem.batch, donate=(0, 1) if donate else ()
+            )
             stats = compiled.memory
             if stats is None:
                 report.note(f"memory analysis unavailable on this backend ({spec}).")
                 return
-            peak = (stats.argument_size_in_bytes - batch + stats.output_size_in_bytes
-                    - stats.alias_size_in_bytes + stats.temp_size_in_bytes)  # fmt: skip
+            peak = (
+                stats.argument_size_in_bytes
+                - batch
+                + stats.output_size_in_bytes
+                - stats.alias_size_in_bytes
+                + stats.temp_size_in_bytes
+            )
             peaks[(name, donate)] = peak
             base = peaks.get(("optax.sgd", True), peak)
             minimum = minimum_buffers(name)
-            parts = (f"args {(stats.argument_size_in_bytes - batch) / size:.2f}P, out {stats.output_size_in_bytes / size:.2f}P, "
-                     f"aliased {stats.alias_size_in_bytes / size:.2f}P, temp {stats.temp_size_in_bytes / size:.2f}P")  # fmt: skip
-            report.add(Row(
-                section="3. memory per step (multiples of parameter bytes P)",
-                model=f"{label} (P = {size / 2**20:.2f} MiB)", method=name + ("" if donate else " (no donation)"),
-                metric="peak / P", value=peak / size,
-                note=f"{parts}; peak / SGD's {peak / base:.2f}; minimum live buffers {minimum}; "
-                     f"measured − minimum {peak / size - minimum:+.2f}P; compile {compiled.compile_seconds:.2f} s",
-            ))  # fmt: skip
+            parts = (
+                f"args {(stats.argument_size_in_bytes - batch) / size:.2f}P, out {stats.output_size_in_bytes / size:.2f}P, "
+                f"aliased {stats.alias_size_in_bytes / size:.2f}P, temp {stats.temp_size_in_bytes / size:.2f}P"
+            )
+            report.add(
+                Row(
+                    section="3. memory per step (multiples of parameter bytes P)",
+                    model=f"{label} (P = {size / 2**20:.2f} MiB)",
+                    method=name + ("" if donate else " (no donation)"),
+                    metric="peak / P",
+                    value=peak / size,
+                    note=f"{parts}; peak / SGD's {peak / base:.2f}; minimum live buffers {minimum}; "
+                    f"measured − minimum {peak / size - minimum:+.2f}P; compile {compiled.compile_seconds:.2f} s",
+                )
+            )
 
 
 def _compile_times(report: Report, compile_seconds: dict) -> None:
@@ -115,8 +132,14 @@ def _compile_times(report: Report, compile_seconds: dict) -> None:
     for (model, name), seconds in compile_seconds.items():
         if name == "optax.sgd":
             continue
-        report.add(Row(
-            section="3b. compile time", model=DESCRIPTIONS[model], method=name,
-            metric="compile time / SGD step's", value=seconds / sgd_compile[model],
-            method_ms=1e3 * seconds, baseline_ms=1e3 * sgd_compile[model],
-        ))  # fmt: skip
+        report.add(
+            Row(
+                section="3b. compile time",
+                model=DESCRIPTIONS[model],
+                method=name,
+                metric="compile time / SGD step's",
+                value=seconds / sgd_compile[model],
+                method_ms=1e3 * seconds,
+                baseline_ms=1e3 * sgd_compile[model],
+            )
+        )

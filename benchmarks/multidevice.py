@@ -73,10 +73,16 @@ def measure(config: Config) -> list[dict]:
         gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(final, reference)) / scale
         run = timed(compiled.call, params, state, batch)
         seconds = interleaved({"step": run}, config.repeats, config.block_seconds)["step"].best
-        results.append({
-            "devices": n, "flops": float(compiled.cost.get("flops", float("nan"))), "gap": gap,
-            "seconds": seconds, "source": source, "input_sharding": str(batch[0].sharding.spec),
-        })  # fmt: skip
+        results.append(
+            {
+                "devices": n,
+                "flops": float(compiled.cost.get("flops", float("nan"))),
+                "gap": gap,
+                "seconds": seconds,
+                "source": source,
+                "input_sharding": str(batch[0].sharding.spec),
+            }
+        )
     return results
 
 
@@ -96,13 +102,24 @@ def run(config: Config, report: Report) -> None:
     section = f"5. data parallel on host CPU devices (RK4, {config.model}, global batch {config.batch_size})"
     for result in results:
         n = result["devices"]
-        report.add(judged(Row(
-            section=section, model=f"{n} device(s), batch per device {config.batch_size // n}", method="rk4",
-            metric="per-device flops × devices / 1-device flops", value=result["flops"] * n / single["flops"],
-            method_ms=1e3 * result["seconds"], baseline_ms=1e3 * single["seconds"],
-            note=(f"max |θ_n - θ_1| / max |θ_1| after {config.steps} steps = {result['gap']:.1e}; "
-                  f"per-device GFLOP {result['flops'] / 1e9:.3f}; step sharded by {result['source']}"),
-        ), at_most(1.05)))  # fmt: skip
+        report.add(
+            judged(
+                Row(
+                    section=section,
+                    model=f"{n} device(s), batch per device {config.batch_size // n}",
+                    method="rk4",
+                    metric="per-device flops × devices / 1-device flops",
+                    value=result["flops"] * n / single["flops"],
+                    method_ms=1e3 * result["seconds"],
+                    baseline_ms=1e3 * single["seconds"],
+                    note=(
+                        f"max |θ_n - θ_1| / max |θ_1| after {config.steps} steps = {result['gap']:.1e}; "
+                        f"per-device GFLOP {result['flops'] / 1e9:.3f}; step sharded by {result['source']}"
+                    ),
+                ),
+                at_most(1.05),
+            )
+        )
         if result["gap"] > 1e-5:
             report.note(f"{n}-device result differs from the single-device one by {result['gap']:.1e} (relative).")
 

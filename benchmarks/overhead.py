@@ -60,11 +60,19 @@ def _report(report: Report, model: str, batch_size: int, runners, times, size: i
             continue
         t = times[name]
         if name == "A/A":
-            report.add(Row(
-                section="1. step-time overhead", model=label, batch_size=batch_size, method="A/A: optax.sgd again",
-                metric="time / sgd step (noise control)", value=t.best / sgd.best, value_median=t.median / sgd.median,
-                method_ms=1e3 * t.best, baseline_ms=1e3 * sgd.best,
-            ))  # fmt: skip
+            report.add(
+                Row(
+                    section="1. step-time overhead",
+                    model=label,
+                    batch_size=batch_size,
+                    method="A/A: optax.sgd again",
+                    metric="time / sgd step (noise control)",
+                    value=t.best / sgd.best,
+                    value_median=t.median / sgd.median,
+                    method_ms=1e3 * t.best,
+                    baseline_ms=1e3 * sgd.best,
+                )
+            )
             continue
         if name == "adam_flow":
             base, section = times["optax.adam"], "2a. anchors: optax"
@@ -75,14 +83,36 @@ def _report(report: Report, model: str, batch_size: int, runners, times, size: i
             base, section = sgd, "1. step-time overhead"
             metric = f"time / ({evals:g} × sgd step)"
             target = at_most(OVERHEAD_TARGET)
-        report.add(judged(Row(
-            section=section, model=label, batch_size=batch_size, method=name, metric=metric,
-            value=t.best / (evals * base.best), value_median=t.median / (evals * base.median),
-            method_ms=1e3 * t.best, baseline_ms=1e3 * base.best,
-        ), target))  # fmt: skip
+        report.add(
+            judged(
+                Row(
+                    section=section,
+                    model=label,
+                    batch_size=batch_size,
+                    method=name,
+                    metric=metric,
+                    value=t.best / (evals * base.best),
+                    value_median=t.median / (evals * base.median),
+                    method_ms=1e3 * t.best,
+                    baseline_ms=1e3 * base.best,
+                ),
+                target,
+            )
+        )
         if name == "euler":
-            report.add(judged(Row(
-                section="2a. anchors: optax", model=label, batch_size=batch_size, method="euler",
-                metric="time / optax.sgd time", value=t.best / sgd.best, value_median=t.median / sgd.median,
-                method_ms=1e3 * t.best, baseline_ms=1e3 * sgd.best,
-            ), within(1.0, 0.02)))  # fmt: skip
+            report.add(
+                judged(
+                    Row(
+                        section="2a. anchors: optax",
+                        model=label,
+                        batch_size=batch_size,
+                        method="euler",
+                        metric="time / optax.sgd time",
+                        value=t.best / sgd.best,
+                        value_median=t.median / sgd.median,
+                        method_ms=1e3 * t.best,
+                        baseline_ms=1e3 * sgd.best,
+                    ),
+                    within(1.0, 0.02),
+                )
+            )

@@ -14,9 +14,19 @@ from pathlib import Path
 import jax
 
 FIELDS = (
-    "section", "model", "batch_size", "method", "metric", "value", "value_median",
-    "target", "status", "method_ms", "baseline_ms", "note",
-)  # fmt: skip
+    "section",
+    "model",
+    "batch_size",
+    "method",
+    "metric",
+    "value",
+    "value_median",
+    "target",
+    "status",
+    "method_ms",
+    "baseline_ms",
+    "note",
+)
 
 
 @dataclasses.dataclass

@@ -49,12 +49,15 @@ def configs(size: str) -> dict:
             multidevice=multidevice.Config(2, "logreg", 32, 2, 2, 0.01),
             rk4_overhead=overhead.Config({"logreg": (32,)}, ("rk4",), (), 3, 0.01),
             implicit=implicit.Config("logreg", 32, IMPLICIT_METHODS, 3, 0.01),
-        )  # fmt: skip
+        )
     if size == "cpu":
         return dict(
             overhead=overhead.Config(
                 {"logreg": (32, 256, 1024), "mlp": (32, 128, 512), "cnn": (32, 128), "resnet20": (32,)},
-                INTEGRATORS, ("mlp", "cnn"), 9, 0.06,
+                INTEGRATORS,
+                ("mlp", "cnn"),
+                9,
+                0.06,
             ),
             diffrax=diffrax_anchor.Config(256, 10.0, 50, 1e-4, 1e-6, diffrax_anchor.CASES, 5, 0.03),
             memory=memory.Config(("elementwise-1000000", "mlp-32"), MEMORY_METHODS),
@@ -62,12 +65,15 @@ def configs(size: str) -> dict:
             multidevice=multidevice.Config(8, "mlp", 256, 3, 3, 0.03),
             rk4_overhead=overhead.Config({"mlp": (128,), "cnn": (128,)}, ("rk4",), (), 7, 0.05),
             implicit=implicit.Config("cnn", 128, IMPLICIT_METHODS, 7, 0.5),
-        )  # fmt: skip
+        )
     batches = (32, 128, 512, 1024)
     return dict(
         overhead=overhead.Config(
             {"logreg": batches, "mlp": batches, "cnn": batches, "resnet20": (32, 256, 1024)},
-            INTEGRATORS, ("logreg", "mlp", "cnn", "resnet20"), 10, 0.02,
+            INTEGRATORS,
+            ("logreg", "mlp", "cnn", "resnet20"),
+            10,
+            0.02,
         ),
         diffrax=diffrax_anchor.Config(1024, 10.0, 50, 1e-4, 1e-6, diffrax_anchor.CASES, 10, 0.02),
         memory=memory.Config(("elementwise-10000000", "mlp-32"), MEMORY_METHODS),
@@ -75,7 +81,7 @@ def configs(size: str) -> dict:
         multidevice=multidevice.Config(8, "mlp", 256, 3, 3, 0.02),
         rk4_overhead=overhead.Config({"mlp": (128,), "cnn": (128,)}, ("rk4",), (), 10, 0.02),
         implicit=implicit.Config("cnn", 128, IMPLICIT_METHODS, 10, 0.02),
-    )  # fmt: skip
+    )
 
 
 def main(argv: list[str] | None = None) -> Report:

@@ -62,21 +62,37 @@ def _parameters(config: Config, report: Report) -> None:
         for name in names:
             times[name].append(measured[name].best)
         rk4, sgd = measured["rk4"], measured["optax.sgd"]
-        report.add(judged(Row(
-            section=section, model=f"{size:.0e} params", method="rk4", metric="time / (4 × sgd step)",
-            value=rk4.best / (4 * sgd.best), value_median=rk4.median / (4 * sgd.median),
-            method_ms=1e3 * rk4.best, baseline_ms=1e3 * sgd.best,
-        ), at_most(1.03)))  # fmt: skip
+        report.add(
+            judged(
+                Row(
+                    section=section,
+                    model=f"{size:.0e} params",
+                    method="rk4",
+                    metric="time / (4 × sgd step)",
+                    value=rk4.best / (4 * sgd.best),
+                    value_median=rk4.median / (4 * sgd.median),
+                    method_ms=1e3 * rk4.best,
+                    baseline_ms=1e3 * sgd.best,
+                ),
+                at_most(1.03),
+            )
+        )
     fit = slice(len(config.sizes) - config.fit_points, None)
     log_size = np.log10(config.sizes)[fit]
     base_slope, _ = _slope(log_size, np.log10(times["optax.sgd"])[fit])
     span = f"{config.sizes[fit][0]:.0e}–{config.sizes[-1]:.0e}"
     for name in names:
         slope, r2 = _slope(log_size, np.log10(times[name])[fit])
-        report.add(Row(
-            section=section, model=f"fit over {span} params", method=name, metric="log-log slope of time vs size",
-            value=slope, note=f"R² {r2:.3f}; slope / SGD's {slope / base_slope:.3f} (1 for linear growth)",
-        ))  # fmt: skip
+        report.add(
+            Row(
+                section=section,
+                model=f"fit over {span} params",
+                method=name,
+                metric="log-log slope of time vs size",
+                value=slope,
+                note=f"R² {r2:.3f}; slope / SGD's {slope / base_slope:.3f} (1 for linear growth)",
+            )
+        )
 
 
 def _evaluations(config: Config, report: Report, problem: Problem) -> None:
@@ -87,8 +103,10 @@ def _bdf(config: Config, report: Report, problem: Problem) -> None:
     if not config.bdf_inner:
         return
     # Backward Euler (BDF-1) with a fixed inner step, so every inner iteration is one oracle call.
-    txs = {f"bdf1 inner {n}": flowopt.bdf(1, methods.LEARNING_RATE, inner_steps=n, inner_learning_rate=methods.LEARNING_RATE)
-           for n in config.bdf_inner}  # fmt: skip
+    txs = {
+        f"bdf1 inner {n}": flowopt.bdf(1, methods.LEARNING_RATE, inner_steps=n, inner_learning_rate=methods.LEARNING_RATE)
+        for n in config.bdf_inner
+    }
     _fit_evaluations(config, report, problem, txs)
 
 
@@ -103,12 +121,18 @@ def _fit_evaluations(config: Config, report: Report, problem: Problem, txs: dict
     units = [measured[n].best / sgd for n in names]
     slope, r2 = _slope(evals, units)
     intercept = float(np.mean(units) - slope * np.mean(evals))
-    report.add(judged(Row(
-        section="4b. scaling with gradient evaluations per step",
-        model=f"{DESCRIPTIONS[config.stages_model]}, batch {config.stages_batch}",
-        method=", ".join(f"{n} ({e:g})" for n, e in zip(names, evals)),
-        metric="β: SGD steps per extra gradient", value=slope,
-        note=f"t = α + β·evals in SGD steps: α = {intercept:+.3f}, R² = {r2:.4f}; "
-             + ", ".join(f"{n} {u:.2f}" for n, u in zip(names, units)),
-        baseline_ms=1e3 * sgd,
-    ), at_most(1.03)))  # fmt: skip
+    report.add(
+        judged(
+            Row(
+                section="4b. scaling with gradient evaluations per step",
+                model=f"{DESCRIPTIONS[config.stages_model]}, batch {config.stages_batch}",
+                method=", ".join(f"{n} ({e:g})" for n, e in zip(names, evals)),
+                metric="β: SGD steps per extra gradient",
+                value=slope,
+                note=f"t = α + β·evals in SGD steps: α = {intercept:+.3f}, R² = {r2:.4f}; "
+                + ", ".join(f"{n} {u:.2f}" for n, u in zip(names, units)),
+                baseline_ms=1e3 * sgd,
+            ),
+            at_most(1.03),
+        )
+    )

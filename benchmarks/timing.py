@@ -124,7 +124,7 @@ def interleaved(runners: dict[str, Callable[[int], float]], repeats: int, block_
     samples: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             samples[name].append(runners[name](counts[name]))
     return {name: Timing(min(s), statistics.median(s)) for name, s in samples.items()}
 

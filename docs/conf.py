@@ -58,8 +58,7 @@ autodoc_preserve_defaults = True
 add_module_names = False
 # Keep optax's aliases as written instead of expanding them into long unions.
 autodoc_type_aliases = {
-    name: name
-    for name in ("optax.ScalarOrSchedule", "optax.Schedule", "optax.Params", "optax.Updates", "optax.OptState")
+    name: name for name in ("optax.ScalarOrSchedule", "optax.Schedule", "optax.Params", "optax.Updates", "optax.OptState")
 }
 
 # Every reference to a flowopt object must resolve (-n). References into other

@@ -45,8 +45,7 @@ def _check_output(output: Path) -> None:
         with tempfile.TemporaryFile(dir=output, prefix=".flowopt-write-test-"):
             pass
     except OSError as error:
-        raise ValueError(f"argument --output: {output} is not a writable directory: {error.strerror or error}.") \
-            from error
+        raise ValueError(f"argument --output: {output} is not a writable directory: {error.strerror or error}.") from error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Run a flowopt study; finished runs are kept and reused while their configuration matches.",
     )
     parser.add_argument("study", choices=sorted(STUDIES))
-    parser.add_argument("--config", default="cpu",
-                        help=f"a configuration the study ships ({', '.join(CONFIG_NAMES)}, ...) or a JSON file")
+    parser.add_argument(
+        "--config", default="cpu", help=f"a configuration the study ships ({', '.join(CONFIG_NAMES)}, ...) or a JSON file"
+    )
     parser.add_argument("--output", default=None, help="default: results/<study>/<config>")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         check_config(study, config, source)
     except ConfigFileError as error:
         parser.error(f"argument --config: {error}")
-    output = Path(args.output).expanduser() if args.output is not None else (
-        Path("results") / args.study / config["config_name"])
+    output = Path(args.output).expanduser() if args.output is not None else (Path("results") / args.study / config["config_name"])
     try:
         _check_output(output)
     except ValueError as error:

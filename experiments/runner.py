@@ -288,9 +288,7 @@ def load_config(study: str, config: str) -> dict[str, Any]:
     try:
         settings = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ConfigFileError(
-            f"{path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}."
-        ) from error
+        raise ConfigFileError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}.") from error
     if not isinstance(settings, dict):
         raise ConfigFileError(f"{path} must hold a JSON object of settings, got {type(settings).__name__}.")
     settings.setdefault("config_name", path.stem)
@@ -391,10 +389,16 @@ def _set_aside(run_dir: Path, output_dir: Path) -> Path:
 
 def _record(study: Study, spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
     """What is stored to recognise a run: its full configuration, its settings and the study's configuration."""
-    return json.loads(json.dumps({
-        "run_config": full_run_config(study, spec, config), "settings": spec.settings,
-        "study_config": {k: v for k, v in config.items() if k not in _DESCRIPTIVE},
-    }, sort_keys=True))
+    return json.loads(
+        json.dumps(
+            {
+                "run_config": full_run_config(study, spec, config),
+                "settings": spec.settings,
+                "study_config": {k: v for k, v in config.items() if k not in _DESCRIPTIVE},
+            },
+            sort_keys=True,
+        )
+    )
 
 
 def _changes(study: Study, stored: dict[str, Any], current: dict[str, Any]) -> list[str] | None:
@@ -409,8 +413,10 @@ def _changes(study: Study, stored: dict[str, Any], current: dict[str, Any]) -> l
         return _differences(stored["run_config"], current["run_config"])
     if "study_config" not in stored:
         return None
-    return _differences({"settings": stored.get("settings"), "config": stored["study_config"]},
-                        {"settings": current["settings"], "config": current["study_config"]})
+    return _differences(
+        {"settings": stored.get("settings"), "config": stored["study_config"]},
+        {"settings": current["settings"], "config": current["study_config"]},
+    )
 
 
 def _stale_reason(study: Study, run_dir: Path, record: dict[str, Any]) -> tuple[str | None, dict | None]:
@@ -437,8 +443,9 @@ def _stale_reason(study: Study, run_dir: Path, record: dict[str, Any]) -> tuple[
     return None, None
 
 
-def run_study(study: Study, config: dict[str, Any], output_dir: Path, progress: bool = True,
-              source: str | os.PathLike | None = None) -> dict[str, dict]:
+def run_study(
+    study: Study, config: dict[str, Any], output_dir: Path, progress: bool = True, source: str | os.PathLike | None = None
+) -> dict[str, dict]:
     """Execute every planned run not yet finished, then summarise; returns ``{key: result}``.
 
     A finished run is reused only when its stored configuration matches the
@@ -482,12 +489,13 @@ def run_study(study: Study, config: dict[str, Any], output_dir: Path, progress: 
         _write_json(done, result)
         results[spec.key] = json.loads(done.read_text())  # as a resumed study sees it
     if unchecked:
-        print(f"{study.name}: reused {len(unchecked)} run(s) recorded without their full configuration "
-              f"({', '.join(unchecked)}): their settings match, study-level values could not be compared; "
-              "delete their directories under runs/ to run them again.")
+        print(
+            f"{study.name}: reused {len(unchecked)} run(s) recorded without their full configuration "
+            f"({', '.join(unchecked)}): their settings match, study-level values could not be compared; "
+            "delete their directories under runs/ to run them again."
+        )
     if skipped:
         reasons = sorted(set(skipped.values()))
-        print(f"{study.name}: skipped {len(skipped)} of {len(specs)} runs, their data is unavailable here: "
-              + " ".join(reasons))
+        print(f"{study.name}: skipped {len(skipped)} of {len(specs)} runs, their data is unavailable here: " + " ".join(reasons))
     study.summarize(config, results, output_dir)
     return results

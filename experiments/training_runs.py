@@ -41,15 +41,21 @@ _CONFIG_KEYS = tuple(name for name in TrainConfig.field_names() if name not in _
 def train_schema(*required: str, optimizer: bool = False) -> dict[str, Any]:
     """The schema of a study's ``train`` block: TrainConfig fields plus the data subset; ``required`` budgets."""
     schema: dict[str, Any] = {
-        "model": runner.one_of(*MODELS), "dataset": runner.one_of(*DATASET_NAMES),
+        "model": runner.one_of(*MODELS),
+        "dataset": runner.one_of(*DATASET_NAMES),
         "batch_size": runner.POSITIVE_INT,
-        "epochs": runner.optional(runner.POSITIVE_INT), "steps": runner.optional(runner.POSITIVE_INT),
+        "epochs": runner.optional(runner.POSITIVE_INT),
+        "steps": runner.optional(runner.POSITIVE_INT),
         "grad_evals": runner.optional(runner.POSITIVE_INT),
-        "train_subset": runner.optional(runner.POSITIVE_INT), "test_subset": runner.optional(runner.POSITIVE_INT),
-        "weight_decay": runner.optional(runner.NON_NEGATIVE), "schedule": runner.optional(runner.one_of(*SCHEDULES)),
-        "warmup_steps": runner.optional(runner.NON_NEGATIVE_INT), "augment": runner.optional(runner.BOOL, True),
+        "train_subset": runner.optional(runner.POSITIVE_INT),
+        "test_subset": runner.optional(runner.POSITIVE_INT),
+        "weight_decay": runner.optional(runner.NON_NEGATIVE),
+        "schedule": runner.optional(runner.one_of(*SCHEDULES)),
+        "warmup_steps": runner.optional(runner.NON_NEGATIVE_INT),
+        "augment": runner.optional(runner.BOOL, True),
         "model_options": runner.optional(runner.MapOf(runner.ANY)),
-        "eval_batch_size": runner.optional(runner.POSITIVE_INT), "eval_train": runner.optional(runner.BOOL),
+        "eval_batch_size": runner.optional(runner.POSITIVE_INT),
+        "eval_train": runner.optional(runner.BOOL),
         "checkpoint_every": runner.optional(runner.POSITIVE_INT),
     }
     if optimizer:
@@ -62,8 +68,14 @@ def train_schema(*required: str, optimizer: bool = False) -> dict[str, Any]:
 def _train_config(settings: dict[str, Any]) -> TrainConfig:
     """The TrainConfig of a run's settings (raises ConfigError)."""
     values = {key: settings[key] for key in _CONFIG_KEYS if key in settings}
-    return TrainConfig.from_dict({**values, "dataset": settings["dataset"],
-                                  "optimizer_options": dict(settings.get("optimizer_options") or {}), "progress": False})
+    return TrainConfig.from_dict(
+        {
+            **values,
+            "dataset": settings["dataset"],
+            "optimizer_options": dict(settings.get("optimizer_options") or {}),
+            "progress": False,
+        }
+    )
 
 
 def check_train_run(settings: dict[str, Any], build_optimizer: bool = True) -> None:
@@ -74,8 +86,10 @@ def check_train_run(settings: dict[str, Any], build_optimizer: bool = True) -> N
     try:
         config = _train_config(settings)
         size = nominal_train_size(config.dataset)
-        for key, full in (("train_subset", size), ("test_subset", SPECS[config.dataset].num_test
-                                                    if config.dataset in SPECS else None)):
+        for key, full in (
+            ("train_subset", size),
+            ("test_subset", SPECS[config.dataset].num_test if config.dataset in SPECS else None),
+        ):
             subset = settings.get(key)
             if subset is not None and full is not None and subset > full:
                 raise ValueError(f"{key}: {key} {subset} exceeds the {full} examples of {config.dataset}.")
@@ -104,9 +118,12 @@ def get_dataset(name: str, train_subset: int | None = None, test_subset: int | N
     test_idx = np.sort(rng.permutation(len(dataset.x_test))[: test_subset or len(dataset.x_test)])
     label = f"{dataset.label}, {len(train_idx)} train / {len(test_idx)} test images"
     return dataclasses.replace(
-        dataset, label=label,
-        x_train=dataset.x_train[train_idx], y_train=dataset.y_train[train_idx],
-        x_test=dataset.x_test[test_idx], y_test=dataset.y_test[test_idx],
+        dataset,
+        label=label,
+        x_train=dataset.x_train[train_idx],
+        y_train=dataset.y_train[train_idx],
+        x_test=dataset.x_test[test_idx],
+        y_test=dataset.y_test[test_idx],
     )
 
 

@@ -24,14 +24,33 @@ _FLAX_NAMES = {  # need flax (pip install 'flowopt[flax]'): imported on first ac
 
 __all__ = [
     *alias.__all__,
-    "accumulated_oracle", "AccumulatedOracle", "adam_coefficient", "adam_flow_converges", "adaptive_step",
-    "AdaptiveFlowState", "AdaptiveState", "analysis", "as_optimizer", "ButcherTableau", "check_oracle",
-    "CheckOracleState", "guard_counts", "guard_nonfinite", "GuardState", "Integrator", "IntegratorState",
-    "lookahead", "oracle_evaluations", "PIController", "registry",
-    "skipped_steps", "step_diagnostics", "tableaus",
+    "accumulated_oracle",
+    "AccumulatedOracle",
+    "adam_coefficient",
+    "adam_flow_converges",
+    "adaptive_step",
+    "AdaptiveFlowState",
+    "AdaptiveState",
+    "analysis",
+    "as_optimizer",
+    "ButcherTableau",
+    "check_oracle",
+    "CheckOracleState",
+    "guard_counts",
+    "guard_nonfinite",
+    "GuardState",
+    "Integrator",
+    "IntegratorState",
+    "lookahead",
+    "oracle_evaluations",
+    "PIController",
+    "registry",
+    "skipped_steps",
+    "step_diagnostics",
+    "tableaus",
     *_FLAX_NAMES,
     *_LAZY_SUBMODULES,
-]  # fmt: skip
+]
 
 __version__ = "0.1.0"
 

@@ -71,9 +71,7 @@ __all__ = [
 # --- Explicit Runge–Kutta -----------------------------------------------------------------------------------
 
 
-def runge_kutta(
-    tableau: ButcherTableau, learning_rate: optax.ScalarOrSchedule
-) -> optax.GradientTransformationExtraArgs:
+def runge_kutta(tableau: ButcherTableau, learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
     """Fixed-step explicit Runge–Kutta descent along ``θ' = -∇f(θ)``.
 
     ``k_i = ∇f(θ - h Σ_{j<i} a_ij k_j)``, ``Δθ = -h Σ_i b_i k_i``: one
@@ -205,10 +203,8 @@ def adaptive_runge_kutta(
             "initial step and must be a number, not a schedule."
         )
     check_learning_rate(learning_rate)
-    controller = PIController(
-        rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff, safety=safety, factormin=factormin,
-        factormax=factormax, dtmin=dtmin, dtmax=dtmax, smoothing=smoothing, stability_limit=stability_limit,
-    )  # fmt: skip
+    # The controller options in the order of its fields.
+    controller = PIController(rtol, atol, pcoeff, icoeff, safety, factormin, factormax, dtmin, dtmax, smoothing, stability_limit)
     return as_optimizer(adaptive_integrator(tableau, controller, learning_rate, max_attempts))
 
 
@@ -221,8 +217,13 @@ def minibatch_adaptive_runge_kutta(
     dtmin: float,
     dtmax: float,
     smoothing: float = 0.9,
+    stability_limit: float | None = 1.2,
     max_attempts: int = 1,
-    **controller_options: Any,
+    pcoeff: float = 0.4,
+    icoeff: float = 0.3,
+    safety: float = 0.9,
+    factormin: float = 0.2,
+    factormax: float = 10.0,
 ) -> optax.GradientTransformationExtraArgs:
     """:func:`adaptive_runge_kutta` for a minibatch oracle: step bounds required, growth smoothed.
 
@@ -230,27 +231,15 @@ def minibatch_adaptive_runge_kutta(
     and retries use it); ``dtmin``/``dtmax`` bound the step and ``smoothing``
     damps the batch-to-batch jitter of accepted proposals. The tolerance then
     controls the error of each step along that batch's flow only, not the
-    error against the full-batch flow; see :mod:`flowopt.rk.adaptive`.
-    ``controller_options`` are the other options of
-    :func:`adaptive_runge_kutta` (``pcoeff``, ``icoeff``, ``safety``,
-    ``factormin``, ``factormax``, ``stability_limit``), with its defaults.
+    error against the full-batch flow; see :mod:`flowopt.rk.adaptive`. The
+    other options are those of :func:`adaptive_runge_kutta`, with its defaults.
     """
     for bound_name, bound in (("dtmin", dtmin), ("dtmax", dtmax)):
         if bound is None:
             raise ValueError(f"minibatch_adaptive_runge_kutta needs a finite step bound {bound_name}.")
-    unknown = sorted(set(controller_options) - _CONTROLLER_OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"minibatch_adaptive_runge_kutta got unknown option(s) {', '.join(unknown)}; "
-            f"its controller options are {', '.join(sorted(_CONTROLLER_OPTIONS))}."
-        )
-    return adaptive_runge_kutta(
-        tableau, learning_rate=learning_rate, rtol=rtol, atol=atol, dtmin=dtmin, dtmax=dtmax, smoothing=smoothing,
-        max_attempts=max_attempts, **controller_options,
-    )
-
-
-_CONTROLLER_OPTIONS = frozenset({"pcoeff", "icoeff", "safety", "factormin", "factormax", "stability_limit"})
+    controller = {"pcoeff": pcoeff, "icoeff": icoeff, "safety": safety, "factormin": factormin, "factormax": factormax}
+    options = {"smoothing": smoothing, "stability_limit": stability_limit, "max_attempts": max_attempts, **controller}
+    return adaptive_runge_kutta(tableau, learning_rate=learning_rate, rtol=rtol, atol=atol, dtmin=dtmin, dtmax=dtmax, **options)
 
 
 # --- Linear multistep ----------------------------------------------------------------------------------------
@@ -362,11 +351,9 @@ def adaptive_flow(
       :class:`AdaptiveFlowState`; ``update`` returns ``θ_new - θ``.
     """
     check_learning_rate(learning_rate, allow_zero=True)
-    system = flow_integrator(
-        h, r, p, q, eps=eps, eps_root=eps_root, integrator=integrator, initial_time=initial_time,
-        initial_v=initial_v, init_from_gradient=init_from_gradient, scheduled=callable(learning_rate),
-    )
-    return as_optimizer(system, learning_rate)
+    scheduled = callable(learning_rate)
+    flow = flow_integrator(h, r, p, q, eps, eps_root, integrator, initial_time, initial_v, init_from_gradient, scheduled)
+    return as_optimizer(flow, learning_rate)
 
 
 def adam_flow(
@@ -416,7 +403,12 @@ def adam_flow(
         init_from_gradient = integrator is not None
     g1, g2 = adam_coefficient(b1, timescale), adam_coefficient(b2, timescale)
     return adaptive_flow(
-        g1, g1, g2, g2, learning_rate, eps,
+        g1,
+        g1,
+        g2,
+        g2,
+        learning_rate,
+        eps,
         eps_root=eps_root,
         integrator=integrator,
         initial_time=timescale if init_from_gradient else 0.0,
@@ -454,10 +446,7 @@ def rmsprop_flow(
         outside_eps, root_eps = jnp.where(eps_in_sqrt, 0.0, eps), jnp.where(eps_in_sqrt, eps, 0.0)
     else:
         outside_eps, root_eps = (0.0, eps) if inside else (eps, 0.0)
-    return adaptive_flow(
-        None, None, rate, rate, learning_rate, outside_eps, eps_root=root_eps, integrator=integrator,
-        initial_v=initial_scale,
-    )
+    return _without_first_moment(rate, rate, learning_rate, outside_eps, root_eps, initial_scale, integrator)
 
 
 def adagrad_flow(
@@ -479,10 +468,20 @@ def adagrad_flow(
     """
     check_positive("eps", eps)
     timescale = reference_rate("adagrad_flow", learning_rate, reference_learning_rate)
-    return adaptive_flow(
-        None, None, 1.0 / timescale, 0.0, learning_rate, 0.0, eps_root=eps,
-        integrator=integrator, initial_v=initial_accumulator_value,
-    )
+    return _without_first_moment(1.0 / timescale, 0.0, learning_rate, 0.0, eps, initial_accumulator_value, integrator)
+
+
+def _without_first_moment(
+    p: CoefficientLike,
+    q: CoefficientLike,
+    learning_rate: optax.ScalarOrSchedule,
+    eps: Any,
+    eps_root: Any,
+    initial_v: float,
+    integrator: ButcherTableau | None,
+) -> optax.GradientTransformationExtraArgs:
+    """A flow without a first moment (RMSProp's, AdaGrad's): ``θ' = -∇f/(sqrt(v + ε_root) + ε)``, ``v' = p∇f² - qv``."""
+    return adaptive_flow(None, None, p, q, learning_rate, eps, eps_root=eps_root, integrator=integrator, initial_v=initial_v)
 
 
 def heavy_ball_flow(
@@ -529,6 +528,11 @@ def nesterov_flow(
     """
     check_positive("damping", damping)
     return adaptive_flow(
-        1.0, lambda t: damping / t, None, None, sqrt_step(learning_rate),
-        integrator=integrator, initial_time=initial_time,
+        1.0,
+        lambda t: damping / t,
+        None,
+        None,
+        sqrt_step(learning_rate),
+        integrator=integrator,
+        initial_time=initial_time,
     )

@@ -105,9 +105,7 @@ def _reject_nonfinite_steps(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def guard_nonfinite(
-    inner: optax.GradientTransformation, *, check_loss: bool = False
-) -> optax.GradientTransformationExtraArgs:
+def guard_nonfinite(inner: optax.GradientTransformation, *, check_loss: bool = False) -> optax.GradientTransformationExtraArgs:
     """Wrap ``inner`` so that a non-finite step returns zero updates and is counted.
 
     ``update(grads, state, params, value_fn=..., grad_fn=...)`` returns the
@@ -146,9 +144,7 @@ def guard_nonfinite(
     if not isinstance(check_loss, (bool, np.bool_)):
         raise ValueError(f"guard_nonfinite: check_loss must be True or False, got {check_loss!r}.")
     inner = optax.with_extra_args_support(inner)
-    return optax.apply_if_finite(
-        _reject_nonfinite_steps(inner, check_loss), max_consecutive_errors=_NEVER_GIVE_UP
-    )
+    return optax.apply_if_finite(_reject_nonfinite_steps(inner, check_loss), max_consecutive_errors=_NEVER_GIVE_UP)
 
 
 def _check_transformation(inner: Any, wrapper: str, argument: str = "inner") -> None:
@@ -162,8 +158,7 @@ def _check_transformation(inner: Any, wrapper: str, argument: str = "inner") -> 
         name = getattr(inner, "__name__", type(inner).__name__)
         hint = f" ({name} is a function: call it to build the optimizer, e.g. {name}(learning_rate))"
     raise ValueError(
-        f"{wrapper}: {argument} must be an optax GradientTransformation (with init and update), "
-        f"got {inner!r}{hint}."
+        f"{wrapper}: {argument} must be an optax GradientTransformation (with init and update), got {inner!r}{hint}."
     )
 
 

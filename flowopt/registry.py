@@ -118,14 +118,16 @@ LOOKAHEAD_PARAMS = ParamsLayout(wrap=_synced, gradient_point=operator.attrgetter
 """``optax.LookaheadParams``, synced, the slow parameters in buffers of their own; gradients at the fast ones."""
 
 
-FAMILIES: Mapping[str, str] = types.MappingProxyType({
-    "runge_kutta": "Explicit Runge–Kutta",
-    "step_size_control": "Adaptive step sizes",
-    "multistep": "Implicit and multistep",
-    "flows": "The adaptive-algorithm flows",
-    "wrappers": "Wrappers and the route from an integrator",
-    "optax": "optax baselines",
-})
+FAMILIES: Mapping[str, str] = types.MappingProxyType(
+    {
+        "runge_kutta": "Explicit Runge–Kutta",
+        "step_size_control": "Adaptive step sizes",
+        "multistep": "Implicit and multistep",
+        "flows": "The adaptive-algorithm flows",
+        "wrappers": "Wrappers and the route from an integrator",
+        "optax": "optax baselines",
+    }
+)
 """The kinds of optimizer, by key: each entry names one (:attr:`OptimizerEntry.family`)."""
 
 
@@ -214,143 +216,208 @@ def _stages(tableau: ButcherTableau, *, embedded: bool = False) -> int:
     return 1 + (attempt_oracle_calls(tableau) if embedded else oracle_calls(tableau, (tableau.b,)))
 
 
+class _Cost(NamedTuple):
+    """What a kind of method costs: :attr:`OptimizerEntry.cost`, ``cost_formula`` and ``oracle``."""
+
+    per_step: Callable[[Arguments], int | None]
+    formula: str
+    oracle: Callable[[Arguments], bool | None]
+
+
+def _entry(
+    constructor: Callable[..., optax.GradientTransformation],
+    family: str,
+    description: str,
+    cost: _Cost,
+    test_arguments: Arguments,
+    **fields: Any,
+) -> OptimizerEntry:
+    """The entry of ``constructor``, named after it."""
+    name = constructor.__name__
+    return OptimizerEntry(name, family, constructor, description, *cost, test_arguments, **fields)
+
+
+def _tableau_cost(tableau: ButcherTableau) -> _Cost:
+    """A fixed-step method of ``tableau``: its stages that a weight uses."""
+    count = _stages(tableau)
+    return _Cost(lambda arguments: count, str(count), lambda arguments: count > 1)
+
+
 def _flow_stages(arguments: Arguments) -> int:
     integrator = arguments["integrator"]
     return 1 if integrator is None else _stages(integrator)
 
 
-def _flow_oracle(arguments: Arguments) -> bool:
-    return _flow_stages(arguments) > 1
+def _wrapped(name: str, extra: str = "", oracle: Callable[[Arguments], bool | None] = lambda arguments: None) -> _Cost:
+    """A constructor that wraps the optimizer or integrator ``name``: it costs what that one does."""
+    return _Cost(lambda arguments: None, f"that of {name}{extra}", oracle)
 
 
-def _named_runge_kutta(constructor: Callable[..., optax.GradientTransformation], tableau: ButcherTableau,
-                       description: str, learning_rate: float) -> OptimizerEntry:
-    count = _stages(tableau)
-    return OptimizerEntry(
-        name=constructor.__name__, family="runge_kutta", constructor=constructor, description=description,
-        cost=lambda arguments: count, cost_formula=str(count), oracle=lambda arguments: count > 1,
-        test_arguments={"learning_rate": learning_rate},
-    )  # fmt: skip
-
-
-_FLOW_COST = "1 (Euler), else the stages of integrator"
-
-
-def _flow_member(constructor: Callable[..., optax.GradientTransformation], description: str,
-                 learning_rate: float) -> OptimizerEntry:
-    """A named member of the adaptive-algorithm family (its cost set by ``integrator``)."""
-    return OptimizerEntry(
-        name=constructor.__name__, family="flows", constructor=constructor, description=description,
-        cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
-        test_arguments={"learning_rate": learning_rate},
-    )
-
-def _adaptive_pair(constructor: Callable[..., optax.GradientTransformation], description: str,
-                   test_arguments: Arguments) -> OptimizerEntry:
-    """An embedded pair under step-size control: every attempt evaluates all its stages."""
-    return OptimizerEntry(
-        name=constructor.__name__, family="step_size_control", constructor=constructor, description=description,
-        cost=lambda arguments: _stages(arguments["tableau"], embedded=True),
-        cost_formula="stages s of tableau per attempt: 1 + (s - 1) × attempts", oracle=lambda arguments: True,
-        test_arguments=test_arguments, static_args=("max_attempts",),
-    )
-
-
-def _proximal(constructor: Callable[..., optax.GradientTransformation], description: str, test_arguments: Arguments,
-              *, start_up: str = "", static_args: tuple[str, ...] = ()) -> OptimizerEntry:
+def _proximal(start_up: str = "") -> _Cost:
     """An implicit method solved by ``inner_steps`` gradient steps on its proximal subproblem."""
-    return OptimizerEntry(
-        name=constructor.__name__, family="multistep", constructor=constructor, description=description,
-        cost=lambda arguments: 1 + arguments["inner_steps"], cost_formula=f"1 + inner_steps{start_up}",
-        oracle=lambda arguments: True, test_arguments=test_arguments, static_args=(*static_args, "inner_steps"),
-    )
+    return _Cost(lambda arguments: 1 + arguments["inner_steps"], f"1 + inner_steps{start_up}", lambda arguments: True)
 
 
-def _wrapper(constructor: Callable[..., optax.GradientTransformation], description: str, *, wraps: str,
-             test_arguments: Arguments, oracle: Callable[[Arguments], bool | None] = lambda arguments: None,
-             extra_cost: str = "", **fields: Any) -> OptimizerEntry:
-    """A constructor that wraps the optimizer or integrator ``wraps`` names: it costs what that one does."""
-    return OptimizerEntry(
-        name=constructor.__name__, family="wrappers", constructor=constructor, description=description,
-        cost=lambda arguments: None, cost_formula=f"that of {wraps}{extra_cost}", oracle=oracle,
-        test_arguments=test_arguments, **fields,
-    )
-
+_ANY_TABLEAU = _Cost(
+    lambda arguments: _stages(arguments["tableau"]),
+    "stages of tableau that its weights use",
+    lambda arguments: _stages(arguments["tableau"]) > 1,
+)
+_ATTEMPTS = _Cost(
+    lambda arguments: _stages(arguments["tableau"], embedded=True),
+    "stages s of tableau per attempt: 1 + (s - 1) × attempts",
+    lambda arguments: True,
+)
+_FLOW = _Cost(_flow_stages, "1 (Euler), else the stages of integrator", lambda arguments: _flow_stages(arguments) > 1)
+_HISTORY = _Cost(
+    lambda arguments: 1,
+    "1 (start-up steps: those of a Runge–Kutta method of that order)",
+    lambda arguments: arguments["startup"] == "high_order" and arguments["order"] > 1,
+)
+_ONE_GRADIENT = _Cost(lambda arguments: 1, "1", lambda arguments: False)
 
 _EXPLICIT_RATE = 2e-3  # below 2/L on Rosenbrock's function (L ≈ 1002 at its minimum)
+_RATE = {"learning_rate": _EXPLICIT_RATE}
+_RK, _ADAPTIVE, _MULTISTEP, _FLOWS, _WRAPPERS = "runge_kutta", "step_size_control", "multistep", "flows", "wrappers"
 
 _ENTRIES = (
-    _named_runge_kutta(euler, tableaus.EULER, "Forward Euler: gradient descent, identical to optax.sgd.", _EXPLICIT_RATE),
-    _named_runge_kutta(heun, tableaus.HEUN, "Heun's two-stage method, order 2.", _EXPLICIT_RATE),
-    _named_runge_kutta(ralston, tableaus.RALSTON, "Ralston's two-stage method, order 2.", _EXPLICIT_RATE),
-    _named_runge_kutta(midpoint, tableaus.MIDPOINT, "Explicit midpoint, order 2.", _EXPLICIT_RATE),
-    _named_runge_kutta(rk3, tableaus.RK3, "Kutta's third-order method.", _EXPLICIT_RATE),
-    _named_runge_kutta(ssprk3, tableaus.SSPRK3, "Strong-stability-preserving RK3 (Shu & Osher).", _EXPLICIT_RATE),
-    _named_runge_kutta(rk4, tableaus.RK4, "Classical fourth-order Runge–Kutta.", _EXPLICIT_RATE),
-    _named_runge_kutta(rk38, tableaus.RK38, "Kutta's 3/8 rule, order 4.", _EXPLICIT_RATE),
-    OptimizerEntry(
-        name="runge_kutta", family="runge_kutta", constructor=runge_kutta,
-        description="Fixed-step explicit Runge–Kutta of any ButcherTableau.",
-        cost=lambda arguments: _stages(arguments["tableau"]), cost_formula="stages of tableau that its weights use",
-        oracle=lambda arguments: _stages(arguments["tableau"]) > 1,
-        test_arguments={"tableau": tableaus.DOPRI5, "learning_rate": _EXPLICIT_RATE},
+    _entry(euler, _RK, "Forward Euler: gradient descent, identical to optax.sgd.", _tableau_cost(tableaus.EULER), _RATE),
+    _entry(heun, _RK, "Heun's two-stage method, order 2.", _tableau_cost(tableaus.HEUN), _RATE),
+    _entry(ralston, _RK, "Ralston's two-stage method, order 2.", _tableau_cost(tableaus.RALSTON), _RATE),
+    _entry(midpoint, _RK, "Explicit midpoint, order 2.", _tableau_cost(tableaus.MIDPOINT), _RATE),
+    _entry(rk3, _RK, "Kutta's third-order method.", _tableau_cost(tableaus.RK3), _RATE),
+    _entry(ssprk3, _RK, "Strong-stability-preserving RK3 (Shu & Osher).", _tableau_cost(tableaus.SSPRK3), _RATE),
+    _entry(rk4, _RK, "Classical fourth-order Runge–Kutta.", _tableau_cost(tableaus.RK4), _RATE),
+    _entry(rk38, _RK, "Kutta's 3/8 rule, order 4.", _tableau_cost(tableaus.RK38), _RATE),
+    _entry(
+        runge_kutta,
+        _RK,
+        "Fixed-step explicit Runge–Kutta of any ButcherTableau.",
+        _ANY_TABLEAU,
+        {"tableau": tableaus.DOPRI5, **_RATE},
     ),
-    _adaptive_pair(adaptive_runge_kutta,
-                   "Embedded Runge–Kutta pair with a PI step-size controller and step rejection.",
-                   {"tableau": tableaus.BOSH3, "learning_rate": 1e-3, "rtol": 1e-3, "atol": 1e-6}),
-    _adaptive_pair(minibatch_adaptive_runge_kutta,
-                   "adaptive_runge_kutta for minibatch oracles: step bounds required, growth smoothed.",
-                   {"tableau": tableaus.HEUN_EULER, "learning_rate": 1e-3, "rtol": 1e-3, "atol": 1e-6,
-                    "dtmin": 1e-4, "dtmax": 1e-2}),
-    OptimizerEntry(
-        name="adams_bashforth", family="multistep", constructor=adams_bashforth,
-        description="Explicit Adams–Bashforth of order 1–4 on stored gradients.",
-        cost=lambda arguments: 1, cost_formula="1 (start-up steps: those of a Runge–Kutta method of that order)",
-        oracle=lambda arguments: arguments["startup"] == "high_order" and arguments["order"] > 1,
-        test_arguments={"order": 2, "learning_rate": 8e-4},
+    _entry(
+        adaptive_runge_kutta,
+        _ADAPTIVE,
+        "Embedded Runge–Kutta pair with a PI step-size controller and step rejection.",
+        _ATTEMPTS,
+        {"tableau": tableaus.BOSH3, "learning_rate": 1e-3, "rtol": 1e-3, "atol": 1e-6},
+        static_args=("max_attempts",),
+    ),
+    _entry(
+        minibatch_adaptive_runge_kutta,
+        _ADAPTIVE,
+        "adaptive_runge_kutta for minibatch oracles: step bounds required, growth smoothed.",
+        _ATTEMPTS,
+        {"tableau": tableaus.HEUN_EULER, "learning_rate": 1e-3, "rtol": 1e-3, "atol": 1e-6, "dtmin": 1e-4, "dtmax": 1e-2},
+        static_args=("max_attempts",),
+    ),
+    _entry(
+        adams_bashforth,
+        _MULTISTEP,
+        "Explicit Adams–Bashforth of order 1–4 on stored gradients.",
+        _HISTORY,
+        {"order": 2, "learning_rate": 8e-4},
         static_args=("order",),
     ),
-    _proximal(backward_euler, "Approximate backward Euler: a proximal-point step solved by inner gradient steps.",
-              {"learning_rate": 0.05, "inner_steps": 3}),
-    _proximal(bdf, "Approximate BDF of order 1–6 (Huang et al.), solved by inner gradient steps.",
-              {"order": 2, "learning_rate": 0.05, "inner_steps": 3}, start_up=" (start-up steps: more)",
-              static_args=("order",)),
-    OptimizerEntry(
-        name="adaptive_flow", family="flows", constructor=adaptive_flow,
-        description="The adaptive-algorithm ODE θ' = -m/(√(v+ε_root)+ε), m' = h∇f - rm, v' = p∇f² - qv.",
-        cost=_flow_stages, cost_formula=_FLOW_COST, oracle=_flow_oracle,
-        test_arguments={"h": 1.0, "r": 1.0, "p": 1.0, "q": 1.0, "learning_rate": 1e-2, "integrator": tableaus.HEUN},
+    _entry(
+        backward_euler,
+        _MULTISTEP,
+        "Approximate backward Euler: a proximal-point step solved by inner gradient steps.",
+        _proximal(),
+        {"learning_rate": 0.05, "inner_steps": 3},
+        static_args=("inner_steps",),
     ),
-    _flow_member(adam_flow, "Adam's flow; its Euler scheme is optax.adam with the same arguments.", learning_rate=1e-2),
-    _flow_member(rmsprop_flow, "RMSProp's flow; its Euler scheme is optax.rmsprop with the same arguments.", learning_rate=3e-3),
-    _flow_member(adagrad_flow, "AdaGrad's flow; its Euler scheme is optax.adagrad with the same arguments.", learning_rate=0.5),
-    _flow_member(heavy_ball_flow, "Polyak's heavy ball θ'' + γθ' + ∇f = 0; its Euler scheme is optax.sgd with momentum.",
-                 learning_rate=1e-3),
-    _flow_member(nesterov_flow,
-                 "Su–Boyd–Candès's Nesterov ODE θ'' + (r₀/t)θ' + ∇f = 0; Euler: optax.sgd with momentum 1 - r₀/(k+1).",
-                 learning_rate=1e-3),
-    _wrapper(guard_nonfinite, "Wraps an optimizer: a step with a non-finite stage or result is rejected and counted.",
-             wraps="inner", test_arguments={"inner": rk4(_EXPLICIT_RATE)}),
-    _wrapper(as_optimizer, "Wraps a pure Integrator step as an optax transformation.", wraps="integrator",
-             test_arguments={"integrator": explicit_runge_kutta(tableaus.RALSTON), "learning_rate": _EXPLICIT_RATE},
-             oracle=lambda arguments: arguments["integrator"].needs_oracle),
-    _wrapper(check_oracle,
-             "Wraps an integrator: its first stage against the oracle at params, a mismatch raised or counted.",
-             wraps="inner", extra_cost=", plus 1", test_arguments={"inner": rk4(_EXPLICIT_RATE)},
-             oracle=lambda arguments: True),
-    _wrapper(lookahead, "optax.lookahead (Zhang et al.) with the oracle forwarded to the fast optimizer.",
-             wraps="fast_optimizer",
-             test_arguments={"fast_optimizer": rk4(_EXPLICIT_RATE), "sync_period": 2, "slow_step_size": 0.5},
-             static_args=("sync_period",), params_layout=LOOKAHEAD_PARAMS),
-)
+    _entry(
+        bdf,
+        _MULTISTEP,
+        "Approximate BDF of order 1–6 (Huang et al.), solved by inner gradient steps.",
+        _proximal(" (start-up steps: more)"),
+        {"order": 2, "learning_rate": 0.05, "inner_steps": 3},
+        static_args=("order", "inner_steps"),
+    ),
+    _entry(
+        adaptive_flow,
+        _FLOWS,
+        "The adaptive-algorithm ODE θ' = -m/(√(v+ε_root)+ε), m' = h∇f - rm, v' = p∇f² - qv.",
+        _FLOW,
+        {"h": 1.0, "r": 1.0, "p": 1.0, "q": 1.0, "learning_rate": 1e-2, "integrator": tableaus.HEUN},
+    ),
+    _entry(
+        adam_flow, _FLOWS, "Adam's flow; its Euler scheme is optax.adam with the same arguments.", _FLOW, {"learning_rate": 1e-2}
+    ),
+    _entry(
+        rmsprop_flow,
+        _FLOWS,
+        "RMSProp's flow; its Euler scheme is optax.rmsprop with the same arguments.",
+        _FLOW,
+        {"learning_rate": 3e-3},
+    ),
+    _entry(
+        adagrad_flow,
+        _FLOWS,
+        "AdaGrad's flow; its Euler scheme is optax.adagrad with the same arguments.",
+        _FLOW,
+        {"learning_rate": 0.5},
+    ),
+    _entry(
+        heavy_ball_flow,
+        _FLOWS,
+        "Polyak's heavy ball θ'' + γθ' + ∇f = 0; its Euler scheme is optax.sgd with momentum.",
+        _FLOW,
+        {"learning_rate": 1e-3},
+    ),
+    _entry(
+        nesterov_flow,
+        _FLOWS,
+        "Su–Boyd–Candès's Nesterov ODE θ'' + (r₀/t)θ' + ∇f = 0; Euler: optax.sgd with momentum 1 - r₀/(k+1).",
+        _FLOW,
+        {"learning_rate": 1e-3},
+    ),
+    _entry(
+        guard_nonfinite,
+        _WRAPPERS,
+        "Wraps an optimizer: a step with a non-finite stage or result is rejected and counted.",
+        _wrapped("inner"),
+        {"inner": rk4(_EXPLICIT_RATE)},
+    ),
+    _entry(
+        as_optimizer,
+        _WRAPPERS,
+        "Wraps a pure Integrator step as an optax transformation.",
+        _wrapped("integrator", oracle=lambda arguments: arguments["integrator"].needs_oracle),
+        {"integrator": explicit_runge_kutta(tableaus.RALSTON), **_RATE},
+    ),
+    _entry(
+        check_oracle,
+        _WRAPPERS,
+        "Wraps an integrator: its first stage against the oracle at params, a mismatch raised or counted.",
+        _wrapped("inner", ", plus 1", oracle=lambda arguments: True),
+        {"inner": rk4(_EXPLICIT_RATE)},
+    ),
+    _entry(
+        lookahead,
+        _WRAPPERS,
+        "optax.lookahead (Zhang et al.) with the oracle forwarded to the fast optimizer.",
+        _wrapped("fast_optimizer"),
+        {"fast_optimizer": rk4(_EXPLICIT_RATE), "sync_period": 2, "slow_step_size": 0.5},
+        static_args=("sync_period",),
+        params_layout=LOOKAHEAD_PARAMS,
+    ),
+)  # fmt: skip (a table: one entry per constructor)
 
 OPTIMIZERS: Mapping[str, OptimizerEntry] = types.MappingProxyType({entry.name: entry for entry in _ENTRIES})
 """Every public optimizer constructor of flowopt by name (read-only)."""
 
 
-def _optax_baseline(target: Callable[..., optax.GradientTransformation], name: str, description: str,
-                    learning_rate: float, defaults: Arguments | None = None,
-                    fixed: Arguments | None = None) -> OptimizerEntry:
+def _optax_baseline(
+    target: Callable[..., optax.GradientTransformation],
+    name: str,
+    description: str,
+    learning_rate: float,
+    defaults: Arguments | None = None,
+    fixed: Arguments | None = None,
+) -> OptimizerEntry:
     """``target`` as the baseline ``name``: ``target(learning_rate, **defaults, **options, **fixed)``.
 
     ``defaults`` replace ``target``'s defaults (an option overrides them);
@@ -364,38 +431,47 @@ def _optax_baseline(target: Callable[..., optax.GradientTransformation], name: s
 
     signature = inspect.signature(target)
     parameters = list(signature.parameters.values())
-    constructor.__signature__ = signature.replace(parameters=parameters[:1] + [
-        p.replace(kind=p.KEYWORD_ONLY, default=defaults.get(p.name, p.default))
-        for p in parameters[1:] if p.name not in fixed
-    ])
+    constructor.__signature__ = signature.replace(
+        parameters=parameters[:1]
+        + [p.replace(kind=p.KEYWORD_ONLY, default=defaults.get(p.name, p.default)) for p in parameters[1:] if p.name not in fixed]
+    )
     constructor.__name__ = constructor.__qualname__ = name
     constructor.__doc__ = description
-    return OptimizerEntry(
-        name=name, family="optax", constructor=constructor, description=description,
-        cost=lambda arguments: 1, cost_formula="1", oracle=lambda arguments: False,
-        test_arguments={"learning_rate": learning_rate},
-    )
+    return OptimizerEntry(name, "optax", constructor, description, *_ONE_GRADIENT, {"learning_rate": learning_rate})
 
 
-BASELINES: Mapping[str, OptimizerEntry] = types.MappingProxyType({entry.name: entry for entry in (
-    _optax_baseline(optax.sgd, "sgd", "optax.sgd: gradient descent (the Euler scheme of the gradient flow).",
-                    _EXPLICIT_RATE),
-    _optax_baseline(optax.sgd, "momentum", "optax.sgd with momentum 0.9 (heavy ball).", 1e-3,
-                    defaults={"momentum": 0.9}),
-    _optax_baseline(optax.sgd, "nesterov", "optax.sgd with Nesterov momentum 0.9.", 1e-3,
-                    defaults={"momentum": 0.9}, fixed={"nesterov": True}),
-    _optax_baseline(optax.adam, "adam", "optax.adam (the Euler scheme of adam_flow).", 1e-2),
-    _optax_baseline(optax.rmsprop, "rmsprop", "optax.rmsprop (the Euler scheme of rmsprop_flow).", 3e-3),
-    _optax_baseline(optax.adagrad, "adagrad", "optax.adagrad (the Euler scheme of adagrad_flow).", 0.5),
-)})
+BASELINES: Mapping[str, OptimizerEntry] = types.MappingProxyType(
+    {
+        entry.name: entry
+        for entry in (
+            _optax_baseline(
+                optax.sgd, "sgd", "optax.sgd: gradient descent (the Euler scheme of the gradient flow).", _EXPLICIT_RATE
+            ),
+            _optax_baseline(optax.sgd, "momentum", "optax.sgd with momentum 0.9 (heavy ball).", 1e-3, defaults={"momentum": 0.9}),
+            _optax_baseline(
+                optax.sgd,
+                "nesterov",
+                "optax.sgd with Nesterov momentum 0.9.",
+                1e-3,
+                defaults={"momentum": 0.9},
+                fixed={"nesterov": True},
+            ),
+            _optax_baseline(optax.adam, "adam", "optax.adam (the Euler scheme of adam_flow).", 1e-2),
+            _optax_baseline(optax.rmsprop, "rmsprop", "optax.rmsprop (the Euler scheme of rmsprop_flow).", 3e-3),
+            _optax_baseline(optax.adagrad, "adagrad", "optax.adagrad (the Euler scheme of adagrad_flow).", 0.5),
+        )
+    }
+)
 """The optax optimizers flowopt is compared with, by name (read-only): built as
 ``BASELINES[name].constructor(learning_rate, **options)``, one gradient a step, no oracle.
 Not flowopt constructors, so not in :data:`OPTIMIZERS` or its contract tests."""
 
-ORDERS: Mapping[str, range] = types.MappingProxyType({
-    "bdf": range(1, MAX_BDF_ORDER + 1),
-    "adams_bashforth": range(1, MAX_ADAMS_BASHFORTH_ORDER + 1),
-})
+ORDERS: Mapping[str, range] = types.MappingProxyType(
+    {
+        "bdf": range(1, MAX_BDF_ORDER + 1),
+        "adams_bashforth": range(1, MAX_ADAMS_BASHFORTH_ORDER + 1),
+    }
+)
 """The orders of the constructors of :data:`OPTIMIZERS` whose first argument is ``order``:
 ``bdf2`` names ``bdf`` with ``order=2`` (see :func:`resolve`)."""
 

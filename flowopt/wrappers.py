@@ -132,7 +132,10 @@ def check_oracle(
     ) -> tuple[optax.Updates, CheckOracleState]:
         check_updates_match(_CHECK, updates, params)
         oracle = resolve_oracle(
-            _CHECK, params, extra_args.get("value_fn"), extra_args.get("grad_fn"),
+            _CHECK,
+            params,
+            extra_args.get("value_fn"),
+            extra_args.get("grad_fn"),
             full_params=extra_args.get("full_params"),
         )
         reference = oracle(params)

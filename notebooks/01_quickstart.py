@@ -36,6 +36,7 @@ print("jax", jax.__version__, "on", jax.devices()[0].platform)
 # Two interleaved spirals in the plane: small enough to train in seconds on a
 # CPU, curved enough that a linear model fails.
 
+
 # %%
 def spirals(key, n_per_class=256, noise=0.15):
     t = jnp.sqrt(jax.random.uniform(key, (n_per_class,))) * 3 * jnp.pi
@@ -82,6 +83,7 @@ plt.show()
 #
 # The same step works for any optax optimizer: optax's own transformations
 # ignore the extra keyword argument.
+
 
 # %%
 @nnx.jit
@@ -135,8 +137,10 @@ sgd4_model, sgd4_optimizer, sgd4_losses = train(optax.sgd(LEARNING_RATE), 4 * ST
 rk4_oracle_calls = int(flowopt.oracle_evaluations(rk4_optimizer.opt_state))
 print(f"RK4: {STEPS} steps, {rk4_oracle_calls} oracle calls -> {STEPS + rk4_oracle_calls} gradient evaluations")
 print(f"SGD: {STEPS} steps, {int(flowopt.oracle_evaluations(sgd_optimizer.opt_state))} oracle calls")
-print(f"final full-data loss: RK4 {rk4_losses[-1]:.4f}, SGD {sgd_losses[-1]:.4f} (same steps), "
-      f"SGD {sgd4_losses[-1]:.4f} (same gradient evaluations)")
+print(
+    f"final full-data loss: RK4 {rk4_losses[-1]:.4f}, SGD {sgd_losses[-1]:.4f} (same steps), "
+    f"SGD {sgd4_losses[-1]:.4f} (same gradient evaluations)"
+)
 
 # %% [markdown]
 # The gradient evaluations of a run are its steps (one incoming gradient each)
@@ -193,18 +197,21 @@ plt.show()
 schedule = optax.cosine_decay_schedule(init_value=LEARNING_RATE, decay_steps=STEPS)
 tx = optax.chain(
     flowopt.heun(schedule),
-    optax.add_decayed_weights(-1e-4),      # decoupled weight decay on the increment
-    optax.clip_by_global_norm(0.5),        # bound the step length
+    optax.add_decayed_weights(-1e-4),  # decoupled weight decay on the increment
+    optax.clip_by_global_norm(0.5),  # bound the step length
 )
 _, chain_optimizer, chain_losses = train(tx, STEPS)
-print(f"Heun with a cosine schedule, weight decay and clipping: final loss {chain_losses[-1]:.4f}, "
-      f"{STEPS + int(flowopt.oracle_evaluations(chain_optimizer.opt_state))} gradient evaluations")
+print(
+    f"Heun with a cosine schedule, weight decay and clipping: final loss {chain_losses[-1]:.4f}, "
+    f"{STEPS + int(flowopt.oracle_evaluations(chain_optimizer.opt_state))} gradient evaluations"
+)
 
 # %% [markdown]
 # ## Without Flax
 #
 # On a plain pytree of parameters the pattern is the one of any optax
 # optimizer, plus the oracle:
+
 
 # %%
 def quadratic(params):

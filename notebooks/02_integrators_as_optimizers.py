@@ -220,9 +220,12 @@ key1, key2, key3 = jax.random.split(jax.random.key(1), 3)
 xs = jnp.linspace(-2, 2, 64)[:, None]
 ys = jnp.sin(2 * xs) + 0.3 * xs**2
 mlp0 = {
-    "w1": jax.random.normal(key1, (1, 32)), "b1": jnp.zeros(32),
-    "w2": jax.random.normal(key2, (32, 32)) / jnp.sqrt(32), "b2": jnp.zeros(32),
-    "w3": jax.random.normal(key3, (32, 1)) / jnp.sqrt(32), "b3": jnp.zeros(1),
+    "w1": jax.random.normal(key1, (1, 32)),
+    "b1": jnp.zeros(32),
+    "w2": jax.random.normal(key2, (32, 32)) / jnp.sqrt(32),
+    "b2": jnp.zeros(32),
+    "w3": jax.random.normal(key3, (32, 1)) / jnp.sqrt(32),
+    "b3": jnp.zeros(1),
 }
 
 
@@ -234,8 +237,10 @@ def mlp_loss(p):
 
 lambda_min0, lambda_max0 = analysis.extreme_eigenvalues(mlp_loss, mlp0)
 print(f"{sum(v.size for v in jax.tree.leaves(mlp0))} parameters, initial loss {float(mlp_loss(mlp0)):.4f}")
-print(f"at initialisation: λ_max = {float(lambda_max0):.3f}, λ_min = {float(lambda_min0):.4f}, "
-      f"2/λ_max = {2 / float(lambda_max0):.3f}")
+print(
+    f"at initialisation: λ_max = {float(lambda_max0):.3f}, λ_min = {float(lambda_min0):.4f}, "
+    f"2/λ_max = {2 / float(lambda_max0):.3f}"
+)
 
 # %%
 BUDGET = 1200  # gradient evaluations per run
@@ -260,12 +265,16 @@ def largest_usable(final):
 
 
 base = largest_usable(finals["euler"])
-print(f"{'method':>6} {'steps':>6} {'largest usable lr':>18} {'× 2/λ_max(0)':>13} {'ratio to euler':>15} "
-      f"{'interval ratio':>15} {'best loss':>10}")
+print(
+    f"{'method':>6} {'steps':>6} {'largest usable lr':>18} {'× 2/λ_max(0)':>13} {'ratio to euler':>15} "
+    f"{'interval ratio':>15} {'best loss':>10}"
+)
 for name in mlp_methods:
     lr_max = largest_usable(finals[name])
-    print(f"{name:>6} {BUDGET // STAGES[name]:>6} {lr_max:>18.3f} {lr_max * float(lambda_max0) / 2:>13.2f} "
-          f"{lr_max / base:>15.2f} {intervals[name] / 2:>15.3f} {finals[name].min():>10.2e}")
+    print(
+        f"{name:>6} {BUDGET // STAGES[name]:>6} {lr_max:>18.3f} {lr_max * float(lambda_max0) / 2:>13.2f} "
+        f"{lr_max / base:>15.2f} {intervals[name] / 2:>15.3f} {finals[name].min():>10.2e}"
+    )
 
 fig, ax = plt.subplots(figsize=(7, 4))
 for name in mlp_methods:
@@ -273,8 +282,9 @@ for name in mlp_methods:
     ax.loglog(lr_grid * lambda_max0 / 2, np.minimum(finals[name], 10.0), "o-", ms=3, label=label)
 ax.axhline(float(initial), color="0.5", linestyle=":", label="initial loss")
 ax.axvline(1.0, color="0.5", linewidth=0.8)
-ax.set(xlabel="learning rate × λ_max(0) / 2", ylabel="final loss (capped at 10)",
-       title=f"MLP, {BUDGET} gradient evaluations per run")
+ax.set(
+    xlabel="learning rate × λ_max(0) / 2", ylabel="final loss (capped at 10)", title=f"MLP, {BUDGET} gradient evaluations per run"
+)
 ax.legend(fontsize="small")
 plt.show()
 

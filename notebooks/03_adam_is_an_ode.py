@@ -116,6 +116,7 @@ for name, (ours, theirs) in pairs.items():
 # %%
 SEED_EPS = {"eps": 0.0, "eps_root": 1e-8}
 
+
 def quartic(theta):
     x, y = theta[0], theta[1]
     return (x + y) ** 4 + (x / 2 - y / 2) ** 4
@@ -166,14 +167,18 @@ fixed_betas = {s: run(flowopt.adam_flow(s, 0.9, 0.999, **SEED_EPS), quartic, sta
 fixed_ode = {
     s: run(
         flowopt.adam_flow(s, 0.9, 0.999, **SEED_EPS, init_from_gradient=True, reference_learning_rate=LAM),
-        quartic, start, round(T / s),
+        quartic,
+        start,
+        round(T / s),
     )
     for s in rates
 }
 reference_step = 0.001
 flow = run(
     flowopt.adam_flow(reference_step, 0.9, 0.999, **SEED_EPS, integrator=flowopt.tableaus.RK4, reference_learning_rate=LAM),
-    quartic, start, round(T / reference_step),
+    quartic,
+    start,
+    round(T / reference_step),
 )
 
 
@@ -225,10 +230,17 @@ order_errors = {}
 for name, tableau in integrators.items():
     order_errors[name] = [
         error_at_T(
-            run(flowopt.adam_flow(s, 0.9, 0.999, **SEED_EPS, integrator=tableau, init_from_gradient=True,
-                                  reference_learning_rate=LAM),
-                quartic, start, round(T / s)),
-            flow, s, reference_step,
+            run(
+                flowopt.adam_flow(
+                    s, 0.9, 0.999, **SEED_EPS, integrator=tableau, init_from_gradient=True, reference_learning_rate=LAM
+                ),
+                quartic,
+                start,
+                round(T / s),
+            ),
+            flow,
+            s,
+            reference_step,
         )
         for s in steps_sizes
     ]
@@ -258,8 +270,10 @@ k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
 xs = jnp.linspace(-2, 2, 64)[:, None]
 ys = jnp.sin(2 * xs)
 params0 = {
-    "w1": jax.random.normal(k1, (1, 32)), "b1": jnp.zeros(32),
-    "w2": jax.random.normal(k2, (32, 1)) / jnp.sqrt(32), "b2": jnp.zeros(1),
+    "w1": jax.random.normal(k1, (1, 32)),
+    "b1": jnp.zeros(32),
+    "w2": jax.random.normal(k2, (32, 1)) / jnp.sqrt(32),
+    "b2": jnp.zeros(1),
 }
 
 
@@ -291,8 +305,11 @@ for name, (tableau, s, steps) in budget_runs.items():
     style = {"color": "k", "linestyle": "--", "linewidth": 1} if name.startswith("the flow") else {}
     ax.semilogy(np.linspace(0, steps * s, steps + 1), losses, label=f"{name}: {evaluations} evaluations", **style)
     print(f"{name:>26}: {steps:>4} steps, {evaluations:>5} gradient evaluations, final loss {losses[-1]:.2e}")
-ax.set(xlabel="flow time t (the three runs have made 100·t gradient evaluations at t)", ylabel="training loss",
-       title="Adam's flow, λ = 0.01")
+ax.set(
+    xlabel="flow time t (the three runs have made 100·t gradient evaluations at t)",
+    ylabel="training loss",
+    title="Adam's flow, λ = 0.01",
+)
 ax.legend(fontsize=8)
 plt.show()
 

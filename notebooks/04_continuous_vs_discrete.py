@@ -52,9 +52,12 @@ k = jax.random.split(jax.random.key(0), 5)
 x = jax.random.normal(k[0], (48, 2))
 y = jnp.sin(2 * x[:, :1]) * x[:, 1:2]
 params0 = {
-    "w1": jax.random.normal(k[1], (2, 16)) / jnp.sqrt(2), "b1": jnp.zeros(16),
-    "w2": jax.random.normal(k[2], (16, 16)) / jnp.sqrt(16), "b2": jnp.zeros(16),
-    "w3": jax.random.normal(k[3], (16, 1)) / jnp.sqrt(16), "b3": jnp.zeros(1),
+    "w1": jax.random.normal(k[1], (2, 16)) / jnp.sqrt(2),
+    "b1": jnp.zeros(16),
+    "w2": jax.random.normal(k[2], (16, 16)) / jnp.sqrt(16),
+    "b2": jnp.zeros(16),
+    "w3": jax.random.normal(k[3], (16, 1)) / jnp.sqrt(16),
+    "b3": jnp.zeros(1),
 }
 
 
@@ -65,8 +68,10 @@ def loss(p):
 
 
 lambda_min0, lambda_max0 = analysis.extreme_eigenvalues(loss, params0)
-print(f"{sum(v.size for v in jax.tree.leaves(params0))} parameters; at initialisation loss {float(loss(params0)):.4f}, "
-      f"λ_max {float(lambda_max0):.3f} (so GD is stable for η < {2 / float(lambda_max0):.2f}), λ_min {float(lambda_min0):.4f}")
+print(
+    f"{sum(v.size for v in jax.tree.leaves(params0))} parameters; at initialisation loss {float(loss(params0)):.4f}, "
+    f"λ_max {float(lambda_max0):.3f} (so GD is stable for η < {2 / float(lambda_max0):.2f}), λ_min {float(lambda_min0):.4f}"
+)
 
 # %% [markdown]
 # ## Gradient descent against the flow
@@ -92,8 +97,12 @@ runs = {}
 for eta in etas:
     stride = round(eta / etas[0])
     gd = analysis.optimizer_trajectory(flowopt.euler(eta), loss, params0, round(T / eta))
-    runs[eta] = {"times": fine_times[::stride], "gd": gd, "flow": every_nth(flow.params, stride),
-                 "distance": analysis.trajectory_distance(gd, every_nth(flow.params, stride))}
+    runs[eta] = {
+        "times": fine_times[::stride],
+        "gd": gd,
+        "flow": every_nth(flow.params, stride),
+        "distance": analysis.trajectory_distance(gd, every_nth(flow.params, stride)),
+    }
     print(f"η = {eta}: {round(T / eta)} GD steps, max distance to the flow {float(runs[eta]['distance'].max()):.2e}")
 
 final_point = jax.tree.map(lambda p: p[-1:], runs[etas[0]]["flow"])
@@ -151,9 +160,11 @@ ax_bound.plot(times, scale * bound.bound, "--", label=f"η t exp(∫λ⁻_min) �
 ax_bound.set(xlabel="time t", ylabel="‖θ_k - θ(kη)‖", title=f"η = {eta}")
 ax_bound.legend()
 plt.show()
-print(f"λ_min from {float(spectrum.lambda_min[0]):.3f} to {float(spectrum.lambda_min[-1]):.3f}; "
-      f"∫λ⁻_min dt up to T = {float(bound.negative_curvature[-1]):.2f}, "
-      f"so exp(∫) = {float(np.exp(bound.negative_curvature[-1])):.1f}")
+print(
+    f"λ_min from {float(spectrum.lambda_min[0]):.3f} to {float(spectrum.lambda_min[-1]):.3f}; "
+    f"∫λ⁻_min dt up to T = {float(bound.negative_curvature[-1]):.2f}, "
+    f"so exp(∫) = {float(np.exp(bound.negative_curvature[-1])):.1f}"
+)
 
 # %% [markdown]
 # The curvature is negative along the whole flow, most at the start, and its
@@ -225,6 +236,8 @@ ax_loss.semilogy(times_large, jax.vmap(loss)(flow_large), "k--", label="the flow
 ax_loss.set(xlabel="time t = kη", title="loss")
 ax_loss.legend()
 plt.show()
-print(f"η = {eta_large:.3f} = 2.4/λ_max(0); final distance to the flow "
-      f"{float(analysis.trajectory_distance(gd_large, flow_large)[-1]):.2f}; "
-      f"final sharpness {float(sharp_gd[-1]):.2f} along GD vs 2/η = {2 / eta_large:.2f}")
+print(
+    f"η = {eta_large:.3f} = 2.4/λ_max(0); final distance to the flow "
+    f"{float(analysis.trajectory_distance(gd_large, flow_large)[-1]):.2f}; "
+    f"final sharpness {float(sharp_gd[-1]):.2f} along GD vs 2/η = {2 / eta_large:.2f}"
+)

@@ -112,10 +112,15 @@ def test_accepted_steps_match_diffrax(tableau, solver, coefficients):
         matrix = jnp.asarray(a)
         y, accepted, rejected = integrate(tableau, controller, lambda p: matrix @ p, y0, t_end, h0)
         solution = diffrax.diffeqsolve(
-            diffrax.ODETerm(lambda t, p, args: -matrix @ p), solver(), 0.0, t_end, h0, jnp.asarray(y0),
+            diffrax.ODETerm(lambda t, p, args: -matrix @ p),
+            solver(),
+            0.0,
+            t_end,
+            h0,
+            jnp.asarray(y0),
             stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, **coefficients),
             max_steps=10_000,
-        )  # fmt: skip
+        )
         reference = int(solution.stats["num_accepted_steps"])
         assert abs(accepted - reference) <= 0.3 * reference, (accepted, reference)
         exact = scipy.linalg.expm(-t_end * a) @ y0
@@ -196,7 +201,7 @@ def test_heun_euler_pair_reaches_the_flow():
         errors = [
             np.linalg.norm(integrate(tableaus.HEUN_EULER, PIController(rtol=r, atol=r), field, y0, 1.0, 1e-4)[0] - exact(1.0))
             for r in (1e-3, 1e-5)
-        ]  # fmt: skip
+        ]
         assert errors[1] < errors[0] < 1e-2
 
 
@@ -239,9 +244,11 @@ def relu_classifier():
     x = jax.random.uniform(keys[0], (256, 784))
     y = jnp.argmax(x @ jax.random.normal(keys[1], (784, 10)), axis=-1)
     params = {
-        "w0": jax.random.normal(keys[2], (784, 128)) / np.sqrt(784), "b0": jnp.zeros(128),
-        "w1": jax.random.normal(keys[3], (128, 10)) / np.sqrt(128), "b1": jnp.zeros(10),
-    }  # fmt: skip
+        "w0": jax.random.normal(keys[2], (784, 128)) / np.sqrt(784),
+        "b0": jnp.zeros(128),
+        "w1": jax.random.normal(keys[3], (128, 10)) / np.sqrt(128),
+        "b1": jnp.zeros(10),
+    }
 
     def loss(p):
         logits = jax.nn.relu(x @ p["w0"] + p["b0"]) @ p["w1"] + p["b1"]
@@ -323,9 +330,7 @@ def test_optimizer_follows_the_pure_step_and_counts_honestly():
             if s.error >= 1:
                 assert np.all(np.asarray(updates) == 0)
                 assert s.controller.step_size < s.last_step_size
-        assert float(state.time) == pytest.approx(
-            sum(float(s.last_step_size) for _, s in history if s.error < 1), rel=1e-5
-        )
+        assert float(state.time) == pytest.approx(sum(float(s.last_step_size) for _, s in history if s.error < 1), rel=1e-5)
         assert float(state.time) > 3.0
         assert loss(params) < 1e-2 * loss(y0)
 
@@ -387,9 +392,17 @@ def test_diagnostics_and_optax_conventions():
     assert update._cache_size() == 1
     diagnostics = flowopt.step_diagnostics(state)
     assert set(diagnostics) >= {
-        "step_size", "last_step_size", "error", "stiffness", "accepted", "rejected", "nonfinite", "time",
-        "oracle_evals", "gradient_evals",
-    }  # fmt: skip
+        "step_size",
+        "last_step_size",
+        "error",
+        "stiffness",
+        "accepted",
+        "rejected",
+        "nonfinite",
+        "time",
+        "oracle_evals",
+        "gradient_evals",
+    }
     assert int(diagnostics["accepted"] + diagnostics["rejected"]) == 5
     assert int(diagnostics["oracle_evals"]) == 3 * 5
     assert int(diagnostics["gradient_evals"]) == 5 + 3 * 5

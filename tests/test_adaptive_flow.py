@@ -268,11 +268,13 @@ def _reference_flow(coefficients, eps, t0, horizon, theta0, m0, v0):
     def field(t, y):
         theta, m, v = y[:2], y[2:4], y[4:]
         g = quartic_grad_np(theta)
-        return np.concatenate([
-            -m / np.sqrt(v + eps),
-            coefficients["h"](t) * g - coefficients["r"](t) * m,
-            coefficients["p"](t) * g * g - coefficients["q"](t) * v,
-        ])
+        return np.concatenate(
+            [
+                -m / np.sqrt(v + eps),
+                coefficients["h"](t) * g - coefficients["r"](t) * m,
+                coefficients["p"](t) * g * g - coefficients["q"](t) * v,
+            ]
+        )
 
     y0 = np.concatenate([theta0, m0, v0])
     solution = scipy.integrate.solve_ivp(field, (t0, t0 + horizon), y0, method="DOP853", rtol=1e-13, atol=1e-13)

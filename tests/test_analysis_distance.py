@@ -90,9 +90,7 @@ def test_gd_is_first_order_to_the_flow_and_second_order_to_the_modified_flow():
             # The modified flow depends on η; the compiled solver is reused across η (a Partial leaf).
             modified = analysis.gradient_flow(analysis.modified_value_fn(loss, eta), params0, times)
             distance = analysis.trajectory_distance(iterates, jax.tree.map(lambda x: x[::stride], flow.params))
-            distance_modified = analysis.trajectory_distance(
-                iterates, jax.tree.map(lambda x: x[::stride], modified.params)
-            )
+            distance_modified = analysis.trajectory_distance(iterates, jax.tree.map(lambda x: x[::stride], modified.params))
             to_flow.append(float(distance[-1]))
             to_modified.append(float(distance_modified[-1]))
             worst.append(float(distance_modified.max()))
@@ -134,9 +132,7 @@ def test_relu_net_distance_and_bound_side_by_side(tmp_path):
         times = analysis.step_times(etas[-1], fine)
         flow = analysis.gradient_flow(loss, params0, times, rtol=1e-9, atol=1e-11)
         coarse_times = times[::stride_bound]
-        spectrum = analysis.spectrum_along(
-            loss, jax.tree.map(lambda x: x[::stride_bound], flow.params), num_iterations=51
-        )
+        spectrum = analysis.spectrum_along(loss, jax.tree.map(lambda x: x[::stride_bound], flow.params), num_iterations=51)
         rows, at_horizon = [], []
         for eta in etas:
             steps, stride = int(round(horizon / eta)), int(round(eta / etas[-1]))
@@ -146,9 +142,7 @@ def test_relu_net_distance_and_bound_side_by_side(tmp_path):
             # Side by side at the times where both exist.
             every = int(round(float(coarse_times[1] - coarse_times[0]) / eta))
             for t, d, integral, b in zip(coarse_times, distance[::every], bound.negative_curvature, bound.bound):
-                rows.append(
-                    {"eta": eta, "t": float(t), "distance": float(d), "integral": float(integral), "bound": float(b)}
-                )
+                rows.append({"eta": eta, "t": float(t), "distance": float(d), "integral": float(integral), "bound": float(b)})
             at_horizon.append((float(distance[-1]), float(bound.bound[-1])))
     path = tmp_path / "gf_gd_relu.csv"
     with path.open("w", newline="") as handle:

@@ -85,10 +85,9 @@ def test_cheap_mode_is_gradient_descent_at_eta_over_r():
         slope = np.polyfit(np.log([4, 8, 16, 32]), np.log(errors), 1)[0]
         assert slope == pytest.approx(-1.0, abs=0.1), errors
         rk4 = [
-            _max_error(analysis.gradient_flow(loss, params0, times, method="rk4", substeps=r).params,
-                       exact(np.asarray(times)))
+            _max_error(analysis.gradient_flow(loss, params0, times, method="rk4", substeps=r).params, exact(np.asarray(times)))
             for r in (4, 8, 16)
-        ]  # fmt: skip
+        ]
         assert np.polyfit(np.log([4, 8, 16]), np.log(rk4), 1)[0] == pytest.approx(-4.0, abs=0.3), rk4
 
 

@@ -52,9 +52,7 @@ def test_bdf_is_unbounded_on_the_negative_axis(name):
     assert stability.stability_interval(name) == math.inf
     # ...but BDF3+ is not A-stable: some z in the left half-plane near the imaginary axis is unstable.
     order = 1 if name == "backward_euler" else int(name[-1])
-    unstable_left = any(
-        not stability.is_stable(name, complex(-0.05, y)) for y in np.linspace(0.1, 20, 400)
-    )
+    unstable_left = any(not stability.is_stable(name, complex(-0.05, y)) for y in np.linspace(0.1, 20, 400))
     assert unstable_left == (order >= 3)
 
 

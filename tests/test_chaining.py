@@ -74,9 +74,7 @@ def test_beside_a_backtracking_line_search_sharing_value_fn():
     @jax.jit
     def step(params, state):
         value, grads = jax.value_and_grad(_rosenbrock)(params)
-        updates, state = tx.update(
-            grads, state, params, value=value, grad=grads, value_fn=_rosenbrock
-        )
+        updates, state = tx.update(grads, state, params, value=value, grad=grads, value_fn=_rosenbrock)
         return optax.apply_updates(params, updates), state, value
 
     values = []

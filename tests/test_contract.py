@@ -46,10 +46,10 @@ def _public_functions() -> dict[str, Callable]:
 def _public_constructors() -> set[str]:
     """The names in ``flowopt.__all__`` of functions annotated to return an optax transformation."""
     return {
-        name for name, function in _public_functions().items()
-        if inspect.isclass(returns := _annotations(function).get("return"))
-        and issubclass(returns, optax.GradientTransformation)
-    }  # fmt: skip
+        name
+        for name, function in _public_functions().items()
+        if inspect.isclass(returns := _annotations(function).get("return")) and issubclass(returns, optax.GradientTransformation)
+    }
 
 
 def test_every_public_function_declares_what_it_returns():

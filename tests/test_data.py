@@ -224,7 +224,9 @@ def test_crop_flip_is_a_keyed_crop_of_the_padded_image():
     for image, result in zip(padded, out):
         candidates = [
             crop[:, ::-1] if flip else crop
-            for i in range(9) for j in range(9) for flip in (False, True)
+            for i in range(9)
+            for j in range(9)
+            for flip in (False, True)
             for crop in [image[i : i + 8, j : j + 8]]
         ]
         assert any(np.array_equal(result, c) for c in candidates)

@@ -40,5 +40,7 @@ def test_a_budget_below_one_step_of_every_method_exits_2_naming_budget(budget, c
         demo.main(["--dataset", "synthetic_mnist", "--budget", budget])
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.splitlines()
-    assert lines == [f"flowopt-demo: error: argument --budget: must be at least 4 gradient evaluations, "
-                     f"one step of every method (RK4 takes 4 a step), got {budget}"]
+    assert lines == [
+        f"flowopt-demo: error: argument --budget: must be at least 4 gradient evaluations, "
+        f"one step of every method (RK4 takes 4 a step), got {budget}"
+    ]

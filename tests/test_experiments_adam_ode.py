@@ -24,8 +24,16 @@ def _rows(path):
 
 def test_smoke_study_writes_tables_and_figures(smoke):
     _, output, _ = smoke
-    for name in ("results.csv", "results.md", "curves.csv", "summary.json", "training.png",
-                 "adam_ode_fig2.png", "adam_ode_fig3.png", "figures_summary.csv"):
+    for name in (
+        "results.csv",
+        "results.md",
+        "curves.csv",
+        "summary.json",
+        "training.png",
+        "adam_ode_fig2.png",
+        "adam_ode_fig3.png",
+        "figures_summary.csv",
+    ):
         assert (output / name).is_file(), name
 
 
@@ -74,4 +82,6 @@ def test_plan_requires_logged_equal_budget_points():
     with pytest.raises(ValueError, match="multiple of 4"):
         plan(config)
     assert [s.key for s in plan({**config, "integrators": ["euler", "heun"], "figures": False})] == [
-        "euler-lr0.003", "heun-lr0.003"]
+        "euler-lr0.003",
+        "heun-lr0.003",
+    ]

@@ -35,8 +35,7 @@ def test_training_subset_is_every_stride_th_of_the_pool():
 
 def test_smoke_study_writes_tables_and_figures(smoke):
     _, output, _ = smoke
-    for name in ("summary.csv", "summary.md", "summary.json", "curves.csv", "spectrum.csv",
-                 "small_step.png", "large_step.png"):
+    for name in ("summary.csv", "summary.md", "summary.json", "curves.csv", "spectrum.csv", "small_step.png", "large_step.png"):
         assert (output / name).is_file(), name
     regimes = {row["regime"] for row in _rows(output / "summary.csv")}
     assert regimes == {"small_step", "large_step"}

@@ -95,7 +95,7 @@ def test_experiment_whose_data_is_unavailable_is_reported_as_not_run(smoke, tmp_
     config = {**config, "experiments": [*config["experiments"], missing]}
     runge_kutta.summarize(config, results, tmp_path)
     markdown = (tmp_path / "results.md").read_text()
-    offline = markdown[markdown.index("### data not on this machine"):]
+    offline = markdown[markdown.index("### data not on this machine") :]
     assert offline.count("| not run | not run |") == len(missing["methods"])
     assert "data set is not available on this machine" in offline
     assert "not run" not in markdown[: markdown.index("### data not on this machine")].lower()

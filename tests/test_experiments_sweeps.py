@@ -23,8 +23,15 @@ def test_bdf_stability_trains_beyond_the_explicit_stability_limit(tmp_path):
     output = _run("bdf-stability", tmp_path)
     assert (output / "bdf_stability.png").is_file()
     runs = _rows(output / "runs.csv")
-    assert list(runs[0]) == ["problem", "method", "lr_times_L", "reached", "gradient_evaluations",
-                             "final_relative_gap", "diverged"]
+    assert list(runs[0]) == [
+        "problem",
+        "method",
+        "lr_times_L",
+        "reached",
+        "gradient_evaluations",
+        "final_relative_gap",
+        "diverged",
+    ]
     reached = {(r["method"], round(float(r["lr_times_L"]))): r["reached"] == "True" for r in runs}
     # h·L = 5 and 50 lie outside the stability intervals of GD and Heun ([0, 2]); the implicit methods are stable.
     for rate in (5, 50):

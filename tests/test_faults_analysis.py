@@ -118,25 +118,28 @@ def test_gradient_flow_of_complex_parameters_is_the_real_flow(mode):
 # ------------------------------------------------------------------------- step_times, trajectories, distances
 
 
-@pytest.mark.parametrize("learning_rate, num_steps, message", [
-    (-0.1, 3, "step_times: learning_rate must be a finite nonnegative number, got -0.1"),
-    (float("nan"), 3, "learning_rate must be a finite nonnegative number, got nan"),
-    (float("inf"), 3, "learning_rate must be a finite nonnegative number, got inf"),
-    ("x", 3, "learning_rate must be a finite nonnegative number, got 'x'"),
-    (None, 3, "learning_rate must be a finite nonnegative number, got None"),
-    (True, 3, "learning_rate must be a finite nonnegative number, got True"),
-    (1 + 1j, 3, "learning_rate must be a finite nonnegative number, got \\(1\\+1j\\)"),
-    (jnp.array([0.1, 0.2]), 3, "learning_rate must be .* \\(a scalar\\), got an array of shape \\(2,\\)"),
-    (lambda count: jnp.where(count == 2, jnp.nan, 0.1), 3, "schedule returned nan at step 2"),
-    (lambda count: -0.1 + 0.0 * count, 3, "schedule returned -0.1.* at step 0; steps must be finite and nonnegative"),
-    (lambda count: jnp.ones(2) * count, 3, "schedule must return a real scalar per step, got float32\\[2\\]"),
-    (lambda: 0.1, 3, "schedule could not be evaluated"),
-    (0.1, -1, "num_steps must be a nonnegative integer .* got -1"),
-    (0.1, 1.5, "num_steps must be a nonnegative integer .* got 1.5"),
-    (0.1, None, "num_steps must be a nonnegative integer .* got None"),
-    (0.1, True, "num_steps must be a nonnegative integer .* got True"),
-    (0.1, 2**40, "num_steps must be a nonnegative integer \\(at most 100000000\\), got 1099511627776"),
-])
+@pytest.mark.parametrize(
+    "learning_rate, num_steps, message",
+    [
+        (-0.1, 3, "step_times: learning_rate must be a finite nonnegative number, got -0.1"),
+        (float("nan"), 3, "learning_rate must be a finite nonnegative number, got nan"),
+        (float("inf"), 3, "learning_rate must be a finite nonnegative number, got inf"),
+        ("x", 3, "learning_rate must be a finite nonnegative number, got 'x'"),
+        (None, 3, "learning_rate must be a finite nonnegative number, got None"),
+        (True, 3, "learning_rate must be a finite nonnegative number, got True"),
+        (1 + 1j, 3, "learning_rate must be a finite nonnegative number, got \\(1\\+1j\\)"),
+        (jnp.array([0.1, 0.2]), 3, "learning_rate must be .* \\(a scalar\\), got an array of shape \\(2,\\)"),
+        (lambda count: jnp.where(count == 2, jnp.nan, 0.1), 3, "schedule returned nan at step 2"),
+        (lambda count: -0.1 + 0.0 * count, 3, "schedule returned -0.1.* at step 0; steps must be finite and nonnegative"),
+        (lambda count: jnp.ones(2) * count, 3, "schedule must return a real scalar per step, got float32\\[2\\]"),
+        (lambda: 0.1, 3, "schedule could not be evaluated"),
+        (0.1, -1, "num_steps must be a nonnegative integer .* got -1"),
+        (0.1, 1.5, "num_steps must be a nonnegative integer .* got 1.5"),
+        (0.1, None, "num_steps must be a nonnegative integer .* got None"),
+        (0.1, True, "num_steps must be a nonnegative integer .* got True"),
+        (0.1, 2**40, "num_steps must be a nonnegative integer \\(at most 100000000\\), got 1099511627776"),
+    ],
+)
 def test_step_times_rejects_bad_input(learning_rate, num_steps, message):
     with pytest.raises(ValueError, match=message):
         analysis.step_times(learning_rate, num_steps)
@@ -149,24 +152,27 @@ def test_step_times_of_an_integer_schedule_are_floats_and_traced_rates_pass():
     np.testing.assert_allclose(jax.jit(lambda lr: analysis.step_times(lr, 2))(0.5), [0.0, 0.5, 1.0])
 
 
-@pytest.mark.parametrize("optimizer, oracle, params0, num_steps, message", [
-    ("sgd", dict(value_fn=loss), PARAMS, 2, "optimizer must be an optax.GradientTransformation, got 'sgd'"),
-    (flowopt.rk4, dict(value_fn=loss), PARAMS, 2, "call it with a learning rate, e.g. flowopt.rk4\\(0.1\\)"),
-    (None, dict(value_fn=loss), PARAMS, 2, "optimizer must be an optax.GradientTransformation, got None"),
-    (optax.sgd(0.1), dict(value_fn="f"), PARAMS, 2, "value_fn must be a callable .* got 'f'"),
-    (optax.sgd(0.1), dict(value_fn=lambda p: p["w"]), PARAMS, 2, "optimizer_trajectory: value_fn must return a scalar"),
-    (optax.sgd(0.1), dict(value_fn=lambda p: jnp.nan * loss(p)), PARAMS, 2, "gradient at params0 is not finite"),
-    (flowopt.rk4(0.1), dict(value_fn=lambda p: jnp.nan * loss(p)), PARAMS, 2, "gradient at params0 is not finite"),
-    (optax.sgd(0.1), dict(grad_fn=lambda p: {"w": jnp.ones(())}), PARAMS, 2, "oracle returned leaves of shapes \\[\\(\\)\\]"),
-    (optax.sgd(0.1), dict(grad_fn=lambda p: p["w"]), PARAMS, 2, "oracle returned a pytree with structure"),
-    (optax.sgd(0.1), dict(value_fn=loss), {"w": jnp.array([1, 2])}, 2, r"params0 .* \['w'\] is dtype int32"),
-    (optax.sgd(0.1), dict(value_fn=loss), {}, 2, "params0 has no array leaves"),
-    (optax.sgd(0.1), dict(value_fn=loss), None, 2, "params0 is None"),
-    (optax.sgd(0.1), dict(value_fn=loss), PARAMS, 1.5, "num_steps must be a nonnegative integer .* got 1.5"),
-    (optax.sgd(0.1), dict(value_fn=loss), PARAMS, "3", "num_steps must be a nonnegative integer .* got '3'"),
-    (optax.sgd(0.1), dict(value_fn=loss), PARAMS, 2**40, "num_steps must be a nonnegative integer"),
-    (optax.sgd(0.1), dict(value_fn=loss), {"w": jnp.zeros(10**6)}, 10**5, "would store 373 GiB of iterates"),
-])
+@pytest.mark.parametrize(
+    "optimizer, oracle, params0, num_steps, message",
+    [
+        ("sgd", dict(value_fn=loss), PARAMS, 2, "optimizer must be an optax.GradientTransformation, got 'sgd'"),
+        (flowopt.rk4, dict(value_fn=loss), PARAMS, 2, "call it with a learning rate, e.g. flowopt.rk4\\(0.1\\)"),
+        (None, dict(value_fn=loss), PARAMS, 2, "optimizer must be an optax.GradientTransformation, got None"),
+        (optax.sgd(0.1), dict(value_fn="f"), PARAMS, 2, "value_fn must be a callable .* got 'f'"),
+        (optax.sgd(0.1), dict(value_fn=lambda p: p["w"]), PARAMS, 2, "optimizer_trajectory: value_fn must return a scalar"),
+        (optax.sgd(0.1), dict(value_fn=lambda p: jnp.nan * loss(p)), PARAMS, 2, "gradient at params0 is not finite"),
+        (flowopt.rk4(0.1), dict(value_fn=lambda p: jnp.nan * loss(p)), PARAMS, 2, "gradient at params0 is not finite"),
+        (optax.sgd(0.1), dict(grad_fn=lambda p: {"w": jnp.ones(())}), PARAMS, 2, "oracle returned leaves of shapes \\[\\(\\)\\]"),
+        (optax.sgd(0.1), dict(grad_fn=lambda p: p["w"]), PARAMS, 2, "oracle returned a pytree with structure"),
+        (optax.sgd(0.1), dict(value_fn=loss), {"w": jnp.array([1, 2])}, 2, r"params0 .* \['w'\] is dtype int32"),
+        (optax.sgd(0.1), dict(value_fn=loss), {}, 2, "params0 has no array leaves"),
+        (optax.sgd(0.1), dict(value_fn=loss), None, 2, "params0 is None"),
+        (optax.sgd(0.1), dict(value_fn=loss), PARAMS, 1.5, "num_steps must be a nonnegative integer .* got 1.5"),
+        (optax.sgd(0.1), dict(value_fn=loss), PARAMS, "3", "num_steps must be a nonnegative integer .* got '3'"),
+        (optax.sgd(0.1), dict(value_fn=loss), PARAMS, 2**40, "num_steps must be a nonnegative integer"),
+        (optax.sgd(0.1), dict(value_fn=loss), {"w": jnp.zeros(10**6)}, 10**5, "would store 373 GiB of iterates"),
+    ],
+)
 def test_optimizer_trajectory_rejects_bad_input(optimizer, oracle, params0, num_steps, message):
     with pytest.raises(ValueError, match=message):
         analysis.optimizer_trajectory(optimizer, params0=params0, num_steps=num_steps, **{"value_fn": None} | oracle)
@@ -195,17 +201,20 @@ TRAJECTORY = {"w": jnp.ones((3, 2))}
 REFERENCE = {"w": jnp.zeros((3, 2))}
 
 
-@pytest.mark.parametrize("trajectory, reference, where, message", [
-    ({}, {}, None, "trajectory_distance: trajectory has no array leaves"),
-    (None, None, None, "trajectory has no array leaves"),
-    ({"w": jnp.ones(())}, {"w": jnp.zeros(())}, None, r"leaf at \['w'\] is a scalar; leaves need a leading time axis"),
-    ({"w": "abc"}, {"w": "abc"}, None, r"trajectory leaf at \['w'\] is a str, expected a numeric array"),
-    (TRAJECTORY, {"v": jnp.zeros((3, 2))}, None, "differ in structure"),
-    (TRAJECTORY, {"w": jnp.zeros((4, 2))}, None, "times must match"),
-    (TRAJECTORY, REFERENCE, lambda path, x: x > 0, r"`where` must return True or False for each leaf, got Array"),
-    (TRAJECTORY, REFERENCE, {"w": jnp.ones(2)}, "the mask `where` must hold True or False per leaf"),
-    (TRAJECTORY, REFERENCE, {"w": False}, "`where` selects no parameters"),
-])
+@pytest.mark.parametrize(
+    "trajectory, reference, where, message",
+    [
+        ({}, {}, None, "trajectory_distance: trajectory has no array leaves"),
+        (None, None, None, "trajectory has no array leaves"),
+        ({"w": jnp.ones(())}, {"w": jnp.zeros(())}, None, r"leaf at \['w'\] is a scalar; leaves need a leading time axis"),
+        ({"w": "abc"}, {"w": "abc"}, None, r"trajectory leaf at \['w'\] is a str, expected a numeric array"),
+        (TRAJECTORY, {"v": jnp.zeros((3, 2))}, None, "differ in structure"),
+        (TRAJECTORY, {"w": jnp.zeros((4, 2))}, None, "times must match"),
+        (TRAJECTORY, REFERENCE, lambda path, x: x > 0, r"`where` must return True or False for each leaf, got Array"),
+        (TRAJECTORY, REFERENCE, {"w": jnp.ones(2)}, "the mask `where` must hold True or False per leaf"),
+        (TRAJECTORY, REFERENCE, {"w": False}, "`where` selects no parameters"),
+    ],
+)
 def test_trajectory_distance_rejects_bad_input(trajectory, reference, where, message):
     with pytest.raises(ValueError, match=message):
         analysis.trajectory_distance(trajectory, reference, where=where)
@@ -243,57 +252,74 @@ HESSIAN_FUNCTIONS = {
 
 
 @pytest.mark.parametrize("function", list(HESSIAN_FUNCTIONS))
-@pytest.mark.parametrize("value_fn, params, message", [
-    ("f", POINT, "value_fn must be a callable .* got 'f'"),
-    (None, POINT, "value_fn must be a callable .* got None"),
-    (lambda p: p["w"], POINT, "value_fn must return a scalar loss, got shape \\(3,\\)"),
-    (lambda p: (quadratic(p), 0), POINT, "value_fn must return the scalar loss alone, got a tuple"),
-    (lambda p: jnp.nan * quadratic(p), POINT, "the (Hessian|product) is not finite at params"),
-    (quadratic, {"w": jnp.array([1, 2, 3])}, r"params must hold floating-point .* \['w'\] is dtype int32"),
-    (lambda p: quadratic(p) + jnp.sum(p["n"]), POINT | {"n": jnp.array([1])}, r"\['n'\] is dtype int32"),
-    (lambda p: 0.0, {}, "params has no array leaves"),
-])
+@pytest.mark.parametrize(
+    "value_fn, params, message",
+    [
+        ("f", POINT, "value_fn must be a callable .* got 'f'"),
+        (None, POINT, "value_fn must be a callable .* got None"),
+        (lambda p: p["w"], POINT, "value_fn must return a scalar loss, got shape \\(3,\\)"),
+        (lambda p: (quadratic(p), 0), POINT, "value_fn returned a tuple; it must return the scalar loss alone"),
+        (lambda p: jnp.nan * quadratic(p), POINT, "the (Hessian|product) is not finite at params"),
+        (quadratic, {"w": jnp.array([1, 2, 3])}, r"params must hold floating-point .* \['w'\] is dtype int32"),
+        (lambda p: quadratic(p) + jnp.sum(p["n"]), POINT | {"n": jnp.array([1])}, r"\['n'\] is dtype int32"),
+        (lambda p: 0.0, {}, "params has no array leaves"),
+    ],
+)
 def test_hessian_tools_reject_bad_input(function, value_fn, params, message):
     with pytest.raises(ValueError, match=f"{function}: .*{message}"):
         HESSIAN_FUNCTIONS[function](value_fn, params)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: analysis.extreme_eigenvalues(quadratic, POINT, 0), "num_iterations must be a positive integer .* got 0"),
-    (lambda: analysis.extreme_eigenvalues(quadratic, POINT, 1.5), "num_iterations must be a positive integer .* got 1.5"),
-    (lambda: analysis.extreme_eigenvalues(quadratic, POINT, None), "num_iterations .* got None"),
-    (lambda: analysis.extreme_eigenvalues(quadratic, POINT, True), "num_iterations .* got True"),
-    (lambda: analysis.extreme_eigenvalues(quadratic, POINT, 3, 0), "key must be a single PRNG key .* got 0"),
-    (lambda: analysis.extreme_eigenvalues(quadratic, None), "params is None"),
-    (lambda: analysis.extreme_eigenvalues(quadratic, {"w": jnp.zeros(10**6)}, 10**4), "dimension 1000000 needs a 75 GiB"),
-    (lambda: analysis.hutchinson_trace(quadratic, POINT, 1), "num_samples .* must be an integer of at least 2"),
-    (lambda: analysis.hutchinson_trace(quadratic, POINT, 10**9), "num_samples .* \\(at most 1000000\\), got 1000000000"),
-    (lambda: analysis.hutchinson_trace(quadratic, POINT, 4, "k"), "key must be a single PRNG key .* got 'k'"),
-    (lambda: analysis.hessian_vector_product(quadratic, POINT, jnp.ones(3)), "vector has structure"),
-    (lambda: analysis.hessian_vector_product(quadratic, POINT, {"w": jnp.ones(4)}), r"vector leaf at \['w'\] has shape \(4,\)"),
-    (lambda: analysis.hessian_vector_product(quadratic, POINT, {"w": jnp.ones(3, complex)}), "is complex, its parameter real"),
-    (lambda: analysis.lanczos(matvec, 0, 3, KEY), "lanczos: dimension must be a positive integer .* got 0"),
-    (lambda: analysis.lanczos(matvec, 3.0, 3, KEY), "dimension must be a positive integer .* got 3.0"),
-    (lambda: analysis.lanczos(matvec, 3, 0, KEY), "num_iterations must be a positive integer .* got 0"),
-    (lambda: analysis.lanczos(matvec, 3, "3", KEY), "num_iterations must be a positive integer .* got '3'"),
-    (lambda: analysis.lanczos(matvec, 4, 3, KEY), "matvec failed on a vector of shape \\(4,\\) \\(does dimension = 4"),
-    (lambda: analysis.lanczos(jnp.sum, 3, 3, KEY), "matvec must map a vector of shape \\(3,\\) .* got float32\\[\\]"),
-    (lambda: analysis.lanczos(lambda v: v[:, None], 3, 3, KEY), "got float32\\[3, 1\\]"),
-    (lambda: analysis.lanczos(lambda v: 1j * v, 3, 3, KEY), "got complex64\\[3\\]"),
-    (lambda: analysis.lanczos(lambda v: jnp.nan * v, 3, 3, KEY), "matvec returned non-finite values"),
-    (lambda: analysis.lanczos(None, 3, 3, KEY), "matvec must be a callable"),
-    (lambda: analysis.lanczos(matvec, 3, 3, 0), "key must be a single PRNG key"),
-    (lambda: analysis.lanczos(matvec, 3, 3, KEY, jnp.int32), "dtype must be a real floating dtype .* got int32"),
-    (lambda: analysis.lanczos(matvec, 3, 3, KEY, jnp.complex64), "dtype must be a real floating dtype .* got complex64"),
-    (lambda: analysis.lanczos(matvec, 3, 3, KEY, "blah"), "dtype must be a real floating dtype, got 'blah'"),
-    (lambda: analysis.spectrum_along(quadratic, {}), "spectrum_along: trajectory has no array leaves"),
-    (lambda: analysis.sharpness(quadratic, None), "spectrum_along: trajectory has no array leaves"),
-    (lambda: analysis.spectrum_along(quadratic, {"w": jnp.zeros((0, 3))}), "has no points"),
-    (lambda: analysis.spectrum_along(quadratic, {"w": jnp.array(1.0)}), "same leading time axis"),
-    (lambda: analysis.spectrum_along(lambda p: quadratic(p) * jnp.where(p["w"][0] > 1.5, jnp.nan, 1.0),
-                                     {"w": jnp.array([[1.0, 1.0, 1.0], [2.0, 1.0, 1.0]])}, 3),
-     "spectrum_along: at point 1 of the trajectory, extreme_eigenvalues: the Hessian is not finite"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: analysis.extreme_eigenvalues(quadratic, POINT, 0), "num_iterations must be a positive integer .* got 0"),
+        (lambda: analysis.extreme_eigenvalues(quadratic, POINT, 1.5), "num_iterations must be a positive integer .* got 1.5"),
+        (lambda: analysis.extreme_eigenvalues(quadratic, POINT, None), "num_iterations .* got None"),
+        (lambda: analysis.extreme_eigenvalues(quadratic, POINT, True), "num_iterations .* got True"),
+        (lambda: analysis.extreme_eigenvalues(quadratic, POINT, 3, 0), "key must be a single PRNG key .* got 0"),
+        (lambda: analysis.extreme_eigenvalues(quadratic, None), "params is None"),
+        (lambda: analysis.extreme_eigenvalues(quadratic, {"w": jnp.zeros(10**6)}, 10**4), "dimension 1000000 needs a 75 GiB"),
+        (lambda: analysis.hutchinson_trace(quadratic, POINT, 1), "num_samples .* must be an integer of at least 2"),
+        (lambda: analysis.hutchinson_trace(quadratic, POINT, 10**9), "num_samples .* \\(at most 1000000\\), got 1000000000"),
+        (lambda: analysis.hutchinson_trace(quadratic, POINT, 4, "k"), "key must be a single PRNG key .* got 'k'"),
+        (lambda: analysis.hessian_vector_product(quadratic, POINT, jnp.ones(3)), "vector has structure"),
+        (
+            lambda: analysis.hessian_vector_product(quadratic, POINT, {"w": jnp.ones(4)}),
+            r"vector leaf at \['w'\] has shape \(4,\)",
+        ),
+        (
+            lambda: analysis.hessian_vector_product(quadratic, POINT, {"w": jnp.ones(3, complex)}),
+            "is complex, its parameter real",
+        ),
+        (lambda: analysis.lanczos(matvec, 0, 3, KEY), "lanczos: dimension must be a positive integer .* got 0"),
+        (lambda: analysis.lanczos(matvec, 3.0, 3, KEY), "dimension must be a positive integer .* got 3.0"),
+        (lambda: analysis.lanczos(matvec, 3, 0, KEY), "num_iterations must be a positive integer .* got 0"),
+        (lambda: analysis.lanczos(matvec, 3, "3", KEY), "num_iterations must be a positive integer .* got '3'"),
+        (lambda: analysis.lanczos(matvec, 4, 3, KEY), "matvec failed on a vector of shape \\(4,\\) \\(does dimension = 4"),
+        (lambda: analysis.lanczos(jnp.sum, 3, 3, KEY), "matvec must map a vector of shape \\(3,\\) .* got float32\\[\\]"),
+        (lambda: analysis.lanczos(lambda v: v[:, None], 3, 3, KEY), "got float32\\[3, 1\\]"),
+        (lambda: analysis.lanczos(lambda v: 1j * v, 3, 3, KEY), "got complex64\\[3\\]"),
+        (lambda: analysis.lanczos(lambda v: jnp.nan * v, 3, 3, KEY), "matvec returned non-finite values"),
+        (lambda: analysis.lanczos(None, 3, 3, KEY), "matvec must be a callable"),
+        (lambda: analysis.lanczos(matvec, 3, 3, 0), "key must be a single PRNG key"),
+        (lambda: analysis.lanczos(matvec, 3, 3, KEY, jnp.int32), "dtype must be a real floating dtype .* got int32"),
+        (lambda: analysis.lanczos(matvec, 3, 3, KEY, jnp.complex64), "dtype must be a real floating dtype .* got complex64"),
+        (lambda: analysis.lanczos(matvec, 3, 3, KEY, "blah"), "dtype must be a real floating dtype, got 'blah'"),
+        (lambda: analysis.spectrum_along(quadratic, {}), "spectrum_along: trajectory has no array leaves"),
+        (lambda: analysis.sharpness(quadratic, None), "spectrum_along: trajectory has no array leaves"),
+        (lambda: analysis.spectrum_along(quadratic, {"w": jnp.zeros((0, 3))}), "has no points"),
+        (lambda: analysis.spectrum_along(quadratic, {"w": jnp.array(1.0)}), "same leading time axis"),
+        (
+            lambda: analysis.spectrum_along(
+                lambda p: quadratic(p) * jnp.where(p["w"][0] > 1.5, jnp.nan, 1.0),
+                {"w": jnp.array([[1.0, 1.0, 1.0], [2.0, 1.0, 1.0]])},
+                3,
+            ),
+            "spectrum_along: at point 1 of the trajectory, extreme_eigenvalues: the Hessian is not finite",
+        ),
+    ],
+)
 def test_hessian_tool_arguments(call, message):
     with pytest.raises(ValueError, match=message):
         call()
@@ -314,8 +340,7 @@ def test_hessian_of_complex_parameters_is_the_real_hessian():
     # f(z) = Re(z²) = x² - y²: real Hessian diag(2, -2); f = |z|²: 2I in each of the 2n real coordinates.
     low, high = analysis.extreme_eigenvalues(lambda z: jnp.sum(jnp.real(z**2)), jnp.array([1.0 + 1.0j]))
     np.testing.assert_allclose([low, high], [-2.0, 2.0], rtol=1e-5)
-    np.testing.assert_allclose(analysis.hutchinson_trace(squared_modulus, jnp.array([1.0 + 1j, 2.0])).trace, 8.0,
-                               rtol=1e-5)
+    np.testing.assert_allclose(analysis.hutchinson_trace(squared_modulus, jnp.array([1.0 + 1j, 2.0])).trace, 8.0, rtol=1e-5)
     product = analysis.hessian_vector_product(lambda z: jnp.sum(jnp.real(z**2)), jnp.array([1.0 + 1j]), jnp.array([1.0 + 1j]))
     np.testing.assert_allclose(product, [2.0 - 2.0j], rtol=1e-5)
 
@@ -324,19 +349,22 @@ TIMES3 = jnp.array([0.0, 1.0, 2.0])
 LAMBDA3 = jnp.array([-1.0, 0.0, -1.0])
 
 
-@pytest.mark.parametrize("times, lambda_min, learning_rate, message", [
-    (TIMES3[::-1], LAMBDA3, 0.1, r"times must be nondecreasing, got times\[0\] = 2.0 > times\[1\] = 1.0"),
-    (TIMES3.at[1].set(jnp.nan), LAMBDA3, 0.1, "times must be finite, got nan at index 1"),
-    (TIMES3, LAMBDA3.at[2].set(jnp.inf), 0.1, "lambda_min must be finite, got inf at index 2"),
-    (jnp.zeros(0), jnp.zeros(0), 0.1, "must be 1-D of equal length \\(at least 1\\), got shapes \\(0,\\)"),
-    (TIMES3, LAMBDA3[:2], 0.1, "equal length"),
-    ("abc", LAMBDA3, 0.1, "times must be a real 1-D array, got 'abc'"),
-    (TIMES3, LAMBDA3 + 1j, 0.1, "lambda_min must be a real 1-D array"),
-    (TIMES3, LAMBDA3, -0.1, "learning_rate must be a finite nonnegative number, got -0.1"),
-    (TIMES3, LAMBDA3, float("nan"), "learning_rate must be a finite nonnegative number, got nan"),
-    (TIMES3, LAMBDA3, None, "learning_rate must be a finite nonnegative number, got None"),
-    (TIMES3, LAMBDA3, jnp.ones(3), "learning_rate must be .* \\(a scalar\\), got an array of shape \\(3,\\)"),
-])
+@pytest.mark.parametrize(
+    "times, lambda_min, learning_rate, message",
+    [
+        (TIMES3[::-1], LAMBDA3, 0.1, r"times must be nondecreasing, got times\[0\] = 2.0 > times\[1\] = 1.0"),
+        (TIMES3.at[1].set(jnp.nan), LAMBDA3, 0.1, "times must be finite, got nan at index 1"),
+        (TIMES3, LAMBDA3.at[2].set(jnp.inf), 0.1, "lambda_min must be finite, got inf at index 2"),
+        (jnp.zeros(0), jnp.zeros(0), 0.1, "must be 1-D of equal length \\(at least 1\\), got shapes \\(0,\\)"),
+        (TIMES3, LAMBDA3[:2], 0.1, "equal length"),
+        ("abc", LAMBDA3, 0.1, "times must be a real 1-D array, got 'abc'"),
+        (TIMES3, LAMBDA3 + 1j, 0.1, "lambda_min must be a real 1-D array"),
+        (TIMES3, LAMBDA3, -0.1, "learning_rate must be a finite nonnegative number, got -0.1"),
+        (TIMES3, LAMBDA3, float("nan"), "learning_rate must be a finite nonnegative number, got nan"),
+        (TIMES3, LAMBDA3, None, "learning_rate must be a finite nonnegative number, got None"),
+        (TIMES3, LAMBDA3, jnp.ones(3), "learning_rate must be .* \\(a scalar\\), got an array of shape \\(3,\\)"),
+    ],
+)
 def test_gd_error_bound_rejects_bad_input(times, lambda_min, learning_rate, message):
     with pytest.raises(ValueError, match=f"gd_error_bound: .*{message}"):
         analysis.gd_error_bound(times, lambda_min, learning_rate)
@@ -346,19 +374,23 @@ def test_gd_error_bound_edge_values():
     np.testing.assert_array_equal(analysis.gd_error_bound(TIMES3, LAMBDA3, 0.0).bound, [0.0, 0.0, 0.0])
     overflow = analysis.gd_error_bound(1000 * TIMES3, LAMBDA3, 0.0)  # 0 · exp(1000) is 0, not NaN
     np.testing.assert_array_equal(overflow.bound, [0.0, 0.0, 0.0])
-    np.testing.assert_allclose(analysis.gd_error_bound([0, 1, 2], LAMBDA3, 0.1).bound, 0.1 * TIMES3 * np.exp([0, 0.5, 1]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        analysis.gd_error_bound([0, 1, 2], LAMBDA3, 0.1).bound, 0.1 * TIMES3 * np.exp([0, 0.5, 1]), rtol=1e-6
+    )
 
 
-@pytest.mark.parametrize("value_fn, learning_rate, message", [
-    ("f", 0.1, "value_fn must be a callable .* got 'f'"),
-    (quadratic, -0.1, "learning_rate must be a finite nonnegative number, got -0.1"),
-    (quadratic, float("inf"), "learning_rate must be a finite nonnegative number, got inf"),
-    (quadratic, "x", "learning_rate must be a finite nonnegative number, got 'x'"),
-    (quadratic, None, "learning_rate must be a finite nonnegative number, got None"),
-    (quadratic, 1 + 1j, "learning_rate must be a finite nonnegative number, got \\(1\\+1j\\)"),
-    (quadratic, jnp.ones(3), "\\(a scalar\\), got an array of shape \\(3,\\)"),
-])
+@pytest.mark.parametrize(
+    "value_fn, learning_rate, message",
+    [
+        ("f", 0.1, "value_fn must be a callable .* got 'f'"),
+        (quadratic, -0.1, "learning_rate must be a finite nonnegative number, got -0.1"),
+        (quadratic, float("inf"), "learning_rate must be a finite nonnegative number, got inf"),
+        (quadratic, "x", "learning_rate must be a finite nonnegative number, got 'x'"),
+        (quadratic, None, "learning_rate must be a finite nonnegative number, got None"),
+        (quadratic, 1 + 1j, "learning_rate must be a finite nonnegative number, got \\(1\\+1j\\)"),
+        (quadratic, jnp.ones(3), "\\(a scalar\\), got an array of shape \\(3,\\)"),
+    ],
+)
 def test_modified_value_fn_rejects_bad_input(value_fn, learning_rate, message):
     with pytest.raises(ValueError, match=f"modified_value_fn: .*{message}"):
         analysis.modified_value_fn(value_fn, learning_rate)
@@ -380,37 +412,44 @@ def test_modified_value_fn_checks_params_and_value_and_handles_complex():
 LMM = analysis.LinearMultistep
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: analysis.bdf_method(2.0), "BDF order must be in \\[1, 2, 3, 4, 5, 6\\], got 2.0"),
-    (lambda: analysis.bdf_method(True), "BDF order must be in .* got True"),
-    (lambda: analysis.adams_bashforth_method(True), "Adams–Bashforth order must be in .* got True"),
-    (lambda: analysis.adams_bashforth_method("2"), "Adams–Bashforth order must be in .* got '2'"),
-    (lambda: analysis.stability_function(tableaus.RK4)(np.nan), "stability_function: z must be finite, got nan"),
-    (lambda: analysis.stability_function(tableaus.RK4)("a"), "stability_function: z must be a number or array"),
-    (lambda: analysis.characteristic_roots("bdf2", np.array([-1.0, -2.0])), "z must be a single complex number"),
-    (lambda: analysis.characteristic_roots("bdf2", np.inf), "characteristic_roots: z must be finite, got inf"),
-    (lambda: analysis.characteristic_roots("bdf2", None), "characteristic_roots: z must be a complex number, got None"),
-    (lambda: analysis.characteristic_roots("bdf2", "1"), "z must be a complex number, got '1'"),
-    (lambda: analysis.is_stable("rk4", np.array([-1.0, -10.0])), "z must be a single complex number"),
-    (lambda: analysis.is_stable("rk4", np.nan), "z must be finite, got nan"),
-    (lambda: analysis.amplification("rk4", np.nan), "amplification: z must be finite, got nan"),
-    (lambda: analysis.amplification("rk4", None), "amplification: z must be a number or array of numbers, got None"),
-    (lambda: analysis.stability_interval(LMM("x", np.array([1.0, -1.0]), np.array([0.0, 1.0, 0.0]))),
-     "LinearMultistep 'x': rho and sigma must have equal lengths .* got 2 and 3"),
-    (lambda: analysis.stability_interval(LMM("x", np.array([0.0, 1.0, -1.0]), np.array([0.0, 0.0, 1.0]))),
-     "leading coefficient rho\\[0\\] must be nonzero"),
-    (lambda: analysis.stability_interval(LMM("x", np.array([1.0, np.nan]), np.array([0.0, 1.0]))), "rho must be finite"),
-    (lambda: analysis.stability_interval(LMM("x", np.array([1.0, -1.0]), np.array([0.0, 0.0]))), "sigma is zero"),
-    (lambda: analysis.stability_interval(LMM("x", "ab", "cd")), "rho must be a 1-D array of at least 2 real coefficients"),
-    (lambda: analysis.stability_interval(LMM("x", np.array([1.0, -1j]), np.array([0.0, 1.0]))), "rho must be a 1-D array"),
-    (lambda: analysis.stability_interval(LMM("x", np.array([1.0]), np.array([1.0]))), "at least 2 real coefficients"),
-    (lambda: analysis.plot_stability_regions([]), "plot_stability_regions: methods is empty"),
-    (lambda: analysis.plot_stability_regions(3), "methods must be a method or a sequence of methods, got 3"),
-    (lambda: analysis.plot_stability_regions(["rk4"], resolution=1), "resolution must be an integer in \\[2, 4000\\], got 1"),
-    (lambda: analysis.plot_stability_regions(["rk4"], resolution=1.5), "resolution must be an integer .* got 1.5"),
-    (lambda: analysis.plot_stability_regions(["rk4"], resolution=10**6), "resolution must be an integer .* got 1000000"),
-    (lambda: analysis.plot_stability_regions(["rk4"], figure="x"), "figure must be a matplotlib.figure.Figure or None"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: analysis.bdf_method(2.0), "BDF order must be in \\[1, 2, 3, 4, 5, 6\\], got 2.0"),
+        (lambda: analysis.bdf_method(True), "BDF order must be in .* got True"),
+        (lambda: analysis.adams_bashforth_method(True), "Adams–Bashforth order must be in .* got True"),
+        (lambda: analysis.adams_bashforth_method("2"), "Adams–Bashforth order must be in .* got '2'"),
+        (lambda: analysis.stability_function(tableaus.RK4)(np.nan), "stability_function: z must be finite, got nan"),
+        (lambda: analysis.stability_function(tableaus.RK4)("a"), "stability_function: z must be a number or array"),
+        (lambda: analysis.characteristic_roots("bdf2", np.array([-1.0, -2.0])), "z must be a single complex number"),
+        (lambda: analysis.characteristic_roots("bdf2", np.inf), "characteristic_roots: z must be finite, got inf"),
+        (lambda: analysis.characteristic_roots("bdf2", None), "characteristic_roots: z must be a complex number, got None"),
+        (lambda: analysis.characteristic_roots("bdf2", "1"), "z must be a complex number, got '1'"),
+        (lambda: analysis.is_stable("rk4", np.array([-1.0, -10.0])), "z must be a single complex number"),
+        (lambda: analysis.is_stable("rk4", np.nan), "z must be finite, got nan"),
+        (lambda: analysis.amplification("rk4", np.nan), "amplification: z must be finite, got nan"),
+        (lambda: analysis.amplification("rk4", None), "amplification: z must be a number or array of numbers, got None"),
+        (
+            lambda: analysis.stability_interval(LMM("x", np.array([1.0, -1.0]), np.array([0.0, 1.0, 0.0]))),
+            "LinearMultistep 'x': rho and sigma must have equal lengths .* got 2 and 3",
+        ),
+        (
+            lambda: analysis.stability_interval(LMM("x", np.array([0.0, 1.0, -1.0]), np.array([0.0, 0.0, 1.0]))),
+            "leading coefficient rho\\[0\\] must be nonzero",
+        ),
+        (lambda: analysis.stability_interval(LMM("x", np.array([1.0, np.nan]), np.array([0.0, 1.0]))), "rho must be finite"),
+        (lambda: analysis.stability_interval(LMM("x", np.array([1.0, -1.0]), np.array([0.0, 0.0]))), "sigma is zero"),
+        (lambda: analysis.stability_interval(LMM("x", "ab", "cd")), "rho must be a 1-D array of at least 2 real coefficients"),
+        (lambda: analysis.stability_interval(LMM("x", np.array([1.0, -1j]), np.array([0.0, 1.0]))), "rho must be a 1-D array"),
+        (lambda: analysis.stability_interval(LMM("x", np.array([1.0]), np.array([1.0]))), "at least 2 real coefficients"),
+        (lambda: analysis.plot_stability_regions([]), "plot_stability_regions: methods is empty"),
+        (lambda: analysis.plot_stability_regions(3), "methods must be a method or a sequence of methods, got 3"),
+        (lambda: analysis.plot_stability_regions(["rk4"], resolution=1), "resolution must be an integer in \\[2, 4000\\], got 1"),
+        (lambda: analysis.plot_stability_regions(["rk4"], resolution=1.5), "resolution must be an integer .* got 1.5"),
+        (lambda: analysis.plot_stability_regions(["rk4"], resolution=10**6), "resolution must be an integer .* got 1000000"),
+        (lambda: analysis.plot_stability_regions(["rk4"], figure="x"), "figure must be a matplotlib.figure.Figure or None"),
+    ],
+)
 def test_stability_tools_reject_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call()
@@ -439,13 +478,20 @@ def _state(tx, params=PARAMS):
     return flowopt.TrainState.create(apply_fn=lambda p, x: x, params=params, tx=tx)
 
 
-@pytest.mark.parametrize("tx, params, message", [
-    ("sgd", PARAMS, "TrainState.create: tx must be an optax.GradientTransformation, got 'sgd'"),
-    (flowopt.rk4, PARAMS, "tx must be an optax.GradientTransformation \\(call it with a learning rate"),
-    (None, PARAMS, "tx must be an optax.GradientTransformation, got None"),
-    (optax.sgd(0.1), {"w": jnp.array([1, 2])}, r"TrainState.create: params must hold floating-point .* \['w'\] is dtype int32"),
-    (optax.sgd(0.1), None, "TrainState.create: params is None"),
-])
+@pytest.mark.parametrize(
+    "tx, params, message",
+    [
+        ("sgd", PARAMS, "TrainState.create: tx must be an optax.GradientTransformation, got 'sgd'"),
+        (flowopt.rk4, PARAMS, "tx must be an optax.GradientTransformation \\(call it with a learning rate"),
+        (None, PARAMS, "tx must be an optax.GradientTransformation, got None"),
+        (
+            optax.sgd(0.1),
+            {"w": jnp.array([1, 2])},
+            r"TrainState.create: params must hold floating-point .* \['w'\] is dtype int32",
+        ),
+        (optax.sgd(0.1), None, "TrainState.create: params is None"),
+    ],
+)
 def test_train_state_create_rejects_bad_input(tx, params, message):
     with pytest.raises(ValueError, match=message):
         _state(tx, params)
@@ -454,18 +500,37 @@ def test_train_state_create_rejects_bad_input(tx, params, message):
 GRADS = jax.grad(loss)(PARAMS)
 
 
-@pytest.mark.parametrize("tx, kwargs, message", [
-    (flowopt.rk4(0.1), dict(grads=GRADS), "needs an oracle.* With flowopt.TrainState, pass the oracle to apply_gradients: "
-                                          "state.apply_gradients\\(grads=grads, value_fn="),
-    (flowopt.rk4(0.1), dict(grads={"w": jnp.ones(3)}, value_fn=loss), r"apply_gradients: the gradient leaf at \['w'\] has shape"),
-    (optax.sgd(0.1), dict(grads={"w": jnp.ones(())}), r"gradient leaf at \['w'\] has shape \(\), its parameter has shape \(2,\)"),
-    (optax.sgd(0.1), dict(grads={"w": jnp.array([1, 1])}), "the gradient passed to update\\(\\) must hold floating-point"),
-    (optax.sgd(0.1), dict(grads=None), "the gradient passed to update\\(\\) has structure"),
-    (flowopt.rk4(0.1), dict(grads=GRADS, value_fn=loss, extra_args=[1]), "extra_args must be a dict .* got list"),
-    (flowopt.rk4(0.1), dict(grads=GRADS, value_fn=loss, extra_args={"value_fn": loss}), "value_fn given both directly and in"),
-    (flowopt.rk4(0.1), dict(grads=GRADS, value_fn=loss, params=PARAMS), "params cannot be replaced here"),
-    (flowopt.rk4(0.1), dict(grads=GRADS, value_fn=loss, step=3), "step cannot be replaced here"),
-])
+@pytest.mark.parametrize(
+    "tx, kwargs, message",
+    [
+        (
+            flowopt.rk4(0.1),
+            dict(grads=GRADS),
+            "needs an oracle.* With flowopt.TrainState, pass the oracle to apply_gradients: "
+            "state.apply_gradients\\(grads=grads, value_fn=",
+        ),
+        (
+            flowopt.rk4(0.1),
+            dict(grads={"w": jnp.ones(3)}, value_fn=loss),
+            r"apply_gradients: the gradient leaf at \['w'\] has shape",
+        ),
+        (
+            optax.sgd(0.1),
+            dict(grads={"w": jnp.ones(())}),
+            r"gradient leaf at \['w'\] has shape \(\), its parameter has shape \(2,\)",
+        ),
+        (optax.sgd(0.1), dict(grads={"w": jnp.array([1, 1])}), "the gradient passed to update\\(\\) must hold floating-point"),
+        (optax.sgd(0.1), dict(grads=None), "the gradient passed to update\\(\\) has structure"),
+        (flowopt.rk4(0.1), dict(grads=GRADS, value_fn=loss, extra_args=[1]), "extra_args must be a dict .* got list"),
+        (
+            flowopt.rk4(0.1),
+            dict(grads=GRADS, value_fn=loss, extra_args={"value_fn": loss}),
+            "value_fn given both directly and in",
+        ),
+        (flowopt.rk4(0.1), dict(grads=GRADS, value_fn=loss, params=PARAMS), "params cannot be replaced here"),
+        (flowopt.rk4(0.1), dict(grads=GRADS, value_fn=loss, step=3), "step cannot be replaced here"),
+    ],
+)
 def test_train_state_apply_gradients_rejects_bad_input(tx, kwargs, message):
     with pytest.raises(ValueError, match=message):
         _state(tx).apply_gradients(**kwargs)
@@ -492,21 +557,24 @@ def test_train_state_oracle_reaches_plain_transformations_and_extra_args():
 # ------------------------------------------------------------------------------------------------ flowopt-demo
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--budget", "x"], "argument --budget: invalid int value: 'x'"),
-    (["--budget", "-8"], "argument --budget: must be an integer in [1, 10000000], got -8"),
-    (["--budget", "0"], "argument --budget: must be an integer in [1, 10000000], got 0"),
-    (["--budget", "100000000000"], "argument --budget: must be an integer in [1, 10000000], got 100000000000"),
-    (["--batch-size", "0"], "argument --batch-size: must be an integer in [1, 65536], got 0"),
-    (["--learning-rate", "nan"], "argument --learning-rate: must be a finite positive number, got nan"),
-    (["--learning-rate", "inf"], "argument --learning-rate: must be a finite positive number, got inf"),
-    (["--learning-rate", "-0.1"], "argument --learning-rate: must be a finite positive number, got -0.1"),
-    (["--learning-rate", "0"], "argument --learning-rate: must be a finite positive number, got 0.0"),
-    (["--seed", "-1"], "argument --seed: must be an integer in [0, 4294967295], got -1"),
-    (["--seed", "4294967296"], "argument --seed: must be an integer in [0, 4294967295], got 4294967296"),
-    (["--dataset", "foo"], "argument --dataset: unknown dataset 'foo'; valid: mnist, "),
-    (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--budget", "x"], "argument --budget: invalid int value: 'x'"),
+        (["--budget", "-8"], "argument --budget: must be an integer in [1, 10000000], got -8"),
+        (["--budget", "0"], "argument --budget: must be an integer in [1, 10000000], got 0"),
+        (["--budget", "100000000000"], "argument --budget: must be an integer in [1, 10000000], got 100000000000"),
+        (["--batch-size", "0"], "argument --batch-size: must be an integer in [1, 65536], got 0"),
+        (["--learning-rate", "nan"], "argument --learning-rate: must be a finite positive number, got nan"),
+        (["--learning-rate", "inf"], "argument --learning-rate: must be a finite positive number, got inf"),
+        (["--learning-rate", "-0.1"], "argument --learning-rate: must be a finite positive number, got -0.1"),
+        (["--learning-rate", "0"], "argument --learning-rate: must be a finite positive number, got 0.0"),
+        (["--seed", "-1"], "argument --seed: must be an integer in [0, 4294967295], got -1"),
+        (["--seed", "4294967296"], "argument --seed: must be an integer in [0, 4294967295], got 4294967296"),
+        (["--dataset", "foo"], "argument --dataset: unknown dataset 'foo'; valid: mnist, "),
+        (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
+    ],
+)
 def test_demo_bad_flag_exits_2_with_one_line_naming_it(argv, message, capsys):
     from flowopt.training import demo
 

@@ -31,102 +31,136 @@ def _fails(argv: list[str], capsys) -> str:
     assert code == 2, lines
     assert len(lines) == 1, lines
     assert lines[0].startswith(PREFIX), lines
-    return lines[0][len(PREFIX):]
+    return lines[0][len(PREFIX) :]
 
 
 BAD_FLAGS = [
-    (["--model-option", "hidden=abc"],
-     "argument --model-option: Model option hidden of 'mlp' must be a list of integers, got 'abc'."),
-    (["--model-option", "hidden=[0]"],
-     "argument --model-option: Model option hidden of 'mlp' must hold positive integers, got [0]."),
-    (["--model-option", "colour=1"],
-     "argument --model-option: Model 'mlp' has no option(s) ['colour']; valid options: "
-     "['hidden', 'activation', 'use_bias']."),
-    (["--model-option", "use_bias=1"],
-     "argument --model-option: Model option use_bias of 'mlp' must be true or false, got 1."),
-    (["--model-option", "activation=sigmoid"],
-     "argument --model-option: Model 'mlp' cannot be built with options {'activation': 'sigmoid'}: "
-     "Unknown activation 'sigmoid'; valid: relu, tanh, None."),
+    (
+        ["--model-option", "hidden=abc"],
+        "argument --model-option: Model option hidden of 'mlp' must be a list of integers, got 'abc'.",
+    ),
+    (
+        ["--model-option", "hidden=[0]"],
+        "argument --model-option: Model option hidden of 'mlp' must hold positive integers, got [0].",
+    ),
+    (
+        ["--model-option", "colour=1"],
+        "argument --model-option: Model 'mlp' has no option(s) ['colour']; valid options: ['hidden', 'activation', 'use_bias'].",
+    ),
+    (["--model-option", "use_bias=1"], "argument --model-option: Model option use_bias of 'mlp' must be true or false, got 1."),
+    (
+        ["--model-option", "activation=sigmoid"],
+        "argument --model-option: Model 'mlp' cannot be built with options {'activation': 'sigmoid'}: "
+        "Unknown activation 'sigmoid'; valid: relu, tanh, None.",
+    ),
     (["--model-option", "hidden"], "argument --model-option: expected KEY=VALUE, got 'hidden'"),
-    (["--model", "lenet5", "--model-option", "image_size=8"],
-     "argument --model-option: Model 'lenet5' cannot be built with options {'image_size': 8}: division by zero"),
-    (["--model", "lenet5", "--model-option", "image_size=40"],
-     "argument --model-option: Model 'lenet5' cannot be built with options {'image_size': 40}: "),
-    (["--optimizer", "adam", "--optimizer-option", "b1=abc"],
-     "argument --optimizer-option: Optimizer option b1 of 'adam' must be a number, got 'abc'."),
-    (["--optimizer", "adam", "--optimizer-option", "b1=true"],
-     "argument --optimizer-option: Optimizer option b1 of 'adam' must be a number, got True."),
-    (["--optimizer", "adam", "--optimizer-option", "b1=NaN"],
-     "argument --optimizer-option: optimizer_options b1 must be plain JSON (finite numbers, strings, lists, "
-     "true/false, null), got nan."),
-    (["--optimizer-option", "colour=1"],
-     "argument --optimizer-option: Optimizer 'sgd' has no option 'colour'; valid options: "
-     "['momentum', 'nesterov', 'accumulator_dtype']."),
-    (["--optimizer", "bdf"],
-     "argument --optimizer-option: Optimizer 'bdf' needs the option(s) order, inner_steps "
-     "(or a name with the order in it, such as bdf2)."),
+    (
+        ["--model", "lenet5", "--model-option", "image_size=8"],
+        "argument --model-option: Model 'lenet5' cannot be built with options {'image_size': 8}: division by zero",
+    ),
+    (
+        ["--model", "lenet5", "--model-option", "image_size=40"],
+        "argument --model-option: Model 'lenet5' cannot be built with options {'image_size': 40}: ",
+    ),
+    (
+        ["--optimizer", "adam", "--optimizer-option", "b1=abc"],
+        "argument --optimizer-option: Optimizer option b1 of 'adam' must be a number, got 'abc'.",
+    ),
+    (
+        ["--optimizer", "adam", "--optimizer-option", "b1=true"],
+        "argument --optimizer-option: Optimizer option b1 of 'adam' must be a number, got True.",
+    ),
+    (
+        ["--optimizer", "adam", "--optimizer-option", "b1=NaN"],
+        "argument --optimizer-option: optimizer_options b1 must be plain JSON (finite numbers, strings, lists, "
+        "true/false, null), got nan.",
+    ),
+    (
+        ["--optimizer-option", "colour=1"],
+        "argument --optimizer-option: Optimizer 'sgd' has no option 'colour'; valid options: "
+        "['momentum', 'nesterov', 'accumulator_dtype'].",
+    ),
+    (
+        ["--optimizer", "bdf"],
+        "argument --optimizer-option: Optimizer 'bdf' needs the option(s) order, inner_steps "
+        "(or a name with the order in it, such as bdf2).",
+    ),
     (["--optimizer", "runge_kutta"], "argument --optimizer-option: Optimizer 'runge_kutta' needs the option(s) tableau."),
-    (["--optimizer", "sgd", "--optimizer-option", "momentum=fast"],
-     "argument --optimizer-option: Optimizer option momentum of 'sgd' must be a number or null, got 'fast'."),
-    (["--optimizer", "bdf2", "--optimizer-option", "inner_steps=0"],
-     "argument --optimizer-option: Optimizer 'bdf2' rejected options {'inner_steps': 0}: "
-     "inner_steps must be a positive integer, got 0."),
+    (
+        ["--optimizer", "sgd", "--optimizer-option", "momentum=fast"],
+        "argument --optimizer-option: Optimizer option momentum of 'sgd' must be a number or null, got 'fast'.",
+    ),
+    (
+        ["--optimizer", "bdf2", "--optimizer-option", "inner_steps=0"],
+        "argument --optimizer-option: Optimizer 'bdf2' rejected options {'inner_steps': 0}: "
+        "inner_steps must be a positive integer, got 0.",
+    ),
     (["--optimizer", "bdf2"], "argument --optimizer-option: Optimizer 'bdf2' needs the option(s) inner_steps."),
-    (["--optimizer-option", "learning_rate=0.1"],
-     "argument --optimizer-option: learning_rate is set by the learning_rate field, not as an optimizer option."),
-    (["--optimizer", "guard_nonfinite"],
-     "argument --optimizer: flowopt.guard_nonfinite is not an optimizer constructor (it takes no learning rate; "
-     "its first argument is inner: optax.GradientTransformation); valid names: sgd, "),
+    (
+        ["--optimizer-option", "learning_rate=0.1"],
+        "argument --optimizer-option: learning_rate is set by the learning_rate field, not as an optimizer option.",
+    ),
+    (
+        ["--optimizer", "guard_nonfinite"],
+        "argument --optimizer: flowopt.guard_nonfinite is not an optimizer constructor (it takes no learning rate; "
+        "its first argument is inner: optax.GradientTransformation); valid names: sgd, ",
+    ),
     (["--optimizer", "nope"], "argument --optimizer: Unknown optimizer 'nope'; valid names: sgd, "),
     (["--optimizer", ""], "argument --optimizer: Unknown optimizer ''; valid names: sgd, "),
     (["--model", "nope"], "argument --model: Unknown model 'nope'; valid names: logistic_regression, "),
     (["--model", ""], "argument --model: Unknown model ''; valid names: logistic_regression, "),
     (["--dataset", "imagenet"], "argument --dataset: Unknown dataset 'imagenet'; valid names: mnist, "),
-    (["--warmup-steps", "-5", "--schedule", "warmup_cosine"],
-     "argument --warmup-steps: warmup_steps must be an integer in [0, 2147483647], got -5."),
-    (["--warmup-steps", "5"],
-     "argument --warmup-steps: warmup_steps (5) only applies to the warmup_cosine schedule, not to constant."),
-    (["--warmup-steps", "5", "--schedule", "warmup_cosine", "--steps", "5"],
-     "argument --warmup-steps: warmup_steps (5) must be less than steps (5)."),
-    (["--warmup-steps", "500", "--schedule", "warmup_cosine", "--steps", "900", "--epochs", "1"],
-     "argument --warmup-steps: warmup_steps (500) must be less than the run's 64 steps."),
+    (
+        ["--warmup-steps", "-5", "--schedule", "warmup_cosine"],
+        "argument --warmup-steps: warmup_steps must be an integer in [0, 2147483647], got -5.",
+    ),
+    (
+        ["--warmup-steps", "5"],
+        "argument --warmup-steps: warmup_steps (5) only applies to the warmup_cosine schedule, not to constant.",
+    ),
+    (
+        ["--warmup-steps", "5", "--schedule", "warmup_cosine", "--steps", "5"],
+        "argument --warmup-steps: warmup_steps (5) must be less than steps (5).",
+    ),
+    (
+        ["--warmup-steps", "500", "--schedule", "warmup_cosine", "--steps", "900", "--epochs", "1"],
+        "argument --warmup-steps: warmup_steps (500) must be less than the run's 64 steps.",
+    ),
     (["--warmup-steps", "x"], "argument --warmup-steps: invalid int value: 'x'"),
     (["--seed", "-1"], "argument --seed: seed must be an integer in [0, 4294967295], got -1."),
     (["--seed", str(2**32)], "argument --seed: seed must be an integer in [0, 4294967295], got 4294967296."),
     (["--seed", "1.5"], "argument --seed: invalid int value: '1.5'"),
     (["--learning-rate", "inf"], "argument --learning-rate: learning_rate must be a positive finite number, got inf."),
     (["--learning-rate", "nan"], "argument --learning-rate: learning_rate must be a positive finite number, got nan."),
-    (["--learning-rate", "1e999"],
-     "argument --learning-rate: learning_rate must be a positive finite number, got inf."),
-    (["--learning-rate", "-0.1"],
-     "argument --learning-rate: learning_rate must be a positive finite number, got -0.1."),
+    (["--learning-rate", "1e999"], "argument --learning-rate: learning_rate must be a positive finite number, got inf."),
+    (["--learning-rate", "-0.1"], "argument --learning-rate: learning_rate must be a positive finite number, got -0.1."),
     (["--learning-rate", "0"], "argument --learning-rate: learning_rate must be a positive finite number, got 0.0."),
     (["--learning-rate", ""], "argument --learning-rate: invalid float value: ''"),
     (["--learning-rate", "fast"], "argument --learning-rate: invalid float value: 'fast'"),
-    (["--weight-decay", "-1"],
-     "argument --weight-decay: weight_decay must be a non-negative finite number, got -1.0."),
-    (["--weight-decay", "nan"],
-     "argument --weight-decay: weight_decay must be a non-negative finite number, got nan."),
+    (["--weight-decay", "-1"], "argument --weight-decay: weight_decay must be a non-negative finite number, got -1.0."),
+    (["--weight-decay", "nan"], "argument --weight-decay: weight_decay must be a non-negative finite number, got nan."),
     (["--batch-size", "0"], "argument --batch-size: batch_size must be an integer in [1, 2147483647], got 0."),
-    (["--batch-size", "100000"],
-     "argument --batch-size: batch_size 100000 exceeds the 2048 training examples of synthetic_mnist."),
-    (["--batch-size", str(2**40)],
-     "argument --batch-size: batch_size must be an integer in [1, 2147483647], got 1099511627776."),
+    (
+        ["--batch-size", "100000"],
+        "argument --batch-size: batch_size 100000 exceeds the 2048 training examples of synthetic_mnist.",
+    ),
+    (["--batch-size", str(2**40)], "argument --batch-size: batch_size must be an integer in [1, 2147483647], got 1099511627776."),
     (["--epochs", "0"], "argument --epochs: epochs must be an integer in [1, 2147483647], got 0."),
     (["--steps", "-3"], "argument --steps: steps must be an integer in [1, 2147483647], got -3."),
-    (["--grad-evals", str(2**31)],
-     "argument --grad-evals: grad_evals must be an integer in [1, 2147483647], got 2147483648."),
-    (["--eval-batch-size", "0"],
-     "argument --eval-batch-size: eval_batch_size must be an integer in [1, 2147483647], got 0."),
+    (["--grad-evals", str(2**31)], "argument --grad-evals: grad_evals must be an integer in [1, 2147483647], got 2147483648."),
+    (["--eval-batch-size", "0"], "argument --eval-batch-size: eval_batch_size must be an integer in [1, 2147483647], got 0."),
     (["--eval-every", "-1"], "argument --eval-every: eval_every must be an integer in [1, 2147483647], got -1."),
-    (["--checkpoint-every", "0"],
-     "argument --checkpoint-every: checkpoint_every must be an integer in [1, 2147483647], got 0."),
+    (["--checkpoint-every", "0"], "argument --checkpoint-every: checkpoint_every must be an integer in [1, 2147483647], got 0."),
     (["--devices", "0"], "argument --devices: num_devices must be an integer in [1, 2147483647], got 0."),
     (["--devices", "4096"], "argument --devices: num_devices must be in [1, "),
-    (["--schedule", "linear"],
-     "argument --schedule: invalid choice: 'linear' (choose from 'constant', 'cosine', 'warmup_cosine')"),
-    (["--data-path", "/data/x"],
-     "argument --data-path: dataset_options ['path'] do not apply to the synthetic dataset 'synthetic_mnist'."),
+    (
+        ["--schedule", "linear"],
+        "argument --schedule: invalid choice: 'linear' (choose from 'constant', 'cosine', 'warmup_cosine')",
+    ),
+    (
+        ["--data-path", "/data/x"],
+        "argument --data-path: dataset_options ['path'] do not apply to the synthetic dataset 'synthetic_mnist'.",
+    ),
     (["--dataset", "mnist", "--data-path", ""], "argument --data-path: the path is empty."),
     (["--config", ""], "argument --config: the file name is empty."),
     (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
@@ -166,33 +200,50 @@ def test_missing_output_and_missing_files(tmp_path, capsys):
 )
 def test_unusable_output_directory(where, message, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    out = {"file": tmp_path / "file", "under a file": tmp_path / "file" / "run",
-           "read-only": Path("/proc/flowopt-test-run"), "empty": ""}[where]
+    out = {
+        "file": tmp_path / "file",
+        "under a file": tmp_path / "file" / "run",
+        "read-only": Path("/proc/flowopt-test-run"),
+        "empty": "",
+    }[where]
     line = _fails(BASE + ["--output", str(out)], capsys)
     assert line.startswith("argument --output: " + message.format(out=out)), line
 
 
 CONFIG_FILES = [
-    ("bad.json", "{not json", "{path} is not valid JSON: Expecting property name enclosed in double quotes at line 1, "
-                              "column 2."),
+    ("bad.json", "{not json", "{path} is not valid JSON: Expecting property name enclosed in double quotes at line 1, column 2."),
     ("bad.yaml", "a: [1, 2\nb: :", "{path} is not valid YAML: expected ',' or ']', but got ':' at line 2, column 2."),
     ("list.yaml", "- 1\n", "{path} must hold a mapping of config keys, got list."),
     ("typo.yaml", "learning_rte: 0.1\n", "{path}: Unknown config key(s) ['learning_rte']; valid keys: "),
-    ("lr.yaml", "learning_rate: 1e-3\n",
-     "{path}: key learning_rate: learning_rate must be a number, got the string '1e-3' (quoted, or in YAML an "
-     "exponent without a decimal point, e.g. 1e-3 for 1.0e-3)."),
-    ("neg.json", '{"weight_decay": -1}',
-     "{path}: key weight_decay: weight_decay must be a non-negative finite number, got -1."),
+    (
+        "lr.yaml",
+        "learning_rate: 1e-3\n",
+        "{path}: key learning_rate: learning_rate must be a number, got the string '1e-3' (quoted, or in YAML an "
+        "exponent without a decimal point, e.g. 1e-3 for 1.0e-3).",
+    ),
+    ("neg.json", '{"weight_decay": -1}', "{path}: key weight_decay: weight_decay must be a non-negative finite number, got -1."),
     ("bool.yaml", "eval_train: 3\n", "{path}: key eval_train: eval_train must be true or false, got 3."),
-    ("options.yaml", "model_options: 3\n",
-     "{path}: key model_options: model_options must be a mapping of option names to values, got 3."),
-    ("hidden.yaml", "model_options: {hidden: abc}\n",
-     "{path}: key model_options.hidden: Model option hidden of 'mlp' must be a list of integers, got 'abc'."),
-    ("data.yaml", "dataset: mnist\ndataset_options: {colour: 1}\n",
-     "{path}: key dataset_options.colour: Unknown dataset option 'colour'; valid: path, data_dir, source, "
-     "refresh, tfds_data_dir."),
-    ("refresh.yaml", "dataset: mnist\ndataset_options: {refresh: 'yes'}\n",
-     "{path}: key dataset_options.refresh: dataset option refresh must be true or false, got 'yes'."),
+    (
+        "options.yaml",
+        "model_options: 3\n",
+        "{path}: key model_options: model_options must be a mapping of option names to values, got 3.",
+    ),
+    (
+        "hidden.yaml",
+        "model_options: {hidden: abc}\n",
+        "{path}: key model_options.hidden: Model option hidden of 'mlp' must be a list of integers, got 'abc'.",
+    ),
+    (
+        "data.yaml",
+        "dataset: mnist\ndataset_options: {colour: 1}\n",
+        "{path}: key dataset_options.colour: Unknown dataset option 'colour'; valid: path, data_dir, source, "
+        "refresh, tfds_data_dir.",
+    ),
+    (
+        "refresh.yaml",
+        "dataset: mnist\ndataset_options: {refresh: 'yes'}\n",
+        "{path}: key dataset_options.refresh: dataset option refresh must be true or false, got 'yes'.",
+    ),
     ("config.txt", "epochs: 1\n", "Config files must be .json, .yaml or .yml, got config.txt."),
 ]
 
@@ -208,8 +259,9 @@ def test_bad_config_file_names_the_file_and_key(name, text, message, tmp_path, c
 
 def test_flag_overrides_a_bad_config_value(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("learning_rate: -1\n")
-    code, lines = _run(BASE + ["--config", str(tmp_path / "c.yaml"), "--learning-rate", "0.05",
-                               "--output", str(tmp_path / "run")], capsys)
+    code, lines = _run(
+        BASE + ["--config", str(tmp_path / "c.yaml"), "--learning-rate", "0.05", "--output", str(tmp_path / "run")], capsys
+    )
     assert code == 0 and lines == []
 
 
@@ -222,8 +274,22 @@ def test_reusing_an_output_directory_of_another_run_names_output(tmp_path, capsy
 
 def test_data_errors_are_one_line_naming_the_dataset(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("FLOWOPT_CIFAR10_ARCHIVE", raising=False)
-    line = _fails(["--dataset", "cifar10", "--model", "resnet20", "--steps", "1", "--no-progress",
-                   "--data-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "run")], capsys)
+    line = _fails(
+        [
+            "--dataset",
+            "cifar10",
+            "--model",
+            "resnet20",
+            "--steps",
+            "1",
+            "--no-progress",
+            "--data-dir",
+            str(tmp_path / "cache"),
+            "--output",
+            str(tmp_path / "run"),
+        ],
+        capsys,
+    )
     assert line.startswith("argument --dataset: No source could provide CIFAR-10."), line
     assert "; path: no local path given" in line
 
@@ -231,14 +297,15 @@ def test_data_errors_are_one_line_naming_the_dataset(tmp_path, capsys, monkeypat
 def test_the_installed_command_prints_one_line_and_no_traceback(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(
-        [sys.executable, "-m", "flowopt.training.cli", *BASE, "--model-option", "hidden=abc",
-         "--output", str(tmp_path / "run")],
-        capture_output=True, text=True, env=env, timeout=120,
+        [sys.executable, "-m", "flowopt.training.cli", *BASE, "--model-option", "hidden=abc", "--output", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "flowopt-train: error: argument --model-option: Model option hidden of 'mlp' must be a list of integers, "
-        "got 'abc'."
+        "flowopt-train: error: argument --model-option: Model option hidden of 'mlp' must be a list of integers, got 'abc'."
     ]
 
 
@@ -247,15 +314,46 @@ def test_the_installed_command_prints_one_line_and_no_traceback(tmp_path):
 GOOD = dict(model="mlp", dataset="synthetic_mnist", steps=1)
 
 BAD_FIELDS = [
-    ("learning_rate", float("inf")), ("learning_rate", float("nan")), ("learning_rate", -0.1), ("learning_rate", 0),
-    ("learning_rate", "0.1"), ("learning_rate", True), ("weight_decay", -1e-4), ("weight_decay", float("inf")),
-    ("seed", -1), ("seed", 2**32), ("seed", 1.0), ("warmup_steps", -5), ("batch_size", 0), ("batch_size", 2.0),
-    ("epochs", 0), ("steps", -1), ("steps", True), ("grad_evals", 2**31), ("eval_batch_size", 0), ("eval_every", 0),
-    ("checkpoint_every", -2), ("keep_checkpoints", 0), ("num_devices", 0), ("model", "nope"), ("model", 3),
-    ("dataset", ""), ("optimizer", "guard_nonfinite"), ("optimizer", None), ("schedule", "linear"),
-    ("augment", "yes"), ("eval_train", 1), ("progress", "no"), ("resume", None), ("model_options", {"hidden": "abc"}),
-    ("model_options", {"depth": 3}), ("model_options", []), ("optimizer_options", {"momentum": "x"}),
-    ("optimizer_options", {"colour": 1}), ("optimizer_options", {1: 2}), ("dataset_options", {"path": "/x"}),
+    ("learning_rate", float("inf")),
+    ("learning_rate", float("nan")),
+    ("learning_rate", -0.1),
+    ("learning_rate", 0),
+    ("learning_rate", "0.1"),
+    ("learning_rate", True),
+    ("weight_decay", -1e-4),
+    ("weight_decay", float("inf")),
+    ("seed", -1),
+    ("seed", 2**32),
+    ("seed", 1.0),
+    ("warmup_steps", -5),
+    ("batch_size", 0),
+    ("batch_size", 2.0),
+    ("epochs", 0),
+    ("steps", -1),
+    ("steps", True),
+    ("grad_evals", 2**31),
+    ("eval_batch_size", 0),
+    ("eval_every", 0),
+    ("checkpoint_every", -2),
+    ("keep_checkpoints", 0),
+    ("num_devices", 0),
+    ("model", "nope"),
+    ("model", 3),
+    ("dataset", ""),
+    ("optimizer", "guard_nonfinite"),
+    ("optimizer", None),
+    ("schedule", "linear"),
+    ("augment", "yes"),
+    ("eval_train", 1),
+    ("progress", "no"),
+    ("resume", None),
+    ("model_options", {"hidden": "abc"}),
+    ("model_options", {"depth": 3}),
+    ("model_options", []),
+    ("optimizer_options", {"momentum": "x"}),
+    ("optimizer_options", {"colour": 1}),
+    ("optimizer_options", {1: 2}),
+    ("dataset_options", {"path": "/x"}),
 ]
 
 
@@ -266,8 +364,7 @@ def test_train_config_names_the_bad_field(field, value):
     assert error.value.field == field
     assert isinstance(error.value, ValueError)
     message = str(error.value)
-    assert field in message or ("option" in message and field.endswith("options")) or field in ("model", "dataset",
-                                                                                                   "optimizer")
+    assert field in message or ("option" in message and field.endswith("options")) or field in ("model", "dataset", "optimizer")
     assert "\n" not in message
 
 
@@ -279,8 +376,9 @@ def test_train_config_warm_up_and_dataset_options():
     with pytest.raises(ConfigError, match="Unknown dataset source 'web'"):
         TrainConfig(**{**GOOD, "dataset": "mnist"}, dataset_options={"source": "web"})
     with pytest.raises(ConfigError, match="must be less than the run's 8 steps") as error:
-        TrainConfig(**{**GOOD, "steps": None, "epochs": 1}, batch_size=256, warmup_steps=8,
-                    schedule="warmup_cosine").check_buildable()
+        TrainConfig(
+            **{**GOOD, "steps": None, "epochs": 1}, batch_size=256, warmup_steps=8, schedule="warmup_cosine"
+        ).check_buildable()
     assert error.value.field == "warmup_steps"
     config = TrainConfig(**GOOD, optimizer="adam", optimizer_options={"b1": 0.5}, model_options={"hidden": [8]})
     config.check_buildable()

@@ -128,8 +128,11 @@ def test_vmapped_steps_skip_only_the_faulty_members():
 @pytest.mark.parametrize("name", ["heun", "rk4", "adam_flow_heun"])
 def test_nan_loss_at_a_stage_is_not_applied(name):
     # (BDF: see test_nan_in_an_implicit_inner_solve_skips_the_whole_step below.)
-    make = {"heun": lambda: flowopt.heun(0.1), "rk4": lambda: flowopt.rk4(0.1),
-            "adam_flow_heun": lambda: flowopt.adam_flow(0.1, integrator=flowopt.tableaus.HEUN)}[name]
+    make = {
+        "heun": lambda: flowopt.heun(0.1),
+        "rk4": lambda: flowopt.rk4(0.1),
+        "adam_flow_heun": lambda: flowopt.adam_flow(0.1, integrator=flowopt.tableaus.HEUN),
+    }[name]
     tx = make()
     nan_away_from_start = lambda p: loss(p) * jnp.where(jnp.all(p["w"] == PARAMS["w"]), 1.0, jnp.nan)
     params, state, history = _run(tx, 2, value_fn=nan_away_from_start)
@@ -240,8 +243,11 @@ def test_nan_incoming_gradient_with_an_implicit_method_is_not_applied(method, pa
     ],
     ids=["int-params", "bool-params", "int-grads", "scalar-leaf", "broadcastable-leaf", "structure"],
 )
-@pytest.mark.parametrize("make", [lambda: flowopt.euler(0.1), lambda: flowopt.rk4(0.1), lambda: flowopt.adam_flow(0.1)],
-                         ids=["euler", "rk4", "adam_flow"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: flowopt.euler(0.1), lambda: flowopt.rk4(0.1), lambda: flowopt.adam_flow(0.1)],
+    ids=["euler", "rk4", "adam_flow"],
+)
 def test_bad_params_or_gradient_layout_raises(make, params, grads, match):
     tx = make()
     with pytest.raises(ValueError, match=match):
@@ -272,7 +278,7 @@ def test_bad_grad_fn_output_raises(grad_fn, match):
         (lambda p: 3, "real floating-point loss, got the non-floating dtype int"),
         (lambda p: loss(p) + 0j, "real floating-point loss, got the complex dtype complex"),
         (lambda p: p["w"], r"scalar loss, got shape \(2,\)"),
-        (lambda p: "loss", "scalar loss, got str"),
+        (lambda p: "loss", "scalar loss, got a str"),
     ],
     ids=["none", "tuple", "int", "complex", "vector", "string"],
 )
@@ -347,8 +353,12 @@ def _complex_run(tx, value_fn, params, steps=30):
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: flowopt.heun(0.05), lambda: flowopt.rk4(0.05), lambda: flowopt.bdf(2, 0.05, 3),
-     lambda: flowopt.adams_bashforth(3, 0.05)],
+    [
+        lambda: flowopt.heun(0.05),
+        lambda: flowopt.rk4(0.05),
+        lambda: flowopt.bdf(2, 0.05, 3),
+        lambda: flowopt.adams_bashforth(3, 0.05),
+    ],
     ids=["heun", "rk4", "bdf2", "adams_bashforth3"],
 )
 def test_complex_parameters_follow_the_real_flow(make):
@@ -373,8 +383,12 @@ def test_complex_adam_flow_uses_squared_modulus(integrator):
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: flowopt.adams_bashforth(3, 0.1), lambda: flowopt.bdf(3, 0.1, 2), lambda: flowopt.rk4(0.1),
-     lambda: flowopt.adam_flow(0.1)],
+    [
+        lambda: flowopt.adams_bashforth(3, 0.1),
+        lambda: flowopt.bdf(3, 0.1, 2),
+        lambda: flowopt.rk4(0.1),
+        lambda: flowopt.adam_flow(0.1),
+    ],
     ids=["adams_bashforth3", "bdf3", "rk4", "adam_flow"],
 )
 def test_state_can_be_donated(make):
@@ -382,8 +396,7 @@ def test_state_can_be_donated(make):
     state = tx.init(PARAMS)
     buffers = [id(leaf) for leaf in jax.tree.leaves(state)]
     assert len(set(buffers)) == len(buffers)  # init allocates one buffer per leaf
-    step = jax.jit(lambda params, state: tx.update(jax.grad(loss)(params), state, params, value_fn=loss),
-                   donate_argnums=(1,))
+    step = jax.jit(lambda params, state: tx.update(jax.grad(loss)(params), state, params, value_fn=loss), donate_argnums=(1,))
     for _ in range(3):
         _, state = step(PARAMS, state)
     assert int(state.count) == 3
@@ -391,8 +404,12 @@ def test_state_can_be_donated(make):
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: flowopt.bdf(2, 0.1, 2), lambda: flowopt.adams_bashforth(2, 0.1), lambda: flowopt.adam_flow(0.1),
-     lambda: flowopt.heavy_ball_flow(0.1)],
+    [
+        lambda: flowopt.bdf(2, 0.1, 2),
+        lambda: flowopt.adams_bashforth(2, 0.1),
+        lambda: flowopt.adam_flow(0.1),
+        lambda: flowopt.heavy_ball_flow(0.1),
+    ],
     ids=["bdf2", "adams_bashforth2", "adam_flow", "heavy_ball_flow"],
 )
 @pytest.mark.parametrize("other", [{"w": jnp.ones(2), "b": jnp.ones(3)}, {"w": jnp.ones(4)}], ids=["structure", "shape"])

@@ -24,6 +24,7 @@ def _offline(requirement: str, dest: Path) -> None:
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """No test here may reach a registry or the network."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("a test tried to download")
 

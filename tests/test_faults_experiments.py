@@ -149,31 +149,56 @@ def _set(path, value):
             del target[last]
         else:
             target[last] = value
+
     return edit
 
 
 _DELETE = object()
 MALFORMED = [
     ("missing key", _set(["experiments"], _DELETE), "key experiments is missing."),
-    ("unknown key", _set(["sede"], 1),
-     "key sede is not a known key; valid keys here: config_name, description, experiments, seed."),
+    (
+        "unknown key",
+        _set(["sede"], 1),
+        "key sede is not a known key; valid keys here: config_name, description, experiments, seed.",
+    ),
     ("wrong type", _set(["experiments"], {"a": 1}), 'key experiments must be a list, got {"a": 1}.'),
     ("string seed", _set(["seed"], "0"), 'key seed must be a non-negative integer, got "0".'),
     ("missing nested", _set(["experiments", 0, "train", "epochs"], _DELETE), "key experiments[0].train.epochs is missing."),
-    ("unknown nested", _set(["experiments", 0, "train", "eval_every"], 5),
-     "key experiments[0].train.eval_every is not a known key; valid keys here: augment, "),
-    ("negative rate", _set(["experiments", 0, "methods", "sgd"], [-0.1]),
-     "key experiments[0].methods.sgd[0] must be a positive finite number, got -0.1."),
-    ("unknown method", _set(["experiments", 0, "methods", "lbfgs"], [0.1]),
-     "key experiments[0].methods.lbfgs is not a valid name: must be one of ['sgd', "),
-    ("unknown model", _set(["experiments", 0, "train", "model"], "gpt"),
-     "key experiments[0].train.model must be one of ['logistic_regression', "),
-    ("duplicate name", _set(["experiments", 1, "name"], "logreg"),
-     'key experiments[1].name repeats "logreg": each name must be unique.'),
-    ("bad model option", _set(["experiments", 1, "train", "model_options"], {"l1": "x"}),
-     "run lasso-sgd-lr0.001-epochs: model_options: Model option l1 of 'lasso' must be a number, got 'x'."),
-    ("batch too large", _set(["experiments", 0, "train", "batch_size"], 1024),
-     "run logreg-sgd-lr0.01-epochs: batch_size: batch_size 1024 exceeds the 512 training examples of synthetic_mnist."),
+    (
+        "unknown nested",
+        _set(["experiments", 0, "train", "eval_every"], 5),
+        "key experiments[0].train.eval_every is not a known key; valid keys here: augment, ",
+    ),
+    (
+        "negative rate",
+        _set(["experiments", 0, "methods", "sgd"], [-0.1]),
+        "key experiments[0].methods.sgd[0] must be a positive finite number, got -0.1.",
+    ),
+    (
+        "unknown method",
+        _set(["experiments", 0, "methods", "lbfgs"], [0.1]),
+        "key experiments[0].methods.lbfgs is not a valid name: must be one of ['sgd', ",
+    ),
+    (
+        "unknown model",
+        _set(["experiments", 0, "train", "model"], "gpt"),
+        "key experiments[0].train.model must be one of ['logistic_regression', ",
+    ),
+    (
+        "duplicate name",
+        _set(["experiments", 1, "name"], "logreg"),
+        'key experiments[1].name repeats "logreg": each name must be unique.',
+    ),
+    (
+        "bad model option",
+        _set(["experiments", 1, "train", "model_options"], {"l1": "x"}),
+        "run lasso-sgd-lr0.001-epochs: model_options: Model option l1 of 'lasso' must be a number, got 'x'.",
+    ),
+    (
+        "batch too large",
+        _set(["experiments", 0, "train", "batch_size"], 1024),
+        "run logreg-sgd-lr0.01-epochs: batch_size: batch_size 1024 exceeds the 512 training examples of synthetic_mnist.",
+    ),
 ]
 
 
@@ -196,18 +221,36 @@ def test_malformed_study_config_names_file_and_key(edit, message, tmp_path, caps
     "study, edit, message",
     [
         ("adam-ode", lambda c: c.__setitem__("b1", 1.5), "key b1 must be a number in [0, 1), got 1.5."),
-        ("adam-ode", lambda c: c.__setitem__("integrators", ["rk5"]),
-         "key integrators[0] must be one of ['euler', 'heun', 'rk4'], got \"rk5\"."),
-        ("bdf", lambda c: c.__setitem__("methods", ["gd", "bdf9"]),
-         'key methods[1] must be one of gd, heun, rk4, bdf1 ... bdf6, got "bdf9".'),
-        ("bdf", lambda c: c["synthetic"].__setitem__("min_rate", 100),
-         "run synthetic-quadratic_kappa1e2: synthetic.min_rate (100) exceeds synthetic.max_rate (50)."),
-        ("continuous-vs-discrete", lambda c: c["small_step"]["flow"].__setitem__("tolerance", 1),
-         "run small_step-deep_linear-lr0.01: small_step: flow has unknown option(s) ['tolerance']; valid: "),
-        ("continuous-vs-discrete", lambda c: c["large_step"].__setitem__("flow", None),
-         "run large_step-deep_linear-lr0.05: large_step: flow must be set: the large-step runs integrate"),
-        ("continuous-vs-discrete", lambda c: c["data"].__setitem__("pool", 0),
-         "key data.pool must be a positive integer, got 0."),
+        (
+            "adam-ode",
+            lambda c: c.__setitem__("integrators", ["rk5"]),
+            "key integrators[0] must be one of ['euler', 'heun', 'rk4'], got \"rk5\".",
+        ),
+        (
+            "bdf",
+            lambda c: c.__setitem__("methods", ["gd", "bdf9"]),
+            'key methods[1] must be one of gd, heun, rk4, bdf1 ... bdf6, got "bdf9".',
+        ),
+        (
+            "bdf",
+            lambda c: c["synthetic"].__setitem__("min_rate", 100),
+            "run synthetic-quadratic_kappa1e2: synthetic.min_rate (100) exceeds synthetic.max_rate (50).",
+        ),
+        (
+            "continuous-vs-discrete",
+            lambda c: c["small_step"]["flow"].__setitem__("tolerance", 1),
+            "run small_step-deep_linear-lr0.01: small_step: flow has unknown option(s) ['tolerance']; valid: ",
+        ),
+        (
+            "continuous-vs-discrete",
+            lambda c: c["large_step"].__setitem__("flow", None),
+            "run large_step-deep_linear-lr0.05: large_step: flow must be set: the large-step runs integrate",
+        ),
+        (
+            "continuous-vs-discrete",
+            lambda c: c["data"].__setitem__("pool", 0),
+            "key data.pool must be a positive integer, got 0.",
+        ),
     ],
 )
 def test_other_studies_name_file_and_key(study, edit, message, tmp_path):
@@ -240,16 +283,22 @@ def test_unreadable_study_file(text, message, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["nope"], "argument study: invalid choice: 'nope' (choose from 'adam-ode', 'adaptive-steps', 'analysis', "
-                   "'bdf', 'bdf-stability', 'continuous-vs-discrete', 'runge-kutta')"),
-        (["bdf", "--config", "huge"], "argument --config: config must be one of ('smoke', 'cpu', 'gpu') or a .json "
-                                      "file, got 'huge'."),
-        (["bdf", "--config", ""], "argument --config: config must be one of ('smoke', 'cpu', 'gpu') or a .json file, "
-                                  "got ''."),
+        (
+            ["nope"],
+            "argument study: invalid choice: 'nope' (choose from 'adam-ode', 'adaptive-steps', 'analysis', "
+            "'bdf', 'bdf-stability', 'continuous-vs-discrete', 'runge-kutta')",
+        ),
+        (
+            ["bdf", "--config", "huge"],
+            "argument --config: config must be one of ('smoke', 'cpu', 'gpu') or a .json file, got 'huge'.",
+        ),
+        (["bdf", "--config", ""], "argument --config: config must be one of ('smoke', 'cpu', 'gpu') or a .json file, got ''."),
         (["bdf", "--config", "missing.json"], "argument --config: no configuration file missing.json for study 'bdf'."),
         (["bdf", "--config", "smoke", "--output", ""], "argument --output: the directory name is empty."),
-        (["bdf", "--config", "smoke", "--output", "/proc/flowopt-test"],
-         "argument --output: /proc/flowopt-test is not a writable directory: "),
+        (
+            ["bdf", "--config", "smoke", "--output", "/proc/flowopt-test"],
+            "argument --output: /proc/flowopt-test is not a writable directory: ",
+        ),
         (["bdf", "--bogus"], "unrecognized arguments: --bogus"),
     ],
 )

@@ -31,8 +31,15 @@ import pytest
 from flowopt.training import checkpoint, cli, data, loop, metrics, rundir
 from flowopt.training.config import TrainConfig
 
-BASE = dict(model="logistic_regression", dataset="synthetic_mnist", optimizer="sgd", batch_size=32,
-            eval_batch_size=50, learning_rate=0.05, progress=False)
+BASE = dict(
+    model="logistic_regression",
+    dataset="synthetic_mnist",
+    optimizer="sgd",
+    batch_size=32,
+    eval_batch_size=50,
+    learning_rate=0.05,
+    progress=False,
+)
 # 8 steps an epoch; rows at 3, 6, 8, 9, 12, 15, 16; checkpoints at 2, 4, 6, 8, 10, 12, 14, 16.
 RUN = dict(BASE, epochs=2, eval_every=3, checkpoint_every=2)
 ROWS = [3, 6, 8, 9, 12, 15, 16]
@@ -92,8 +99,12 @@ def _kill_processes(tmp_path_factory):
     procs = {}
     for name, point in KILLS.items():
         env = {**os.environ, "_FLOWOPT_TEST_KILL_AT": point, "JAX_PLATFORMS": "cpu"}
-        procs[name] = subprocess.Popen([sys.executable, str(script), json.dumps(RUN), str(root / name)],
-                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs[name] = subprocess.Popen(
+            [sys.executable, str(script), json.dumps(RUN), str(root / name)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
     yield root, procs
     for proc in procs.values():
         if proc.poll() is None:
@@ -136,8 +147,23 @@ def _data_files(out: Path, step: int) -> list[Path]:
 
 def test_cli_checkpoint_every_dividing_the_epoch_finishes_and_a_rerun_adds_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--model", "logistic_regression", "--dataset", "synthetic_mnist", "--optimizer", "sgd",
-            "--batch-size", "256", "--epochs", "2", "--checkpoint-every", "8", "--no-progress", "--output", str(out)]
+    args = [
+        "--model",
+        "logistic_regression",
+        "--dataset",
+        "synthetic_mnist",
+        "--optimizer",
+        "sgd",
+        "--batch-size",
+        "256",
+        "--epochs",
+        "2",
+        "--checkpoint-every",
+        "8",
+        "--no-progress",
+        "--output",
+        str(out),
+    ]
     assert cli.main(args) == 0  # step 8 is both a --checkpoint-every step and an epoch end
     first = (out / "metrics.jsonl").read_bytes()
     assert _steps(out / "metrics.jsonl") == [8, 16] and _checkpoints(out) == [8, 16]
@@ -147,23 +173,52 @@ def test_cli_checkpoint_every_dividing_the_epoch_finishes_and_a_rerun_adds_nothi
 
 
 def test_a_budget_below_one_step_is_refused_naming_the_flag(tmp_path, capsys):
-    args = ["--model", "logistic_regression", "--dataset", "synthetic_mnist", "--optimizer", "rk4",
-            "--grad-evals", "2", "--no-progress", "--output", str(tmp_path / "run")]
+    args = [
+        "--model",
+        "logistic_regression",
+        "--dataset",
+        "synthetic_mnist",
+        "--optimizer",
+        "rk4",
+        "--grad-evals",
+        "2",
+        "--no-progress",
+        "--output",
+        str(tmp_path / "run"),
+    ]
     with pytest.raises(SystemExit) as exit_info:
         cli.main(args)
     err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(err) == 1 and err[0].endswith(
-        "argument --grad-evals: grad_evals is 2, less than one step of rk4 (4 gradient evaluations); nothing was trained.")
+    assert (
+        exit_info.value.code == 2
+        and len(err) == 1
+        and err[0].endswith(
+            "argument --grad-evals: grad_evals is 2, less than one step of rk4 (4 gradient evaluations); nothing was trained."
+        )
+    )
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
 
 def test_a_smaller_budget_on_a_finished_run_changes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--model", "logistic_regression", "--dataset", "synthetic_mnist", "--optimizer", "sgd",
-            "--batch-size", "256", "--epochs", "2", "--no-progress", "--output", str(out)]
+    args = [
+        "--model",
+        "logistic_regression",
+        "--dataset",
+        "synthetic_mnist",
+        "--optimizer",
+        "sgd",
+        "--batch-size",
+        "256",
+        "--epochs",
+        "2",
+        "--no-progress",
+        "--output",
+        str(out),
+    ]
     assert cli.main(args) == 0
     before = _snapshot(out)
-    assert cli.main(args[:args.index("2")] + ["1"] + args[args.index("2") + 1:]) == 0
+    assert cli.main(args[: args.index("2")] + ["1"] + args[args.index("2") + 1 :]) == 0
     assert _snapshot(out) == before  # config.json keeps epochs 2: the metrics hold two epochs
     assert "already complete (step 16)" in capsys.readouterr().err
 
@@ -203,10 +258,18 @@ def _fallback_warning(message: str) -> bool:
     return "The checkpoint for step 16 in " in message and "is unusable (" in message
 
 
-@pytest.mark.parametrize("damage", ["truncated_array_file", "bit_flip_in_array_data", "garbled_progress",
-                                    "garbled_tree_metadata", "deleted_array_file", "deleted_manifest"])
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(damage, tmp_path, tiny_data, caplog,
-                                                                 reference):
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncated_array_file",
+        "bit_flip_in_array_data",
+        "garbled_progress",
+        "garbled_tree_metadata",
+        "deleted_array_file",
+        "deleted_manifest",
+    ],
+)
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(damage, tmp_path, tiny_data, caplog, reference):
     """Checkpoint 16 is damaged: the run resumes from 14, says so in one line, and reaches what an undamaged run reaches."""
     out = tmp_path / "run"
     shutil.copytree(reference, out)
@@ -230,8 +293,13 @@ def test_fallback_prints_no_traceback_of_orbax_or_tensorstore(damage, tmp_path, 
     shutil.copytree(reference, out)
     expected = _lines(out / "metrics.jsonl")
     _damage(out, 16, damage)
-    resume = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(RUN), str(out)], capture_output=True,
-                            text=True, timeout=180, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    resume = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, json.dumps(RUN), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert resume.returncode == 0, resume.stderr[-2000:]
     assert "Traceback" not in resume.stderr and "Exception ignored" not in resume.stderr, resume.stderr[-2000:]
     lines = resume.stderr.splitlines()  # the warning, where the checkpoint went, the resume
@@ -274,10 +342,15 @@ def test_flipped_bit_that_orbax_misses_is_caught_by_the_checksums(tmp_path):
                 assert "step 1" in str(error)
                 caught += 1
             try:
-                restored = ckpt._manager.restore(1, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                                                                checkpoint._to_storable(like))),
-                    progress=ocp.args.JsonRestore()))
+                restored = ckpt._manager.restore(
+                    1,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(
+                            jax.tree.map(ocp.utils.to_shape_dtype_struct, checkpoint._to_storable(like))
+                        ),
+                        progress=ocp.args.JsonRestore(),
+                    ),
+                )
                 orbax_silent += not np.array_equal(restored["state"]["w"], like["w"])
             except Exception:
                 pass
@@ -292,12 +365,22 @@ def test_no_good_checkpoint_is_one_clear_error(tmp_path, tiny_data, capsys):
     for step in _checkpoints(tmp_path):
         (tmp_path / "checkpoints" / str(step) / "progress" / "metadata").write_text("garbled")
     before = _snapshot(tmp_path)
-    with pytest.raises(checkpoint.CheckpointError, match=f"No usable checkpoint in {tmp_path / 'checkpoints'}: "
-                       "step 4: .*; step 2: "):
+    with pytest.raises(
+        checkpoint.CheckpointError, match=f"No usable checkpoint in {tmp_path / 'checkpoints'}: step 4: .*; step 2: "
+    ):
         loop.train(config, tmp_path, dataset=tiny_data)
     assert _snapshot(tmp_path) == before
-    args = ["--model", "logistic_regression", "--dataset", "synthetic_mnist", "--steps", "4",
-            "--no-progress", "--output", str(tmp_path)]
+    args = [
+        "--model",
+        "logistic_regression",
+        "--dataset",
+        "synthetic_mnist",
+        "--steps",
+        "4",
+        "--no-progress",
+        "--output",
+        str(tmp_path),
+    ]
     assert _cli_exit(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "argument --output" in err[0]
@@ -380,8 +463,7 @@ def test_metrics_log_without_row_counts_names_a_garbled_line_and_drops_a_half_li
         metrics.MetricsLog(path, rows=-1)
 
 
-def test_disk_full_on_a_metrics_row_stops_cleanly_and_the_rerun_loses_nothing(tmp_path, tiny_data, reference,
-                                                                              monkeypatch):
+def test_disk_full_on_a_metrics_row_stops_cleanly_and_the_rerun_loses_nothing(tmp_path, tiny_data, reference, monkeypatch):
     real = metrics._append_bytes
 
     def full_at_row_9(fd, line):
@@ -391,8 +473,9 @@ def test_disk_full_on_a_metrics_row_stops_cleanly_and_the_rerun_loses_nothing(tm
         real(fd, line)
 
     monkeypatch.setattr(metrics, "_append_bytes", full_at_row_9)
-    with pytest.raises(metrics.MetricsError, match=f"Could not write a row to {tmp_path / 'metrics.jsonl'}: "
-                       "No space left on device"):
+    with pytest.raises(
+        metrics.MetricsError, match=f"Could not write a row to {tmp_path / 'metrics.jsonl'}: No space left on device"
+    ):
         loop.train(TrainConfig(**RUN), tmp_path, dataset=tiny_data)
     assert (tmp_path / "metrics.jsonl").read_text().endswith("}\n") and _steps(tmp_path / "metrics.jsonl") == [3, 6, 8]
     monkeypatch.setattr(metrics, "_append_bytes", real)
@@ -402,8 +485,7 @@ def test_disk_full_on_a_metrics_row_stops_cleanly_and_the_rerun_loses_nothing(tm
     lock.release()
 
 
-def test_disk_full_on_a_checkpoint_stops_cleanly_and_the_rerun_loses_nothing(tmp_path, tiny_data, reference,
-                                                                             monkeypatch):
+def test_disk_full_on_a_checkpoint_stops_cleanly_and_the_rerun_loses_nothing(tmp_path, tiny_data, reference, monkeypatch):
     real = ocp.CheckpointManager.save
 
     def full_at_step_10(self, step, *args, **kwargs):
@@ -414,8 +496,9 @@ def test_disk_full_on_a_checkpoint_stops_cleanly_and_the_rerun_loses_nothing(tmp
         return real(self, step, *args, **kwargs)
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", full_at_step_10)
-    with pytest.raises(checkpoint.CheckpointError, match="Could not write the checkpoint for step 10 in .*"
-                       "No space left on device"):
+    with pytest.raises(
+        checkpoint.CheckpointError, match="Could not write the checkpoint for step 10 in .*No space left on device"
+    ):
         loop.train(TrainConfig(**RUN), tmp_path, dataset=tiny_data)
     assert _checkpoints(tmp_path) == [6, 8]
     monkeypatch.setattr(ocp.CheckpointManager, "save", real)
@@ -433,11 +516,29 @@ def test_reusing_a_directory_with_another_config_is_refused_unless_overwrite(tmp
     (out / "checkpoints").rename(tmp_path / "moved")  # no checkpoint left: config.json and metrics remain
     before = _snapshot(out)
     other = TrainConfig(**dict(BASE, learning_rate=0.2), steps=3)
-    with pytest.raises(rundir.RunDirectoryError, match=rf"{out} holds a different run \(it differs in "
-                       r"\['learning_rate'\]\).*overwrite"):
+    with pytest.raises(
+        rundir.RunDirectoryError,
+        match=rf"{out} holds a different run \(it differs in "
+        r"\['learning_rate'\]\).*overwrite",
+    ):
         loop.train(other, out, dataset=tiny_data)
-    args = ["--model", "logistic_regression", "--dataset", "synthetic_mnist", "--optimizer", "sgd", "--steps", "3",
-            "--learning-rate", "0.2", "--batch-size", "256", "--no-progress", "--output", str(out)]
+    args = [
+        "--model",
+        "logistic_regression",
+        "--dataset",
+        "synthetic_mnist",
+        "--optimizer",
+        "sgd",
+        "--steps",
+        "3",
+        "--learning-rate",
+        "0.2",
+        "--batch-size",
+        "256",
+        "--no-progress",
+        "--output",
+        str(out),
+    ]
     loop.train(TrainConfig(**dict(BASE, batch_size=256), steps=3), tmp_path / "cli", dataset=tiny_data)
     assert _cli_exit(args[:-1] + [str(tmp_path / "cli")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -497,15 +598,26 @@ _HOLD_LOCK = textwrap.dedent(
 def test_a_directory_in_use_is_refused_and_a_dead_holder_does_not_block(tmp_path, tiny_data, capsys):
     config = TrainConfig(**BASE, steps=3)
     tmp_path.mkdir(exist_ok=True)
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(tmp_path / rundir.LOCK_NAME)],
-                              stdout=subprocess.PIPE)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(tmp_path / rundir.LOCK_NAME)], stdout=subprocess.PIPE)
     try:
         assert holder.stdout.readline().strip() == b"locked"
-        with pytest.raises(rundir.RunDirectoryError,
-                           match=rf"{tmp_path} is in use by another run \(pid {holder.pid} on testhost\)"):
+        with pytest.raises(
+            rundir.RunDirectoryError, match=rf"{tmp_path} is in use by another run \(pid {holder.pid} on testhost\)"
+        ):
             loop.train(config, tmp_path, dataset=tiny_data)
-        args = ["--model", "logistic_regression", "--dataset", "synthetic_mnist", "--steps", "3", "--batch-size",
-                "256", "--no-progress", "--output", str(tmp_path)]
+        args = [
+            "--model",
+            "logistic_regression",
+            "--dataset",
+            "synthetic_mnist",
+            "--steps",
+            "3",
+            "--batch-size",
+            "256",
+            "--no-progress",
+            "--output",
+            str(tmp_path),
+        ]
         assert _cli_exit(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"pid {holder.pid}" in err[0]
@@ -542,8 +654,11 @@ def test_resuming_on_other_data_is_refused_before_anything_changes(tmp_path, tin
     with pytest.raises(rundir.RunDirectoryError, match=rf"{tmp_path} holds a run on other data \(train: 256 -> 96\)"):
         loop.train(TrainConfig(**BASE, steps=8), tmp_path, dataset=fewer)
     larger = data.synthetic_dataset("synthetic_mnist", num_train=256, num_test=70, image_shape=(10, 10, 1))
-    with pytest.raises(checkpoint.CheckpointError, match=r"step 5 .* does not fit this run .*kernel.*"
-                       r"stored \[64, 10\] float32, this run \[100, 10\] float32"):
+    with pytest.raises(
+        checkpoint.CheckpointError,
+        match=r"step 5 .* does not fit this run .*kernel.*"
+        r"stored \[64, 10\] float32, this run \[100, 10\] float32",
+    ):
         loop.train(TrainConfig(**BASE, steps=8), tmp_path, dataset=larger)
     assert _snapshot(tmp_path) == before and not (tmp_path / "checkpoints-corrupt").exists()
 
@@ -569,8 +684,7 @@ def test_a_checkpoint_directory_that_is_a_file_is_named(tmp_path, tiny_data):
 
 
 @pytest.mark.parametrize("name", [*KILLS, *STOPS])
-def test_killed_run_resumes_to_the_uninterrupted_metrics(name, request, reference, tiny_data, capfd, monkeypatch,
-                                                         tmp_path):
+def test_killed_run_resumes_to_the_uninterrupted_metrics(name, request, reference, tiny_data, capfd, monkeypatch, tmp_path):
     if name in KILLS:
         out = request.getfixturevalue("killed")[name]
     else:
@@ -585,8 +699,13 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(name, request, referenc
             loop.train(TrainConfig(**RUN), out, dataset=tiny_data)
         monkeypatch.delenv("_FLOWOPT_TEST_KILL_AT")
     before = _steps(out / "metrics.jsonl")
-    expected_before = {"after_row_before_save": [3, 6], "after_save": [3, 6], "mid_epoch_after_a_checkpoint": [3],
-                       "during_eval": [3, 6], "half_written_row": [3, 6, 8]}[name]
+    expected_before = {
+        "after_row_before_save": [3, 6],
+        "after_save": [3, 6],
+        "mid_epoch_after_a_checkpoint": [3],
+        "during_eval": [3, 6],
+        "half_written_row": [3, 6, 8],
+    }[name]
     assert before == expected_before
     if name == "half_written_row":
         assert not (out / "metrics.jsonl").read_text().endswith("\n")  # the kill left half a line
@@ -594,8 +713,13 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(name, request, referenc
     assert _lines(out / "metrics.jsonl") == _lines(reference / "metrics.jsonl")
     assert [r["step"] for r in resumed.history] == ROWS
     assert _checkpoints(out) == _checkpoints(reference) == [14, 16]
-    start = {"after_row_before_save": 4, "after_save": 6, "mid_epoch_after_a_checkpoint": 4, "during_eval": 6,
-             "half_written_row": 8}[name]
+    start = {
+        "after_row_before_save": 4,
+        "after_save": 6,
+        "mid_epoch_after_a_checkpoint": 4,
+        "during_eval": 6,
+        "half_written_row": 8,
+    }[name]
     assert f"Resuming {out} from step {start}." in capfd.readouterr().err  # printed without any logging setup
     ref = loop.train(TrainConfig(**RUN), reference, dataset=tiny_data)  # finished: nothing is redone
     for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(ref.state.params)):

@@ -201,9 +201,13 @@ def test_error_weights_that_cancel_between_coinciding_stages_are_refused():
     # Stages 2 and 3 coincide: b_error = (0, 1/4, -1/4) estimates exactly 0 on every flow.
     with pytest.raises(ValueError, match=r"error estimate of 0 on every linear flow"):
         ButcherTableau(
-            a=[[0, 0, 0], [1, 0, 0], [1, 0, 0]], b=[0.5, 0.25, 0.25], c=[0, 1, 1], order=2,
-            b_error=[0, 0.25, -0.25], embedded_order=1,
-        )  # fmt: skip
+            a=[[0, 0, 0], [1, 0, 0], [1, 0, 0]],
+            b=[0.5, 0.25, 0.25],
+            c=[0, 1, 1],
+            order=2,
+            b_error=[0, 0.25, -0.25],
+            embedded_order=1,
+        )
 
 
 @pytest.mark.parametrize("pair", tableaus.EMBEDDED, ids=lambda t: t.name)
@@ -311,8 +315,10 @@ def _controller():
     [
         (lambda c, p: adaptive_step(tableaus.BOSH3, None, quadratic, p, p, c.init(0.1)), r"controller must be a"),
         (lambda c, p: adaptive_step(tableaus.BOSH3, c, None, p, p, c.init(0.1)), r"oracle must be a function"),
-        (lambda c, p: adaptive_step(tableaus.BOSH3, c, quadratic, p, jnp.ones(3), c.init(0.1)),
-         r"k1 \(the gradient at params\) must have the structure and shapes of params"),
+        (
+            lambda c, p: adaptive_step(tableaus.BOSH3, c, quadratic, p, jnp.ones(3), c.init(0.1)),
+            r"k1 \(the gradient at params\) must have the structure and shapes of params",
+        ),
         (lambda c, p: adaptive_step(tableaus.BOSH3, c, quadratic, p, p, None), r"state must be a StepSizeState"),
         (lambda c, p: adaptive_step(tableaus.BOSH3, c, quadratic, p, p, 0.1), r"state must be a StepSizeState"),
         (lambda c, p: adaptive_step("bosh3", c, quadratic, p, p, c.init(0.1)), r"tableau must be a flowopt.ButcherTableau"),
@@ -322,22 +328,27 @@ def _controller():
         (lambda c, p: c.init(0.1, jnp.int32), r"dtype must be a real floating-point dtype"),
         (lambda c, p: c.adapt(c.init(0.1), jnp.array(0.5), jnp.array(True), 0), r"error_order must be a positive integer"),
         (lambda c, p: c.adapt(None, jnp.array(0.5), jnp.array(True), 2), r"state must be a StepSizeState"),
-        (lambda c, p: scaled_error_norm(jnp.ones(2), p, jnp.ones(3), 1e-3, 1e-6),
-         r"scaled_error_norm: error, params and candidate must have the same structure and shapes"),
+        (
+            lambda c, p: scaled_error_norm(jnp.ones(2), p, jnp.ones(3), 1e-3, 1e-6),
+            r"scaled_error_norm: error, params and candidate must have the same structure and shapes",
+        ),
         (lambda c, p: scaled_error_norm([p], [p, p], [p, p], 1e-3, 1e-6), r"must have the same structure"),
         (lambda c, p: scaled_error_norm(p, p, p, "x", 1e-6), r"rtol must be .*got 'x'"),
         (lambda c, p: scaled_error_norm(p, p, p, 1e-3, 0.0), r"atol must be .*got 0.0"),
     ],
-)  # fmt: skip
+)
 def test_pure_step_and_controller_check_their_arguments(call, message):
     with pytest.raises(ValueError, match=message):
         call(_controller(), jnp.array([1.0, -2.0]))
 
 
-@pytest.mark.parametrize("constructor, bounds", [
-    (flowopt.adaptive_runge_kutta, {}),
-    (flowopt.minibatch_adaptive_runge_kutta, dict(dtmin=1e-4, dtmax=1.0)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "constructor, bounds",
+    [
+        (flowopt.adaptive_runge_kutta, {}),
+        (flowopt.minibatch_adaptive_runge_kutta, dict(dtmin=1e-4, dtmax=1.0)),
+    ],
+)
 def test_unknown_controller_keyword_is_a_type_error_naming_it(constructor, bounds):
     # Python's own check of the signature: the controller is PI, there is no dcoeff.
     with pytest.raises(TypeError, match="dcoeff"):
@@ -359,9 +370,18 @@ def _run(tx, params, steps, loss=quadratic, jit=True):
 
 
 ALL_OPTIONS = dict(
-    learning_rate=0.1, rtol=1e-3, atol=1e-6, pcoeff=0.3, icoeff=0.4, safety=0.8, factormin=0.3, factormax=5.0,
-    dtmin=1e-4, dtmax=1.0, smoothing=0.5,
-)  # fmt: skip
+    learning_rate=0.1,
+    rtol=1e-3,
+    atol=1e-6,
+    pcoeff=0.3,
+    icoeff=0.4,
+    safety=0.8,
+    factormin=0.3,
+    factormax=5.0,
+    dtmin=1e-4,
+    dtmax=1.0,
+    smoothing=0.5,
+)
 
 
 def test_traced_options_pass_validation_under_inject_hyperparams():
@@ -509,4 +529,3 @@ def test_guard_skips_a_nan_incoming_gradient_without_calling_the_inner_update():
     # The next finite gradient is taken normally: the guard never gives up.
     updates, state = tx.update(2 * params, state, params, grad_fn=oracle)
     assert np.all(np.asarray(updates) < 0) and int(flowopt.guard_counts(state)["nonfinite_gradients"]) == 1
-

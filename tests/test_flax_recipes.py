@@ -25,26 +25,26 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 class CNN(nnx.Module):
-  """A simple CNN model."""
+    """A simple CNN model."""
 
-  def __init__(self, *, rngs: nnx.Rngs):
-    self.conv1 = nnx.Conv(1, 32, kernel_size=(3, 3), rngs=rngs)
-    self.batch_norm1 = nnx.BatchNorm(32, rngs=rngs)
-    self.dropout1 = nnx.Dropout(rate=0.025)
-    self.conv2 = nnx.Conv(32, 64, kernel_size=(3, 3), rngs=rngs)
-    self.batch_norm2 = nnx.BatchNorm(64, rngs=rngs)
-    self.avg_pool = partial(nnx.avg_pool, window_shape=(2, 2), strides=(2, 2))
-    self.linear1 = nnx.Linear(3136, 256, rngs=rngs)
-    self.dropout2 = nnx.Dropout(rate=0.025)
-    self.linear2 = nnx.Linear(256, 10, rngs=rngs)
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(1, 32, kernel_size=(3, 3), rngs=rngs)
+        self.batch_norm1 = nnx.BatchNorm(32, rngs=rngs)
+        self.dropout1 = nnx.Dropout(rate=0.025)
+        self.conv2 = nnx.Conv(32, 64, kernel_size=(3, 3), rngs=rngs)
+        self.batch_norm2 = nnx.BatchNorm(64, rngs=rngs)
+        self.avg_pool = partial(nnx.avg_pool, window_shape=(2, 2), strides=(2, 2))
+        self.linear1 = nnx.Linear(3136, 256, rngs=rngs)
+        self.dropout2 = nnx.Dropout(rate=0.025)
+        self.linear2 = nnx.Linear(256, 10, rngs=rngs)
 
-  def __call__(self, x, rngs: nnx.Rngs | None = None):
-    x = self.avg_pool(nnx.relu(self.batch_norm1(self.dropout1(self.conv1(x), rngs=rngs))))
-    x = self.avg_pool(nnx.relu(self.batch_norm2(self.conv2(x))))
-    x = x.reshape(x.shape[0], -1)  # flatten
-    x = nnx.relu(self.dropout2(self.linear1(x), rngs=rngs))
-    x = self.linear2(x)
-    return x
+    def __call__(self, x, rngs: nnx.Rngs | None = None):
+        x = self.avg_pool(nnx.relu(self.batch_norm1(self.dropout1(self.conv1(x), rngs=rngs))))
+        x = self.avg_pool(nnx.relu(self.batch_norm2(self.conv2(x))))
+        x = x.reshape(x.shape[0], -1)  # flatten
+        x = nnx.relu(self.dropout2(self.linear1(x), rngs=rngs))
+        x = self.linear2(x)
+        return x
 
 
 class _StoredRngsNet(nnx.Module):
@@ -94,7 +94,7 @@ def _max_abs_difference(a, b) -> float:
 
 def _readme_flax_blocks() -> list[str]:
     text = README.read_text()
-    section = text[text.index("### Flax\n"):]
+    section = text[text.index("### Flax\n") :]
     return re.findall(r"```python\n(.*?)```", section[: section.index("\n## ")], flags=re.S)
 
 
@@ -130,8 +130,16 @@ def readme():
 
 
 def _run(block: str, kind: str) -> dict[str, Any]:
-    namespace = {"flowopt": flowopt, "jax": jax, "optax": optax, "nnx": nnx, "Any": Any,
-                 "CNN": CNN, "module": _LinenCNN(), "batches": BATCHES[:1]}
+    namespace = {
+        "flowopt": flowopt,
+        "jax": jax,
+        "optax": optax,
+        "nnx": nnx,
+        "Any": Any,
+        "CNN": CNN,
+        "module": _LinenCNN(),
+        "batches": BATCHES[:1],
+    }
     exec(compile(block, f"README.md ({kind} recipe)", "exec"), namespace)
     return namespace
 
@@ -246,9 +254,12 @@ def test_the_linen_oracle_sees_the_steps_dropout_key_and_batch_statistics(readme
 
 def test_flax_train_state_with_a_multistage_method_points_to_the_recipes():
     state = train_state.TrainState.create(apply_fn=None, params={"w": jnp.ones(2)}, tx=flowopt.rk4(0.1))
-    with pytest.raises(ValueError, match=r"needs an oracle.*flax\.training\.train_state\.TrainState\.apply_gradients "
-                                         r"does not forward an oracle: use flowopt\.TrainState.*"
-                                         r"nnx\.Optimizer\.update\(model, grads, value_fn=\.\.\.\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"needs an oracle.*flax\.training\.train_state\.TrainState\.apply_gradients "
+        r"does not forward an oracle: use flowopt\.TrainState.*"
+        r"nnx\.Optimizer\.update\(model, grads, value_fn=\.\.\.\)",
+    ):
         state.apply_gradients(grads={"w": jnp.ones(2)})
 
 
@@ -264,17 +275,20 @@ _INPUTS = jnp.ones((4, 3))
 _mean_output = lambda model, x: jnp.mean(model(x))
 
 
-@pytest.mark.parametrize("loss_fn, model, kwargs, message", [
-    (None, "linear", {}, "loss_fn must be a callable"),
-    (_mean_output, {"w": jnp.ones(2)}, {}, "model must be an nnx.Module, got dict .*flowopt.step_oracle"),
-    (_mean_output, _NoParams(), {}, "the model has no variables matching wrt=.*nothing to differentiate"),
-    (_mean_output, "linear", {"rngs": jax.random.key(0)}, "rngs must be an nnx.Rngs or None.*put it in batch"),
-    (_mean_output, "linear", {"has_aux": 1}, "has_aux must be True or False"),
-    (lambda m, x: m(x), "linear", {}, r"loss_fn must return a scalar loss, got shape \(4, 2\)"),
-    (lambda m, x: (_mean_output(m, x), 1), "linear", {}, "loss_fn returned a tuple of length 2.*has_aux=True"),
-    (_mean_output, "linear", {"has_aux": True}, r"with has_aux=True, loss_fn must return \(loss, aux\), got an array"),
-    (lambda m, x: jnp.sum(m(x) > 0), "linear", {}, "loss_fn must return a real floating-point loss, got dtype int32"),
-])
+@pytest.mark.parametrize(
+    "loss_fn, model, kwargs, message",
+    [
+        (None, "linear", {}, "loss_fn must be a callable"),
+        (_mean_output, {"w": jnp.ones(2)}, {}, "model must be an nnx.Module, got dict .*flowopt.step_oracle"),
+        (_mean_output, _NoParams(), {}, "the model has no variables matching wrt=.*nothing to differentiate"),
+        (_mean_output, "linear", {"rngs": jax.random.key(0)}, "rngs must be an nnx.Rngs or None.*put it in batch"),
+        (_mean_output, "linear", {"has_aux": 1}, "has_aux must be True or False"),
+        (lambda m, x: m(x), "linear", {}, r"loss_fn must return a scalar loss, got shape \(4, 2\)"),
+        (lambda m, x: (_mean_output(m, x), 1), "linear", {}, "loss_fn returned a tuple of length 2.*has_aux=True"),
+        (_mean_output, "linear", {"has_aux": True}, r"with has_aux=True, loss_fn must return \(loss, aux\), got an array"),
+        (lambda m, x: jnp.sum(m(x) > 0), "linear", {}, "loss_fn must return a real floating-point loss, got the non-floating dtype int32"),
+    ],
+)
 def test_nnx_step_oracle_names_bad_input(loss_fn, model, kwargs, message):
     model = nnx.Linear(3, 2, rngs=nnx.Rngs(0)) if model == "linear" else model
     with pytest.raises(ValueError, match=message):
@@ -294,12 +308,15 @@ def test_nnx_step_oracle_refuses_rngs_the_model_holds():
 PARAMS = {"w": jnp.ones(3)}
 
 
-@pytest.mark.parametrize("objective, params, message", [
-    ("loss", PARAMS, "objective must be a callable"),
-    (lambda p, s: jnp.sum(p["w"]), PARAMS, r"objective must return \(loss, new_state\), got an array of shape \(\)"),
-    (lambda p, s: (p["w"], s), PARAMS, r"objective must return a scalar loss, got shape \(3,\)"),
-    (lambda p, s: (jnp.sum(p["w"]), s), {}, "params has no array leaves"),
-])
+@pytest.mark.parametrize(
+    "objective, params, message",
+    [
+        ("loss", PARAMS, "objective must be a callable"),
+        (lambda p, s: jnp.sum(p["w"]), PARAMS, r"objective must return \(loss, new_state\), got an array of shape \(\)"),
+        (lambda p, s: (p["w"], s), PARAMS, r"objective must return a scalar loss, got shape \(3,\)"),
+        (lambda p, s: (jnp.sum(p["w"]), s), {}, "params has no array leaves"),
+    ],
+)
 def test_step_oracle_names_bad_input(objective, params, message):
     with pytest.raises(ValueError, match=message):
         flowopt.step_oracle(objective, params, None)

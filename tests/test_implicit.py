@@ -325,8 +325,10 @@ def test_fixed_inner_steps_run_without_a_loop(tx):
     params, loss = _mlp_problem()
     jaxpr = jax.make_jaxpr(lambda p, s: tx.update(jax.grad(loss)(p), s, p, value_fn=loss))(params, tx.init(params))
     assert _loop_primitives(jaxpr.jaxpr) == set()
-    for looped, kind in [(flowopt.bdf(3, 0.5, 3, inner_tolerance=1e-3), "while"),
-                         (flowopt.bdf(3, 0.5, MAX_UNROLLED_INNER_STEPS + 1), "scan")]:
+    for looped, kind in [
+        (flowopt.bdf(3, 0.5, 3, inner_tolerance=1e-3), "while"),
+        (flowopt.bdf(3, 0.5, MAX_UNROLLED_INNER_STEPS + 1), "scan"),
+    ]:
         jaxpr = jax.make_jaxpr(lambda p, s, tx=looped: tx.update(jax.grad(loss)(p), s, p, value_fn=loss))(
             params, looped.init(params)
         )

@@ -76,9 +76,7 @@ def test_lasso_has_a_real_l1_penalty_and_squared_error_loss():
 
 
 def test_small_resnet_runs_and_batch_norm_follows_the_mode():
-    model = models.create_model(
-        "resnet20", input_shape=(8, 8, 3), num_classes=10, stage_sizes=(1, 1), widths=(4, 8)
-    )
+    model = models.create_model("resnet20", input_shape=(8, 8, 3), num_classes=10, stage_sizes=(1, 1), widths=(4, 8))
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3)) + 3.0
     model.train()
     assert _apply(model, x).shape == (4, 10)

@@ -43,8 +43,14 @@ def _rk4_step(w, lr=2.0):
 
 
 @pytest.mark.parametrize("jit", [False, True])
-@pytest.mark.parametrize("build", [lambda: flowopt.rk4(2.0), lambda: flowopt.check_oracle(flowopt.rk4(2.0)),
-                                   lambda: optax.chain(optax.clip_by_global_norm(1.0), flowopt.bdf(2, 0.5, 3))])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: flowopt.rk4(2.0),
+        lambda: flowopt.check_oracle(flowopt.rk4(2.0)),
+        lambda: optax.chain(optax.clip_by_global_norm(1.0), flowopt.bdf(2, 0.5, 3)),
+    ],
+)
 def test_multisteps_refuses_a_method_that_calls_the_oracle(build, jit):
     """MultiSteps would hand rk4 the mean gradient but the last micro-batch's oracle: refused, naming the remedy.
 

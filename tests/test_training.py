@@ -24,8 +24,15 @@ from flowopt.training import cli, data, loop, models, optimizers, parallel, step
 from flowopt.training import config as config_lib
 from flowopt.training.config import TrainConfig
 
-TINY = dict(model="mlp", model_options={"hidden": [16]}, dataset="synthetic_mnist", batch_size=32,
-            eval_batch_size=50, learning_rate=0.05, progress=False)
+TINY = dict(
+    model="mlp",
+    model_options={"hidden": [16]},
+    dataset="synthetic_mnist",
+    batch_size=32,
+    eval_batch_size=50,
+    learning_rate=0.05,
+    progress=False,
+)
 REQUIRED = {"epoch", "grad_evals", "train_loss", "test_loss", "test_accuracy"}
 
 
@@ -158,7 +165,8 @@ def test_objective_puts_weight_decay_and_penalty_in_the_loss():
         logits = x.reshape(5, -1) @ kernel + bias
         return (
             jnp.mean(0.5 * jnp.sum((logits - jax.nn.one_hot(y, 3)) ** 2, -1))
-            + 0.1 * jnp.sum(jnp.abs(kernel)) + 0.3 * 0.5 * jnp.sum(kernel**2)
+            + 0.1 * jnp.sum(jnp.abs(kernel))
+            + 0.3 * 0.5 * jnp.sum(kernel**2)
         )
 
     np.testing.assert_allclose(loss, expected(model.linear.kernel[...], model.linear.bias[...]), rtol=1e-6)
@@ -192,8 +200,15 @@ def test_train_step_binds_the_oracle_to_the_batch(tiny_data):
 def test_augmentation_and_batch_norm_models_train(tmp_path):
     cifar_like = data.synthetic_dataset("synthetic_cifar10", num_train=64, num_test=20, image_shape=(8, 8, 3))
     config = TrainConfig(
-        model="resnet20", model_options={"stage_sizes": [1, 1], "widths": [4, 8]}, dataset="synthetic_cifar10",
-        optimizer="heun", augment=True, batch_size=16, steps=6, eval_batch_size=20, progress=False,
+        model="resnet20",
+        model_options={"stage_sizes": [1, 1], "widths": [4, 8]},
+        dataset="synthetic_cifar10",
+        optimizer="heun",
+        augment=True,
+        batch_size=16,
+        steps=6,
+        eval_batch_size=20,
+        progress=False,
         weight_decay=5e-4,
     )
     result = loop.train(config, dataset=cifar_like)
@@ -203,9 +218,7 @@ def test_augmentation_and_batch_norm_models_train(tmp_path):
 
 
 def test_optimizer_registry():
-    assert {"sgd", "momentum", "adam", "euler", "heun", "rk4", "rk38", "ssprk3"} <= set(
-        optimizers.available_optimizers()
-    )
+    assert {"sgd", "momentum", "adam", "euler", "heun", "rk4", "rk38", "ssprk3"} <= set(optimizers.available_optimizers())
     assert isinstance(optimizers.make_optimizer("rk4", 0.1), optax.GradientTransformation)
     assert isinstance(optimizers.make_optimizer("momentum", 0.1, momentum=0.5), optax.GradientTransformation)
     with pytest.raises(ValueError, match="valid names: sgd, momentum"):
@@ -230,10 +243,19 @@ def test_a_flowopt_function_without_a_registry_entry_is_no_optimizer(monkeypatch
         optimizers.make_optimizer("brand_new_method", 0.1)
 
 
-@pytest.mark.parametrize("name, options, cost", [
-    ("sgd", {}, 1), ("momentum", {"momentum": 0.5}, 1), ("adam", {}, 1), ("heun", {}, 2), ("rk4", {}, 4),
-    ("bdf2", {"inner_steps": 3}, 4), ("backward_euler", {"inner_steps": 5}, 6), ("adams_bashforth3", {}, 1),
-])
+@pytest.mark.parametrize(
+    "name, options, cost",
+    [
+        ("sgd", {}, 1),
+        ("momentum", {"momentum": 0.5}, 1),
+        ("adam", {}, 1),
+        ("heun", {}, 2),
+        ("rk4", {}, 4),
+        ("bdf2", {"inner_steps": 3}, 4),
+        ("backward_euler", {"inner_steps": 5}, 6),
+        ("adams_bashforth3", {}, 1),
+    ],
+)
 def test_gradients_per_step_comes_from_the_registry(name, options, cost):
     assert optimizers.gradients_per_step(name, **options) == cost
 
@@ -260,9 +282,25 @@ def test_config_validation_and_files(tmp_path):
 
 
 def test_cli_writes_metrics_and_checkpoints_and_reports_divergence(tmp_path, capsys):
-    args = ["--model", "logistic_regression", "--dataset", "synthetic_mnist", "--optimizer", "ralston",
-            "--learning-rate", "0.01", "--grad-evals", "40", "--seed", "3", "--batch-size", "256",
-            "--no-progress", "--output", str(tmp_path / "ok")]
+    args = [
+        "--model",
+        "logistic_regression",
+        "--dataset",
+        "synthetic_mnist",
+        "--optimizer",
+        "ralston",
+        "--learning-rate",
+        "0.01",
+        "--grad-evals",
+        "40",
+        "--seed",
+        "3",
+        "--batch-size",
+        "256",
+        "--no-progress",
+        "--output",
+        str(tmp_path / "ok"),
+    ]
     assert cli.main(args) == 0
     rows = [json.loads(line) for line in (tmp_path / "ok" / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(REQUIRED <= set(r) for r in rows) and rows[-1]["grad_evals"] == 40
@@ -280,8 +318,18 @@ def test_cli_writes_metrics_and_checkpoints_and_reports_divergence(tmp_path, cap
 def test_config_file_and_flag_overrides(tmp_path):
     (tmp_path / "c.yaml").write_text("model: mlp\nepochs: 2\nlearning_rate: 0.3\nmodel_options: {hidden: [8]}\n")
     args = cli.build_parser().parse_args(
-        ["--config", str(tmp_path / "c.yaml"), "--learning-rate", "0.1", "--model-option", "activation=tanh",
-         "--data-path", "/data/x", "--output", "o"]
+        [
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--learning-rate",
+            "0.1",
+            "--model-option",
+            "activation=tanh",
+            "--data-path",
+            "/data/x",
+            "--output",
+            "o",
+        ]
     )
     config = cli.config_from_args(args)
     assert config.learning_rate == 0.1 and config.epochs == 2
@@ -316,9 +364,7 @@ _EIGHT_DEVICES = textwrap.dedent(
 
 def test_eight_host_devices_match_one_device():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-c", _EIGHT_DEVICES], env=env, capture_output=True, text=True, timeout=300
-    )
+    result = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "match" in result.stdout
 
@@ -327,7 +373,14 @@ def test_eight_host_devices_match_one_device():
 def test_real_mnist_logistic_regression_reaches_92_percent():
     if not (data.default_data_dir() / "mnist.npz").exists():
         pytest.skip("MNIST is not cached; run `flowopt-train --dataset mnist ...` once to fetch it")
-    config = TrainConfig(model="logistic_regression", dataset="mnist", optimizer="sgd", learning_rate=0.5,
-                         schedule="cosine", epochs=5, progress=False)
+    config = TrainConfig(
+        model="logistic_regression",
+        dataset="mnist",
+        optimizer="sgd",
+        learning_rate=0.5,
+        schedule="cosine",
+        epochs=5,
+        progress=False,
+    )
     result = loop.train(config)
     assert result.history[-1]["test_accuracy"] >= 0.92

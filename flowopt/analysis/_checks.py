@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowopt.core.oracle import check_scalar_loss
+
 INT32_MAX = int(np.iinfo(np.int32).max)
 
 
@@ -31,8 +33,12 @@ def check_int(function: str, name: str, value: Any, *, minimum: int = 1, maximum
     kind = {0: "a nonnegative integer", 1: "a positive integer"}.get(minimum, f"an integer of at least {minimum}")
     expected = f"{kind} (at most {maximum})"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0 and not is_traced(value) \
-                and jnp.issubdtype(value.dtype, jnp.integer):
+        if (
+            isinstance(value, (np.ndarray, jax.Array))
+            and np.ndim(value) == 0
+            and not is_traced(value)
+            and jnp.issubdtype(value.dtype, jnp.integer)
+        ):
             value = int(value)
         else:
             found = "a traced value (it must be a static Python int)" if is_traced(value) else _short(value)
@@ -44,14 +50,21 @@ def check_int(function: str, name: str, value: Any, *, minimum: int = 1, maximum
 
 
 def check_real(
-    function: str, name: str, value: Any, *, positive: bool = False, nonnegative: bool = False,
-    finite: bool = True, allow_traced: bool = True,
+    function: str,
+    name: str,
+    value: Any,
+    *,
+    positive: bool = False,
+    nonnegative: bool = False,
+    finite: bool = True,
+    allow_traced: bool = True,
 ) -> float | jax.Array:
     """A real scalar (a number or 0-d real array); traced values pass unchecked when ``allow_traced``."""
     if is_traced(value):
         if not allow_traced:
-            raise ValueError(f"{function}: {name} must be a concrete number (it is compiled into the solver), "
-                             "got a traced value.")
+            raise ValueError(
+                f"{function}: {name} must be a concrete number (it is compiled into the solver), got a traced value."
+            )
         if jnp.ndim(value) != 0 or jnp.issubdtype(value.dtype, jnp.complexfloating):
             raise ValueError(f"{function}: {name} must be a real scalar, got a traced {value.dtype}{list(value.shape)}.")
         return value
@@ -62,14 +75,19 @@ def check_real(
     if isinstance(value, (np.ndarray, jax.Array, np.generic)):
         if np.ndim(value) != 0:
             raise ValueError(f"{function}: {name} must be {expected} (a scalar), got an array of shape {np.shape(value)}.")
-        if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)) \
-                or np.issubdtype(value.dtype, np.bool_):
+        if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)) or np.issubdtype(
+            value.dtype, np.bool_
+        ):
             raise ValueError(f"{function}: {name} must be {expected}, got dtype {value.dtype}.")
     elif not isinstance(value, (int, float)):
         raise ValueError(f"{function}: {name} must be {expected}, got {_short(value)}.")
     number = float(value)
-    if (finite and not math.isfinite(number)) or math.isnan(number) or (positive and not number > 0) \
-            or (nonnegative and not number >= 0):
+    if (
+        (finite and not math.isfinite(number))
+        or math.isnan(number)
+        or (positive and not number > 0)
+        or (nonnegative and not number >= 0)
+    ):
         raise ValueError(f"{function}: {name} must be {expected}, got {number!r}.")
     return number
 
@@ -91,13 +109,15 @@ def check_params(function: str, name: str, params: Any, *, allow_complex: bool =
     """``params`` must hold at least one leaf, every leaf a floating-point (or complex) array."""
     leaves = jax.tree_util.tree_leaves_with_path(params)
     if not leaves:
-        raise ValueError(f"{function}: {name} has no array leaves (got {_short(params)}); "
-                         "pass a pytree of floating-point arrays.")
+        raise ValueError(
+            f"{function}: {name} has no array leaves (got {_short(params)}); pass a pytree of floating-point arrays."
+        )
     kinds = "floating-point or complex" if allow_complex else "real floating-point"
     for path, leaf in leaves:
         dtype = leaf_dtype(leaf)
-        ok = dtype is not None and (jnp.issubdtype(dtype, jnp.floating)
-                                    or (allow_complex and jnp.issubdtype(dtype, jnp.complexfloating)))
+        ok = dtype is not None and (
+            jnp.issubdtype(dtype, jnp.floating) or (allow_complex and jnp.issubdtype(dtype, jnp.complexfloating))
+        )
         if not ok:
             where = jax.tree_util.keystr(path) or "the root"
             found = f"dtype {dtype}" if dtype is not None else f"a {type(leaf).__name__}"
@@ -116,9 +136,7 @@ def check_key(function: str, key: Any) -> jax.Array:
             return key
         if key.dtype == jnp.uint32 and key.shape == (2,):
             return key
-    raise ValueError(
-        f"{function}: key must be a single PRNG key such as jax.random.key(0), got {_short(key)}."
-    )
+    raise ValueError(f"{function}: key must be a single PRNG key such as jax.random.key(0), got {_short(key)}.")
 
 
 def split_complex(tree: Any) -> Any:
@@ -128,6 +146,7 @@ def split_complex(tree: Any) -> Any:
 
 def merge_complex(template: Any, tree: Any) -> Any:
     """Undo :func:`split_complex`, with ``template`` telling which leaves were complex (dtype only)."""
+
     def merge(like, x):
         if jnp.iscomplexobj(like):
             return jax.lax.complex(x[..., 0], x[..., 1]).astype(jnp.result_type(like))
@@ -150,18 +169,4 @@ def any_nonfinite(tree: Any) -> bool:
 
 def checked_value(function: str, value_fn: Any) -> Any:
     """``value_fn`` whose output is checked (at trace time) to be a real floating scalar."""
-    def checked(params: Any) -> jax.Array:
-        value = value_fn(params)
-        if value is None or isinstance(value, (tuple, list, dict, str)):
-            raise ValueError(
-                f"{function}: value_fn must return the scalar loss alone, got a {type(value).__name__} "
-                "(for a loss_fn returning (loss, aux), pass lambda p: loss_fn(p)[0])."
-            )
-        value = jnp.asarray(value)
-        if value.ndim != 0:
-            raise ValueError(f"{function}: value_fn must return a scalar loss, got shape {value.shape}.")
-        if not jnp.issubdtype(value.dtype, jnp.floating):
-            raise ValueError(f"{function}: value_fn must return a real floating-point loss, got dtype {value.dtype}.")
-        return value
-
-    return checked
+    return lambda params: check_scalar_loss(function, "value_fn", value_fn(params))

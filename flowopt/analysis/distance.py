@@ -54,11 +54,13 @@ def step_times(learning_rate: optax.ScalarOrSchedule, num_steps: int) -> jax.Arr
             steps = jax.vmap(learning_rate)(counts)
         except Exception as error:
             raise ValueError(
-                f"{name}: the learning_rate schedule could not be evaluated on int32 step counts: "
-                f"{type(error).__name__}: {error}"
+                f"{name}: the learning_rate schedule could not be evaluated on int32 step counts: {type(error).__name__}: {error}"
             ) from None
-        if jnp.shape(steps) != (num_steps,) or not jnp.issubdtype(jnp.result_type(steps), jnp.integer) \
-                and not jnp.issubdtype(jnp.result_type(steps), jnp.floating):
+        if (
+            jnp.shape(steps) != (num_steps,)
+            or not jnp.issubdtype(jnp.result_type(steps), jnp.integer)
+            and not jnp.issubdtype(jnp.result_type(steps), jnp.floating)
+        ):
             raise ValueError(
                 f"{name}: the learning_rate schedule must return a real scalar per step, got "
                 f"{jnp.result_type(steps)}{list(jnp.shape(steps)[1:])} values."
@@ -102,9 +104,7 @@ def optimizer_trajectory(
     name = "optimizer_trajectory"
     if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
         hint = " (call it with a learning rate, e.g. flowopt.rk4(0.1))" if callable(optimizer) else ""
-        raise ValueError(
-            f"{name}: optimizer must be an optax.GradientTransformation{hint}, got {optimizer!r:.80}."
-        )
+        raise ValueError(f"{name}: optimizer must be an optax.GradientTransformation{hint}, got {optimizer!r:.80}.")
     if (value_fn is None) == (grad_fn is None):
         raise ValueError(f"{name}: pass exactly one of value_fn and grad_fn.")
     if value_fn is not None:
@@ -125,30 +125,29 @@ def optimizer_trajectory(
     iterates, state, start_finite = _run(optimizer, as_partial(value_fn), as_partial(grad_fn), params0, num_steps=num_steps)
     if not is_traced(start_finite):
         if not bool(start_finite):
-            raise ValueError(
-                f"{name}: the gradient at params0 is not finite (value_fn or grad_fn returns NaN or inf there)."
-            )
+            raise ValueError(f"{name}: the gradient at params0 is not finite (value_fn or grad_fn returns NaN or inf there).")
         skipped = int(flowopt_skipped_steps(state))
         if skipped:
             warnings.warn(
                 f"{name}: the optimizer skipped {skipped} of {num_steps} steps (a non-finite or negative step "
                 "size, or a non-finite increment); those iterates repeat the previous one.",
-                RuntimeWarning, stacklevel=2,
+                RuntimeWarning,
+                stacklevel=2,
             )
         finite = _finite_per_step(iterates)
         if not bool(np.all(finite)):
             first = int(np.argmin(finite))
             warnings.warn(
                 f"{name}: the iterates are not finite from step {first} on (the optimizer diverged).",
-                RuntimeWarning, stacklevel=2,
+                RuntimeWarning,
+                stacklevel=2,
             )
     return iterates
 
 
 def _finite_per_step(stacked: Params) -> np.ndarray:
     leaves = jax.tree.leaves(stacked)
-    return np.all(np.stack([np.isfinite(np.asarray(leaf)).reshape(leaf.shape[0], -1).all(axis=1) for leaf in leaves]),
-                  axis=0)
+    return np.all(np.stack([np.isfinite(np.asarray(leaf)).reshape(leaf.shape[0], -1).all(axis=1) for leaf in leaves]), axis=0)
 
 
 @functools.partial(jax.jit, static_argnames=("optimizer", "num_steps"))
@@ -191,9 +190,7 @@ def trajectory_distance(trajectory: Params, reference: Params, *, where: Where =
     if not paths_and_leaves:
         raise ValueError(f"{name}: trajectory has no array leaves (got {trajectory!r:.80}).")
     if structure != reference_structure:
-        raise ValueError(
-            f"{name}: trajectory and reference differ in structure: {structure} vs {reference_structure}."
-        )
+        raise ValueError(f"{name}: trajectory and reference differ in structure: {structure} vs {reference_structure}.")
     for (path, leaf), other in zip(paths_and_leaves, reference_leaves):
         where_ = jax.tree_util.keystr(path) or "the root"
         for label, value in (("trajectory", leaf), ("reference", other)):
@@ -202,9 +199,7 @@ def trajectory_distance(trajectory: Params, reference: Params, *, where: Where =
                 found = f"dtype {dtype}" if dtype is not None else f"a {type(value).__name__}"
                 raise ValueError(f"{name}: the {label} leaf at {where_} is {found}, expected a numeric array.")
         if jnp.ndim(leaf) == 0:
-            raise ValueError(
-                f"{name}: the leaf at {where_} is a scalar; leaves need a leading time axis (stacked iterates)."
-            )
+            raise ValueError(f"{name}: the leaf at {where_} is a scalar; leaves need a leading time axis (stacked iterates).")
         if jnp.shape(leaf) != jnp.shape(other):
             raise ValueError(
                 f"{name}: leaf {where_} has shape {jnp.shape(leaf)} in the "
@@ -229,7 +224,8 @@ def trajectory_distance(trajectory: Params, reference: Params, *, where: Where =
         warnings.warn(
             f"{name}: the distance is not finite from time index {first} on (the trajectory or the reference "
             "holds NaN or inf there).",
-            RuntimeWarning, stacklevel=2,
+            RuntimeWarning,
+            stacklevel=2,
         )
     return distance
 
@@ -250,9 +246,7 @@ def _selection(paths_and_leaves: list[tuple[Any, jax.Array]], structure, where: 
         return selected
     mask, mask_structure = jax.tree.flatten(where)
     if mask_structure != structure:
-        raise ValueError(
-            f"trajectory_distance: the mask `where` has structure {mask_structure}, the parameters {structure}."
-        )
+        raise ValueError(f"trajectory_distance: the mask `where` has structure {mask_structure}, the parameters {structure}.")
     for (path, _), keep in zip(paths_and_leaves, mask):
         if not _is_boolean(keep):
             raise ValueError(
@@ -266,5 +260,4 @@ def _is_boolean(value: Any) -> bool:
     """A Python or NumPy bool, or a concrete 0-d boolean array."""
     if isinstance(value, (bool, np.bool_)):
         return True
-    return isinstance(value, (np.ndarray, jax.Array)) and not is_traced(value) and value.shape == () \
-        and value.dtype == bool
+    return isinstance(value, (np.ndarray, jax.Array)) and not is_traced(value) and value.shape == () and value.dtype == bool

@@ -124,9 +124,7 @@ def gradient_flow(
     name = "gradient_flow"
     tableau = _resolve_method(method)
     if value_fn is None and grad_fn is None:
-        raise ValueError(
-            "gradient_flow needs an oracle: pass value_fn (params -> scalar loss) or grad_fn= (params -> gradient)."
-        )
+        raise ValueError("gradient_flow needs an oracle: pass value_fn (params -> scalar loss) or grad_fn= (params -> gradient).")
     if value_fn is not None and grad_fn is not None:
         raise ValueError("gradient_flow: pass either value_fn or grad_fn, not both.")
     if value_fn is not None:
@@ -158,8 +156,7 @@ def gradient_flow(
         for key, value, default in (("rtol", rtol, default_rtol), ("atol", atol, default_atol)):
             value = default if value is None else check_real(name, key, value, positive=True, allow_traced=False)
             if value > float(jnp.finfo(real_dtype).max) / 4:
-                raise ValueError(f"gradient_flow: {key} = {value!r} is beyond the range of the parameters' "
-                                 f"{real_dtype}.")
+                raise ValueError(f"gradient_flow: {key} = {value!r} is beyond the range of the parameters' {real_dtype}.")
             tolerances[key] = value
         first = jnp.asarray(-1.0 if initial_step is None else initial_step, real_dtype)
         controller = PIController(**tolerances)
@@ -173,8 +170,9 @@ def gradient_flow(
     return solution
 
 
-def _report_failure(solution: FlowSolution, reached: float, start_finite: bool, end: float, max_steps: int,
-                    adaptive: bool) -> None:
+def _report_failure(
+    solution: FlowSolution, reached: float, start_finite: bool, end: float, max_steps: int, adaptive: bool
+) -> None:
     attempts = int(solution.num_steps) + int(solution.num_rejected)
     counts = f"({int(solution.num_steps)} accepted, {int(solution.num_rejected)} rejected steps)"
     if not start_finite:
@@ -204,9 +202,7 @@ def _resolve_method(method: ButcherTableau | str) -> ButcherTableau:
         return method
     if isinstance(method, str) and method.lower() in _TABLEAUS:
         return _TABLEAUS[method.lower()]
-    raise ValueError(
-        f"gradient_flow: method must be a flowopt.ButcherTableau or one of {sorted(_TABLEAUS)}, got {method!r}."
-    )
+    raise ValueError(f"gradient_flow: method must be a flowopt.ButcherTableau or one of {sorted(_TABLEAUS)}, got {method!r}.")
 
 
 def _check_times(times: jax.Array) -> np.ndarray | jax.Array:
@@ -218,21 +214,27 @@ def _check_times(times: jax.Array) -> np.ndarray | jax.Array:
         raw = np.asarray(times)
     except Exception:  # ragged lists and the like
         raw = np.asarray(times, dtype=object)
-    if raw.dtype == object or not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)) \
-            or raw.dtype == np.bool_:
+    if (
+        raw.dtype == object
+        or not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer))
+        or raw.dtype == np.bool_
+    ):
         raise ValueError(f"gradient_flow: times must be a 1-D array of real numbers, got {times!r:.80}.")
     array = raw.astype(np.float64)
     if array.ndim != 1 or array.size == 0:
         raise ValueError(f"gradient_flow: times must be a non-empty 1-D array, got shape {array.shape}.")
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"gradient_flow: times must be finite, got {array[~np.isfinite(array)][0]} at index "
-                         f"{int(np.flatnonzero(~np.isfinite(array))[0])}.")
+        raise ValueError(
+            f"gradient_flow: times must be finite, got {array[~np.isfinite(array)][0]} at index "
+            f"{int(np.flatnonzero(~np.isfinite(array))[0])}."
+        )
     if array[0] < 0:
         raise ValueError(f"gradient_flow: times must be nonnegative (the flow starts at t = 0), got times[0] = {array[0]}.")
     if np.any(np.diff(array) < 0):
         i = int(np.flatnonzero(np.diff(array) < 0)[0])
-        raise ValueError(f"gradient_flow: times must be nondecreasing, got times[{i}] = {array[i]} > "
-                         f"times[{i + 1}] = {array[i + 1]}.")
+        raise ValueError(
+            f"gradient_flow: times must be nondecreasing, got times[{i}] = {array[i]} > times[{i + 1}] = {array[i + 1]}."
+        )
     return array
 
 
@@ -255,6 +257,7 @@ def _real_oracle(value_fn, grad_fn, params0):
 
 def _initial_step(oracle: GradFn, params: Params, k1: Params, order: int, rtol, atol) -> jax.Array:
     """Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.4: a first step from two gradients."""
+
     def norm(tree: Params) -> jax.Array:  # RMS of tree / (atol + rtol·|θ|)
         return scaled_error_norm(tree, params, params, rtol, atol)
 
@@ -323,7 +326,11 @@ def _adaptive_solve(value_fn, grad_fn, complex_params0, times, initial_step, *, 
     final, trajectory = jax.lax.scan(interval, init, times)
     successful = (final.time >= times[-1]) & tree_all_finite(final.params) & _times_valid(times)
     solution = FlowSolution(
-        times, merge_complex(complex_params0, trajectory), final.num_steps, final.num_rejected, final.oracle_evals,
+        times,
+        merge_complex(complex_params0, trajectory),
+        final.num_steps,
+        final.num_rejected,
+        final.oracle_evals,
         successful,
     )
     return solution, final.time, tree_all_finite(k1)
@@ -356,9 +363,11 @@ def _fixed_solve(value_fn, grad_fn, complex_params0, times, substeps, *, tableau
     finite = jnp.all(finite_at)
     reached = times[jnp.argmin(finite_at)]  # the first output time with a non-finite value
     solution = FlowSolution(
-        times, merge_complex(complex_params0, trajectory), num_steps, zero, num_steps * calls_per_step,
+        times,
+        merge_complex(complex_params0, trajectory),
+        num_steps,
+        zero,
+        num_steps * calls_per_step,
         finite & _times_valid(times),
     )
     return solution, reached, tree_all_finite(oracle(params0))
-
-

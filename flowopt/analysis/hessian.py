@@ -57,9 +57,7 @@ def hessian_vector_product(value_fn: ValueFn, params: Params, vector: Params) ->
     check_callable(name, "value_fn", value_fn)
     check_params(name, "params", params)
     if jax.tree.structure(vector) != jax.tree.structure(params):
-        raise ValueError(
-            f"{name}: vector has structure {jax.tree.structure(vector)}, params have {jax.tree.structure(params)}."
-        )
+        raise ValueError(f"{name}: vector has structure {jax.tree.structure(vector)}, params have {jax.tree.structure(params)}.")
     for (path, leaf), direction in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(vector)):
         dtype = leaf_dtype(direction)
         if dtype is None or not jnp.issubdtype(dtype, jnp.number):
@@ -227,8 +225,9 @@ def _flat_hessian_operator(name: str, value_fn: ValueFn, params: Params):
     return matvec, flat.size, flat.dtype
 
 
-def _check_hessian_arguments(name: str, value_fn: ValueFn, params: Params, key, count_name: str, count,
-                             minimum: int, maximum: int):
+def _check_hessian_arguments(
+    name: str, value_fn: ValueFn, params: Params, key, count_name: str, count, minimum: int, maximum: int
+):
     check_callable(name, "value_fn", value_fn)
     if params is None:
         raise ValueError(f"{name}: params is None; pass a pytree of floating arrays.")
@@ -265,15 +264,12 @@ def extreme_eigenvalues(
       key: PRNG key for the start vector; ``jax.random.key(0)`` by default.
     """
     name = "extreme_eigenvalues"
-    num_iterations, key = _check_hessian_arguments(name, value_fn, params, key, "num_iterations", num_iterations, 1,
-                                                   INT32_MAX)
+    num_iterations, key = _check_hessian_arguments(name, value_fn, params, key, "num_iterations", num_iterations, 1, INT32_MAX)
     dimension = sum(2 * jnp.size(x) if jnp.iscomplexobj(x) else jnp.size(x) for x in jax.tree.leaves(params))
     _check_memory(name, dimension, num_iterations, jnp.float64)
     low, high = _extreme_eigenvalues(as_partial(value_fn), params, key, num_iterations=num_iterations)
     if any_nonfinite((low, high)):
-        raise ValueError(
-            f"{name}: the Hessian is not finite at params (value_fn or its derivatives are NaN or inf there)."
-        )
+        raise ValueError(f"{name}: the Hessian is not finite at params (value_fn or its derivatives are NaN or inf there).")
     return low, high
 
 
@@ -291,8 +287,9 @@ def hutchinson_trace(value_fn: ValueFn, params: Params, num_samples: int = 64, k
     Probes are drawn one at a time (memory of one Hessian-vector product).
     """
     name = "hutchinson_trace"
-    num_samples, key = _check_hessian_arguments(name, value_fn, params, key, "num_samples (at least 2 to estimate "
-                                                "an error)", num_samples, 2, MAX_SAMPLES)
+    num_samples, key = _check_hessian_arguments(
+        name, value_fn, params, key, "num_samples (at least 2 to estimate an error)", num_samples, 2, MAX_SAMPLES
+    )
     estimate = _hutchinson_trace(as_partial(value_fn), params, key, num_samples=num_samples)
     if any_nonfinite(estimate):
         raise ValueError(f"{name}: the Hessian is not finite at params (value_fn or its derivatives are NaN or inf there).")

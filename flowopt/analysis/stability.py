@@ -82,8 +82,7 @@ def _resolve(method: Method) -> ButcherTableau | LinearMultistep:
     if isinstance(method, str) and method.lower() in _NAMED:
         return _NAMED[method.lower()]
     raise ValueError(
-        "method must be a flowopt.ButcherTableau, a LinearMultistep or one of "
-        f"{', '.join(NAMED_METHODS)}; got {method!r}."
+        f"method must be a flowopt.ButcherTableau, a LinearMultistep or one of {', '.join(NAMED_METHODS)}; got {method!r}."
     )
 
 
@@ -127,11 +126,13 @@ def _check_z(function: str, z, *, scalar: bool) -> np.ndarray:
     except Exception:
         ok = False
     if not ok:
-        raise ValueError(f"{function}: z must be a {'complex number' if scalar else 'number or array of numbers'}, "
-                         f"got {z!r:.80}.")
+        raise ValueError(
+            f"{function}: z must be a {'complex number' if scalar else 'number or array of numbers'}, got {z!r:.80}."
+        )
     if scalar and array.ndim != 0:
-        raise ValueError(f"{function}: z must be a single complex number, got an array of shape {array.shape} "
-                         "(use amplification for arrays).")
+        raise ValueError(
+            f"{function}: z must be a single complex number, got an array of shape {array.shape} (use amplification for arrays)."
+        )
     array = array.astype(complex)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{function}: z must be finite, got {z!r:.80}.")
@@ -227,8 +228,10 @@ def _multistep_crossings(method: LinearMultistep) -> np.ndarray:
     imaginary = _boundary_locus(method, phi).imag
     crossings = []
     for i in np.flatnonzero(np.sign(imaginary[:-1]) * np.sign(imaginary[1:]) <= 0):
-        root = phi[i] if imaginary[i] == 0 else scipy.optimize.brentq(
-            lambda t: _boundary_locus(method, np.array(t)).imag, phi[i], phi[i + 1], xtol=1e-15
+        root = (
+            phi[i]
+            if imaginary[i] == 0
+            else scipy.optimize.brentq(lambda t: _boundary_locus(method, np.array(t)).imag, phi[i], phi[i + 1], xtol=1e-15)
         )
         crossings.append(-_boundary_locus(method, np.array(root)).real)
     crossings.append(-_boundary_locus(method, np.array(np.pi)).real)  # ζ = -1, always real

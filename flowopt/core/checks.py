@@ -51,9 +51,7 @@ def real_number(name: str, value: Any, expected: str) -> float | None:
     raise ValueError(f"{name} must be {expected}, got {value!r} of type {type(value).__name__}.")
 
 
-def check_range(
-    name: str, value: Any, low: float, high: float, *, low_open: bool = True, high_open: bool = True
-) -> float | None:
+def check_range(name: str, value: Any, low: float, high: float, *, low_open: bool = True, high_open: bool = True) -> float | None:
     """The number ``value`` in the interval from ``low`` to ``high`` (open or closed ends); ``None`` if traced."""
     interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     if math.isinf(low) and math.isinf(high):

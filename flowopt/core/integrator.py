@@ -95,9 +95,7 @@ class IntegratorState(NamedTuple):
             raise AttributeError(f"'IntegratorState' object (and its stage_state) has no attribute {name!r}") from None
 
 
-def check_learning_rate(
-    learning_rate: optax.ScalarOrSchedule, name: str = "learning_rate", *, allow_zero: bool = False
-) -> None:
+def check_learning_rate(learning_rate: optax.ScalarOrSchedule, name: str = "learning_rate", *, allow_zero: bool = False) -> None:
     """Raise ``ValueError`` unless ``learning_rate`` is a schedule of the step count or a finite positive number.
 
     With ``allow_zero`` a constant 0 is accepted too (every step is then the
@@ -124,9 +122,7 @@ def check_learning_rate(
     except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
         if isinstance(learning_rate, jax.core.Tracer):
             return
-        raise ValueError(
-            f"{name} must be a positive number or an optax schedule, got {learning_rate!r}."
-        ) from None
+        raise ValueError(f"{name} must be a positive number or an optax schedule, got {learning_rate!r}.") from None
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = "non-negative" if allow_zero else "positive"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}.")
@@ -195,9 +191,7 @@ def check_state_matches(method: str, state: Any, init: Callable[[Params], Any], 
         return
     expected = jax.eval_shape(init, params)
     same_structure = jax.tree.structure(expected) == jax.tree.structure(state)
-    if not same_structure or any(
-        jnp.shape(x) != jnp.shape(y) for x, y in zip(jax.tree.leaves(expected), jax.tree.leaves(state))
-    ):
+    if not same_structure or any(jnp.shape(x) != jnp.shape(y) for x, y in zip(jax.tree.leaves(expected), jax.tree.leaves(state))):
         raise ValueError(
             f"{method}: the optimizer state does not match params: it was initialised for a different "
             "parameter pytree (structure or shapes differ). Call tx.init(params) with the parameters "
@@ -256,7 +250,12 @@ def as_optimizer(
         check_updates_match(integrator.name, updates, params)
         check_state_matches(integrator.name, state, init_fn, params)
         oracle = resolve_oracle(
-            integrator.name, params, value_fn, grad_fn, required=integrator.needs_oracle, full_params=full_params,
+            integrator.name,
+            params,
+            value_fn,
+            grad_fn,
+            required=integrator.needs_oracle,
+            full_params=full_params,
             flag_nonfinite=integrator.flags_nonfinite_loss,
         )
         if integrator.chooses_step_size:

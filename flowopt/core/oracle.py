@@ -64,9 +64,7 @@ def resolve_oracle(
         the oracle's output does not match the structure of ``params``.
     """
     if value_fn is not None and grad_fn is not None:
-        raise ValueError(
-            f"{method}: pass either value_fn or grad_fn to update(), not both."
-        )
+        raise ValueError(f"{method}: pass either value_fn or grad_fn to update(), not both.")
     if not required:
         return None
     if _inside_multisteps():
@@ -228,33 +226,37 @@ def conjugate_if_complex(gradient: jax.Array) -> jax.Array:
     return jnp.conj(gradient) if jnp.iscomplexobj(gradient) else gradient
 
 
-def _scalar_checked(method: str, value_fn: Callable[[Params], jax.Array]) -> Callable:
-    def checked(p: Params) -> jax.Array:
-        value = value_fn(p)
-        if value is None:
-            raise ValueError(f"{method}: value_fn returned None; it must return the scalar loss.")
-        if isinstance(value, (tuple, list, dict)):
-            raise ValueError(
-                f"{method}: value_fn returned a {type(value).__name__}; it must return the scalar loss alone "
-                "(for a loss_fn returning (loss, aux), pass value_fn=lambda p: loss_fn(p)[0])."
-            )
-        try:
-            value = jnp.asarray(value)
-        except TypeError:
-            raise ValueError(
-                f"{method}: value_fn must return a scalar loss, got {type(value).__name__}."
-            ) from None
-        if value.ndim != 0:
-            raise ValueError(f"{method}: value_fn must return a scalar loss, got shape {value.shape}.")
-        if not jnp.issubdtype(value.dtype, jnp.floating):
-            kind = "complex" if jnp.issubdtype(value.dtype, jnp.complexfloating) else "non-floating"
-            raise ValueError(
-                f"{method}: value_fn must return a real floating-point loss, got the {kind} dtype {value.dtype} "
-                "(it cannot be differentiated as a loss)."
-            )
-        return value
+def check_scalar_loss(where: str, what: str, value: Any) -> jax.Array:
+    """``value``, which ``what`` returned, as an array; ``ValueError`` unless it is a real floating-point scalar.
 
-    return checked
+    Every message names ``where`` (the function checking) and ``what`` (the
+    loss function it was given), and what was returned instead.
+    """
+    if value is None:
+        raise ValueError(f"{where}: {what} returned None; it must return the scalar loss.")
+    if isinstance(value, (tuple, list, dict)):
+        raise ValueError(
+            f"{where}: {what} returned a {type(value).__name__}; it must return the scalar loss alone "
+            f"(for a loss_fn returning (loss, aux), pass {what}=lambda p: loss_fn(p)[0])."
+        )
+    try:
+        array = jnp.asarray(value)
+    except TypeError:
+        raise ValueError(f"{where}: {what} must return a scalar loss, got a {type(value).__name__}.") from None
+    if array.ndim != 0:
+        raise ValueError(f"{where}: {what} must return a scalar loss, got shape {array.shape} (reduce it, e.g. with .mean()).")
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        kind = "complex" if jnp.issubdtype(array.dtype, jnp.complexfloating) else "non-floating"
+        raise ValueError(
+            f"{where}: {what} must return a real floating-point loss, got the {kind} dtype {array.dtype} "
+            "(it cannot be differentiated as a loss)."
+        )
+    return array
+
+
+def _scalar_checked(method: str, value_fn: Callable[[Params], jax.Array]) -> Callable:
+    """``value_fn`` whose output is checked by :func:`check_scalar_loss` (at trace time)."""
+    return lambda p: check_scalar_loss(method, "value_fn", value_fn(p))
 
 
 def _structure_checked(method: str, gradient: GradFn, params: Params) -> GradFn:
@@ -274,8 +276,7 @@ def _structure_checked(method: str, gradient: GradFn, params: Params) -> GradFn:
         shapes = [jnp.shape(x) for x in jax.tree.leaves(grads)]
         if shapes != expected_shapes:
             raise ValueError(
-                f"{method}: the oracle returned leaves of shapes {shapes}, "
-                f"expected the shapes of params {expected_shapes}."
+                f"{method}: the oracle returned leaves of shapes {shapes}, expected the shapes of params {expected_shapes}."
             )
         _check_inexact(method, "the oracle's gradient", grads)
         return grads

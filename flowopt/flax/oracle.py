@@ -32,8 +32,9 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
+
+from flowopt.core.oracle import check_scalar_loss
 
 Params = Any
 
@@ -100,8 +101,10 @@ def step_oracle(
         not return the pair above with a real floating-point scalar loss.
     """
     if not callable(objective):
-        raise ValueError(f"step_oracle: objective must be a callable (params, state, *args) -> (loss, new_state), "
-                         f"got {type(objective).__name__}.")
+        raise ValueError(
+            f"step_oracle: objective must be a callable (params, state, *args) -> (loss, new_state), "
+            f"got {type(objective).__name__}."
+        )
     _check_has_aux("step_oracle", has_aux)
     if not jax.tree.leaves(params):
         raise ValueError("step_oracle: params has no array leaves; there is nothing to differentiate.")
@@ -124,11 +127,13 @@ class _StatefulValue:
             expected = "(loss, (aux, new_state))" if self.has_aux else "(loss, new_state)"
             raise ValueError(f"step_oracle: objective must return {expected}, got {_describe(out)}.")
         if self.has_aux and not _is_pair(out[1]):
-            raise ValueError(f"step_oracle: with has_aux=True, objective must return (loss, (aux, new_state)), "
-                             f"got (loss, {_describe(out[1])}).")
+            raise ValueError(
+                f"step_oracle: with has_aux=True, objective must return (loss, (aux, new_state)), "
+                f"got (loss, {_describe(out[1])})."
+            )
         loss, rest = out
         aux, new_state = rest if self.has_aux else (None, rest)
-        return _check_loss("step_oracle", "objective", loss), (aux, new_state)
+        return check_scalar_loss("step_oracle", "objective", loss), (aux, new_state)
 
     def __call__(self, state: Any, args: tuple[Any, ...], params: Params) -> jax.Array:
         return self.evaluate(params, state, args)[0]
@@ -174,12 +179,14 @@ class NNXObjective:
         if self.has_aux and not _is_pair(out):
             raise ValueError(f"nnx_step_oracle: with has_aux=True, loss_fn must return (loss, aux), got {_describe(out)}.")
         if not self.has_aux and isinstance(out, (tuple, list)):
-            raise ValueError(f"nnx_step_oracle: loss_fn returned {_describe(out)}; return the scalar loss, "
-                             "or pass has_aux=True for a loss_fn returning (loss, aux).")
+            raise ValueError(
+                f"nnx_step_oracle: loss_fn returned {_describe(out)}; return the scalar loss, "
+                "or pass has_aux=True for a loss_fn returning (loss, aux)."
+            )
         loss, aux = out if self.has_aux else (out, None)
         new_model_state = nnx.split(model, self.wrt, ...)[2]
         new_state = new_model_state if self.rngs is None else (new_model_state, nnx.state(rngs))
-        return _check_loss("nnx_step_oracle", "loss_fn", loss), (aux, new_state)
+        return check_scalar_loss("nnx_step_oracle", "loss_fn", loss), (aux, new_state)
 
 
 def nnx_step_oracle(
@@ -229,18 +236,23 @@ def nnx_step_oracle(
         raise ValueError(f"nnx_step_oracle: loss_fn must be a callable (model, batch) -> loss, got {type(loss_fn).__name__}.")
     _check_has_aux("nnx_step_oracle", has_aux)
     if not isinstance(model, nnx.Module):
-        raise ValueError(f"nnx_step_oracle: model must be an nnx.Module, got {type(model).__name__} "
-                         "(for Linen or a pure function of the parameters, use flowopt.step_oracle).")
+        raise ValueError(
+            f"nnx_step_oracle: model must be an nnx.Module, got {type(model).__name__} "
+            "(for Linen or a pure function of the parameters, use flowopt.step_oracle)."
+        )
     if rngs is not None and not isinstance(rngs, nnx.Rngs):
-        raise ValueError(f"nnx_step_oracle: rngs must be an nnx.Rngs or None, got {type(rngs).__name__} "
-                         "(a key the loss uses directly is data: put it in batch).")
+        raise ValueError(
+            f"nnx_step_oracle: rngs must be an nnx.Rngs or None, got {type(rngs).__name__} "
+            "(a key the loss uses directly is data: put it in batch)."
+        )
     if rngs is not None and any(node is rngs for _, node in nnx.iter_graph(model)):
-        raise ValueError("nnx_step_oracle: rngs is held by the model; pass rngs=None and the model's own "
-                         "streams are used.")
+        raise ValueError("nnx_step_oracle: rngs is held by the model; pass rngs=None and the model's own streams are used.")
     graphdef, params, model_state = nnx.split(model, wrt, ...)
     if not jax.tree.leaves(params):
-        raise ValueError(f"nnx_step_oracle: the model has no variables matching wrt={wrt!r} (nnx.Param by default); "
-                         "there is nothing to differentiate.")
+        raise ValueError(
+            f"nnx_step_oracle: the model has no variables matching wrt={wrt!r} (nnx.Param by default); "
+            "there is nothing to differentiate."
+        )
     # Snapshots: split returns the model's live Variables, which the update below mutates.
     if rngs is None:
         objective, state = NNXObjective(graphdef, loss_fn, has_aux, wrt=wrt), nnx.as_pure(model_state)
@@ -254,20 +266,6 @@ def nnx_step_oracle(
     if rngs is not None:
         nnx.update(rngs, new_rngs_state)
     return step
-
-
-def _check_loss(where: str, what: str, loss: Any) -> jax.Array:
-    """``loss`` as an array, or a ``ValueError`` unless it is a real floating-point scalar."""
-    try:
-        value = jnp.asarray(loss)
-    except TypeError:
-        raise ValueError(f"{where}: {what} must return a scalar loss, got {_describe(loss)}.") from None
-    if value.ndim != 0:
-        raise ValueError(f"{where}: {what} must return a scalar loss, got shape {value.shape} "
-                         "(reduce it, e.g. with .mean()).")
-    if not jnp.issubdtype(value.dtype, jnp.floating):
-        raise ValueError(f"{where}: {what} must return a real floating-point loss, got dtype {value.dtype}.")
-    return value
 
 
 def _check_has_aux(where: str, has_aux: Any) -> None:

@@ -71,8 +71,9 @@ class TrainState(train_state.TrainState):
         """
         extra_args = {} if extra_args is None else extra_args
         if not isinstance(extra_args, dict):
-            raise ValueError(f"{_APPLY}: extra_args must be a dict of keyword arguments for tx.update, "
-                             f"got {type(extra_args).__name__}.")
+            raise ValueError(
+                f"{_APPLY}: extra_args must be a dict of keyword arguments for tx.update, got {type(extra_args).__name__}."
+            )
         oracle = {k: v for k, v in (("value_fn", value_fn), ("grad_fn", grad_fn)) if v is not None}
         clashes = sorted(set(oracle) & set(extra_args))
         if clashes:

@@ -156,7 +156,6 @@ def flow_integrator(
     r: CoefficientLike,
     p: CoefficientLike,
     q: CoefficientLike,
-    *,
     eps: float,
     eps_root: float,
     integrator: ButcherTableau | None,
@@ -183,8 +182,7 @@ def flow_integrator(
         raise ValueError(f"initial_v must be non-negative, got {initial_v!r}.")
     if integrator is not None and not isinstance(integrator, ButcherTableau):
         raise ValueError(
-            f"integrator must be None (the seed's Euler scheme) or a flowopt.ButcherTableau, "
-            f"got {type(integrator).__name__}."
+            f"integrator must be None (the seed's Euler scheme) or a flowopt.ButcherTableau, got {type(integrator).__name__}."
         )
     name = f"adaptive_flow[{'euler-eq3' if integrator is None else integrator.name}]"
     if integrator is not None:
@@ -204,9 +202,9 @@ def flow_integrator(
             taken=jnp.zeros([], jnp.int32),
             t=jnp.asarray(initial_time, _time_dtype()),
             m=None if coefficients.h is None else optax.tree.zeros_like(params),
-            v=None if coefficients.p is None else jax.tree.map(
-                lambda x: jnp.full(jnp.shape(x), initial_v, _real_dtype(x)), params
-            ),
+            v=None
+            if coefficients.p is None
+            else jax.tree.map(lambda x: jnp.full(jnp.shape(x), initial_v, _real_dtype(x)), params),
         )
 
     def step(oracle: GradFn | None, params: Params, k1: Params, h: jax.Array, state: AdaptiveFlowState):
@@ -280,9 +278,7 @@ def _runge_kutta_step(
     first = _vector_field(name, coefficients, epsilons, t, start, grads)
     slopes = stage_slopes(tableau, field, start, first, s, (tableau.b,), t0=t)
     increment = linear_combination(tableau.b, slopes, s)
-    moments = _Moments(
-        None, *(None if x is None else jax.tree.map(jnp.add, x, dx) for x, dx in zip(start[1:], increment[1:]))
-    )
+    moments = _Moments(None, *(None if x is None else jax.tree.map(jnp.add, x, dx) for x, dx in zip(start[1:], increment[1:])))
     return increment.theta, moments
 
 
@@ -436,9 +432,7 @@ def _check_epsilons(eps: Any, eps_root: Any) -> _Epsilons:
         if number is not None and number < 0:
             raise ValueError(f"{label} must be non-negative, got {number!r}.")
     if values == [0.0, 0.0]:
-        raise ValueError(
-            "eps and eps_root cannot both be 0: the velocity m / (sqrt(v + eps_root) + eps) is undefined at v = 0."
-        )
+        raise ValueError("eps and eps_root cannot both be 0: the velocity m / (sqrt(v + eps_root) + eps) is undefined at v = 0.")
     return _Epsilons(eps, eps_root)
 
 

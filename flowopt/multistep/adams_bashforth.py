@@ -84,17 +84,11 @@ def explicit_adams_bashforth(order: int, startup: str = "high_order") -> Integra
                 increment, _, calls = starter.step(oracle, params, k1, h, ())
                 return increment, jnp.asarray(calls, jnp.int32)
 
-            increment, calls = jax.lax.cond(
-                state.filled < order - 1, runge_kutta, lambda: multistep(gradients, h, table[-1])
-            )
+            increment, calls = jax.lax.cond(state.filled < order - 1, runge_kutta, lambda: multistep(gradients, h, table[-1]))
         else:
             row = jnp.asarray(table)[jnp.minimum(state.filled, order - 1)]
             increment, calls = multistep(gradients, h, [row[i] for i in range(order)])
-        new_state = AdamsBashforthState(
-            gradients=gradients[: order - 1], filled=jnp.minimum(state.filled + 1, order - 1)
-        )
+        new_state = AdamsBashforthState(gradients=gradients[: order - 1], filled=jnp.minimum(state.filled + 1, order - 1))
         return increment, new_state, calls
 
-    return Integrator(
-        name=f"adams_bashforth{order}", init=init, step=step, needs_oracle=high_order_start
-    )
+    return Integrator(name=f"adams_bashforth{order}", init=init, step=step, needs_oracle=high_order_start)

@@ -175,8 +175,16 @@ def implicit_bdf(
 
     def solve(oracle, anchor, beta_h, start, start_grad, curvature, unroll) -> ProximalSolution:
         return solve_proximal(
-            oracle, anchor, beta_h, start, start_grad, curvature,
-            inner_steps, inner_learning_rate, inner_tolerance, unroll=unroll,
+            oracle,
+            anchor,
+            beta_h,
+            start,
+            start_grad,
+            curvature,
+            inner_steps,
+            inner_learning_rate,
+            inner_tolerance,
+            unroll=unroll,
         )
 
     def init(params: Params) -> BDFState:
@@ -190,7 +198,11 @@ def implicit_bdf(
     def extrapolate(oracle, params, k1, h, first: ProximalSolution):
         """Backward Euler over 1..τ substeps, combined by ``weights``; ``first`` is the one-substep solve."""
         ends, curvature, residual, calls, finite = (
-            [first.params], first.curvature, first.residual, first.calls, first.finite,
+            [first.params],
+            first.curvature,
+            first.residual,
+            first.calls,
+            first.finite,
         )
         for substeps in range(2, len(weights) + 1):
 
@@ -198,8 +210,12 @@ def implicit_bdf(
                 y, gy, estimate, _, count, ok = carry
                 solution = solve(oracle, y, h / substeps, y, gy, estimate, unroll=False)
                 return (
-                    solution.params, solution.grad, solution.curvature, solution.residual,
-                    count + solution.calls, ok & solution.finite,
+                    solution.params,
+                    solution.grad,
+                    solution.curvature,
+                    solution.residual,
+                    count + solution.calls,
+                    ok & solution.finite,
                 )
 
             y, _, curvature, residual, calls, finite = jax.lax.fori_loop(
@@ -222,7 +238,11 @@ def implicit_bdf(
         anchor = linear_combination([-a for a in a_row], points)
         solution = solve(oracle, anchor, beta * h, params, k1, state.curvature, inner_steps <= MAX_UNROLLED_INNER_STEPS)
         new, curvature, residual, calls, finite = (
-            solution.params, solution.curvature, solution.residual, solution.calls, solution.finite,
+            solution.params,
+            solution.curvature,
+            solution.residual,
+            solution.calls,
+            solution.finite,
         )
         if order > 1 and startup == "high_order":
             new, curvature, residual, calls, finite = jax.lax.cond(

@@ -80,9 +80,7 @@ def solve_proximal(
     largest_estimate = inverse / jnp.finfo(dtype).eps
 
     def prox_grad(x: Params, g: Params) -> Params:
-        return jax.tree.map(
-            lambda gi, xi, zi: gi + (xi - zi) * jnp.asarray(inverse, xi.dtype), g, x, anchor
-        )
+        return jax.tree.map(lambda gi, xi, zi: gi + (xi - zi) * jnp.asarray(inverse, xi.dtype), g, x, anchor)
 
     def norm(tree: Params) -> jax.Array:
         return jnp.asarray(optax.tree_utils.tree_norm(tree), dtype)
@@ -110,8 +108,15 @@ def solve_proximal(
         if inner_learning_rate is not None:
             trial_direction = prox_grad(trial, trial_grad)
             return (
-                calls + 1, trial, trial_grad, trial_direction, norm(trial_direction), estimate,
-                rejected_trial, rejected_grad, finite,
+                calls + 1,
+                trial,
+                trial_grad,
+                trial_direction,
+                norm(trial_direction),
+                estimate,
+                rejected_trial,
+                rejected_grad,
+                finite,
             )
         along = secant(trial_grad, g, eta * residual)  # ||trial - x|| = η ||∇φ(x)||
         # The flag and the distance are norms (reductions), not chains of scalar selects (see below).
@@ -124,9 +129,7 @@ def solve_proximal(
             _REJECTED_GROWTH * along,
             _NONFINITE_SHRINK * estimate + (_NONFINITE_SHRINK - 1) * inverse,
         )
-        accepted_estimate = jnp.where(
-            inconsistent, jnp.maximum(start_estimate, _REJECTED_GROWTH * between_trials), estimate
-        )
+        accepted_estimate = jnp.where(inconsistent, jnp.maximum(start_estimate, _REJECTED_GROWTH * between_trials), estimate)
         trial_direction = prox_grad(trial, trial_grad)
         choose = lambda new, old: optax.tree_utils.tree_where(accept, new, old)
         direction = choose(trial_direction, direction)
@@ -146,8 +149,14 @@ def solve_proximal(
         )
 
     carry = (
-        jnp.zeros([], jnp.int32), start, start_grad, initial_direction, initial_residual,
-        start_estimate, start, jax.tree.map(lambda leaf: jnp.full_like(leaf, jnp.nan), start_grad),
+        jnp.zeros([], jnp.int32),
+        start,
+        start_grad,
+        initial_direction,
+        initial_residual,
+        start_estimate,
+        start,
+        jax.tree.map(lambda leaf: jnp.full_like(leaf, jnp.nan), start_grad),
         tree_all_finite((start, start_grad)),
     )
     if inner_tolerance is None:

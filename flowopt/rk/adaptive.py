@@ -207,9 +207,7 @@ def adaptive_step(
     if not callable(oracle):
         raise ValueError(f"oracle must be a function params -> gradient, got {oracle!r}.")
     if not isinstance(state, StepSizeState):
-        raise ValueError(
-            f"state must be a StepSizeState (from controller.init(step_size)), got {type(state).__name__}."
-        )
+        raise ValueError(f"state must be a StepSizeState (from controller.init(step_size)), got {type(state).__name__}.")
     if jax.tree.structure(k1) != jax.tree.structure(params) or any(
         jnp.shape(g) != jnp.shape(p) for g, p in zip(jax.tree.leaves(k1), jax.tree.leaves(params))
     ):
@@ -309,10 +307,15 @@ def adaptive_integrator(
         # A buffer per field: a state donated to a jitted step must not hold one buffer twice.
         integer, real = (lambda: jnp.zeros([], jnp.int32)), (lambda: jnp.zeros([], dtype))
         return AdaptiveState(
-            accepted=integer(), rejected=integer(), nonfinite=integer(),
-            time=real(), last_step_size=real(), error=real(), stiffness=real(),
+            accepted=integer(),
+            rejected=integer(),
+            nonfinite=integer(),
+            time=real(),
+            last_step_size=real(),
+            error=real(),
+            stiffness=real(),
             controller=controller.init(initial_step, dtype),
-        )  # fmt: skip
+        )
 
     def step(oracle: GradFn, params: Params, k1: Params, h: None, state: AdaptiveState):
         del h  # the controller chooses
@@ -343,9 +346,13 @@ def adaptive_integrator(
         return result.increment, new_state, calls * tries
 
     return Integrator(
-        name=f"adaptive_runge_kutta({tableau.name})", init=init, step=step, needs_oracle=True,
-        chooses_step_size=True, flags_nonfinite_loss=True,
-    )  # fmt: skip
+        name=f"adaptive_runge_kutta({tableau.name})",
+        init=init,
+        step=step,
+        needs_oracle=True,
+        chooses_step_size=True,
+        flags_nonfinite_loss=True,
+    )
 
 
 def step_diagnostics(opt_state: optax.OptState) -> dict[str, jax.Array]:
@@ -362,18 +369,14 @@ def step_diagnostics(opt_state: optax.OptState) -> dict[str, jax.Array]:
       ValueError: if the state holds no adaptive or guard state, or several
         adaptive states.
     """
-    is_node = lambda x: isinstance(x, GuardState) or (
-        isinstance(x, IntegratorState) and isinstance(x.stage_state, AdaptiveState)
-    )
+    is_node = lambda x: isinstance(x, GuardState) or (isinstance(x, IntegratorState) and isinstance(x.stage_state, AdaptiveState))
     nodes = jax.tree.leaves(opt_state, is_leaf=is_node)
     adaptive = [x for x in nodes if isinstance(x, IntegratorState)]
     guarded = any(isinstance(x, GuardState) for x in nodes)
     if not adaptive and not guarded:
         raise ValueError("step_diagnostics: opt_state holds no flowopt adaptive or guard state.")
     if len(adaptive) > 1:
-        raise ValueError(
-            f"step_diagnostics: opt_state holds {len(adaptive)} adaptive states; pass each sub-state."
-        )
+        raise ValueError(f"step_diagnostics: opt_state holds {len(adaptive)} adaptive states; pass each sub-state.")
     diagnostics = {"oracle_evals": oracle_evaluations(opt_state)}
     if adaptive:
         (outer,) = adaptive

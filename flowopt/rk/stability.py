@@ -73,5 +73,3 @@ def polish(function: Callable[[float], float], root: float) -> float:
     except RuntimeError:
         return root
     return float(polished) if abs(function(polished)) <= abs(function(root)) else root
-
-

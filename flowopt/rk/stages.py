@@ -70,7 +70,11 @@ def stage_slopes(
 
 
 def gradient_stages(
-    tableau: ButcherTableau, oracle: GradFn | None, params: Params, k1: Params, h: jax.Array,
+    tableau: ButcherTableau,
+    oracle: GradFn | None,
+    params: Params,
+    k1: Params,
+    h: jax.Array,
     weights: Sequence[np.ndarray],
 ) -> list[Params | None]:
     """The stage gradients ``k_i = ∇f(θ - h Σ_j a_ij k_j)`` of the gradient flow that ``weights`` need."""

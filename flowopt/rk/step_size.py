@@ -167,7 +167,6 @@ def error_order(tableau: ButcherTableau) -> int:
     return int(tableau.embedded_order) + 1
 
 
-
 def scaled_error_norm(error: Params, params: Params, candidate: Params, rtol: float, atol: float) -> jax.Array:
     """``RMS(|e| / (atol + rtol · max(|θ_n|, |θ_{n+1}|)))`` over all elements of all leaves.
 

@@ -130,11 +130,7 @@ def order_conditions(order: int) -> list[tuple[str, Tree, float]]:
       ValueError: unless ``order`` is an integer in ``1..MAX_ORDER``.
     """
     order = _check_tree_order("order", order)
-    return [
-        (_describe(tree), tree, 1.0 / _density(tree))
-        for size in range(1, order + 1)
-        for tree in rooted_trees(size)
-    ]
+    return [(_describe(tree), tree, 1.0 / _density(tree)) for size in range(1, order + 1) for tree in rooted_trees(size)]
 
 
 def check_order(a: np.ndarray, b: np.ndarray, order: int, label: str = "b") -> None:
@@ -149,8 +145,7 @@ def check_order(a: np.ndarray, b: np.ndarray, order: int, label: str = "b") -> N
     b = _real_array(b, label, 1, "check_order: ")
     if a.shape[0] != a.shape[1] or b.shape != (a.shape[0],):
         raise ValueError(
-            f"check_order: a must be an (s, s) matrix and {label} a vector of its s entries, "
-            f"got shapes {a.shape} and {b.shape}."
+            f"check_order: a must be an (s, s) matrix and {label} a vector of its s entries, got shapes {a.shape} and {b.shape}."
         )
     failure = _first_failure(a, b, _check_tree_order("order", order), label)
     if failure is not None:
@@ -226,9 +221,7 @@ class ButcherTableau:
         if stages == 0:
             raise ValueError(f"{where}a method needs at least one stage, got an empty tableau (a of shape {a.shape}).")
         if b.shape != (stages,) or c.shape != (stages,):
-            raise ValueError(
-                f"{where}b and c must have {stages} entries, got shapes {b.shape} and {c.shape}."
-            )
+            raise ValueError(f"{where}b and c must have {stages} entries, got shapes {b.shape} and {c.shape}.")
         order = check_integer(f"{where}order", self.order, 1)
         if order > MAX_ORDER:
             raise ValueError(
@@ -244,8 +237,7 @@ class ButcherTableau:
             embedded_order = check_integer(f"{where}embedded_order", self.embedded_order, 1)
             if embedded_order > order:
                 raise ValueError(
-                    f"{where}embedded_order must be an integer in 1..{order} (at most order), "
-                    f"got {self.embedded_order!r}."
+                    f"{where}embedded_order must be an integer in 1..{order} (at most order), got {self.embedded_order!r}."
                 )
         if np.any(np.triu(a) != 0):
             raise ValueError(f"{where}a must be strictly lower triangular for an explicit method.")
@@ -337,8 +329,7 @@ def _check_reachable(a: np.ndarray, b: np.ndarray, order: int, where: str) -> No
         barrier = (
             "an explicit s-stage method has order at most s"
             if order <= 4
-            else "Butcher's barriers: order p needs s ≥ p+1 for p = 5, 6, s ≥ p+2 for p = 7 "
-            "and s ≥ p+3 for p ≥ 8"
+            else "Butcher's barriers: order p needs s ≥ p+1 for p = 5, 6, s ≥ p+2 for p = 7 and s ≥ p+3 for p ≥ 8"
         )
         failure = _first_failure(a, b, min(order, stages + 1))
         raise ValueError(
@@ -398,20 +389,14 @@ def _real_array(values: Any, label: str, ndim: int, where: str, expected: str | 
         array = np.array(values, dtype=np.float64)
     except (TypeError, ValueError):
         raise ValueError(
-            f"{where}{label} is ragged (its rows have different lengths or nesting); "
-            f"{label} must be {expected}."
+            f"{where}{label} is ragged (its rows have different lengths or nesting); {label} must be {expected}."
         ) from None
     if array.ndim != ndim:
-        raise ValueError(
-            f"{where}{label} must be {expected} ({ndim}-dimensional), got shape {array.shape}."
-        )
+        raise ValueError(f"{where}{label} must be {expected} ({ndim}-dimensional), got shape {array.shape}.")
     bad = np.argwhere(~np.isfinite(array))
     if bad.size:
         position = "".join(f"[{i}]" for i in bad[0])
-        raise ValueError(
-            f"{where}entry {label}{position} = {array[tuple(bad[0])]} is non-finite; "
-            f"{label} must be {expected}."
-        )
+        raise ValueError(f"{where}entry {label}{position} = {array[tuple(bad[0])]} is non-finite; {label} must be {expected}.")
     array.setflags(write=False)
     return array
 
@@ -423,16 +408,12 @@ def lower_triangular(rows: Sequence[Sequence[float]]) -> np.ndarray:
     ``1×1`` zero matrix (Euler).
     """
     if not isinstance(rows, (list, tuple, np.ndarray)):
-        raise ValueError(
-            f"lower_triangular: rows must be a list of rows (row i with i real numbers), got {rows!r}."
-        )
+        raise ValueError(f"lower_triangular: rows must be a list of rows (row i with i real numbers), got {rows!r}.")
     stages = len(rows) + 1
     a = np.zeros((stages, stages))
     for i, row in enumerate(rows, start=1):
         if not isinstance(row, (list, tuple, np.ndarray)) or np.ndim(row) != 1:
-            raise ValueError(
-                f"lower_triangular: row {i} of a must be a list of {i} real numbers, got {row!r}."
-            )
+            raise ValueError(f"lower_triangular: row {i} of a must be a list of {i} real numbers, got {row!r}.")
         if len(row) != i:
             raise ValueError(f"lower_triangular: row {i} of a must have {i} entries below the diagonal, got {len(row)}.")
         a[i, :i] = _real_array(row, f"a[{i}]", 1, "lower_triangular: ", f"a list of {i} real numbers")

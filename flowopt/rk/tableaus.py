@@ -16,17 +16,11 @@ from flowopt.rk.tableau import ButcherTableau, lower_triangular
 
 EULER = ButcherTableau(a=[[0.0]], b=[1.0], c=[0.0], order=1, name="euler")
 
-HEUN = ButcherTableau(
-    a=lower_triangular([[1.0]]), b=[1 / 2, 1 / 2], c=[0.0, 1.0], order=2, name="heun"
-)
+HEUN = ButcherTableau(a=lower_triangular([[1.0]]), b=[1 / 2, 1 / 2], c=[0.0, 1.0], order=2, name="heun")
 
-RALSTON = ButcherTableau(
-    a=lower_triangular([[2 / 3]]), b=[1 / 4, 3 / 4], c=[0.0, 2 / 3], order=2, name="ralston"
-)
+RALSTON = ButcherTableau(a=lower_triangular([[2 / 3]]), b=[1 / 4, 3 / 4], c=[0.0, 2 / 3], order=2, name="ralston")
 
-MIDPOINT = ButcherTableau(
-    a=lower_triangular([[1 / 2]]), b=[0.0, 1.0], c=[0.0, 1 / 2], order=2, name="midpoint"
-)
+MIDPOINT = ButcherTableau(a=lower_triangular([[1 / 2]]), b=[0.0, 1.0], c=[0.0, 1 / 2], order=2, name="midpoint")
 
 RK3 = ButcherTableau(
     a=lower_triangular([[1 / 2], [-1.0, 2.0]]),
@@ -82,9 +76,7 @@ BOSH3 = ButcherTableau(
 )
 
 _DOPRI5_B = np.array([35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0])
-_DOPRI5_B_HAT = np.array(
-    [5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40]
-)
+_DOPRI5_B_HAT = np.array([5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40])
 
 DOPRI5 = ButcherTableau(
     a=lower_triangular(

@@ -55,7 +55,8 @@ def _to_storable(tree: Any) -> Any:
 def _from_storable(tree: Any, like: Any) -> Any:
     return jax.tree.map(
         lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref)) if _is_key(ref) else x,
-        tree, like,
+        tree,
+        like,
     )
 
 
@@ -102,9 +103,13 @@ def _left_by_a_failed_restore(unraisable: Any) -> bool:
     if inspect.iscoroutine(unraisable.object):
         return Path(unraisable.object.cr_code.co_filename).is_relative_to(_ORBAX_SOURCE)
     frames = traceback.extract_tb(unraisable.exc_traceback)
-    return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed"
-            and bool(frames) and frames[0].name == "call_soon_threadsafe")
+    return (
+        unraisable.object is None
+        and isinstance(unraisable.exc_value, RuntimeError)
+        and str(unraisable.exc_value) == "Event loop is closed"
+        and bool(frames)
+        and frames[0].name == "call_soon_threadsafe"
+    )
 
 
 @contextlib.contextmanager
@@ -124,7 +129,8 @@ def _failed_restores_contained() -> Iterator[None]:
     def orbax_task(record: logging.LogRecord) -> bool:
         # asyncio reports a collected task whose exception nobody retrieved through its logger, not the hook.
         leftover = record.getMessage().startswith("Task exception was never retrieved") and str(_ORBAX_SOURCE) in (
-            record.getMessage())
+            record.getMessage()
+        )
         if leftover:
             logger.debug("Ignored after a failed restore: %s", record.getMessage())
         return not leftover
@@ -168,7 +174,9 @@ class Checkpointer:
             return ocp.CheckpointManager(
                 self.directory,
                 options=ocp.CheckpointManagerOptions(
-                    max_to_keep=self._keep, enable_async_checkpointing=False, create=True,
+                    max_to_keep=self._keep,
+                    enable_async_checkpointing=False,
+                    create=True,
                     cleanup_tmp_directories=True,
                 ),
             )
@@ -194,8 +202,7 @@ class Checkpointer:
         """
         step = _positive_int("step", step, 0)
         if step in self._manager.all_steps():
-            raise ValueError(f"A checkpoint for step {step} already exists in {self.directory}; "
-                             "a step is never saved twice.")
+            raise ValueError(f"A checkpoint for step {step} already exists in {self.directory}; a step is never saved twice.")
         storable = _to_storable(state)
         arrays = array_checksums(storable)
         try:
@@ -212,9 +219,7 @@ class Checkpointer:
         except Exception as error:
             self._manager.close()
             self._manager = self._open()  # clears the unfinished temporary directory
-            raise CheckpointError(
-                f"Could not write the checkpoint for step {step} in {self.directory}: {error}"
-            ) from error
+            raise CheckpointError(f"Could not write the checkpoint for step {step} in {self.directory}: {error}") from error
         if step not in self._manager.all_steps():
             raise CheckpointError(f"The checkpoint for step {step} was not written to {self.directory}.")
 
@@ -230,15 +235,15 @@ class Checkpointer:
         try:
             item = self._manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))["progress"]
         except Exception as error:
-            raise CheckpointError(f"The record of the checkpoint for step {step} in {self.directory} "
-                                  f"is unreadable: {error}") from error
+            raise CheckpointError(
+                f"The record of the checkpoint for step {step} in {self.directory} is unreadable: {error}"
+            ) from error
         if not isinstance(item, dict):
             raise CheckpointError(f"The record of the checkpoint for step {step} in {self.directory} is not a mapping.")
         if item.get("format") != _FORMAT:
             return dict(item)
         if item.get("sha256") != _digest(item.get("record"), item.get("arrays")) or not isinstance(item["record"], dict):
-            raise CheckpointError(f"The record of the checkpoint for step {step} in {self.directory} "
-                                  "fails its checksum.")
+            raise CheckpointError(f"The record of the checkpoint for step {step} in {self.directory} fails its checksum.")
         return dict(item["record"])
 
     def _check_fits(self, like: Any, step: int) -> None:
@@ -257,9 +262,12 @@ class Checkpointer:
             for path, leaf in jax.tree_util.tree_flatten_with_path(_to_storable(like))[0]
         }
         if stored != wanted:
-            diff = [f"{k}: stored {stored.get(k, ('absent', ''))[1] or 'absent'} {stored.get(k, ('', ''))[0]}, "
-                    f"this run {wanted.get(k, ('absent', ''))[1] or 'absent'} {wanted.get(k, ('', ''))[0]}"
-                    for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+            diff = [
+                f"{k}: stored {stored.get(k, ('absent', ''))[1] or 'absent'} {stored.get(k, ('', ''))[0]}, "
+                f"this run {wanted.get(k, ('absent', ''))[1] or 'absent'} {wanted.get(k, ('', ''))[0]}"
+                for k in sorted(set(stored) | set(wanted))
+                if stored.get(k) != wanted.get(k)
+            ]
             raise CheckpointError(
                 f"The checkpoint for step {step} in {self.directory} does not fit this run (another model "
                 f"or data shape): {'; '.join(diff[:3])}{' ...' if len(diff) > 3 else ''}."
@@ -275,8 +283,11 @@ class Checkpointer:
         if not isinstance(item, dict):
             raise ValueError("its JSON record is not a mapping")
         if item.get("format") != _FORMAT:
-            logger.warning("The checkpoint for step %d in %s has no checksums (an older format); "
-                           "it is restored unverified.", step, self.directory)
+            logger.warning(
+                "The checkpoint for step %d in %s has no checksums (an older format); it is restored unverified.",
+                step,
+                self.directory,
+            )
             return _from_storable(restored["state"], like), dict(item)
         record, arrays = item.get("record"), item.get("arrays")
         if item.get("sha256") != _digest(record, arrays) or not isinstance(record, dict):
@@ -304,8 +315,7 @@ class Checkpointer:
         if step is not None:
             step = _positive_int("step", step, 0)
             if step not in steps:
-                raise CheckpointError(f"No checkpoint for step {step} in {self.directory} "
-                                      f"(stored: {sorted(steps) or 'none'}).")
+                raise CheckpointError(f"No checkpoint for step {step} in {self.directory} (stored: {sorted(steps) or 'none'}).")
             steps = [step]
         if not steps:
             raise CheckpointError(f"No checkpoint in {self.directory}.")
@@ -316,13 +326,16 @@ class Checkpointer:
                 gc.collect()  # the failed restores' abandoned coroutines raise now, inside the scope
         if result is None:
             raise CheckpointError(
-                f"No usable checkpoint in {self.directory}: "
-                + "; ".join(f"step {s}: {r}" for s, r in self.skipped.items())
+                f"No usable checkpoint in {self.directory}: " + "; ".join(f"step {s}: {r}" for s, r in self.skipped.items())
             )
         for skipped, reason in self.skipped.items():
-            logger.warning("The checkpoint for step %d in %s is unusable (%s); restored step %d instead, "
-                           "the newest that passed its checks.",
-                           skipped, self.directory / str(skipped), reason, result[2])
+            logger.warning(
+                "The checkpoint for step %d in %s is unusable (%s); restored step %d instead, the newest that passed its checks.",
+                skipped,
+                self.directory / str(skipped),
+                reason,
+                result[2],
+            )
         return result[:2]
 
     def _newest_usable(self, like: Any, steps: list[int]) -> tuple[Any, dict[str, Any], int] | None:

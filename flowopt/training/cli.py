@@ -33,8 +33,11 @@ from flowopt.training.optimizers import available_optimizers
 EXIT_DIVERGED = 3
 
 _FLAG_OF = {  # the flag that sets each config key
-    **{key: "--" + key.replace("_", "-") for key in TrainConfig.field_names()}, "num_devices": "--devices",
-    "model_options": "--model-option", "optimizer_options": "--optimizer-option", "progress": "--no-progress",
+    **{key: "--" + key.replace("_", "-") for key in TrainConfig.field_names()},
+    "num_devices": "--devices",
+    "model_options": "--model-option",
+    "optimizer_options": "--optimizer-option",
+    "progress": "--no-progress",
 }
 _DATA_FLAG_OF = {"path": "--data-path", "data_dir": "--data-dir"}
 
@@ -94,7 +97,8 @@ class _Origins:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``flowopt-train``."""
     parser = OneLineParser(
-        prog="flowopt-train", description=__doc__.split("\n\n")[0],
+        prog="flowopt-train",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML or JSON file of TrainConfig fields")
@@ -112,11 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight-decay", type=float, help="L2 coefficient on kernels, added to the loss")
     parser.add_argument("--schedule", choices=SCHEDULES)
     parser.add_argument("--warmup-steps", type=int)
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                        help="CIFAR crop-4 + flip (default: on for 32x32 RGB data)")
+    parser.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CIFAR crop-4 + flip (default: on for 32x32 RGB data)",
+    )
     parser.add_argument("--eval-batch-size", type=int)
-    parser.add_argument("--eval-train", action="store_true", default=None,
-                        help="also evaluate the full training set each epoch")
+    parser.add_argument("--eval-train", action="store_true", default=None, help="also evaluate the full training set each epoch")
     parser.add_argument("--eval-every", type=int, help="also evaluate and log at every multiple of N steps")
     parser.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
     parser.add_argument("--devices", dest="num_devices", type=int, help="devices to shard the batch over (default: all)")
@@ -125,8 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-path", help="local dataset copy (IDX dir, image folder or tar archive)")
     parser.add_argument("--data-dir", help="dataset cache directory (default $FLOWOPT_DATA_DIR or ~/.cache/flowopt)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the run the output directory holds (checkpoints, metrics) with a fresh one")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run the output directory holds (checkpoints, metrics) with a fresh one",
+    )
     parser.add_argument("--list", action="store_true", help="list models, datasets and optimizers, then exit")
     return parser
 
@@ -208,8 +218,7 @@ def _check_paths(config: TrainConfig, output: str, origins: _Origins) -> None:
         with tempfile.TemporaryFile(dir=out, prefix=".flowopt-write-test-"):
             pass
     except OSError as error:
-        raise ValueError(f"argument --output: {out} is not a writable directory: {error.strerror or error}.") \
-            from error
+        raise ValueError(f"argument --output: {out} is not a writable directory: {error.strerror or error}.") from error
 
 
 def _check_devices(config: TrainConfig, origins: _Origins) -> None:

@@ -18,8 +18,18 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
 # Fields that fix the trajectory of a run: a resumed run must agree on them.
 TRAJECTORY_FIELDS = (
-    "model", "dataset", "optimizer", "learning_rate", "batch_size", "seed", "weight_decay",
-    "schedule", "warmup_steps", "augment", "model_options", "optimizer_options",
+    "model",
+    "dataset",
+    "optimizer",
+    "learning_rate",
+    "batch_size",
+    "seed",
+    "weight_decay",
+    "schedule",
+    "warmup_steps",
+    "augment",
+    "model_options",
+    "optimizer_options",
 )
 BUDGET_FIELDS = ("epochs", "steps", "grad_evals")
 DATASET_OPTIONS = ("path", "data_dir", "source", "refresh", "tfds_data_dir")
@@ -79,8 +89,9 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
                 json.dumps(item, allow_nan=False)
             except (TypeError, ValueError) as error:
                 raise ConfigError(
-                    name, f"{name} {key} must be plain JSON (finite numbers, strings, lists, true/false, null), "
-                    f"got {item!r}.", key,
+                    name,
+                    f"{name} {key} must be plain JSON (finite numbers, strings, lists, true/false, null), got {item!r}.",
+                    key,
                 ) from error
 
 
@@ -162,48 +173,44 @@ class TrainConfig:
         if self.model not in MODELS:
             raise ConfigError("model", f"Unknown model {self.model!r}; valid names: {', '.join(MODELS)}.")
         if self.dataset not in DATASET_NAMES:
-            raise ConfigError(
-                "dataset", f"Unknown dataset {self.dataset!r}; valid names: {', '.join(DATASET_NAMES)}."
-            )
+            raise ConfigError("dataset", f"Unknown dataset {self.dataset!r}; valid names: {', '.join(DATASET_NAMES)}.")
         try:
             optimizers.resolve_optimizer(self.optimizer)
         except ValueError as error:
             raise ConfigError("optimizer", str(error)) from error
         if all(getattr(self, f) is None for f in BUDGET_FIELDS):
             raise ConfigError("epochs", "Set a budget: epochs, steps or grad_evals.")
-        for name in (*BUDGET_FIELDS, "eval_every", "checkpoint_every", "num_devices", "batch_size",
-                     "eval_batch_size", "keep_checkpoints"):
+        for name in (
+            *BUDGET_FIELDS,
+            "eval_every",
+            "checkpoint_every",
+            "num_devices",
+            "batch_size",
+            "eval_batch_size",
+            "keep_checkpoints",
+        ):
             value = getattr(self, name)
             if value is not None and not 1 <= value <= MAX_COUNT:
                 raise ConfigError(name, f"{name} must be an integer in [1, {MAX_COUNT}], got {value!r}.")
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError("seed", f"seed must be an integer in [0, {MAX_SEED}], got {self.seed!r}.")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ConfigError(
-                "learning_rate", f"learning_rate must be a positive finite number, got {self.learning_rate!r}."
-            )
+            raise ConfigError("learning_rate", f"learning_rate must be a positive finite number, got {self.learning_rate!r}.")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ConfigError(
-                "weight_decay", f"weight_decay must be a non-negative finite number, got {self.weight_decay!r}."
-            )
+            raise ConfigError("weight_decay", f"weight_decay must be a non-negative finite number, got {self.weight_decay!r}.")
         if self.schedule not in SCHEDULES:
             raise ConfigError("schedule", f"Unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}.")
         if self.schedule != "constant" and self.epochs is None and self.steps is None:
             raise ConfigError("schedule", f"The {self.schedule} schedule needs a length: set epochs or steps.")
         if not 0 <= self.warmup_steps <= MAX_COUNT:
-            raise ConfigError(
-                "warmup_steps", f"warmup_steps must be an integer in [0, {MAX_COUNT}], got {self.warmup_steps!r}."
-            )
+            raise ConfigError("warmup_steps", f"warmup_steps must be an integer in [0, {MAX_COUNT}], got {self.warmup_steps!r}.")
         if self.warmup_steps and self.schedule != "warmup_cosine":
             raise ConfigError(
                 "warmup_steps",
-                f"warmup_steps ({self.warmup_steps}) only applies to the warmup_cosine schedule, "
-                f"not to {self.schedule}.",
+                f"warmup_steps ({self.warmup_steps}) only applies to the warmup_cosine schedule, not to {self.schedule}.",
             )
         if self.warmup_steps and self.steps is not None and self.warmup_steps >= self.steps:
-            raise ConfigError(
-                "warmup_steps", f"warmup_steps ({self.warmup_steps}) must be less than steps ({self.steps})."
-            )
+            raise ConfigError("warmup_steps", f"warmup_steps ({self.warmup_steps}) must be less than steps ({self.steps}).")
         self._check_dataset_options()
         if self.model_options:
             try:
@@ -225,20 +232,17 @@ class TrainConfig:
             )
         for key, value in options.items():
             if key not in DATASET_OPTIONS:
-                raise ConfigError(
-                    "dataset_options", f"Unknown dataset option {key!r}; valid: {', '.join(DATASET_OPTIONS)}.", key
-                )
+                raise ConfigError("dataset_options", f"Unknown dataset option {key!r}; valid: {', '.join(DATASET_OPTIONS)}.", key)
             if key == "refresh" and not isinstance(value, bool):
                 raise ConfigError("dataset_options", f"dataset option refresh must be true or false, got {value!r}.", key)
             if key == "source" and value not in SOURCES:
-                raise ConfigError(
-                    "dataset_options", f"Unknown dataset source {value!r}; valid: {', '.join(SOURCES)}.", key
-                )
+                raise ConfigError("dataset_options", f"Unknown dataset source {value!r}; valid: {', '.join(SOURCES)}.", key)
             if key in ("path", "data_dir", "tfds_data_dir") and (not isinstance(value, str) or not value):
                 raise ConfigError("dataset_options", f"dataset option {key} must be a non-empty path, got {value!r}.", key)
 
-    def check_buildable(self, input_shape: tuple[int, ...] | None = None, num_train: int | None = None,
-                        optimizer: bool = True) -> None:
+    def check_buildable(
+        self, input_shape: tuple[int, ...] | None = None, num_train: int | None = None, optimizer: bool = True
+    ) -> None:
         """Build the model and the optimizer abstractly (nothing is allocated or computed) and check the run length.
 
         ``input_shape`` and ``num_train`` default to those of the named data
@@ -254,8 +258,7 @@ class TrainConfig:
             models.check_model_options(self.model, dict(self.model_options), input_shape=shape)
         except ValueError as error:
             field = "model_options" if self.model_options else "model"
-            raise ConfigError(field, f"{error} (images of shape {shape})", _key_in(error, self.model_options)) \
-                from error
+            raise ConfigError(field, f"{error} (images of shape {shape})", _key_in(error, self.model_options)) from error
         if optimizer:
             self._check_optimizer()
         if self.batch_size > size:
@@ -337,8 +340,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         try:
             values = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}.") \
-                from error
+            raise ValueError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}.") from error
     else:
         import yaml
 

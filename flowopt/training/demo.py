@@ -58,16 +58,25 @@ def check_settings(dataset: str, budget: int, learning_rate: float, batch_size: 
     """Raise ``ValueError`` naming the flag of the first bad setting."""
     if dataset not in DATASET_NAMES:
         raise ValueError(f"argument --dataset: unknown dataset {dataset!r}; valid: {', '.join(DATASET_NAMES)}")
-    for flag, value, low, high in (("--budget", budget, 1, MAX_BUDGET), ("--batch-size", batch_size, 1, MAX_BATCH_SIZE),
-                                   ("--seed", seed, 0, 2**32 - 1)):
+    for flag, value, low, high in (
+        ("--budget", budget, 1, MAX_BUDGET),
+        ("--batch-size", batch_size, 1, MAX_BATCH_SIZE),
+        ("--seed", seed, 0, 2**32 - 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
             raise ValueError(f"argument {flag}: must be an integer in [{low}, {high}], got {value!r}")
     if budget < COMMON_STEP:
         costliest = max(METHODS, key=lambda name: METHODS[name][1])
-        raise ValueError(f"argument --budget: must be at least {COMMON_STEP} gradient evaluations, one step of "
-                         f"every method ({costliest} takes {METHODS[costliest][1]} a step), got {budget}")
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) \
-            or not math.isfinite(learning_rate) or learning_rate <= 0:
+        raise ValueError(
+            f"argument --budget: must be at least {COMMON_STEP} gradient evaluations, one step of "
+            f"every method ({costliest} takes {METHODS[costliest][1]} a step), got {budget}"
+        )
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, (int, float))
+        or not math.isfinite(learning_rate)
+        or learning_rate <= 0
+    ):
         raise ValueError(f"argument --learning-rate: must be a finite positive number, got {learning_rate!r}")
 
 
@@ -143,8 +152,10 @@ def main(argv: list[str] | None = None) -> None:
     names = list(METHODS)
     print(f"\nTest loss on {label}, MLP 784-256-256-10, batch {args.batch_size}, lr {args.learning_rate}")
     if rows[-1] != args.budget:
-        print(f"(budget {args.budget} rounded down to {rows[-1]}: every row is a whole number of steps of each "
-              f"method, a multiple of {COMMON_STEP} evaluations)")
+        print(
+            f"(budget {args.budget} rounded down to {rows[-1]}: every row is a whole number of steps of each "
+            f"method, a multiple of {COMMON_STEP} evaluations)"
+        )
     print("| gradient evaluations | " + " | ".join(names) + " |")
     print("|---:|" + "---:|" * len(names))
     for i, count in enumerate(rows):

@@ -61,9 +61,7 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int | None) -> floa
         return config.learning_rate
     if config.schedule == "cosine":
         return optax.cosine_decay_schedule(config.learning_rate, total_steps)
-    return optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, config.warmup_steps, total_steps
-    )
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps, total_steps)
 
 
 @dataclasses.dataclass
@@ -125,8 +123,13 @@ class Setup:
 
     def record(self) -> dict[str, Any]:
         """The ``config.json`` record of the run."""
-        return {"config": self.config.to_dict(), "dataset": self.dataset.label, "source": self.dataset.source,
-                "devices": self.mesh.size, "augment": self.augment}
+        return {
+            "config": self.config.to_dict(),
+            "dataset": self.dataset.label,
+            "source": self.dataset.source,
+            "devices": self.mesh.size,
+            "augment": self.augment,
+        }
 
 
 def build(config: TrainConfig, dataset: Dataset | None = None, tx: optax.GradientTransformation | None = None) -> Setup:
@@ -148,18 +151,28 @@ def build(config: TrainConfig, dataset: Dataset | None = None, tx: optax.Gradien
         schedule = learning_rate_schedule(config, total_steps)
         tx = make_optimizer(config.optimizer, schedule, **config.optimizer_options)
     model = models.create_model(
-        config.model, input_shape=dataset.image_shape, num_classes=dataset.num_classes,
-        seed=config.seed, **config.model_options,
+        config.model,
+        input_shape=dataset.image_shape,
+        num_classes=dataset.num_classes,
+        seed=config.seed,
+        **config.model_options,
     )
     augment = config.augment if config.augment is not None else dataset.image_shape == (32, 32, 3)
     prep = Preprocess(*dataset.channel_stats(), augment)
     graphdef, state = init_state(model, tx, config.seed, mesh)
     return Setup(
-        config=config, dataset=dataset, mesh=mesh, graphdef=graphdef, state=state,
+        config=config,
+        dataset=dataset,
+        mesh=mesh,
+        graphdef=graphdef,
+        state=state,
         train_step=make_train_step(graphdef, tx, prep, config.weight_decay, mesh),
         eval_step=make_eval_step(graphdef, prep, mesh),
         test_split=EvalSplit.build(dataset.x_test, dataset.y_test, config.eval_batch_size, mesh),
-        schedule=schedule, steps_per_epoch=steps_per_epoch, total_steps=total_steps, augment=augment,
+        schedule=schedule,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        augment=augment,
     )
 
 
@@ -222,8 +235,9 @@ def train(
             if jax.process_index() == 0:
                 make_run_dir(out)
                 lock = RunLock(out)
-            opened = open_run(out, config, setup.state, setup.record(), overwrite, data_identity(setup.dataset),
-                              setup.steps_per_epoch)
+            opened = open_run(
+                out, config, setup.state, setup.record(), overwrite, data_identity(setup.dataset), setup.steps_per_epoch
+            )
             checkpointer = opened.checkpointer
         return _Training(setup, opened, out).run()
     finally:
@@ -256,8 +270,10 @@ class _Training:
         config, setup = self.config, self.setup
         self.bar = tqdm(
             total=config.grad_evals if self.by_evals else setup.total_steps,
-            initial=self.evals if self.by_evals else self.step, unit="eval" if self.by_evals else "step",
-            disable=not config.progress, dynamic_ncols=True,
+            initial=self.evals if self.by_evals else self.step,
+            unit="eval" if self.by_evals else "step",
+            disable=not config.progress,
+            dynamic_ncols=True,
             desc=f"{config.model}/{config.optimizer} on {setup.dataset.label}",
         )
         divergence = None
@@ -296,8 +312,12 @@ class _Training:
         batches = (
             parallel.shard_batch(batch, setup.mesh)
             for batch in iterate_batches(
-                setup.dataset.x_train, setup.dataset.y_train, config.batch_size,
-                seed=config.seed, epoch=self.progress.epoch, start=self.progress.batch,
+                setup.dataset.x_train,
+                setup.dataset.y_train,
+                config.batch_size,
+                seed=config.seed,
+                epoch=self.progress.epoch,
+                start=self.progress.batch,
             )
         )
         batch = next(batches, None)
@@ -315,13 +335,15 @@ class _Training:
     def _take(self, new_state: RunState, metrics: StepMetrics) -> str | None:
         """Keep a step's result and count it, unless its loss is not finite or the optimizer skipped it."""
         config = self.config
-        loss, correct, skipped, new_evals = jax.device_get(
-            (metrics.loss, metrics.correct, metrics.skipped, new_state.grad_evals)
-        )
+        loss, correct, skipped, new_evals = jax.device_get((metrics.loss, metrics.correct, metrics.skipped, new_state.grad_evals))
         if self.by_evals and self.evals == 0 and int(new_evals) > config.grad_evals:
-            raise ConfigError("grad_evals", (
-                f"grad_evals is {config.grad_evals}, less than one step of {config.optimizer} "
-                f"({int(new_evals)} gradient evaluations); nothing was trained."))
+            raise ConfigError(
+                "grad_evals",
+                (
+                    f"grad_evals is {config.grad_evals}, less than one step of {config.optimizer} "
+                    f"({int(new_evals)} gradient evaluations); nothing was trained."
+                ),
+            )
         if not np.isfinite(loss):
             return f"the minibatch loss is {float(loss)} at step {self.step}"
         if skipped:
@@ -374,9 +396,7 @@ class _Training:
                 self.train_split = EvalSplit.build(
                     setup.dataset.x_train, setup.dataset.y_train, config.eval_batch_size, setup.mesh
                 )
-            row["full_train_loss"], row["full_train_accuracy"] = evaluate_split(
-                setup.eval_step, self.state, self.train_split
-            )
+            row["full_train_loss"], row["full_train_accuracy"] = evaluate_split(setup.eval_step, self.state, self.train_split)
         schedule = setup.schedule
         if schedule is not None:
             row["learning_rate"] = float(schedule(step - 1)) if callable(schedule) else schedule
@@ -394,10 +414,16 @@ class _Training:
         if self.checkpointer is None:
             return
         self.progress.time_s = self._elapsed()
-        self.checkpointer.save(self.step, self.state, {
-            "config": self.config.to_dict(), "progress": self.progress.to_record(), "data": self.data_identity,
-            "metrics": {"rows": len(self.log.rows), "sha256": self.log.sha256()},
-        })
+        self.checkpointer.save(
+            self.step,
+            self.state,
+            {
+                "config": self.config.to_dict(),
+                "progress": self.progress.to_record(),
+                "data": self.data_identity,
+                "metrics": {"rows": len(self.log.rows), "sha256": self.log.sha256()},
+            },
+        )
         kill_point("save", self.step)
 
     def _finish(self, divergence: str | None) -> RunResult:
@@ -406,15 +432,22 @@ class _Training:
             message = f"Finished after {self.step} steps and {self.evals} gradient evaluations."
         else:
             kept = self.checkpointer.latest_step() if self.checkpointer is not None else None
-            message = (
-                f"Training diverged: {divergence} (epoch {self.progress.epoch + 1}). "
-                + (f"The last good checkpoint (step {kept}) is kept in {self.out / 'checkpoints'}."
-                   if kept is not None else "No checkpoint was written.")
+            message = f"Training diverged: {divergence} (epoch {self.progress.epoch + 1}). " + (
+                f"The last good checkpoint (step {kept}) is kept in {self.out / 'checkpoints'}."
+                if kept is not None
+                else "No checkpoint was written."
             )
             logger.error(message)
-            self.log.write({
-                "epoch": _number(self.progress.position(self.setup.steps_per_epoch)), "step": self.step,
-                "grad_evals": self.evals, "diverged": True, "message": message, "time_s": self._elapsed(),
-            })
-        return RunResult(self.state, self.setup.graphdef, self.log.rows, divergence is not None, message,
-                         self.setup.dataset.label)
+            self.log.write(
+                {
+                    "epoch": _number(self.progress.position(self.setup.steps_per_epoch)),
+                    "step": self.step,
+                    "grad_evals": self.evals,
+                    "diverged": True,
+                    "message": message,
+                    "time_s": self._elapsed(),
+                }
+            )
+        return RunResult(
+            self.state, self.setup.graphdef, self.log.rows, divergence is not None, message, self.setup.dataset.label
+        )

@@ -41,7 +41,7 @@ def _append_bytes(fd: int, data: bytes) -> None:
     """Write all of ``data`` to ``fd`` (a seam for disk-full tests)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _parse(path: Path, number: int, line: bytes) -> dict[str, Any]:
@@ -100,8 +100,7 @@ class MetricsLog:
                 if old:
                     dropped = old.count(b"\n") + (not old.endswith(b"\n")) - len(self.rows)
                     if dropped:
-                        logger.info("Dropped %d metrics row(s) of %s written after the checkpoint.",
-                                    dropped, self.path)
+                        logger.info("Dropped %d metrics row(s) of %s written after the checkpoint.", dropped, self.path)
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(self.path, keep)
 

@@ -83,15 +83,15 @@ class FullyConnected(nnx.Module):
         rngs: nnx.Rngs,
     ):
         activations: dict[str | None, Callable[[jax.Array], jax.Array]] = {
-            "relu": jax.nn.relu, "tanh": jnp.tanh, None: lambda x: x,
+            "relu": jax.nn.relu,
+            "tanh": jnp.tanh,
+            None: lambda x: x,
         }
         if activation not in activations:
             raise ValueError(f"Unknown activation {activation!r}; valid: relu, tanh, None.")
         self.activation = activations[activation]
         sizes = [in_features, *hidden, num_classes]
-        self.layers = nnx.List(
-            [nnx.Linear(a, b, use_bias=use_bias, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])]
-        )
+        self.layers = nnx.List([nnx.Linear(a, b, use_bias=use_bias, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = _flatten(x)
@@ -136,8 +136,14 @@ class LeNet5(nnx.Module):
 
 def _conv3x3(cin: int, cout: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
     return nnx.Conv(
-        cin, cout, (3, 3), strides=stride, padding=((1, 1), (1, 1)), use_bias=False,
-        kernel_init=_he_fan_out, rngs=rngs,
+        cin,
+        cout,
+        (3, 3),
+        strides=stride,
+        padding=((1, 1), (1, 1)),
+        use_bias=False,
+        kernel_init=_he_fan_out,
+        rngs=rngs,
     )
 
 
@@ -321,9 +327,7 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
 bias-free 784-50-50-10 nets; ``mlp`` is 784-256-256-10 with biases."""
 
 
-def create_model(
-    name: str, *, input_shape: Sequence[int], num_classes: int, seed: int = 0, **kwargs
-) -> nnx.Module:
+def create_model(name: str, *, input_shape: Sequence[int], num_classes: int, seed: int = 0, **kwargs) -> nnx.Module:
     """Build model ``name`` for images of ``input_shape`` ``(H, W, C)``.
 
     Args:
@@ -353,6 +357,7 @@ def _annotation_matches(value: object, annotation: str) -> bool:
 
     Annotations of other forms are not checked here (the constructor is).
     """
+
     def one(value: object, kind: str) -> bool:
         kind = kind.strip()
         if kind == "None":
@@ -366,19 +371,24 @@ def _annotation_matches(value: object, annotation: str) -> bool:
         if kind == "str":
             return isinstance(value, str)
         if kind.startswith("Sequence[") and kind.endswith("]"):
-            return isinstance(value, (list, tuple)) and all(one(v, kind[len("Sequence["):-1]) for v in value)
+            return isinstance(value, (list, tuple)) and all(one(v, kind[len("Sequence[") : -1]) for v in value)
         return True
 
     return any(one(value, kind) for kind in str(annotation).split("|"))
 
 
 def _describe(annotation: str) -> str:
-    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-            "Sequence[int]": "a list of integers", "str | None": "a string or null"}.get(annotation, annotation)
+    return {
+        "int": "an integer",
+        "float": "a number",
+        "bool": "true or false",
+        "str": "a string",
+        "Sequence[int]": "a list of integers",
+        "str | None": "a string or null",
+    }.get(annotation, annotation)
 
 
-def check_model_options(name: str, options: dict, input_shape: Sequence[int] | None = None,
-                        num_classes: int = 10) -> None:
+def check_model_options(name: str, options: dict, input_shape: Sequence[int] | None = None, num_classes: int = 10) -> None:
     """Raise ValueError naming the option when ``options`` cannot build model ``name``.
 
     Checks the option names, each value against the constructor's annotation
@@ -442,7 +452,19 @@ def penalty(model: nnx.Module) -> jax.Array:
 
 
 __all__ = [
-    "MODELS", "BasicBlock", "BiasFreeConvNet", "FullyConnected", "Lasso", "LeNet5",
-    "LogisticRegression", "ResNet", "WideBlock", "WideResNet", "check_model_options", "create_model", "model_options",
-    "penalty", "task_loss",
+    "MODELS",
+    "BasicBlock",
+    "BiasFreeConvNet",
+    "FullyConnected",
+    "Lasso",
+    "LeNet5",
+    "LogisticRegression",
+    "ResNet",
+    "WideBlock",
+    "WideResNet",
+    "check_model_options",
+    "create_model",
+    "model_options",
+    "penalty",
+    "task_loss",
 ]

@@ -42,7 +42,8 @@ def available_optimizers() -> tuple[str, ...]:
 def _needs_only_a_learning_rate(constructor: Callable[..., Any]) -> bool:
     parameters = inspect.signature(constructor).parameters
     return "learning_rate" in parameters and all(
-        p.default is not p.empty for key, p in parameters.items()
+        p.default is not p.empty
+        for key, p in parameters.items()
         if key != "learning_rate" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     )
 
@@ -147,15 +148,21 @@ def check_option_values(name: str, options: dict[str, Any]) -> None:
         parameter = parameters.get(key)
         if parameter is None:
             if parameters and not takes_any:
-                valid = [k for k, p in parameters.items() if k != "learning_rate"
-                         and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+                valid = [
+                    k
+                    for k, p in parameters.items()
+                    if k != "learning_rate" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                ]
                 raise ValueError(f"Optimizer {name!r} has no option {key!r}; valid options: {valid or 'none'}.")
             continue
         expected = _expected_kind(parameter)
         if expected == "number" and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ValueError(f"Optimizer option {key} of {name!r} must be a number, got {value!r}.")
-        if expected == "optional number" and value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float))):
+        if (
+            expected == "optional number"
+            and value is not None
+            and (isinstance(value, bool) or not isinstance(value, (int, float)))
+        ):
             raise ValueError(f"Optimizer option {key} of {name!r} must be a number or null, got {value!r}.")
         if expected == "integer" and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"Optimizer option {key} of {name!r} must be an integer, got {value!r}.")
@@ -163,8 +170,14 @@ def check_option_values(name: str, options: dict[str, Any]) -> None:
             raise ValueError(f"Optimizer option {key} of {name!r} must be true or false, got {value!r}.")
         if expected == "str" and not isinstance(value, str):
             raise ValueError(f"Optimizer option {key} of {name!r} must be a string, got {value!r}.")
-    missing = [key for key, p in parameters.items() if key != "learning_rate" and key not in options
-               and p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    missing = [
+        key
+        for key, p in parameters.items()
+        if key != "learning_rate"
+        and key not in options
+        and p.default is p.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
     if missing:
         ordered = "order" in missing and name in registry.ORDERS
         shorthand = f" (or a name with the order in it, such as {name}2)" if ordered else ""
@@ -175,8 +188,14 @@ def _expected_kind(parameter: inspect.Parameter) -> str | None:
     """What a parameter takes, from its annotation (a string under postponed evaluation) or its default."""
     annotation = parameter.annotation
     if isinstance(annotation, str):
-        kinds = {"float": "number", "int": "integer", "bool": "bool", "str": "str",
-                 "float | None": "optional number", "int | None": "optional number"}
+        kinds = {
+            "float": "number",
+            "int": "integer",
+            "bool": "bool",
+            "str": "str",
+            "float | None": "optional number",
+            "int | None": "optional number",
+        }
         if annotation in kinds:
             return kinds[annotation]
     text = str(annotation)

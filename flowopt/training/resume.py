@@ -44,11 +44,11 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     try:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunDirectoryError(f"{path} is not a readable run record ({error}); repair or remove it, "
-                                "or overwrite the run.") from None
+        raise RunDirectoryError(
+            f"{path} is not a readable run record ({error}); repair or remove it, or overwrite the run."
+        ) from None
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
-        raise RunDirectoryError(f"{path} is not a run record (no 'config' mapping); repair or remove it, "
-                                "or overwrite the run.")
+        raise RunDirectoryError(f"{path} is not a run record (no 'config' mapping); repair or remove it, or overwrite the run.")
     return record
 
 
@@ -84,13 +84,23 @@ def _check_same_run(out: Path, stored: dict[str, Any], config: TrainConfig) -> N
 
 def data_identity(dataset: Dataset) -> dict[str, Any]:
     """What a resumed run's data must agree on (the example order and the arrays' shapes depend on it)."""
-    return {"name": dataset.name, "train": len(dataset.x_train), "test": len(dataset.x_test),
-            "image_shape": list(dataset.image_shape), "classes": dataset.num_classes}
+    return {
+        "name": dataset.name,
+        "train": len(dataset.x_train),
+        "test": len(dataset.x_test),
+        "image_shape": list(dataset.image_shape),
+        "classes": dataset.num_classes,
+    }
 
 
 def open_run(
-    out: Path, config: TrainConfig, state: RunState, record: dict[str, Any], overwrite: bool,
-    data_identity: dict[str, Any], steps_per_epoch: int,
+    out: Path,
+    config: TrainConfig,
+    state: RunState,
+    record: dict[str, Any],
+    overwrite: bool,
+    data_identity: dict[str, Any],
+    steps_per_epoch: int,
 ) -> OpenedRun:
     """Check the run directory and resume what it holds.
 
@@ -121,13 +131,19 @@ def open_run(
             stored_data = stored.get("data", data_identity)
             if stored_data != data_identity or progress.batch > steps_per_epoch:
                 what = "; ".join(_differences(stored_data, data_identity)) or (
-                    f"its checkpoint is at batch {progress.batch} of an epoch of {steps_per_epoch}")
-                raise RunDirectoryError(f"{out} holds a run on other data ({what}); use the same data, "
-                                        "a fresh output directory, or overwrite (--overwrite).")
+                    f"its checkpoint is at batch {progress.batch} of an epoch of {steps_per_epoch}"
+                )
+                raise RunDirectoryError(
+                    f"{out} holds a run on other data ({what}); use the same data, "
+                    "a fresh output directory, or overwrite (--overwrite)."
+                )
             rows = stored.get("metrics")
             legacy = rows is None
-            log = (MetricsLog(metrics_file, resume_step) if rows is None
-                   else MetricsLog(metrics_file, rows=rows["rows"], sha256=rows["sha256"]))
+            log = (
+                MetricsLog(metrics_file, resume_step)
+                if rows is None
+                else MetricsLog(metrics_file, rows=rows["rows"], sha256=rows["sha256"])
+            )
             if checkpointer.skipped:
                 checkpointer.quarantine()
             notice(f"Resuming {out} from step {resume_step}.")
@@ -149,8 +165,7 @@ def open_run(
                 if has_rows:
                     notice(f"{out} holds no checkpoint of this run: starting it again from step 0.")
             log = MetricsLog(metrics_file)
-        done = resume_step is not None and budget_spent(
-            config, resume_step, int(state.grad_evals), progress, steps_per_epoch)
+        done = resume_step is not None and budget_spent(config, resume_step, int(state.grad_evals), progress, steps_per_epoch)
         if writer and not done:  # a run already at or past a smaller budget keeps the record of its own
             old = _read_record(config_file) if config_file.exists() else None
             if old != record:

@@ -88,8 +88,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             tmp.unlink()
         except OSError:
             pass
-        raise RunDirectoryError(f"Could not write {path}: {error.strerror or error}; it was left as it was.") \
-            from error
+        raise RunDirectoryError(f"Could not write {path}: {error.strerror or error}; it was left as it was.") from error
     fsync_dir(path.parent)
 
 

@@ -73,9 +73,7 @@ def example_losses(logits: jax.Array, labels: jax.Array, kind: str) -> jax.Array
 
 def weight_l2(params: nnx.State) -> jax.Array:
     """``½ Σ‖W‖²`` over parameters with two or more axes (kernels, not biases or scales)."""
-    return 0.5 * sum(
-        (jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params) if p.ndim > 1), jnp.zeros([])
-    )
+    return 0.5 * sum((jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params) if p.ndim > 1), jnp.zeros([]))
 
 
 def make_objective(
@@ -149,9 +147,7 @@ def make_train_step(
     return jax.jit(step, out_shardings=(replicated, replicated))
 
 
-def make_eval_step(
-    graphdef: nnx.GraphDef, prep: Preprocess, mesh: Mesh
-) -> Callable[..., tuple[jax.Array, jax.Array]]:
+def make_eval_step(graphdef: nnx.GraphDef, prep: Preprocess, mesh: Mesh) -> Callable[..., tuple[jax.Array, jax.Array]]:
     """A jitted ``(params, model_state, images, labels, mask) -> (loss sum, correct count)`` in eval mode."""
 
     def step(params, model_state, images, labels, mask):
@@ -200,17 +196,16 @@ class EvalSplit(NamedTuple):
         return cls(batches, len(images))
 
 
-def evaluate_split(eval_step: Callable[..., tuple[jax.Array, jax.Array]], state: RunState,
-                   split: EvalSplit) -> tuple[float, float]:
+def evaluate_split(
+    eval_step: Callable[..., tuple[jax.Array, jax.Array]], state: RunState, split: EvalSplit
+) -> tuple[float, float]:
     """Mean data loss and accuracy over a split built once by :meth:`EvalSplit.build`."""
     sums = [eval_step(state.params, state.model_state, *batch) for batch in split.batches]
     losses, corrects = zip(*jax.device_get(sums))
     return math.fsum(map(float, losses)) / split.size, int(sum(map(int, corrects))) / split.size
 
 
-def init_state(
-    model: nnx.Module, tx: optax.GradientTransformation, seed: int, mesh: Mesh
-) -> tuple[nnx.GraphDef, RunState]:
+def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int, mesh: Mesh) -> tuple[nnx.GraphDef, RunState]:
     """Split ``model`` into a graph definition and a replicated :class:`RunState`."""
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
     state = RunState(

@@ -65,7 +65,10 @@ def optimizer(integrator: str, learning_rate: float, config: dict[str, Any]):
     if integrator not in INTEGRATORS:
         raise ValueError(f"unknown integrator {integrator!r}; use one of {sorted(INTEGRATORS)}.")
     return flowopt.adam_flow(
-        learning_rate, config.get("b1", 0.9), config.get("b2", 0.999), *_epsilons(config),
+        learning_rate,
+        config.get("b1", 0.9),
+        config.get("b2", 0.999),
+        *_epsilons(config),
         integrator=INTEGRATORS[integrator],
     )
 
@@ -107,9 +110,16 @@ def _figures(run_dir: Path) -> dict[str, Any]:
 def _train_settings(spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
     integrator, lr = spec.settings["integrator"], spec.settings["learning_rate"]
     return {
-        **config["train"], "optimizer": "adam_flow", "learning_rate": lr, "seed": config.get("seed", 0),
-        "optimizer_options": {"integrator": integrator, "b1": config.get("b1", 0.9), "b2": config.get("b2", 0.999),
-                              **dict(zip(("eps", "eps_root"), _epsilons(config)))},
+        **config["train"],
+        "optimizer": "adam_flow",
+        "learning_rate": lr,
+        "seed": config.get("seed", 0),
+        "optimizer_options": {
+            "integrator": integrator,
+            "b1": config.get("b1", 0.9),
+            "b2": config.get("b2", 0.999),
+            **dict(zip(("eps", "eps_root"), _epsilons(config))),
+        },
     }
 
 
@@ -140,7 +150,9 @@ _BETA = runner.satisfies("a number in [0, 1)", lambda v: runner.NUMBER.test(v) a
 SCHEMA = {
     **runner.COMMON,
     "figures": runner.optional(runner.BOOL),
-    "b1": runner.optional(_BETA), "b2": runner.optional(_BETA), "eps": runner.optional(runner.NON_NEGATIVE),
+    "b1": runner.optional(_BETA),
+    "b2": runner.optional(_BETA),
+    "eps": runner.optional(runner.NON_NEGATIVE),
     "eps_root": runner.optional(runner.NON_NEGATIVE),
     "integrators": runner.ListOf(runner.one_of(*INTEGRATORS)),
     "learning_rates": runner.ListOf(runner.POSITIVE),
@@ -178,8 +190,13 @@ def table(config: dict[str, Any], results: dict[str, dict[str, Any]]) -> list[di
                     entry["complete"] = False
                 else:
                     entry.update(
-                        complete=True, epoch=row["epoch"], step=row["step"], grad_evals=row["grad_evals"],
-                        train_loss=_loss(row), test_loss=row["test_loss"], test_accuracy=row["test_accuracy"],
+                        complete=True,
+                        epoch=row["epoch"],
+                        step=row["step"],
+                        grad_evals=row["grad_evals"],
+                        train_loss=_loss(row),
+                        test_loss=row["test_loss"],
+                        test_accuracy=row["test_accuracy"],
                     )
                 if result is not None:
                     entry["diverged"] = result["diverged"]
@@ -213,12 +230,22 @@ def markdown(config: dict[str, Any], rows: list[dict[str, Any]], results: dict[s
                 entry = next(r for r in rows if r["integrator"] == integrator and r["learning_rate"] == lr and r["view"] == view)
                 cells[view] = (
                     (f"{report.fmt(entry['train_loss'])} / {100 * entry['test_accuracy']:.2f}%", entry)
-                    if entry["complete"] else ("diverged" if entry.get("diverged") else "missing", entry)
+                    if entry["complete"]
+                    else ("diverged" if entry.get("diverged") else "missing", entry)
                 )
-            table.append([f"{lr:g}", integrator, cells["per_step"][0], cells["per_step"][1].get("grad_evals", "–"),
-                          cells["equal_evals"][0], cells["equal_evals"][1].get("step", "–")])
-    lines += report.markdown_table(["s", "integrator", "per step: train loss / test acc", "grad evals",
-                                    "equal evals: train loss / test acc", "steps"], table)
+            table.append(
+                [
+                    f"{lr:g}",
+                    integrator,
+                    cells["per_step"][0],
+                    cells["per_step"][1].get("grad_evals", "–"),
+                    cells["equal_evals"][0],
+                    cells["equal_evals"][1].get("step", "–"),
+                ]
+            )
+    lines += report.markdown_table(
+        ["s", "integrator", "per step: train loss / test acc", "grad evals", "equal evals: train loss / test acc", "steps"], table
+    )
     lines.append("")
     return "\n".join(lines)
 
@@ -261,10 +288,15 @@ def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output
     rows = table(config, results)
     report.write_csv(output_dir / "results.csv", rows)
     curves = [
-        {"integrator": r["settings"]["integrator"], "learning_rate": r["settings"]["learning_rate"],
-         **{k: row[k] for k in ("epoch", "step", "grad_evals", "train_loss", "test_loss", "test_accuracy")},
-         "full_train_loss": row.get("full_train_loss")}
-        for key, r in sorted(results.items()) if r.get("kind") == "train" for row in r["history"]
+        {
+            "integrator": r["settings"]["integrator"],
+            "learning_rate": r["settings"]["learning_rate"],
+            **{k: row[k] for k in ("epoch", "step", "grad_evals", "train_loss", "test_loss", "test_accuracy")},
+            "full_train_loss": row.get("full_train_loss"),
+        }
+        for key, r in sorted(results.items())
+        if r.get("kind") == "train"
+        for row in r["history"]
     ]
     report.write_csv(output_dir / "curves.csv", curves)
     (output_dir / "results.md").write_text(markdown(config, rows, results))

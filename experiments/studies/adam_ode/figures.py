@@ -90,9 +90,7 @@ def figure3() -> tuple[dict[str, dict[float, np.ndarray]], dict[str, dict[float,
         tx = flowopt.adam_flow(s, b1, b2, **SEED_EPS, init_from_gradient=True, reference_learning_rate=FIG3_ODE_RATE)
         paths["fixed_ode"][s] = run(tx, steps)["theta"]
     reference_step = FIG3_ODE_REFERENCE_STEP
-    tx = flowopt.adam_flow(
-        reference_step, b1, b2, **SEED_EPS, integrator=tableaus.RK4, reference_learning_rate=FIG3_ODE_RATE
-    )
+    tx = flowopt.adam_flow(reference_step, b1, b2, **SEED_EPS, integrator=tableaus.RK4, reference_learning_rate=FIG3_ODE_RATE)
     ode = run(tx, round(FIG3_HORIZON / reference_step))["theta"]
     finest = paths["fixed_betas"][min(FIG3_RATES)]
     errors = {"fixed_betas": {}, "fixed_ode": {}}
@@ -123,25 +121,44 @@ def _write(path: Path, columns: list[str], rows: Iterable[tuple]) -> None:
 
 
 def write_csvs(output: Path, fig2: dict, fig3_paths: dict, fig3_errors: dict) -> list[list]:
-    _write(output / "fig2_paths.csv", ["method", "step", "x", "y", "loss", "grad_x", "grad_y", "sqrt_v_x", "sqrt_v_y"], (
-        (method, k, *result["theta"][k], result["loss"][k], *result["grad"][k], *np.sqrt(result["v"][k]))
-        for method, result in fig2.items() for k in _subsample(len(result["theta"]) - 1)
-    ))  # fmt: skip
-    _write(output / "fig3_paths.csv", ["mode", "learning_rate", "step", "time", "x", "y"], (
-        (mode, s, k, k * s, *path[k])
-        for mode, by_rate in fig3_paths.items() for s, path in by_rate.items() for k in _subsample(len(path))
-    ))  # fmt: skip
-    _write(output / "fig3_errors.csv", ["mode", "learning_rate", "step", "time", "error"], (
-        (mode, s, k, k * s, error[k])
-        for mode, by_rate in fig3_errors.items() for s, error in by_rate.items() for k in _subsample(len(error))
-    ))  # fmt: skip
+    _write(
+        output / "fig2_paths.csv",
+        ["method", "step", "x", "y", "loss", "grad_x", "grad_y", "sqrt_v_x", "sqrt_v_y"],
+        (
+            (method, k, *result["theta"][k], result["loss"][k], *result["grad"][k], *np.sqrt(result["v"][k]))
+            for method, result in fig2.items()
+            for k in _subsample(len(result["theta"]) - 1)
+        ),
+    )
+    _write(
+        output / "fig3_paths.csv",
+        ["mode", "learning_rate", "step", "time", "x", "y"],
+        (
+            (mode, s, k, k * s, *path[k])
+            for mode, by_rate in fig3_paths.items()
+            for s, path in by_rate.items()
+            for k in _subsample(len(path))
+        ),
+    )
+    _write(
+        output / "fig3_errors.csv",
+        ["mode", "learning_rate", "step", "time", "error"],
+        (
+            (mode, s, k, k * s, error[k])
+            for mode, by_rate in fig3_errors.items()
+            for s, error in by_rate.items()
+            for k in _subsample(len(error))
+        ),
+    )
     rates = np.array(FIG3_RATES)
     ode_errors = np.array([fig3_errors["fixed_ode"][s].max() for s in FIG3_RATES])
     summary = [
         ["fig2 final loss gd", fig2["gd"]["loss"][-1]],
         ["fig2 final loss adam", fig2["adam"]["loss"][-1]],
-        ["fig2 adam final sqrt(v)/|grad| (min over coordinates)",
-         float(np.min(np.sqrt(fig2["adam"]["v"][-1]) / np.abs(fig2["adam"]["grad"][-1])))],
+        [
+            "fig2 adam final sqrt(v)/|grad| (min over coordinates)",
+            float(np.min(np.sqrt(fig2["adam"]["v"][-1]) / np.abs(fig2["adam"]["grad"][-1]))),
+        ],
         *[[f"fig3 fixed betas max error s={s}", error.max()] for s, error in fig3_errors["fixed_betas"].items()],
         *[[f"fig3 fixed ode max error s={s}", e] for s, e in zip(FIG3_RATES, ode_errors)],
         ["fig3 fixed ode error order (log-log slope)", float(np.polyfit(np.log(rates), np.log(ode_errors), 1)[0])],

@@ -220,9 +220,7 @@ def adaptive_methods(minibatch: bool) -> dict[str, Callable]:
         }
     return {
         f"{tableau.name} adaptive": (
-            lambda tol, tableau=tableau: flowopt.adaptive_runge_kutta(
-                tableau, learning_rate=INITIAL_STEP, rtol=tol, atol=tol
-            )
+            lambda tol, tableau=tableau: flowopt.adaptive_runge_kutta(tableau, learning_rate=INITIAL_STEP, rtol=tol, atol=tol)
         )
         for tableau in (tableaus.HEUN_EULER, tableaus.BOSH3, tableaus.DOPRI5)
     }
@@ -243,8 +241,7 @@ def measure(problem: Problem, budget: int, tolerances) -> tuple[list[dict], list
             outcome = jax.device_get(run(0.0))
             rows.append(_row(problem, name, "adaptive", "rtol=atol", tol, outcome))
             steps = outcome.step_sizes[outcome.step_sizes > 0]
-            traces.append({"problem": problem.name, "method": name, "tolerance": tol,
-                           "steps": [float(h) for h in steps]})
+            traces.append({"problem": problem.name, "method": name, "tolerance": tol, "steps": [float(h) for h in steps]})
     return rows, traces
 
 
@@ -306,18 +303,24 @@ def plot(rows: list[dict], traces: list[dict], path: Path, budget: int) -> None:
             reached = [r for r in runs if r["method"] == method and r["reached"]]
             if reached:
                 best = min(reached, key=lambda r: r["gradient_evals"])
-                ax.axhline(best["gradient_evals"], color=colors[i], linestyle="--",
-                           label=f"{method}, tol {best['setting']:g}")  # fmt: skip
-        ax.set(xscale="log", yscale="log", xlabel="fixed learning rate", ylabel="gradient evaluations to target",
-               title=f"{problem} (target loss {runs[0]['target_loss']:.3g})", ylim=(None, budget))  # fmt: skip
+                ax.axhline(best["gradient_evals"], color=colors[i], linestyle="--", label=f"{method}, tol {best['setting']:g}")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="fixed learning rate",
+            ylabel="gradient evaluations to target",
+            title=f"{problem} (target loss {runs[0]['target_loss']:.3g})",
+            ylim=(None, budget),
+        )
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=7)
         ax = axes[1, column]
         for trace in traces:
             steps = trace["steps"]
             if trace["problem"] == problem and len(steps):
-                ax.plot(np.arange(1, len(steps) + 1), steps, label=f"{trace['method']}, tol {trace['tolerance']:g}",
-                        linewidth=0.8)
+                ax.plot(
+                    np.arange(1, len(steps) + 1), steps, label=f"{trace['method']}, tol {trace['tolerance']:g}", linewidth=0.8
+                )
         ax.set(yscale="log", xlabel="update", ylabel="adaptive step size h", title=f"{problem}: chosen steps")
         ax.legend(fontsize=7)
     report.save_figure(fig, path, dpi=130)
@@ -353,8 +356,7 @@ def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output
     report.write_csv(output_dir / "runs.csv", rows)
     report.write_csv(output_dir / "summary.csv", summary_rows(rows))
     if rows:
-        plot(rows, [t for result in finished for t in result["traces"]], output_dir / "adaptive_steps.png",
-             config["budget"])
+        plot(rows, [t for result in finished for t in result["traces"]], output_dir / "adaptive_steps.png", config["budget"])
 
 
 SCHEMA = {

@@ -63,10 +63,15 @@ def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output
 SCHEMA = {
     **runner.COMMON,
     "stability_regions": runner.optional({"resolution": runner.POSITIVE_INT}, nullable=True),
-    "gf_gd_distance": runner.optional({
-        "horizon": runner.POSITIVE, "etas": runner.ListOf(runner.POSITIVE, min_length=2),
-        "spectrum_every": runner.POSITIVE, "refinement": runner.POSITIVE_INT,
-    }, nullable=True),
+    "gf_gd_distance": runner.optional(
+        {
+            "horizon": runner.POSITIVE,
+            "etas": runner.ListOf(runner.POSITIVE, min_length=2),
+            "spectrum_every": runner.POSITIVE,
+            "refinement": runner.POSITIVE_INT,
+        },
+        nullable=True,
+    ),
 }
 
 STUDY = Study("analysis", plan, execute, summarize, SCHEMA)

@@ -83,15 +83,26 @@ def measure(horizon: float, etas: list[float], spectrum_every: float, refinement
             np.asarray(bound.negative_curvature),
         ):
             rows.append(
-                {"eta": eta, "t": round(float(t), 10), "distance_to_flow": float(d), "distance_to_modified_flow": float(dm),
-                 "bound_eta_t_exp_integral": float(b), "integral_lambda_min_negative": float(integral)}
-            )  # fmt: skip
+                {
+                    "eta": eta,
+                    "t": round(float(t), 10),
+                    "distance_to_flow": float(d),
+                    "distance_to_modified_flow": float(dm),
+                    "bound_eta_t_exp_integral": float(b),
+                    "integral_lambda_min_negative": float(integral),
+                }
+            )
         summary.append(
-            {"eta": eta, "distance_at_T": float(distance[-1]), "max_distance": float(distance.max()),
-             "distance_to_modified_at_T": float(distance_modified[-1]), "bound_at_T": float(bound.bound[-1]),
-             "distance_over_bound_at_T": float(distance[-1]) / float(bound.bound[-1]),
-             f"cheap_reference_r{refinement}_error_at_T": float(cheap_error[-1])}
-        )  # fmt: skip
+            {
+                "eta": eta,
+                "distance_at_T": float(distance[-1]),
+                "max_distance": float(distance.max()),
+                "distance_to_modified_at_T": float(distance_modified[-1]),
+                "bound_at_T": float(bound.bound[-1]),
+                "distance_over_bound_at_T": float(distance[-1]) / float(bound.bound[-1]),
+                f"cheap_reference_r{refinement}_error_at_T": float(cheap_error[-1]),
+            }
+        )
     log_eta = np.log(etas)
     slopes = {
         key: float(np.polyfit(log_eta, np.log([s[key] for s in summary]), 1)[0])
@@ -99,8 +110,10 @@ def measure(horizon: float, etas: list[float], spectrum_every: float, refinement
     }
     for entry in summary:
         entry.update({f"slope_{k}": v for k, v in slopes.items()})
-    spectrum_rows = [{"t": float(t), "lambda_min": float(lo), "lambda_max": float(hi)}
-                     for t, lo, hi in zip(spectrum_times, spectrum.lambda_min, spectrum.lambda_max)]
+    spectrum_rows = [
+        {"t": float(t), "lambda_min": float(lo), "lambda_max": float(hi)}
+        for t, lo, hi in zip(spectrum_times, spectrum.lambda_min, spectrum.lambda_max)
+    ]
     return {"rows": rows, "summary": summary, "spectrum": spectrum_rows}
 
 
@@ -110,7 +123,7 @@ def plot(path: Path, rows: list[dict], summary: list[dict], spectrum: list[dict]
     import matplotlib.ticker
 
     etas = [entry["eta"] for entry in summary]
-    slopes = {key[len("slope_"):]: value for key, value in summary[0].items() if key.startswith("slope_")}
+    slopes = {key[len("slope_") :]: value for key, value in summary[0].items() if key.startswith("slope_")}
     times = [point["t"] for point in spectrum]
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.6), layout="constrained")
     colors = plt.colormaps["viridis"](np.linspace(0, 0.9, len(etas)))
@@ -121,8 +134,12 @@ def plot(path: Path, rows: list[dict], summary: list[dict], spectrum: list[dict]
         left.plot(t, [r["distance_to_modified_flow"] / eta**2 for r in mine], color=color, linestyle=":")
     shape = [r["bound_eta_t_exp_integral"] / r["eta"] for r in rows if r["eta"] == etas[0]]
     left.plot(times, shape, color="black", linestyle="--", label="t·exp(∫λ_min⁻) (bound / η)")
-    left.set(xlabel="t", ylabel="distance / η  (dotted: to the modified flow, / η²)", yscale="log",
-             title="GD vs gradient flow, rescaled: curves collapse")  # fmt: skip
+    left.set(
+        xlabel="t",
+        ylabel="distance / η  (dotted: to the modified flow, / η²)",
+        yscale="log",
+        title="GD vs gradient flow, rescaled: curves collapse",
+    )
     left.legend(fontsize="small")
     maxima = [max(r["distance_to_flow"] for r in rows if r["eta"] == eta) for eta in etas]
     modified = [max(r["distance_to_modified_flow"] for r in rows if r["eta"] == eta) for eta in etas]

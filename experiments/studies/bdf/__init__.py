@@ -84,20 +84,27 @@ def _execute_synthetic(spec: dict[str, Any], config: dict[str, Any]) -> dict[str
             method_rows = []
             for rate in rates:
                 reached, evals, gap = (np.asarray(v).item() for v in jax.device_get(run(rate / problem.lipschitz)))
-                method_rows.append({
-                    "method": method, "lr_times_L": float(rate), "reached": bool(reached),
-                    "gradient_evaluations": int(evals), "final_relative_gap": _json_float(gap),
-                })
+                method_rows.append(
+                    {
+                        "method": method,
+                        "lr_times_L": float(rate),
+                        "reached": bool(reached),
+                        "gradient_evaluations": int(evals),
+                        "final_relative_gap": _json_float(gap),
+                    }
+                )
             rows += method_rows
             best = _best_rate(method_rows)
             cost = gradients_per_step(optimizer_name(method), **optimizer_options(method, inner))
             curve = loss_curve(problem, make, cost, synthetic["curve_budget"])
             evals, gaps = jax.device_get(curve(best / problem.lipschitz))
             keep = np.asarray(evals) <= synthetic["curve_budget"]
-            curves[method] = {"lr_times_L": best, "grad_evals": np.asarray(evals)[keep].tolist(),
-                              "relative_gap": [_json_float(g) for g in np.asarray(gaps)[keep]]}
-    return {"kind": "synthetic", "problem": problem.name, "lipschitz": problem.lipschitz, "rows": rows,
-            "curves": curves}
+            curves[method] = {
+                "lr_times_L": best,
+                "grad_evals": np.asarray(evals)[keep].tolist(),
+                "relative_gap": [_json_float(g) for g in np.asarray(gaps)[keep]],
+            }
+    return {"kind": "synthetic", "problem": problem.name, "lipschitz": problem.lipschitz, "rows": rows, "curves": curves}
 
 
 def _json_float(value: Any) -> float | None:
@@ -121,15 +128,21 @@ def problem_methods(config: dict[str, Any], problem: dict[str, Any]) -> list[str
 
 def plan(config: dict[str, Any]) -> list[RunSpec]:
     """One run per synthetic problem (all methods and rates), one per MNIST problem, method and rate."""
-    specs = [RunSpec(f"synthetic-{name}", {"kind": "synthetic", "problem": name})
-             for name in config.get("synthetic", {}).get("problems", [])]
+    specs = [
+        RunSpec(f"synthetic-{name}", {"kind": "synthetic", "problem": name})
+        for name in config.get("synthetic", {}).get("problems", [])
+    ]
     for problem in config.get("mnist", []):
         for method in problem_methods(config, problem):
             for lr in problem["rates"]:
                 settings = {
-                    **problem["train"], "optimizer": optimizer_name(method), "learning_rate": lr,
+                    **problem["train"],
+                    "optimizer": optimizer_name(method),
+                    "learning_rate": lr,
                     "optimizer_options": optimizer_options(method, config["inner_steps"]),
-                    "kind": "mnist", "problem": problem["name"], "method": method,
+                    "kind": "mnist",
+                    "problem": problem["name"],
+                    "method": method,
                 }
                 specs.append(RunSpec(_key(problem["name"], method, lr), settings))
     return specs
@@ -162,13 +175,19 @@ def mnist_rows(config: dict[str, Any], results: dict) -> list[dict[str, Any]]:
                 if result is None:
                     continue
                 loss, final = _final_loss(result), result["final"] or {}
-                rows.append({
-                    "problem": problem["name"], "method": method, "learning_rate": lr,
-                    "grad_evals": final.get("grad_evals"), "steps": final.get("step"),
-                    "final_train_loss": loss, "test_accuracy": None if loss is None else final["test_accuracy"],
-                    "diverged": result["diverged"],
-                    "trains": loss is not None and loss <= problem["loss_target"],
-                })
+                rows.append(
+                    {
+                        "problem": problem["name"],
+                        "method": method,
+                        "learning_rate": lr,
+                        "grad_evals": final.get("grad_evals"),
+                        "steps": final.get("step"),
+                        "final_train_loss": loss,
+                        "test_accuracy": None if loss is None else final["test_accuracy"],
+                        "diverged": result["diverged"],
+                        "trains": loss is not None and loss <= problem["loss_target"],
+                    }
+                )
     return rows
 
 
@@ -176,9 +195,13 @@ def _range(rates: list[float], trains: list[bool]) -> dict[str, Any]:
     good = [r for r, t in zip(rates, trains) if t]
     if not good:
         return {"rates_that_train": 0}
-    return {"rates_that_train": len(good), "min_rate": min(good), "max_rate": max(good),
-            "decades": math.log10(max(good) / min(good)),
-            "contiguous": all(t for r, t in zip(rates, trains) if min(good) <= r <= max(good))}
+    return {
+        "rates_that_train": len(good),
+        "min_rate": min(good),
+        "max_rate": max(good),
+        "decades": math.log10(max(good) / min(good)),
+        "contiguous": all(t for r, t in zip(rates, trains) if min(good) <= r <= max(good)),
+    }
 
 
 def sensitivity(config: dict[str, Any], results: dict, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -189,25 +212,41 @@ def sensitivity(config: dict[str, Any], results: dict, runs: list[dict[str, Any]
             continue
         for method in config["methods"]:
             rows = [r for r in result["rows"] if r["method"] == method]
-            entry = {"problem": result["problem"], "method": method, "rates": "h·L",
-                     "rates_tried": len(rows), **_range([r["lr_times_L"] for r in rows],
-                                                         [r["reached"] for r in rows])}
+            entry = {
+                "problem": result["problem"],
+                "method": method,
+                "rates": "h·L",
+                "rates_tried": len(rows),
+                **_range([r["lr_times_L"] for r in rows], [r["reached"] for r in rows]),
+            }
             reached = [r for r in rows if r["reached"]]
             if reached:
                 best = min(reached, key=lambda r: r["gradient_evaluations"])
-                entry.update(best_rate=best["lr_times_L"], best_grad_evals=best["gradient_evaluations"],
-                             median_grad_evals=float(np.median([r["gradient_evaluations"] for r in reached])))
+                entry.update(
+                    best_rate=best["lr_times_L"],
+                    best_grad_evals=best["gradient_evaluations"],
+                    median_grad_evals=float(np.median([r["gradient_evaluations"] for r in reached])),
+                )
             table.append(entry)
     for problem in config.get("mnist", []):
         for method in problem_methods(config, problem):
             rows = [r for r in runs if r["problem"] == problem["name"] and r["method"] == method]
-            entry = {"problem": problem["name"], "method": method, "rates": "h", "rates_tried": len(rows),
-                     **_range([r["learning_rate"] for r in rows], [r["trains"] for r in rows])}
+            entry = {
+                "problem": problem["name"],
+                "method": method,
+                "rates": "h",
+                "rates_tried": len(rows),
+                **_range([r["learning_rate"] for r in rows], [r["trains"] for r in rows]),
+            }
             finished = [r for r in rows if r["final_train_loss"] is not None]
             if finished:
                 best = min(finished, key=lambda r: r["final_train_loss"])
-                entry.update(best_rate=best["learning_rate"], best_final_train_loss=best["final_train_loss"],
-                             best_test_accuracy=best["test_accuracy"], best_grad_evals=best["grad_evals"])
+                entry.update(
+                    best_rate=best["learning_rate"],
+                    best_final_train_loss=best["final_train_loss"],
+                    best_test_accuracy=best["test_accuracy"],
+                    best_grad_evals=best["grad_evals"],
+                )
             table.append(entry)
     return table
 
@@ -238,15 +277,27 @@ def markdown(config: dict[str, Any], table: list[dict[str, Any]]) -> str:
         "then the best result.",
         "",
     ]
-    lines += report.markdown_table(["problem", *methods], (
-        [problem, *(_cell(next((x for x in table if x["problem"] == problem and x["method"] == method), None))
-                    for method in methods)]
-        for problem in dict.fromkeys(e["problem"] for e in table)))
+    lines += report.markdown_table(
+        ["problem", *methods],
+        (
+            [
+                problem,
+                *(
+                    _cell(next((x for x in table if x["problem"] == problem and x["method"] == method), None))
+                    for method in methods
+                ),
+            ]
+            for problem in dict.fromkeys(e["problem"] for e in table)
+        ),
+    )
     if synthetic:
-        lines += ["", f"- Synthetic rows: rate h·L on {len(rate_grid(synthetic))} log-spaced values in "
-                      f"[{synthetic['min_rate']:g}, {synthetic['max_rate']:g}]; trains = relative suboptimality "
-                      f"≤ {synthetic['target']:g} within {synthetic['budget']} gradient evaluations; best = "
-                      "fewest evaluations."]
+        lines += [
+            "",
+            f"- Synthetic rows: rate h·L on {len(rate_grid(synthetic))} log-spaced values in "
+            f"[{synthetic['min_rate']:g}, {synthetic['max_rate']:g}]; trains = relative suboptimality "
+            f"≤ {synthetic['target']:g} within {synthetic['budget']} gradient evaluations; best = "
+            "fewest evaluations.",
+        ]
     for problem in config.get("mnist", []):
         train = problem["train"]
         lines.append(
@@ -272,12 +323,15 @@ def plot(config: dict[str, Any], results: dict, runs: list[dict[str, Any]], outp
                 top.plot([r["lr_times_L"] for r in rows], evals, marker="o", ms=3, color=colors[method], label=method)
                 curve = result["curves"][method]
                 gaps = [np.nan if g is None else g for g in curve["relative_gap"]]
-                bottom.plot(curve["grad_evals"], gaps, color=colors[method],
-                            label=f"{method} (h·L={curve['lr_times_L']:.3g})")
-            top.set(xscale="log", yscale="log", title=result["problem"], xlabel="learning rate × L",
-                    ylabel="gradient evaluations to target")
-            bottom.set(yscale="log", xlabel="gradient evaluations", ylabel="relative suboptimality",
-                       ylim=(1e-12, 10))
+                bottom.plot(curve["grad_evals"], gaps, color=colors[method], label=f"{method} (h·L={curve['lr_times_L']:.3g})")
+            top.set(
+                xscale="log",
+                yscale="log",
+                title=result["problem"],
+                xlabel="learning rate × L",
+                ylabel="gradient evaluations to target",
+            )
+            bottom.set(yscale="log", xlabel="gradient evaluations", ylabel="relative suboptimality", ylim=(1e-12, 10))
             bottom.legend(fontsize=7)
         axes[0, 0].legend(fontsize=8)
         report.save_figure(fig, output_dir / "synthetic.png")
@@ -289,18 +343,27 @@ def plot(config: dict[str, Any], results: dict, runs: list[dict[str, Any]], outp
             for method in problem_methods(config, problem):
                 rows = [r for r in runs if r["problem"] == problem["name"] and r["method"] == method]
                 losses = [np.nan if r["final_train_loss"] is None else r["final_train_loss"] for r in rows]
-                top.plot([r["learning_rate"] for r in rows], losses, marker="o", ms=3, color=colors[method],
-                         label=method)
+                top.plot([r["learning_rate"] for r in rows], losses, marker="o", ms=3, color=colors[method], label=method)
                 finished = [r for r in rows if r["final_train_loss"] is not None]
                 if finished:
                     best = min(finished, key=lambda r: r["final_train_loss"])
                     history = results[_key(problem["name"], method, best["learning_rate"])]["history"]
-                    bottom.plot([h["grad_evals"] for h in history],
-                                [h.get("full_train_loss", h["train_loss"]) for h in history], marker="o", ms=3,
-                                color=colors[method], label=f"{method} (lr {best['learning_rate']:g})")
+                    bottom.plot(
+                        [h["grad_evals"] for h in history],
+                        [h.get("full_train_loss", h["train_loss"]) for h in history],
+                        marker="o",
+                        ms=3,
+                        color=colors[method],
+                        label=f"{method} (lr {best['learning_rate']:g})",
+                    )
             top.axhline(problem["loss_target"], color="grey", lw=0.8, ls="--")
-            top.set(xscale="log", yscale="log", title=problem["name"], xlabel="learning rate",
-                    ylabel="final training loss (missing: diverged)")
+            top.set(
+                xscale="log",
+                yscale="log",
+                title=problem["name"],
+                xlabel="learning rate",
+                ylabel="final training loss (missing: diverged)",
+            )
             bottom.set(yscale="log", xlabel="gradient evaluations", ylabel="training loss")
             bottom.legend(fontsize=7)
         axes[0, 0].legend(fontsize=8)
@@ -309,8 +372,7 @@ def plot(config: dict[str, Any], results: dict, runs: list[dict[str, Any]], outp
 
 def summarize(config: dict[str, Any], results: dict, output_dir: Path) -> None:
     """Write ``synthetic_runs.csv``, ``mnist_runs.csv``, ``sensitivity.csv/.json/.md`` and the figures."""
-    synthetic_rows = [{"problem": r["problem"], **row} for r in results.values() if r["kind"] == "synthetic"
-                      for row in r["rows"]]
+    synthetic_rows = [{"problem": r["problem"], **row} for r in results.values() if r["kind"] == "synthetic" for row in r["rows"]]
     runs = mnist_rows(config, results)
     table = sensitivity(config, results, runs)
     if synthetic_rows:
@@ -336,19 +398,31 @@ SCHEMA = {
     **runner.COMMON,
     "inner_steps": runner.POSITIVE_INT,
     "methods": runner.ListOf(METHOD),
-    "synthetic": runner.optional({
-        "problems": runner.ListOf(bdf_stability.PROBLEM, min_length=0),
-        "dim": runner.optional(runner.POSITIVE_INT),
-        "min_rate": runner.POSITIVE, "max_rate": runner.POSITIVE, "rates_per_decade": runner.POSITIVE_INT,
-        "target": runner.POSITIVE, "budget": runner.POSITIVE_INT, "curve_budget": runner.POSITIVE_INT,
-    }),
-    "mnist": runner.optional(runner.ListOf({
-        "name": runner.STRING,
-        "methods": runner.optional(runner.ListOf(METHOD)),
-        "rates": runner.ListOf(runner.POSITIVE),
-        "loss_target": runner.POSITIVE,
-        "train": train_schema("grad_evals"),
-    }, min_length=0, unique="name")),
+    "synthetic": runner.optional(
+        {
+            "problems": runner.ListOf(bdf_stability.PROBLEM, min_length=0),
+            "dim": runner.optional(runner.POSITIVE_INT),
+            "min_rate": runner.POSITIVE,
+            "max_rate": runner.POSITIVE,
+            "rates_per_decade": runner.POSITIVE_INT,
+            "target": runner.POSITIVE,
+            "budget": runner.POSITIVE_INT,
+            "curve_budget": runner.POSITIVE_INT,
+        }
+    ),
+    "mnist": runner.optional(
+        runner.ListOf(
+            {
+                "name": runner.STRING,
+                "methods": runner.optional(runner.ListOf(METHOD)),
+                "rates": runner.ListOf(runner.POSITIVE),
+                "loss_target": runner.POSITIVE,
+                "train": train_schema("grad_evals"),
+            },
+            min_length=0,
+            unique="name",
+        )
+    ),
 }
 
 
@@ -356,8 +430,12 @@ def run_config(spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
     """Everything a run's result depends on: a synthetic sweep reads the study's methods, inner steps and
     synthetic block; a training run its settings and the seed."""
     if spec.settings["kind"] == "synthetic":
-        return {**spec.settings, "synthetic": config["synthetic"], "methods": config["methods"],
-                "inner_steps": config["inner_steps"]}
+        return {
+            **spec.settings,
+            "synthetic": config["synthetic"],
+            "methods": config["methods"],
+            "inner_steps": config["inner_steps"],
+        }
     return {**spec.settings, "seed": config.get("seed", 0)}
 
 
@@ -366,8 +444,9 @@ def check_run(spec: RunSpec, config: dict[str, Any]) -> None:
     if spec.settings["kind"] == "synthetic":
         synthetic = config["synthetic"]
         if synthetic["min_rate"] > synthetic["max_rate"]:
-            raise ValueError(f"synthetic.min_rate ({synthetic['min_rate']}) exceeds "
-                             f"synthetic.max_rate ({synthetic['max_rate']}).")
+            raise ValueError(
+                f"synthetic.min_rate ({synthetic['min_rate']}) exceeds synthetic.max_rate ({synthetic['max_rate']})."
+            )
         return
     settings = {k: v for k, v in run_config(spec, config).items() if k not in ("kind", "problem", "method")}
     check_train_run(settings)

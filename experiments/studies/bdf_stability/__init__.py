@@ -87,7 +87,7 @@ def problem(name: str, dim: int = 50) -> Problem:
     Call under ``jax.enable_x64``.
     """
     if name.startswith("quadratic_kappa"):
-        return quadratic(float(name[len("quadratic_kappa"):]), dim=dim)
+        return quadratic(float(name[len("quadratic_kappa") :]), dim=dim)
     if name == "logistic_regression":
         return logistic_regression()
     raise ValueError(f"unknown synthetic problem {name!r}.")
@@ -99,7 +99,7 @@ def _is_problem(value: Any) -> bool:
     if not isinstance(value, str) or not value.startswith("quadratic_kappa"):
         return False
     try:
-        return float(value[len("quadratic_kappa"):]) >= 1
+        return float(value[len("quadratic_kappa") :]) >= 1
     except ValueError:
         return False
 
@@ -246,8 +246,7 @@ def plot(path: Path, rows: list[dict], methods, problems: list[str], target: flo
     plt = report.pyplot()
     columns = min(2, len(problems))
     lines = math.ceil(len(problems) / columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(6 * columns, 4.5 * lines), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(lines, columns, figsize=(6 * columns, 4.5 * lines), sharex=True, sharey=True, squeeze=False)
     colors = [f"C{i}" for i in range(10)] + ["black"]
     styles = {name: ("--" if name in ("gd", "heun", "rk4") else ":" if name.startswith("ab") else "-") for name in methods}
     for ax, name_of_problem in zip(axes.flat, problems):
@@ -304,8 +303,11 @@ SCHEMA = {
     "problems": runner.ListOf(PROBLEM, unique=None),
     "dim": runner.optional(runner.POSITIVE_INT),
     "methods": runner.optional(runner.ListOf(runner.one_of(*METHODS))),
-    "min_rate": runner.POSITIVE, "max_rate": runner.POSITIVE, "rates_per_decade": runner.POSITIVE_INT,
-    "target": runner.POSITIVE, "budget": runner.POSITIVE_INT,
+    "min_rate": runner.POSITIVE,
+    "max_rate": runner.POSITIVE,
+    "rates_per_decade": runner.POSITIVE_INT,
+    "target": runner.POSITIVE,
+    "budget": runner.POSITIVE_INT,
 }
 
 STUDY = Study("bdf-stability", plan, execute, summarize, SCHEMA)

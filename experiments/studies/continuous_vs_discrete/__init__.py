@@ -207,8 +207,10 @@ def reference_flow(
     solution = analysis.gradient_flow(value_fn, params0, jnp.asarray(times, params0.dtype), **options)
     params = np.asarray(solution.params)
     info = {
-        "steps": int(solution.num_steps), "rejected": int(solution.num_rejected),
-        "oracle_evals": int(solution.oracle_evals), "seconds": time.perf_counter() - start,
+        "steps": int(solution.num_steps),
+        "rejected": int(solution.num_rejected),
+        "oracle_evals": int(solution.oracle_evals),
+        "seconds": time.perf_counter() - start,
     }
     np.savez(path, params=params, info=json.dumps(info))
     return params, info
@@ -243,10 +245,15 @@ def plan(config: dict[str, Any]) -> list[RunSpec]:
                 raise ValueError(f"{regime}/{model}: iterations must be a multiple of record_points.")
             for lr in merged["learning_rates"]:
                 settings = {
-                    "regime": regime, "model": model, "learning_rate": lr, "seed": config.get("seed", 0),
-                    "data": config["data"], "iterations": merged["iterations"],
+                    "regime": regime,
+                    "model": model,
+                    "learning_rate": lr,
+                    "seed": config.get("seed", 0),
+                    "data": config["data"],
+                    "iterations": merged["iterations"],
                     "record_every": merged["iterations"] // merged["record_points"],
-                    "ratios": merged.get("ratios", []), "flow": merged["flow"],
+                    "ratios": merged.get("ratios", []),
+                    "flow": merged["flow"],
                     "modified_flow": regime == "large_step",
                     "spectrum": {**merged["spectrum"], "along": "flow" if regime == "small_step" else "gd"},
                 }
@@ -271,8 +278,10 @@ def _execute(s: dict[str, Any], config: dict[str, Any], run_dir: Path) -> dict[s
     gd = gradient_descent(problem, lr, iterations, every, run_dir / "gd", checkpoint_seconds)
     seconds["gd"] = time.perf_counter() - start
     curves: dict[str, list[float]] = {
-        "iteration": (np.arange(len(times)) * every).tolist(), "time": times.tolist(),
-        "loss": gd.losses.astype(float).tolist(), "distance_from_init": _distance(gd.params, gd.params[:1]),
+        "iteration": (np.arange(len(times)) * every).tolist(),
+        "time": times.tolist(),
+        "loss": gd.losses.astype(float).tolist(),
+        "distance_from_init": _distance(gd.params, gd.params[:1]),
     }
     finest: list[tuple[int, np.ndarray]] = []
     for r in s["ratios"]:
@@ -307,17 +316,24 @@ def _execute(s: dict[str, Any], config: dict[str, Any], run_dir: Path) -> dict[s
     seconds["spectrum"] = time.perf_counter() - start
     bound = analysis.gd_error_bound(jnp.asarray(times[index]), jnp.asarray(lows), lr)
     return {
-        "model": s["model"], "regime": s["regime"], "dataset": problem.label,
-        "num_params": int(problem.params0.size), "backend": jax.default_backend(),
+        "model": s["model"],
+        "regime": s["regime"],
+        "dataset": problem.label,
+        "num_params": int(problem.params0.size),
+        "backend": jax.default_backend(),
         "loop": "python" if _use_python_loop() else "fori_loop",
         "curves": curves,
         "spectrum": {
-            "along": along_name, "iteration": (index * every).tolist(),
-            "time": times[index].tolist(), "lambda_min": lows, "lambda_max": highs,
+            "along": along_name,
+            "iteration": (index * every).tolist(),
+            "time": times[index].tolist(),
+            "lambda_min": lows,
+            "lambda_max": highs,
             "negative_curvature_integral": np.asarray(bound.negative_curvature).tolist(),
             "bound_shape": np.asarray(bound.bound).tolist(),
         },
-        "flows": flows, "seconds": seconds,
+        "flows": flows,
+        "seconds": seconds,
     }
 
 
@@ -342,8 +358,12 @@ def summary_rows(config: dict[str, Any], results: dict[str, dict[str, Any]]) -> 
             continue
         s, curves, spec_ = result["settings"], result["curves"], result["spectrum"]
         row: dict[str, Any] = {
-            "regime": s["regime"], "model": s["model"], "learning_rate": s["learning_rate"],
-            "iterations": s["iterations"], "time": curves["time"][-1], "final_loss": curves["loss"][-1],
+            "regime": s["regime"],
+            "model": s["model"],
+            "learning_rate": s["learning_rate"],
+            "iterations": s["iterations"],
+            "time": curves["time"][-1],
+            "final_loss": curves["loss"][-1],
             "distance_from_init": curves["distance_from_init"][-1],
         }
         for r in s["ratios"]:
@@ -355,7 +375,8 @@ def summary_rows(config: dict[str, Any], results: dict[str, dict[str, Any]]) -> 
                 row[f"max_distance_to_{name}"] = max(curves[f"distance_to_{name}"])
                 row[f"{name}_oracle_evals"] = result["flows"][name]["oracle_evals"]
         row.update(
-            spectrum_along=spec_["along"], min_lambda_min=min(spec_["lambda_min"]),
+            spectrum_along=spec_["along"],
+            min_lambda_min=min(spec_["lambda_min"]),
             initial_lambda_max=spec_["lambda_max"][0],
             max_lambda_max=max(spec_["lambda_max"]),
             integral_negative_lambda_min=spec_["negative_curvature_integral"][-1],
@@ -381,8 +402,7 @@ def _curve_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         curves = result["curves"]
         names = [n for n in curves if n not in ("iteration", "time")]
         for i, iteration in enumerate(curves["iteration"]):
-            rows.append({"run": key, "iteration": iteration, "time": curves["time"][i],
-                         **{n: curves[n][i] for n in names}})
+            rows.append({"run": key, "iteration": iteration, "time": curves["time"][i], **{n: curves[n][i] for n in names}})
     return rows
 
 
@@ -408,15 +428,31 @@ def markdown(config: dict[str, Any], rows: list[dict[str, Any]], results: dict[s
             "",
         ]
         lines += report.markdown_table(
-            ["model", "iterations", "final loss (seed)", "‖θ−θ₀‖ (seed 2.6–3.0)",
-             *(f"max dist. to η₀/{r}" for r in ratios), "max dist. to extrapolated flow",
-             "max dist. to toolkit flow", "min λ_min", "max λ_max", "∫λ_min⁻ dt"],
-            ([MODEL_LABELS[r["model"]], r["iterations"],
-              f"{_short(r['final_loss'])} ({_short(SOURCE_FINAL_LOSS[r['model']])})", _short(r["distance_from_init"]),
-              *(_short(r.get(f"max_distance_to_gd_r{k}")) for k in ratios),
-              *(_short(r.get(key)) for key in ("max_distance_to_extrapolated_flow", "max_distance_to_flow")),
-              *(_short(r[key]) for key in ("min_lambda_min", "max_lambda_max", "integral_negative_lambda_min"))]
-             for r in small))
+            [
+                "model",
+                "iterations",
+                "final loss (seed)",
+                "‖θ−θ₀‖ (seed 2.6–3.0)",
+                *(f"max dist. to η₀/{r}" for r in ratios),
+                "max dist. to extrapolated flow",
+                "max dist. to toolkit flow",
+                "min λ_min",
+                "max λ_max",
+                "∫λ_min⁻ dt",
+            ],
+            (
+                [
+                    MODEL_LABELS[r["model"]],
+                    r["iterations"],
+                    f"{_short(r['final_loss'])} ({_short(SOURCE_FINAL_LOSS[r['model']])})",
+                    _short(r["distance_from_init"]),
+                    *(_short(r.get(f"max_distance_to_gd_r{k}")) for k in ratios),
+                    *(_short(r.get(key)) for key in ("max_distance_to_extrapolated_flow", "max_distance_to_flow")),
+                    *(_short(r[key]) for key in ("min_lambda_min", "max_lambda_max", "integral_negative_lambda_min")),
+                ]
+                for r in small
+            ),
+        )
         lines.append("")
     large = [r for r in rows if r["regime"] == "large_step"]
     if large:
@@ -425,14 +461,32 @@ def markdown(config: dict[str, Any], rows: list[dict[str, Any]], results: dict[s
             "",
         ]
         lines += report.markdown_table(
-            ["model", "η", "2/η", "iterations", "final loss", "λ_max at init / max along GD",
-             "first iteration λ_max ≥ 0.9·2/η", "max dist. to extrapolated flow (before that)",
-             "max dist. to toolkit flow (before that)", "max dist. to modified flow (before that)"],
-            ([MODEL_LABELS[r["model"]], f"{r['learning_rate']:g}", _short(r["two_over_eta"]), r["iterations"],
-              _short(r["final_loss"]), f"{_short(r['initial_lambda_max'])} / {_short(r['max_lambda_max'])}",
-              edge if (edge := r["first_iteration_sharpness_above_0.9x2/eta"]) is not None else "not reached",
-              *(_with_before_edge(r, name) for name in ("extrapolated_flow", "flow", "modified_flow"))]
-             for r in large))
+            [
+                "model",
+                "η",
+                "2/η",
+                "iterations",
+                "final loss",
+                "λ_max at init / max along GD",
+                "first iteration λ_max ≥ 0.9·2/η",
+                "max dist. to extrapolated flow (before that)",
+                "max dist. to toolkit flow (before that)",
+                "max dist. to modified flow (before that)",
+            ],
+            (
+                [
+                    MODEL_LABELS[r["model"]],
+                    f"{r['learning_rate']:g}",
+                    _short(r["two_over_eta"]),
+                    r["iterations"],
+                    _short(r["final_loss"]),
+                    f"{_short(r['initial_lambda_max'])} / {_short(r['max_lambda_max'])}",
+                    edge if (edge := r["first_iteration_sharpness_above_0.9x2/eta"]) is not None else "not reached",
+                    *(_with_before_edge(r, name) for name in ("extrapolated_flow", "flow", "modified_flow")),
+                ]
+                for r in large
+            ),
+        )
         lines.append("")
     return "\n".join(lines)
 
@@ -441,8 +495,9 @@ def plot(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir:
     """``small_step.png`` (loss, distances, λ_min per model) and ``large_step.png`` (per run)."""
     plt = report.pyplot()
     for regime in REGIMES:
-        runs = [(spec.key, results[spec.key]) for spec in plan(config)
-                if spec.settings["regime"] == regime and spec.key in results]
+        runs = [
+            (spec.key, results[spec.key]) for spec in plan(config) if spec.settings["regime"] == regime and spec.key in results
+        ]
         if not runs:
             continue
         fig, axes = plt.subplots(3, len(runs), figsize=(4.2 * len(runs), 10), squeeze=False)
@@ -461,12 +516,12 @@ def plot(config: dict[str, Any], results: dict[str, dict[str, Any]], output_dir:
             ax.semilogy(iterations[1:], curves["distance_from_init"][1:], color="k", label="‖θ_k − θ_0‖")
             for r in s["ratios"]:
                 ax.semilogy(iterations[1:], curves[f"distance_to_gd_r{r}"][1:], label=f"to GD at η/{r}")
-            for name, style, color in (("extrapolated_flow", "-.", "C8"), ("flow", "--", "C7"),
-                                       ("modified_flow", ":", "C9")):
+            for name, style, color in (("extrapolated_flow", "-.", "C8"), ("flow", "--", "C7"), ("modified_flow", ":", "C9")):
                 if f"distance_to_{name}" in curves:
                     label = f"toolkit flow ({s['flow']['method']})" if name == "flow" else name.replace("_", " ")
-                    ax.semilogy(iterations[1:], curves[f"distance_to_{name}"][1:], ls=style, color=color, lw=2,
-                                label=f"to the {label}")
+                    ax.semilogy(
+                        iterations[1:], curves[f"distance_to_{name}"][1:], ls=style, color=color, lw=2, label=f"to the {label}"
+                    )
             ax.set_ylabel("distance")
             ax.legend(fontsize=7)
             ax = axes[2, column]
@@ -490,17 +545,36 @@ def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output
     report.write_csv(output_dir / "summary.csv", rows)
     report.write_csv(output_dir / "curves.csv", _curve_rows(results))
     spectra = [
-        {"run": key, "iteration": it, "time": t, "lambda_min": lo, "lambda_max": hi,
-         "negative_curvature_integral": neg, "bound_shape": b}
+        {
+            "run": key,
+            "iteration": it,
+            "time": t,
+            "lambda_min": lo,
+            "lambda_max": hi,
+            "negative_curvature_integral": neg,
+            "bound_shape": b,
+        }
         for key, r in sorted(results.items())
-        for it, t, lo, hi, neg, b in zip(*(r["spectrum"][k] for k in (
-            "iteration", "time", "lambda_min", "lambda_max", "negative_curvature_integral", "bound_shape")))
+        for it, t, lo, hi, neg, b in zip(
+            *(
+                r["spectrum"][k]
+                for k in ("iteration", "time", "lambda_min", "lambda_max", "negative_curvature_integral", "bound_shape")
+            )
+        )
     ]
     report.write_csv(output_dir / "spectrum.csv", spectra)
     (output_dir / "summary.md").write_text(markdown(config, rows, results))
-    report.write_json(output_dir / "summary.json", {
-        "rows": rows, "source": {"final_loss": SOURCE_FINAL_LOSS, "distance_from_init": SOURCE_DISTANCE_FROM_INIT,
-                                 "max_distance_to_finer": SOURCE_MAX_DISTANCE_TO_FINER}})
+    report.write_json(
+        output_dir / "summary.json",
+        {
+            "rows": rows,
+            "source": {
+                "final_loss": SOURCE_FINAL_LOSS,
+                "distance_from_init": SOURCE_DISTANCE_FROM_INIT,
+                "max_distance_to_finer": SOURCE_MAX_DISTANCE_TO_FINER,
+            },
+        },
+    )
     plot(config, results, output_dir)
 
 
@@ -510,8 +584,9 @@ _BLOCK = {
     "learning_rates": runner.ListOf(runner.POSITIVE),
     "iterations": runner.POSITIVE_INT,
     "record_points": runner.POSITIVE_INT,
-    "ratios": runner.optional(runner.ListOf(
-        runner.satisfies("an integer ≥ 2", lambda v: runner.POSITIVE_INT.test(v) and v >= 2), min_length=0)),
+    "ratios": runner.optional(
+        runner.ListOf(runner.satisfies("an integer ≥ 2", lambda v: runner.POSITIVE_INT.test(v) and v >= 2), min_length=0)
+    ),
     "flow": runner.Nullable(_FLOW),
     "spectrum": {"points": runner.POSITIVE_INT, "lanczos_iterations": runner.POSITIVE_INT},
 }
@@ -520,8 +595,12 @@ SCHEMA = {
     **runner.COMMON,
     "checkpoint_seconds": runner.optional(runner.POSITIVE),
     "data": {"dataset": runner.one_of(*DATASET_NAMES), "pool": runner.POSITIVE_INT, "stride": runner.POSITIVE_INT},
-    **{regime: runner.optional({**_BLOCK, "overrides": runner.optional(runner.MapOf(
-        _OVERRIDE, keys=runner.one_of(*MODELS)))}, nullable=True) for regime in REGIMES},
+    **{
+        regime: runner.optional(
+            {**_BLOCK, "overrides": runner.optional(runner.MapOf(_OVERRIDE, keys=runner.one_of(*MODELS)))}, nullable=True
+        )
+        for regime in REGIMES
+    },
 }
 
 
@@ -538,8 +617,11 @@ def check_run(spec: RunSpec, config: dict[str, Any]) -> None:
     if flow is None and spec.settings["modified_flow"]:
         raise ValueError(f"{spec.settings['regime']}: flow must be set: the large-step runs integrate the modified flow.")
     if flow is not None:
-        valid = [k for k, p in inspect.signature(analysis.gradient_flow).parameters.items()
-                 if p.kind is p.KEYWORD_ONLY and k != "grad_fn"]
+        valid = [
+            k
+            for k, p in inspect.signature(analysis.gradient_flow).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and k != "grad_fn"
+        ]
         unknown = sorted(set(flow) - set(valid))
         if unknown:
             raise ValueError(f"{spec.settings['regime']}: flow has unknown option(s) {unknown}; valid: {valid}.")

@@ -136,14 +136,24 @@ def selections(config: dict[str, Any], results: dict) -> list[dict[str, Any]]:
                     rates_run += row is not None
                     if row is not None and row["complete"] and not row["diverged"] and _finite(row["train_loss"]):
                         candidates.append((row["train_loss"], lr, row))
-                entry = {"experiment": experiment["name"], "row": experiment.get("row", experiment["name"]),
-                         "view": view, "method": method, "rates_tried": len(rates), "rates_run": rates_run,
-                         "rates_complete": len(candidates)}
+                entry = {
+                    "experiment": experiment["name"],
+                    "row": experiment.get("row", experiment["name"]),
+                    "view": view,
+                    "method": method,
+                    "rates_tried": len(rates),
+                    "rates_run": rates_run,
+                    "rates_complete": len(candidates),
+                }
                 if candidates:
                     _, lr, row = min(candidates, key=lambda c: c[0])
                     entry.update(
-                        learning_rate=lr, epochs=row["epoch"], steps=row["step"], grad_evals=row["grad_evals"],
-                        train_loss=row["train_loss"], test_loss=row["test_loss"],
+                        learning_rate=lr,
+                        epochs=row["epoch"],
+                        steps=row["step"],
+                        grad_evals=row["grad_evals"],
+                        train_loss=row["train_loss"],
+                        test_loss=row["test_loss"],
                         test_accuracy=row["test_accuracy"],
                     )
                 table.append(entry)
@@ -160,9 +170,21 @@ def run_table(config: dict[str, Any], results: dict) -> list[dict[str, Any]]:
                     row = _view_row(experiment, method, lr, view, results)
                     entry = {"experiment": experiment["name"], "method": method, "learning_rate": lr, "view": view}
                     if row is not None:
-                        entry.update({k: row.get(k) for k in (
-                            "epoch", "step", "grad_evals", "train_loss", "test_loss", "test_accuracy",
-                            "complete", "diverged")})
+                        entry.update(
+                            {
+                                k: row.get(k)
+                                for k in (
+                                    "epoch",
+                                    "step",
+                                    "grad_evals",
+                                    "train_loss",
+                                    "test_loss",
+                                    "test_accuracy",
+                                    "complete",
+                                    "diverged",
+                                )
+                            }
+                        )
                     else:
                         entry.update(complete=False)
                     rows.append(entry)
@@ -191,20 +213,34 @@ def markdown(config: dict[str, Any], table: list[dict[str, Any]], results: dict)
             f"{train['epochs']} epochs; equal budget G = {budget(train)} gradient evaluations.",
             "",
         ]
-        cells = {method: [next(e for e in table if e["experiment"] == experiment["name"] and e["view"] == view
-                               and e["method"] == method) for view in VIEWS] for method in experiment["methods"]}
+        cells = {
+            method: [
+                next(e for e in table if e["experiment"] == experiment["name"] and e["view"] == view and e["method"] == method)
+                for view in VIEWS
+            ]
+            for method in experiment["methods"]
+        }
         lines += report.markdown_table(
-            ["method", f"per epoch ({train['epochs']} epochs): test acc / test loss",
-             f"equal gradient evaluations (G = {budget(train)}): test acc / test loss"],
-            ([method, *map(_cell, entries)] for method, entries in cells.items()))
+            [
+                "method",
+                f"per epoch ({train['epochs']} epochs): test acc / test loss",
+                f"equal gradient evaluations (G = {budget(train)}): test acc / test loss",
+            ],
+            ([method, *map(_cell, entries)] for method, entries in cells.items()),
+        )
         missing = not all(cell["rates_run"] for entries in cells.values() for cell in entries)
         if missing:
-            lines += ["", "*Not run*: the data set is not available on this machine, or the study stopped before "
-                          "these runs; re-running the command runs them."]
+            lines += [
+                "",
+                "*Not run*: the data set is not available on this machine, or the study stopped before "
+                "these runs; re-running the command runs them.",
+            ]
         source = experiment.get("source")
         if source:
-            lines += ["", "Source (Singhal, per epoch): " + "; ".join(
-                f"{name} {acc}% / {loss}" for name, (acc, loss) in source.items())]
+            lines += [
+                "",
+                "Source (Singhal, per epoch): " + "; ".join(f"{name} {acc}% / {loss}" for name, (acc, loss) in source.items()),
+            ]
         lines.append("")
     return "\n".join(lines)
 
@@ -228,13 +264,13 @@ def plot(config: dict[str, Any], table: list[dict[str, Any]], results: dict, out
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
         for index, method in enumerate(experiment["methods"]):
             for view, panels in (("equal_evals", (0, 1)), ("per_epoch", (2,))):
-                entry = next(e for e in table if e["experiment"] == experiment["name"] and e["view"] == view
-                             and e["method"] == method)
+                entry = next(
+                    e for e in table if e["experiment"] == experiment["name"] and e["view"] == view and e["method"] == method
+                )
                 if "learning_rate" not in entry:
                     continue
                 history = _view_history(experiment, method, entry["learning_rate"], view, results)
-                style = dict(color=f"C{index}", marker="o", markersize=3,
-                             label=f"{method} (lr {entry['learning_rate']:g})")
+                style = dict(color=f"C{index}", marker="o", markersize=3, label=f"{method} (lr {entry['learning_rate']:g})")
                 evals = [r["grad_evals"] for r in history]
                 if 0 in panels:
                     axes[0].plot(evals, [r["train_loss"] for r in history], **style)
@@ -244,10 +280,8 @@ def plot(config: dict[str, Any], table: list[dict[str, Any]], results: dict, out
         for ax in axes[:2]:
             ax.set_xlabel("gradient evaluations")
         axes[0].set(ylabel="training objective (epoch mean)", yscale="log")
-        axes[1].set(ylabel="test accuracy (%)",
-                    title=f"equal gradient evaluations (G = {budget(experiment['train'])})")
-        axes[2].set(xlabel="epoch", ylabel="test accuracy (%)",
-                    title=f"per epoch ({experiment['train']['epochs']} epochs)")
+        axes[1].set(ylabel="test accuracy (%)", title=f"equal gradient evaluations (G = {budget(experiment['train'])})")
+        axes[2].set(xlabel="epoch", ylabel="test accuracy (%)", title=f"per epoch ({experiment['train']['epochs']} epochs)")
         axes[0].legend(fontsize=8)
         axes[2].legend(fontsize=8)
         fig.suptitle(experiment.get("row", experiment["name"]))
@@ -266,13 +300,16 @@ def summarize(config: dict[str, Any], results: dict, output_dir: Path) -> None:
 
 SCHEMA = {
     **runner.COMMON,
-    "experiments": runner.ListOf({
-        "name": runner.STRING,
-        "row": runner.optional(runner.STRING),
-        "train": train_schema("epochs"),
-        "methods": runner.MapOf(runner.ListOf(runner.POSITIVE), keys=runner.one_of(*FIXED_STEP_METHODS), min_length=1),
-        "source": runner.optional(runner.MapOf(runner.ListOf(runner.NUMBER))),
-    }, unique="name"),
+    "experiments": runner.ListOf(
+        {
+            "name": runner.STRING,
+            "row": runner.optional(runner.STRING),
+            "train": train_schema("epochs"),
+            "methods": runner.MapOf(runner.ListOf(runner.POSITIVE), keys=runner.one_of(*FIXED_STEP_METHODS), min_length=1),
+            "source": runner.optional(runner.MapOf(runner.ListOf(runner.NUMBER))),
+        },
+        unique="name",
+    ),
 }
 
 

@@ -96,7 +96,9 @@ def write_cache(cache: Path, key: str, dataset: Dataset) -> None:
             if {k: archive[k].shape for k in arrays} != {k: v.shape for k, v in arrays.items()}:
                 raise DataIntegrityError(f"{temporary[0]} did not read back as written; the cache {npz} is unchanged.")
         meta = {
-            "sha256": hashlib.sha256(raw).hexdigest(), "label": dataset.label, "source": dataset.source,
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "label": dataset.label,
+            "source": dataset.source,
             "shapes": {k: list(v.shape) for k, v in arrays.items()},
         }
         with tempfile.NamedTemporaryFile("w", dir=cache, prefix=f".{key}.", suffix=".json.tmp", delete=False) as f:

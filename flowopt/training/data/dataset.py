@@ -58,38 +58,43 @@ class Dataset:
     def channel_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and std of the training images, on the ``[0, 1]`` scale."""
         levels = np.arange(256) / 255.0
-        counts = np.stack([
-            np.bincount(self.x_train[..., c].ravel(), minlength=256) for c in range(self.x_train.shape[-1])
-        ]) / self.x_train[..., 0].size
+        counts = (
+            np.stack([np.bincount(self.x_train[..., c].ravel(), minlength=256) for c in range(self.x_train.shape[-1])])
+            / self.x_train[..., 0].size
+        )
         mean = counts @ levels
         std = np.sqrt(counts @ levels**2 - mean**2)
         return mean.astype(np.float32), std.astype(np.float32)
 
 
 def checked(
-    name: str, spec: DatasetSpec, source: str, label: str,
-    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+    name: str,
+    spec: DatasetSpec,
+    source: str,
+    label: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
 ) -> Dataset:
     """Validate shapes, dtypes and labels against ``spec``; raise DataIntegrityError otherwise."""
     x_train, x_test = (x if x.ndim == 4 else x[..., None] for x in (np.asarray(x_train), np.asarray(x_test)))
     expected = {
-        "x_train": (spec.num_train, *spec.image_shape), "y_train": (spec.num_train,),
-        "x_test": (spec.num_test, *spec.image_shape), "y_test": (spec.num_test,),
+        "x_train": (spec.num_train, *spec.image_shape),
+        "y_train": (spec.num_train,),
+        "x_test": (spec.num_test, *spec.image_shape),
+        "y_test": (spec.num_test,),
     }
     arrays = {"x_train": x_train, "y_train": np.asarray(y_train), "x_test": x_test, "y_test": np.asarray(y_test)}
     for key, shape in expected.items():
         if arrays[key].shape != shape:
-            raise DataIntegrityError(
-                f"{spec.label} from {source}: {key} has shape {arrays[key].shape}, expected {shape}."
-            )
+            raise DataIntegrityError(f"{spec.label} from {source}: {key} has shape {arrays[key].shape}, expected {shape}.")
     for key in ("x_train", "x_test"):
         if arrays[key].dtype != np.uint8:
             raise DataIntegrityError(f"{spec.label} from {source}: {key} is {arrays[key].dtype}, expected uint8.")
     for key in ("y_train", "y_test"):
         labels = arrays[key]
         if labels.min() < 0 or labels.max() >= spec.num_classes:
-            raise DataIntegrityError(
-                f"{spec.label} from {source}: {key} outside [0, {spec.num_classes})."
-            )
+            raise DataIntegrityError(f"{spec.label} from {source}: {key} outside [0, {spec.num_classes}).")
         arrays[key] = labels.astype(np.int32)
     return Dataset(name, label, source, num_classes=spec.num_classes, **arrays)

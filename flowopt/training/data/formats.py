@@ -31,8 +31,7 @@ def parse_mnist_csv(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
 def idx_files(folder: Path) -> dict[str, Path] | None:
     """The four MNIST-layout IDX files in ``folder`` (``.gz`` or not), or None."""
     found = {}
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         for candidate in (folder / f"{stem}.gz", folder / stem):
             if candidate.exists():
                 found[stem] = candidate
@@ -108,6 +107,7 @@ def read_image_folder(
 
 def _image_entries(path: Path) -> Iterator[tuple[tuple[str, str, str], bytes]]:
     """``((split, class, file), bytes)`` for every image under ``path``."""
+
     def key(parts: tuple[str, ...]) -> tuple[str, str, str] | None:
         if len(parts) >= 3 and parts[-3] in ("train", "test") and parts[-1].lower().endswith(_IMAGE_SUFFIXES):
             return parts[-3], parts[-2], parts[-1]

