@@ -189,12 +189,17 @@ def adaptive_runge_kutta(
     traced options are not checked; ``tableau`` and ``max_attempts`` must be
     in its ``static_args``.
 
-    Example::
+    Example:
 
-        tx = flowopt.adaptive_runge_kutta(flowopt.tableaus.DOPRI5, learning_rate=1e-2,
-                                          rtol=1e-4, atol=1e-6)
-        updates, state = tx.update(grads, state, params, value_fn=loss)
-        flowopt.step_diagnostics(state)   # step size, accepted/rejected, oracle calls
+        >>> import jax, jax.numpy as jnp, flowopt
+        >>> loss = lambda w: jnp.sum((w - 1.0) ** 2)
+        >>> params = jnp.zeros(3)
+        >>> tx = flowopt.adaptive_runge_kutta(flowopt.tableaus.DOPRI5, learning_rate=1e-2, rtol=1e-4, atol=1e-6)
+        >>> state = tx.init(params)
+        >>> updates, state = tx.update(jax.grad(loss)(params), state, params, value_fn=loss)
+        >>> diagnostics = flowopt.step_diagnostics(state)  # step size, accepted/rejected, oracle calls
+        >>> int(diagnostics["accepted"]), int(diagnostics["gradient_evals"])  # DOPRI5: 7 stages an attempt
+        (1, 7)
     """
     check_embedded(tableau)
     if callable(learning_rate):

@@ -131,9 +131,15 @@ def guard_nonfinite(inner: optax.GradientTransformation, *, check_loss: bool = F
     update before the inner transformation runs (no oracle call is spent)
     and is counted in ``nonfinite_gradients``; the guard never gives up.
 
-    Example::
+    Example (a loss that is NaN beyond ``|w| > 2``: rk4's stages step there, so the step is rejected):
 
-        tx = flowopt.guard_nonfinite(flowopt.rk4(0.5))
+        >>> import jax, jax.numpy as jnp, flowopt
+        >>> loss = lambda w: jnp.where(jnp.abs(w) > 2.0, jnp.nan, w**2).sum()
+        >>> tx = flowopt.guard_nonfinite(flowopt.rk4(5.0))
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jax.grad(loss)(params), tx.init(params), params, value_fn=loss)
+        >>> updates, {name: int(count) for name, count in flowopt.guard_counts(state).items()}
+        (Array([0.], dtype=float32), {'nonfinite_gradients': 0, 'nonfinite_steps': 1})
 
     Raises:
       ValueError: if ``inner`` is not an optax transformation (for instance

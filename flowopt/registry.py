@@ -15,15 +15,19 @@ constructors whose first argument is one, and :func:`resolve` turns any of
 these names, or an order-suffixed one such as ``"bdf2"``, into its entry and
 the arguments the name fixes.
 
-Example::
+Example:
 
-    from flowopt.registry import OPTIMIZERS
-
-    OPTIMIZERS["rk4"].gradients_per_step()                           # 4
-    OPTIMIZERS["bdf"].gradients_per_step(order=2, inner_steps=3)     # 4
-    tx = OPTIMIZERS["heun"].build(learning_rate=0.1)
-    entry, fixed = resolve("bdf2")                                   # OPTIMIZERS["bdf"], {"order": 2}
-    BASELINES["adam"].gradients_per_step()                           # 1
+    >>> from flowopt.registry import BASELINES, OPTIMIZERS, resolve
+    >>> OPTIMIZERS["rk4"].gradients_per_step()
+    4
+    >>> OPTIMIZERS["bdf"].gradients_per_step(order=2, inner_steps=3)
+    4
+    >>> tx = OPTIMIZERS["heun"].build(learning_rate=0.1)
+    >>> entry, fixed = resolve("bdf2")
+    >>> entry.name, fixed
+    ('bdf', {'order': 2})
+    >>> BASELINES["adam"].gradients_per_step()
+    1
 
 **Cost.** A step's gradient evaluations are the incoming gradient plus the
 oracle calls, as counted by :func:`flowopt.oracle_evaluations`. For

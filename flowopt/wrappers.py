@@ -6,9 +6,10 @@ oracle breaks that contract silently:
 
 * ``optax.MultiSteps`` hands the integrator the gradient *averaged* over
   ``k`` micro-batches, while the oracle passed with the last micro-batch sees
-  that batch alone, so the stages integrate two different objectives. No
-  integrator can repair that from inside (it never sees the other
-  micro-batches). The supported form is :func:`accumulated_oracle`: one
+  that batch alone, so the stages would integrate two different objectives.
+  No integrator can repair that from inside (it never sees the other
+  micro-batches), so a method that calls the oracle refuses to run inside
+  it (:func:`flowopt.core.oracle.resolve_oracle`). The supported form is :func:`accumulated_oracle`: one
   update per accumulated batch, whose every stage is the gradient of the mean
   loss over the micro-batches, computed one micro-batch at a time.
 * ``optax.lookahead`` calls its fast optimizer without extra arguments, so a

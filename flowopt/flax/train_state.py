@@ -25,12 +25,18 @@ _APPLY = "flowopt.TrainState.apply_gradients"
 class TrainState(train_state.TrainState):
     """``flax.training.train_state.TrainState`` that forwards the oracle to ``tx.update``.
 
-    Example::
+    Example:
 
-        state = flowopt.TrainState.create(apply_fn=model.apply, params=params, tx=flowopt.rk4(0.1))
-        loss_of = lambda p: loss_fn(p, batch)
-        grads = jax.grad(loss_of)(state.params)
-        state = state.apply_gradients(grads=grads, value_fn=loss_of)
+        >>> import flax.linen as nn, jax, jax.numpy as jnp, flowopt
+        >>> model = nn.Dense(1)
+        >>> x, y = jnp.ones((4, 3)), jnp.zeros((4, 1))
+        >>> params = model.init(jax.random.key(0), x)
+        >>> state = flowopt.TrainState.create(apply_fn=model.apply, params=params, tx=flowopt.rk4(0.1))
+        >>> loss_of = lambda p: jnp.mean((state.apply_fn(p, x) - y) ** 2)
+        >>> before = loss_of(state.params)
+        >>> state = state.apply_gradients(grads=jax.grad(loss_of)(state.params), value_fn=loss_of)
+        >>> int(state.step), bool(loss_of(state.params) < before)
+        (1, True)
     """
 
     @classmethod
