@@ -22,7 +22,9 @@ its entry is registered.
 from __future__ import annotations
 
 from docutils import nodes
+from docutils.parsers.rst import Parser
 from docutils.statemachine import StringList
+from docutils.utils import new_document
 from sphinx.util.docutils import SphinxDirective
 
 from flowopt.registry import FAMILIES, OPTIMIZERS
@@ -58,10 +60,13 @@ class OptimizerConstructors(SphinxDirective):
         family = self.arguments[0]
         if family not in FAMILIES:
             raise self.error(f"unknown optimizer family {family!r}; families: {', '.join(FAMILIES)}.")
-        lines = [f".. autofunction:: flowopt.{entry.name}" for entry in OPTIMIZERS.values() if entry.family == family]
-        container = nodes.container()
-        self.state.nested_parse(StringList(lines, "flowopt.registry"), 0, container)
-        return container.children
+        names = [entry.name for entry in OPTIMIZERS.values() if entry.family == family]
+        # The page may be MyST, whose nested parse reads Markdown: autodoc's directives are parsed as rst,
+        # into a document that shares the page's settings (the Sphinx environment) and reporter.
+        document = new_document(self.state.document["source"], self.state.document.settings)
+        document.reporter = self.state.document.reporter
+        Parser().parse("\n".join(f".. autofunction:: flowopt.{name}" for name in names), document)
+        return list(document.children)
 
 
 def setup(app):

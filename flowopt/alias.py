@@ -11,7 +11,7 @@ that evaluate the gradient away from the current parameters call the oracle
   for any tableau, and :func:`euler` … :func:`rk38` for the named ones.
 * Step-size control (:mod:`flowopt.rk.adaptive`):
   :func:`adaptive_runge_kutta`, :func:`minibatch_adaptive_runge_kutta`.
-* Linear multistep (:mod:`flowopt.multistep`): :func:`bdf`,
+* Linear multistep (:mod:`flowopt.multistep.bdf`, :mod:`flowopt.multistep.adams_bashforth`): :func:`bdf`,
   :func:`backward_euler`, :func:`adams_bashforth`.
 * The adaptive-algorithm flows (:mod:`flowopt.flows.family`):
   :func:`adaptive_flow`, :func:`adam_flow`, :func:`rmsprop_flow`,

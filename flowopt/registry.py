@@ -132,7 +132,7 @@ FAMILIES: Mapping[str, str] = types.MappingProxyType(
         "optax": "optax baselines",
     }
 )
-"""The kinds of optimizer, by key: each entry names one (:attr:`OptimizerEntry.family`)."""
+"""The kinds of optimizer by key, each with the title of its API section (:attr:`OptimizerEntry.family` names one)."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -466,7 +466,7 @@ BASELINES: Mapping[str, OptimizerEntry] = types.MappingProxyType(
         )
     }
 )
-"""The optax optimizers flowopt is compared with, by name (read-only): built as
+"""The optax optimizers flowopt is compared with, by name and read-only. Each is built as
 ``BASELINES[name].constructor(learning_rate, **options)``, one gradient a step, no oracle.
 Not flowopt constructors, so not in :data:`OPTIMIZERS` or its contract tests."""
 

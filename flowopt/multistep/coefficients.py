@@ -4,7 +4,7 @@ Adams–Bashforth ``θ_{n+1} = θ_n - h Σ_j b_j ∇f(θ_{n-j})`` and BDF
 ``θ_{n+1} + Σ_j a_j θ_{n+1-j} = -β h ∇f(θ_{n+1})``, as exact fractions
 (Hairer, Nørsett & Wanner, *Solving ODEs I*, §III.1; Hairer & Wanner,
 *Solving ODEs II*, §III.1), and the Richardson weights that extrapolate
-backward Euler to a high-order start-up. :mod:`flowopt.analysis.stability`
+backward Euler to a high-order start-up. :mod:`flowopt.analysis`
 reads the same tables.
 """
 
@@ -44,7 +44,7 @@ STARTUPS = ("high_order", "lower_order")
 
 
 def check_startup(startup: str) -> str:
-    """Raise ``ValueError`` unless ``startup`` is one of :data:`STARTUPS`."""
+    """Raise ``ValueError`` unless ``startup`` is one of ``STARTUPS`` (``"high_order"``, ``"lower_order"``)."""
     if startup not in STARTUPS:
         raise ValueError(f"startup must be one of {STARTUPS}, got {startup!r}.")
     return startup

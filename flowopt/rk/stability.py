@@ -4,7 +4,7 @@ The tableau maps ``y_n`` to ``R(z) y_n``, ``z = hλ``, with the stability
 polynomial ``R(z) = 1 + z bᵀ(I - zA)⁻¹𝟙 = Σ_k (bᵀA^{k-1}𝟙) z^k``; it is stable
 at ``z`` when ``|R(z)| ≤ 1`` (Hairer & Wanner, *Solving ODEs II*, §IV.2).
 :func:`real_stability_interval` is the ``β`` of the step-size controller's
-stability check; :mod:`flowopt.analysis.stability` covers every method.
+stability check; :mod:`flowopt.analysis` covers every method.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ For a vector field ``y' = F(t, y)`` on a pytree ``y`` the stages of a tableau
 are ``k_i = F(t + c_i h, y + h Σ_j a_ij k_j)`` and the step is
 ``y + h Σ_i b_i k_i`` (Butcher 1963; Hairer, Nørsett & Wanner, *Solving ODEs
 I*, §II.1). :func:`stage_slopes` evaluates them for any field: the gradient
-flow here, the extended systems of :mod:`flowopt.flows` there.
+flow here, the extended systems of :mod:`flowopt.flows.family` there.
 
 The gradient flow ``θ' = -∇f(θ)`` is the flow of ``+∇f`` run with the step
 ``-h``: with ``k_i = ∇f(θ_n - h Σ_j a_ij k_j)`` the step is
