@@ -153,6 +153,7 @@ def _finite_per_step(stacked: Params) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("optimizer", "num_steps"))
 def _run(optimizer, value_fn, grad_fn, params0, *, num_steps):
     gradient = resolve_oracle("optimizer_trajectory", params0, value_fn, grad_fn)
+    assert gradient is not None  # required (the default): resolve_oracle raises rather than return None
     oracle = {"value_fn": value_fn} if grad_fn is None else {"grad_fn": grad_fn}
 
     def step(carry, _):

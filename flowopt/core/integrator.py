@@ -38,7 +38,9 @@ from flowopt.core.oracle import check_updates_match, resolve_oracle
 from flowopt.core.trees import tree_all_finite
 from flowopt.core.types import GradFn, Params
 
-StageFn = Callable[[GradFn | None, Params, Params, jax.Array, Any], tuple[Params, Any, jax.Array | int]]
+StageFn = Callable[[GradFn | None, Params, Params, jax.Array | None, Any], tuple[Params, Any, jax.Array | int]]
+"""``step(oracle, params, k1, h, stage_state)``: ``oracle`` is ``None`` only for an integrator that
+makes no oracle calls (``needs_oracle=False``), ``h`` only for one that chooses its own step."""
 
 
 class Integrator(NamedTuple):
@@ -263,6 +265,7 @@ def as_optimizer(
             increment, stage_state, calls = integrator.step(oracle, params, updates, None, state.stage_state)
             fault = jnp.zeros([], jnp.int32)
         else:
+            assert learning_rate is not None  # refused above for an integrator that takes the schedule's step
             h = checked_step_size(integrator.name, learning_rate, state.count)
             increment, stage_state, calls = integrator.step(oracle, params, updates, h, state.stage_state)
             increment, stage_state, _, fault = commit_step(h, increment, stage_state, state.stage_state)
@@ -274,7 +277,8 @@ def as_optimizer(
         )
         return increment, new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    # optax's TransformUpdateFn types the state as OptState and admits no keyword-only extra arguments.
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]
 
 
 def oracle_evaluations(opt_state: optax.OptState) -> jax.Array:

@@ -219,7 +219,7 @@ class ButcherTableau:
         b_error: Vector | None = None,
         embedded_order: int | None = None,
         name: str = "custom",
-    ) -> None:
+    ):
         # The entries are taken as given and converted to read-only float64 arrays by the checks below.
         for field, value in zip(
             ("a", "b", "c", "order", "b_error", "embedded_order", "name"), (a, b, c, order, b_error, embedded_order, name)

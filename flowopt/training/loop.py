@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -399,7 +399,8 @@ class _Training:
             row["full_train_loss"], row["full_train_accuracy"] = evaluate_split(setup.eval_step, self.state, self.train_split)
         schedule = setup.schedule
         if schedule is not None:
-            row["learning_rate"] = float(schedule(step - 1)) if callable(schedule) else schedule
+            # optax types a schedule's value as any ArrayLike, complex included; a learning rate is real.
+            row["learning_rate"] = float(cast(float | jax.Array, schedule(step - 1))) if callable(schedule) else schedule
         row["partial"] = not epoch_end
         row["time_s"] = self._elapsed()
         self.log.write(row)
