@@ -65,6 +65,7 @@ def step_times(learning_rate: optax.ScalarOrSchedule, num_steps: int) -> jax.Arr
                 f"{name}: the learning_rate schedule must return a real scalar per step, got "
                 f"{jnp.result_type(steps)}{list(jnp.shape(steps)[1:])} values."
             )
+        steps = jnp.asarray(steps)  # a real vector (checked above): the schedule's values as an array
         if not is_traced(steps):
             bad = np.flatnonzero(~(np.isfinite(np.asarray(steps, np.float64)) & (np.asarray(steps) >= 0)))
             if bad.size:

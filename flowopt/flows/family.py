@@ -65,7 +65,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, cast, overload
 
 import jax
 import jax.numpy as jnp
@@ -79,7 +79,7 @@ from flowopt.rk.stages import oracle_calls, stage_slopes
 from flowopt.rk.tableau import ButcherTableau
 
 Coefficient = Callable[[jax.Array], jax.Array]
-CoefficientLike = Coefficient | float | None
+CoefficientLike = Coefficient | float | jax.Array | None
 
 
 class AdaptiveFlowState(NamedTuple):
@@ -134,7 +134,7 @@ def adam_flow_converges(b1: float, b2: float) -> bool:
     return bool(3.0 + b2 > 4.0 * b1)
 
 
-def adam_coefficient(beta: float, timescale: float) -> Coefficient:
+def adam_coefficient(beta: float, timescale: float | jax.Array) -> Coefficient:
     """Adam's coefficient ``g^A(t) = (1 - e^{-λ/α}) / (λ (1 - e^{-t/α}))`` with ``β = e^{-λ/α}``.
 
     That is ``(1 - β) / (λ (1 - β^{t/λ}))`` with ``λ = timescale``, evaluated with
@@ -159,7 +159,7 @@ def flow_integrator(
     eps: float,
     eps_root: float,
     integrator: ButcherTableau | None,
-    initial_time: float,
+    initial_time: float | jax.Array,
     initial_v: float,
     init_from_gradient: bool,
     scheduled: bool,
@@ -356,7 +356,7 @@ def _as_coefficient(label: str, coefficient: CoefficientLike) -> Coefficient | N
     return coefficient
 
 
-def _check_finite_at_start(name: str, coefficients: _Coefficients, initial_time: float) -> None:
+def _check_finite_at_start(name: str, coefficients: _Coefficients, initial_time: float | jax.Array) -> None:
     """A Runge–Kutta step evaluates the coefficients at ``t₀``: a pole there would give NaNs."""
     for label, coefficient in zip("hrpq", coefficients):
         if coefficient is None:
@@ -411,6 +411,10 @@ def reference_rate(method: str, learning_rate: optax.ScalarOrSchedule, reference
     return rate if value is None else value
 
 
+@overload
+def sqrt_step(learning_rate: float | jax.Array) -> float | jax.Array: ...
+@overload
+def sqrt_step(learning_rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule: ...
 def sqrt_step(learning_rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
     """The flow step ``s = sqrt(learning_rate)`` of the second-order (momentum) flows."""
     check_learning_rate(learning_rate, allow_zero=True)
