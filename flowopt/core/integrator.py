@@ -270,7 +270,7 @@ def as_optimizer(
             increment, stage_state, calls = integrator.step(oracle, params, updates, h, state.stage_state)
             increment, stage_state, _, fault = commit_step(h, increment, stage_state, state.stage_state)
         new_state = IntegratorState(
-            count=optax.safe_increment(state.count),
+            count=optax.safe_increment(state.count),  # pyright: ignore[reportArgumentType]  # optax types the result as ArrayLike; it is an array
             oracle_evals=state.oracle_evals + jnp.asarray(calls, jnp.int32),
             skipped=state.skipped + fault,
             stage_state=stage_state,

@@ -59,6 +59,8 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int | None) -> floa
     """The step size (or optax schedule) named by ``config.schedule``."""
     if config.schedule == "constant":
         return config.learning_rate
+    if total_steps is None:  # TrainConfig refuses a decaying schedule without epochs or steps
+        raise ConfigError("schedule", f"The {config.schedule} schedule needs a length: set epochs or steps.")
     if config.schedule == "cosine":
         return optax.cosine_decay_schedule(config.learning_rate, total_steps)
     return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps, total_steps)
@@ -132,7 +134,7 @@ class Setup:
         }
 
 
-def build(config: TrainConfig, dataset: Dataset | None = None, tx: optax.GradientTransformation | None = None) -> Setup:
+def build(config: TrainConfig, dataset: Dataset | None = None, tx: optax.GradientTransformationExtraArgs | None = None) -> Setup:
     """Load the data (unless given), build the optimizer (unless given), the model, the jitted steps and the state.
 
     Raises:
@@ -181,7 +183,7 @@ def train(
     output_dir: str | os.PathLike | None = None,
     *,
     dataset: Dataset | None = None,
-    tx: optax.GradientTransformation | None = None,
+    tx: optax.GradientTransformationExtraArgs | None = None,
     overwrite: bool = False,
 ) -> RunResult:
     """Train ``config.model`` on ``config.dataset`` until the first budget is reached.
@@ -336,7 +338,7 @@ class _Training:
         """Keep a step's result and count it, unless its loss is not finite or the optimizer skipped it."""
         config = self.config
         loss, correct, skipped, new_evals = jax.device_get((metrics.loss, metrics.correct, metrics.skipped, new_state.grad_evals))
-        if self.by_evals and self.evals == 0 and int(new_evals) > config.grad_evals:
+        if config.grad_evals is not None and self.evals == 0 and int(new_evals) > config.grad_evals:
             raise ConfigError(
                 "grad_evals",
                 (
@@ -435,7 +437,7 @@ class _Training:
             kept = self.checkpointer.latest_step() if self.checkpointer is not None else None
             message = f"Training diverged: {divergence} (epoch {self.progress.epoch + 1}). " + (
                 f"The last good checkpoint (step {kept}) is kept in {self.out / 'checkpoints'}."
-                if kept is not None
+                if kept is not None and self.out is not None  # checkpoints are written into an output directory only
                 else "No checkpoint was written."
             )
             logger.error(message)
