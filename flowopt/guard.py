@@ -102,8 +102,7 @@ def _reject_nonfinite_steps(
             inner_state=optax.tree.where(finite, inner_state, state.inner_state),
         )
 
-    # optax's TransformUpdateFn types the state as OptState and admits no keyword-only extra arguments.
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]  # optax's TransformUpdateFn admits no own state type nor keyword-only extra arguments
 
 
 def guard_nonfinite(inner: optax.GradientTransformation, *, check_loss: bool = False) -> optax.GradientTransformationExtraArgs:

@@ -155,8 +155,7 @@ def check_oracle(
             inner_state=inner_state,
         )
 
-    # optax's TransformUpdateFn types the state as OptState: a transformation's own state type is not admitted.
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]  # optax's TransformUpdateFn admits no state type of its own
 
 
 def _mismatch_message(difference: float, rtol: float, atol: float) -> str:
@@ -336,5 +335,4 @@ def lookahead(
             )
         return with_arguments(extra_args).update(updates, state, params)
 
-    # optax's TransformUpdateFn types the state and params as OptState and Params, not Lookahead's own.
-    return optax.GradientTransformationExtraArgs(with_arguments({}).init, update_fn)  # pyright: ignore[reportArgumentType]
+    return optax.GradientTransformationExtraArgs(with_arguments({}).init, update_fn)  # pyright: ignore[reportArgumentType]  # optax's TransformUpdateFn admits no state or params type of its own

@@ -277,8 +277,7 @@ def as_optimizer(
         )
         return increment, new_state
 
-    # optax's TransformUpdateFn types the state as OptState and admits no keyword-only extra arguments.
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]  # optax's TransformUpdateFn admits no own state type nor keyword-only extra arguments
 
 
 def oracle_evaluations(opt_state: optax.OptState) -> jax.Array:
