@@ -1,6 +1,8 @@
 """flowopt: numerical integrators of the gradient flow ``θ' = -∇f(θ)`` as optax optimizers."""
 
 import importlib as _importlib
+from types import ModuleType as _ModuleType
+from typing import Any as _Any
 
 from flowopt import alias, analysis, registry
 from flowopt.alias import *  # noqa: F403  (every public constructor: alias.__all__)
@@ -55,7 +57,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> _Any:
     """Names imported when first used (PEP 562): ``flowopt.training``, and the Flax tools, which need flax.
 
     The core (``import flowopt``, every optimizer) needs only jax, optax,
@@ -69,7 +71,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'flowopt' has no attribute {name!r}")
 
 
-def _import(module: str, extra: str):
+def _import(module: str, extra: str) -> _ModuleType:
     try:
         return _importlib.import_module(module)
     except ModuleNotFoundError as error:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -327,7 +328,7 @@ def adaptive_flow(
     *,
     eps_root: float = 0.0,
     integrator: ButcherTableau | None = None,
-    initial_time: float = 0.0,
+    initial_time: float | jax.Array = 0.0,
     initial_v: float = 0.0,
     init_from_gradient: bool = False,
 ) -> optax.GradientTransformationExtraArgs:

@@ -91,7 +91,7 @@ def _reject_nonfinite_steps(
         if params is not None:
             candidate = optax.apply_updates(params, increment)
             finite &= tree_all_finite(candidate)
-            if check_loss:
+            if check_loss and value_fn is not None:  # with check_loss, value_fn is required (checked above)
                 finite &= jnp.all(jnp.isfinite(value_fn(candidate)))
         spent = oracle_evaluations(inner_state) - oracle_evaluations(state.inner_state)
         zeros = jax.tree.map(jnp.zeros_like, increment)
@@ -102,7 +102,7 @@ def _reject_nonfinite_steps(
             inner_state=optax.tree.where(finite, inner_state, state.inner_state),
         )
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]  # optax's TransformUpdateFn admits no own state type nor keyword-only extra arguments
 
 
 def guard_nonfinite(inner: optax.GradientTransformation, *, check_loss: bool = False) -> optax.GradientTransformationExtraArgs:
@@ -150,7 +150,8 @@ def guard_nonfinite(inner: optax.GradientTransformation, *, check_loss: bool = F
     if not isinstance(check_loss, (bool, np.bool_)):
         raise ValueError(f"guard_nonfinite: check_loss must be True or False, got {check_loss!r}.")
     inner = optax.with_extra_args_support(inner)
-    return optax.apply_if_finite(_reject_nonfinite_steps(inner, check_loss), max_consecutive_errors=_NEVER_GIVE_UP)
+    guarded = optax.apply_if_finite(_reject_nonfinite_steps(inner, check_loss), max_consecutive_errors=_NEVER_GIVE_UP)
+    return optax.with_extra_args_support(guarded)  # the same object: apply_if_finite forwards extra arguments
 
 
 def _check_transformation(inner: Any, wrapper: str, argument: str = "inner") -> None:

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -139,6 +140,7 @@ def check_oracle(
             extra_args.get("grad_fn"),
             full_params=extra_args.get("full_params"),
         )
+        assert oracle is not None  # required (the default): resolve_oracle raises rather than return None
         reference = oracle(params)
         gap = optax.tree.norm(optax.tree.sub(updates, reference))
         scale = jnp.maximum(optax.tree.norm(updates), optax.tree.norm(reference))
@@ -154,7 +156,7 @@ def check_oracle(
             inner_state=inner_state,
         )
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]  # optax's TransformUpdateFn admits no state type of its own
 
 
 def _mismatch_message(difference: float, rtol: float, atol: float) -> str:
@@ -326,7 +328,7 @@ def lookahead(
 
     def update_fn(
         updates: optax.Updates, state: optax.LookaheadState, params: optax.LookaheadParams | None = None, **extra_args: Any
-    ) -> tuple[optax.LookaheadParams, optax.LookaheadState]:
+    ) -> tuple[optax.Updates, optax.OptState]:
         if not isinstance(params, optax.LookaheadParams):
             raise ValueError(
                 "flowopt.lookahead: update() needs params as optax.LookaheadParams (fast and slow parameters, "
@@ -334,4 +336,4 @@ def lookahead(
             )
         return with_arguments(extra_args).update(updates, state, params)
 
-    return optax.GradientTransformationExtraArgs(with_arguments({}).init, update_fn)
+    return optax.GradientTransformationExtraArgs(with_arguments({}).init, update_fn)  # pyright: ignore[reportArgumentType]  # optax's TransformUpdateFn admits no state or params type of its own

@@ -65,6 +65,7 @@ def step_times(learning_rate: optax.ScalarOrSchedule, num_steps: int) -> jax.Arr
                 f"{name}: the learning_rate schedule must return a real scalar per step, got "
                 f"{jnp.result_type(steps)}{list(jnp.shape(steps)[1:])} values."
             )
+        steps = jnp.asarray(steps)  # a real vector (checked above): the schedule's values as an array
         if not is_traced(steps):
             bad = np.flatnonzero(~(np.isfinite(np.asarray(steps, np.float64)) & (np.asarray(steps) >= 0)))
             if bad.size:
@@ -153,6 +154,7 @@ def _finite_per_step(stacked: Params) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("optimizer", "num_steps"))
 def _run(optimizer, value_fn, grad_fn, params0, *, num_steps):
     gradient = resolve_oracle("optimizer_trajectory", params0, value_fn, grad_fn)
+    assert gradient is not None  # required (the default): resolve_oracle raises rather than return None
     oracle = {"value_fn": value_fn} if grad_fn is None else {"grad_fn": grad_fn}
 
     def step(carry, _):

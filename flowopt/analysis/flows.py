@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -251,6 +252,7 @@ def _real_oracle(value_fn, grad_fn, params0):
     real gradient flow of ``f(x + iy)``.
     """
     oracle = resolve_oracle("gradient_flow", params0, value_fn, grad_fn)
+    assert oracle is not None  # required (the default): resolve_oracle raises rather than return None
     real0 = split_complex(params0)
     return (lambda p: split_complex(oracle(merge_complex(params0, p)))), real0
 

@@ -164,7 +164,7 @@ def _lanczos(matvec, dimension: int, num_iterations: int, key: jax.Array, dtype)
         raise ValueError(f"num_iterations and the dimension must be at least 1, got {num_iterations}, {dimension}.")
     eps = jnp.finfo(dtype).eps
 
-    def random_unit(index: jax.Array, basis: jax.Array) -> jax.Array:
+    def random_unit(index: int | jax.Array, basis: jax.Array) -> jax.Array:
         vector = jax.random.normal(jax.random.fold_in(key, index), (dimension,), dtype)
         for _ in range(2):
             vector = vector - basis.T @ (basis @ vector)
@@ -327,9 +327,9 @@ def spectrum_along(
     if not leaves:
         raise ValueError(f"spectrum_along: trajectory has no array leaves (got {trajectory!r:.80}).")
     lengths = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in leaves}
-    if len(lengths) != 1 or None in lengths:
+    length = next(iter(lengths)) if len(lengths) == 1 else None
+    if length is None:
         raise ValueError(f"spectrum_along: every leaf needs the same leading time axis, got lengths {lengths}.")
-    (length,) = lengths
     if length == 0:
         raise ValueError("spectrum_along: the trajectory has no points (its leading time axis has length 0).")
     pairs = []
@@ -392,7 +392,7 @@ def gd_error_bound(times: jax.Array, lambda_min: jax.Array, learning_rate: float
             f"{name}: times and lambda_min must be 1-D of equal length (at least 1), got shapes {times.shape} and "
             f"{lambda_min.shape}."
         )
-    learning_rate = check_real(name, "learning_rate", learning_rate, nonnegative=True)
+    rate = check_real(name, "learning_rate", learning_rate, nonnegative=True)
     for label, values in (("times", times), ("lambda_min", lambda_min)):
         if not is_traced(values) and not bool(jnp.all(jnp.isfinite(values))):
             index = int(jnp.argmin(jnp.isfinite(values)))
@@ -406,7 +406,7 @@ def gd_error_bound(times: jax.Array, lambda_min: jax.Array, learning_rate: float
     negative = jnp.maximum(-lambda_min, 0.0)
     pieces = 0.5 * (negative[1:] + negative[:-1]) * jnp.diff(times)
     integral = jnp.concatenate([jnp.zeros(1, pieces.dtype), jnp.cumsum(pieces)])
-    prefactor = learning_rate * (times - times[0])
+    prefactor = rate * (times - times[0])
     return ErrorBound(integral, jnp.where(prefactor == 0, 0.0, prefactor * jnp.exp(integral)))
 
 

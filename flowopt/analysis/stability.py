@@ -143,7 +143,7 @@ def _name(method: Method) -> str:
     return method if isinstance(method, str) else method.name
 
 
-def stability_function(tableau: ButcherTableau) -> Callable[[np.ndarray], np.ndarray]:
+def stability_function(tableau: ButcherTableau) -> Callable[[np.ndarray | complex], np.ndarray]:
     """``R(z) = 1 + z bᵀ(I - zA)⁻¹𝟙`` of an explicit tableau, vectorised over complex ``z``."""
     coefficients = stability_polynomial(tableau)
     return lambda z: np.polynomial.polynomial.polyval(_check_z("stability_function", z, scalar=False), coefficients)
@@ -225,16 +225,16 @@ def _multistep_crossings(method: LinearMultistep) -> np.ndarray:
     import scipy.optimize
 
     phi = np.linspace(0.0, np.pi, 4097)[1:]  # φ = 0 gives z = 0 by consistency
-    imaginary = _boundary_locus(method, phi).imag
+    imaginary = np.imag(_boundary_locus(method, phi))
     crossings = []
     for i in np.flatnonzero(np.sign(imaginary[:-1]) * np.sign(imaginary[1:]) <= 0):
         root = (
             phi[i]
             if imaginary[i] == 0
-            else scipy.optimize.brentq(lambda t: _boundary_locus(method, np.array(t)).imag, phi[i], phi[i + 1], xtol=1e-15)
+            else scipy.optimize.brentq(lambda t: np.imag(_boundary_locus(method, np.array(t))), phi[i], phi[i + 1], xtol=1e-15)
         )
-        crossings.append(-_boundary_locus(method, np.array(root)).real)
-    crossings.append(-_boundary_locus(method, np.array(np.pi)).real)  # ζ = -1, always real
+        crossings.append(-np.real(_boundary_locus(method, np.array(root))))
+    crossings.append(-np.real(_boundary_locus(method, np.array(np.pi))))  # ζ = -1, always real
     crossings = np.array(crossings)
     return crossings[np.isfinite(crossings)]
 

@@ -15,6 +15,7 @@ import numbers
 from typing import Any
 
 import jax
+import jax.core
 import numpy as np
 
 
@@ -110,9 +111,10 @@ def check_integer(name: str, value: Any, low: int, high: int | None = None) -> i
         expected = "a positive integer" if low == 1 else f"an integer of at least {low}"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be {expected}, got {value!r}.")
-    if value < low or (high is not None and value > high):
+    number = int(value)
+    if number < low or (high is not None and number > high):
         raise ValueError(f"{name} must be {expected}, got {value}.")
-    return int(value)
+    return number
 
 
 def check_unit_interval(name: str, value: Any) -> float | None:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -37,7 +38,9 @@ from flowopt.core.oracle import check_updates_match, resolve_oracle
 from flowopt.core.trees import tree_all_finite
 from flowopt.core.types import GradFn, Params
 
-StageFn = Callable[[GradFn | None, Params, Params, jax.Array, Any], tuple[Params, Any, jax.Array | int]]
+StageFn = Callable[[GradFn | None, Params, Params, jax.Array | None, Any], tuple[Params, Any, jax.Array | int]]
+"""``step(oracle, params, k1, h, stage_state)``: ``oracle`` is ``None`` only for an integrator that
+makes no oracle calls (``needs_oracle=False``), ``h`` only for one that chooses its own step."""
 
 
 class Integrator(NamedTuple):
@@ -262,18 +265,19 @@ def as_optimizer(
             increment, stage_state, calls = integrator.step(oracle, params, updates, None, state.stage_state)
             fault = jnp.zeros([], jnp.int32)
         else:
+            assert learning_rate is not None  # refused above for an integrator that takes the schedule's step
             h = checked_step_size(integrator.name, learning_rate, state.count)
             increment, stage_state, calls = integrator.step(oracle, params, updates, h, state.stage_state)
             increment, stage_state, _, fault = commit_step(h, increment, stage_state, state.stage_state)
         new_state = IntegratorState(
-            count=optax.safe_increment(state.count),
+            count=optax.safe_increment(state.count),  # pyright: ignore[reportArgumentType]  # optax types the result as ArrayLike; it is an array
             oracle_evals=state.oracle_evals + jnp.asarray(calls, jnp.int32),
             skipped=state.skipped + fault,
             stage_state=stage_state,
         )
         return increment, new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]  # optax's TransformUpdateFn admits no own state type nor keyword-only extra arguments
 
 
 def oracle_evaluations(opt_state: optax.OptState) -> jax.Array:

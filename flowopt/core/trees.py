@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +19,7 @@ def _is_number(weight: Any) -> bool:
     return isinstance(weight, (numbers.Number, np.number)) and not isinstance(weight, bool)
 
 
-def linear_combination(weights: Sequence[Any], trees: Sequence[Params | None], scale: Any = None) -> Params:
+def linear_combination(weights: Sequence[Any] | np.ndarray, trees: Sequence[Params | None], scale: Any = None) -> Params:
     """``scale · Σ_i weights[i] · trees[i]`` over pytrees of one structure (``scale`` omitted: 1).
 
     Weights may be numbers or traced scalars. A weight that is the number 0
@@ -28,10 +30,11 @@ def linear_combination(weights: Sequence[Any], trees: Sequence[Params | None], s
     terms = [(w, tree) for w, tree in zip(weights, trees) if not (_is_number(w) and float(w) == 0.0)]
 
     def combine(*leaves: jax.Array) -> jax.Array:
-        total = None
-        for (weight, _), leaf in zip(terms, leaves):
-            term = leaf if _is_number(weight) and float(weight) == 1.0 else jnp.asarray(weight, leaf.dtype) * leaf
-            total = term if total is None else total + term
+        scaled = [
+            leaf if _is_number(weight) and float(weight) == 1.0 else jnp.asarray(weight, leaf.dtype) * leaf
+            for (weight, _), leaf in zip(terms, leaves)
+        ]
+        total = functools.reduce(operator.add, scaled)
         return total if scale is None else jnp.asarray(scale, total.dtype) * total
 
     return jax.tree.map(combine, *[tree for _, tree in terms])

@@ -65,7 +65,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast, overload
 
 import jax
 import jax.numpy as jnp
@@ -79,7 +79,7 @@ from flowopt.rk.stages import oracle_calls, stage_slopes
 from flowopt.rk.tableau import ButcherTableau
 
 Coefficient = Callable[[jax.Array], jax.Array]
-CoefficientLike = Coefficient | float | None
+CoefficientLike = Coefficient | float | jax.Array | None
 
 
 class AdaptiveFlowState(NamedTuple):
@@ -134,7 +134,7 @@ def adam_flow_converges(b1: float, b2: float) -> bool:
     return bool(3.0 + b2 > 4.0 * b1)
 
 
-def adam_coefficient(beta: float, timescale: float) -> Coefficient:
+def adam_coefficient(beta: float, timescale: float | jax.Array) -> Coefficient:
     """Adam's coefficient ``g^A(t) = (1 - e^{-λ/α}) / (λ (1 - e^{-t/α}))`` with ``β = e^{-λ/α}``.
 
     That is ``(1 - β) / (λ (1 - β^{t/λ}))`` with ``λ = timescale``, evaluated with
@@ -159,7 +159,7 @@ def flow_integrator(
     eps: float,
     eps_root: float,
     integrator: ButcherTableau | None,
-    initial_time: float,
+    initial_time: float | jax.Array,
     initial_v: float,
     init_from_gradient: bool,
     scheduled: bool,
@@ -207,7 +207,8 @@ def flow_integrator(
             else jax.tree.map(lambda x: jnp.full(jnp.shape(x), initial_v, _real_dtype(x)), params),
         )
 
-    def step(oracle: GradFn | None, params: Params, k1: Params, h: jax.Array, state: AdaptiveFlowState):
+    def step(oracle: GradFn | None, params: Params, k1: Params, h: jax.Array | None, state: AdaptiveFlowState):
+        assert h is not None  # the step of the learning-rate schedule (as_optimizer passes it)
         s = jnp.asarray(h, state.t.dtype)
         first = state.taken == 0
         start = _Moments(params, state.m, state.v)
@@ -247,10 +248,10 @@ def _euler_eq3_step(
     """
     m, v = start.m, start.v
     if m is not None:
-        h, r = _evaluate(name, "h", coefficients.h, t), _evaluate(name, "r", coefficients.r, t)
+        h, r = _evaluate_pair(name, "hr", coefficients.h, coefficients.r, t)
         m = jax.tree.map(lambda m_, g: _cast(1 - s * r, m_) * m_ + _cast(s * h, g) * g, m, grads)
     if v is not None:
-        p, q = _evaluate(name, "p", coefficients.p, t), _evaluate(name, "q", coefficients.q, t)
+        p, q = _evaluate_pair(name, "pq", coefficients.p, coefficients.q, t)
         v = jax.tree.map(lambda v_, g: _cast(1 - s * q, v_) * v_ + _cast(s * p, v_) * _abs2(g), v, grads)
     if first is not None:
         m = None if m is None else jax.tree.map(lambda a, b: jnp.where(first, a, b), start.m, m)
@@ -273,6 +274,7 @@ def _runge_kutta_step(
     """One explicit Runge–Kutta step of the extended system ``(θ, m, v)`` from ``t`` to ``t + s``."""
 
     def field(time: jax.Array, stage: _Moments) -> _Moments:
+        assert oracle is not None  # only a stage beyond the first calls it, and a method with one is given an oracle
         return _vector_field(name, coefficients, epsilons, time, stage, oracle(stage.theta))
 
     first = _vector_field(name, coefficients, epsilons, t, start, grads)
@@ -289,10 +291,10 @@ def _vector_field(
     dtheta = jax.tree.map(jnp.negative, _velocity(epsilons, state.m, state.v, grads))
     dm = dv = None
     if state.m is not None:
-        h, r = _evaluate(name, "h", coefficients.h, t), _evaluate(name, "r", coefficients.r, t)
+        h, r = _evaluate_pair(name, "hr", coefficients.h, coefficients.r, t)
         dm = jax.tree.map(lambda m, g: _cast(h, g) * g - _cast(r, m) * m, state.m, grads)
     if state.v is not None:
-        p, q = _evaluate(name, "p", coefficients.p, t), _evaluate(name, "q", coefficients.q, t)
+        p, q = _evaluate_pair(name, "pq", coefficients.p, coefficients.q, t)
         dv = jax.tree.map(lambda v, g: _cast(p, v) * _abs2(g) - _cast(q, v) * v, state.v, grads)
     return _Moments(dtheta, dm, dv)
 
@@ -332,6 +334,14 @@ def _evaluate(name: str, label: str, coefficient: Coefficient, t: jax.Array) -> 
     return value.astype(t.dtype)
 
 
+def _evaluate_pair(
+    name: str, labels: str, first: Coefficient | None, second: Coefficient | None, t: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Both coefficients of a moment that is present (``h, r`` or ``p, q``) at time ``t``."""
+    assert first is not None and second is not None  # flow_integrator refuses a pair with one of the two missing
+    return _evaluate(name, labels[0], first, t), _evaluate(name, labels[1], second, t)
+
+
 def _as_coefficient(label: str, coefficient: CoefficientLike) -> Coefficient | None:
     """A callable of ``t`` (numbers become constants), checked to return a scalar."""
     if coefficient is None:
@@ -346,7 +356,7 @@ def _as_coefficient(label: str, coefficient: CoefficientLike) -> Coefficient | N
     return coefficient
 
 
-def _check_finite_at_start(name: str, coefficients: _Coefficients, initial_time: float) -> None:
+def _check_finite_at_start(name: str, coefficients: _Coefficients, initial_time: float | jax.Array) -> None:
     """A Runge–Kutta step evaluates the coefficients at ``t₀``: a pole there would give NaNs."""
     for label, coefficient in zip("hrpq", coefficients):
         if coefficient is None:
@@ -375,13 +385,15 @@ def reference_rate(method: str, learning_rate: optax.ScalarOrSchedule, reference
     the Euler scheme then equals the optax optimizer at that peak rate.
     """
     check_learning_rate(learning_rate, allow_zero=True)
-    if reference is None:
+    rate = reference
+    if rate is None:
         if callable(learning_rate):
             with jax.ensure_compile_time_eval():
                 values = jax.vmap(learning_rate)(jnp.arange(REFERENCE_HORIZON, dtype=jnp.int32))
                 # The schedule's own value at its peak step: a Python number (a constant schedule)
                 # keeps its precision, so the flow is the one the same float rate gives.
-                peak = learning_rate(jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf)))
+                # optax types a schedule's value as any ArrayLike, complex included; a learning rate is real.
+                peak = cast(float | jax.Array, learning_rate(jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))))
             if not is_concrete(peak) or not math.isfinite(float(peak)) or not float(peak) > 0:
                 raise ValueError(
                     f"{method}: the schedule has no positive finite value in its first {REFERENCE_HORIZON} steps "
@@ -394,11 +406,15 @@ def reference_rate(method: str, learning_rate: optax.ScalarOrSchedule, reference
                 "flow; pass reference_learning_rate (also under optax.inject_hyperparams with a warm-up "
                 "schedule starting at 0)."
             )
-        reference = learning_rate
-    value = check_positive("reference_learning_rate", reference)
-    return reference if value is None else value
+        rate = learning_rate
+    value = check_positive("reference_learning_rate", rate)
+    return rate if value is None else value
 
 
+@overload
+def sqrt_step(learning_rate: float | jax.Array) -> float | jax.Array: ...
+@overload
+def sqrt_step(learning_rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule: ...
 def sqrt_step(learning_rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
     """The flow step ``s = sqrt(learning_rate)`` of the second-order (momentum) flows."""
     check_learning_rate(learning_rate, allow_zero=True)
@@ -407,7 +423,7 @@ def sqrt_step(learning_rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
     return _sqrt(learning_rate)
 
 
-def _signed_sqrt(value: float | jax.Array) -> float | jax.Array:
+def _signed_sqrt(value: jax.typing.ArrayLike) -> float | jax.Array:
     """``sqrt(|value|)`` with the sign of ``value``, so that a negative rate is reported as a fault.
 
     A Python number (a constant schedule's value) is taken in double precision, as a float rate is.

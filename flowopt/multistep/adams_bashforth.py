@@ -74,14 +74,16 @@ def explicit_adams_bashforth(order: int, startup: str = "high_order") -> Integra
     def multistep(gradients, h, coefficients):
         return linear_combination([-h * b for b in coefficients], gradients), jnp.zeros([], jnp.int32)
 
-    def step(oracle: GradFn | None, params: Params, k1: Params, h: jax.Array, state: AdamsBashforthState):
+    def step(oracle: GradFn | None, params: Params, k1: Params, h: jax.Array | None, state: AdamsBashforthState):
+        assert h is not None  # the step of the learning-rate schedule (as_optimizer passes it)
         gradients = (k1,) + state.gradients
         if order == 1:
             increment, calls = multistep(gradients, h, table[0])
-        elif high_order_start:
+        elif starter is not None:  # a high-order start
+            start_step = starter.step
 
             def runge_kutta():
-                increment, _, calls = starter.step(oracle, params, k1, h, ())
+                increment, _, calls = start_step(oracle, params, k1, h, ())
                 return increment, jnp.asarray(calls, jnp.int32)
 
             increment, calls = jax.lax.cond(state.filled < order - 1, runge_kutta, lambda: multistep(gradients, h, table[-1]))

@@ -224,7 +224,9 @@ def implicit_bdf(
             ends.append(y)
         return linear_combination(weights, ends), curvature, residual, calls, finite
 
-    def step(oracle: GradFn, params: Params, k1: Params, h: jax.Array, state: BDFState):
+    def step(oracle: GradFn | None, params: Params, k1: Params, h: jax.Array | None, state: BDFState):
+        # as_optimizer passes the oracle (needs_oracle) and the step of the learning-rate schedule.
+        assert oracle is not None and h is not None
         points = (params,) + state.history
         starting = state.filled < order - 1
         if order == 1:

@@ -149,9 +149,20 @@ def check_embedded(tableau: ButcherTableau) -> None:
         )
 
 
+def embedded_weights(tableau: ButcherTableau) -> tuple[np.ndarray, np.ndarray]:
+    """The weights ``(b, b_error)`` of an embedded pair.
+
+    Raises:
+      ValueError: unless ``tableau`` is a :class:`ButcherTableau` with error weights.
+    """
+    check_embedded(tableau)
+    assert tableau.b_error is not None  # check_embedded refuses a tableau without error weights
+    return tableau.b, tableau.b_error
+
+
 def attempt_oracle_calls(tableau: ButcherTableau) -> int:
     """Oracle calls per attempt: every stage after the first (all feed the error estimate)."""
-    return oracle_calls(tableau, (tableau.b, tableau.b_error))
+    return oracle_calls(tableau, embedded_weights(tableau))
 
 
 def stage_stiffness(tableau: ButcherTableau, ks: list[Params | None]) -> jax.Array:
@@ -201,7 +212,7 @@ def adaptive_step(
     on a given time, pass ``state._replace(step_size=...)``). See the module
     docstring for the equations.
     """
-    check_embedded(tableau)
+    b, b_error = embedded_weights(tableau)
     if not isinstance(controller, PIController):
         raise ValueError(f"controller must be a flowopt.PIController, got {type(controller).__name__}.")
     if not callable(oracle):
@@ -216,9 +227,9 @@ def adaptive_step(
             f"{jax.tree.map(jnp.shape, k1)} for params {jax.tree.map(jnp.shape, params)}."
         )
     h = state.step_size
-    ks = gradient_stages(tableau, oracle, params, k1, h, (tableau.b, tableau.b_error))
-    increment = linear_combination(tableau.b, ks, -h)
-    error = linear_combination(tableau.b_error, ks, -h)
+    ks = gradient_stages(tableau, oracle, params, k1, h, (b, b_error))
+    increment = linear_combination(b, ks, -h)
+    error = linear_combination(b_error, ks, -h)
     candidate = jax.tree.map(jnp.add, params, increment)
     finite = tree_all_finite((increment, error, candidate))
     norm = scaled_error_norm(error, params, candidate, controller.rtol, controller.atol)
@@ -317,21 +328,27 @@ def adaptive_integrator(
             controller=controller.init(initial_step, dtype),
         )
 
-    def step(oracle: GradFn, params: Params, k1: Params, h: None, state: AdaptiveState):
-        del h  # the controller chooses
+    def step(oracle: GradFn | None, params: Params, k1: Params, h: jax.Array | None, state: AdaptiveState):
+        del h  # None: the controller chooses
+        assert oracle is not None  # needs_oracle: as_optimizer passes one
 
-        def attempt(carry: tuple[AdaptiveStep, jax.Array, jax.Array]) -> tuple[AdaptiveStep, jax.Array, jax.Array]:
-            previous, tries, nonfinite = carry
-            result = adaptive_step(tableau, controller, oracle, params, k1, previous.state)
+        def attempt(
+            controller_state: StepSizeState, tries: jax.Array, nonfinite: jax.Array
+        ) -> tuple[AdaptiveStep, jax.Array, jax.Array]:
+            result = adaptive_step(tableau, controller, oracle, params, k1, controller_state)
             return result._replace(last_gradient=None), tries + 1, nonfinite + (~result.finite).astype(jnp.int32)
+
+        def again(carry: tuple[AdaptiveStep, jax.Array, jax.Array]) -> tuple[AdaptiveStep, jax.Array, jax.Array]:
+            previous, tries, nonfinite = carry
+            return attempt(previous.state, tries, nonfinite)
 
         def retry(carry: tuple[AdaptiveStep, jax.Array, jax.Array]) -> jax.Array:
             result, tries, _ = carry
             return ~result.accepted & (tries < max_attempts)
 
         zero = jnp.zeros([], jnp.int32)
-        first = attempt((AdaptiveStep(None, state.controller, None, None, None, None, None, None), zero, zero))
-        result, tries, nonfinite = first if max_attempts == 1 else jax.lax.while_loop(retry, attempt, first)
+        first = attempt(state.controller, zero, zero)
+        result, tries, nonfinite = first if max_attempts == 1 else jax.lax.while_loop(retry, again, first)
         accepted = result.accepted.astype(jnp.int32)
         new_state = AdaptiveState(
             accepted=state.accepted + accepted,

@@ -40,7 +40,7 @@ def real_stability_interval(tableau: ButcherTableau) -> float:
     )
 
 
-def first_unstable(stable_at: Callable[[float], bool], crossings: np.ndarray) -> float:
+def first_unstable(stable_at: Callable[[float], bool | np.bool_], crossings: np.ndarray) -> float:
     """Walk the intervals between the points where stability can change; return the first loss."""
     points = np.concatenate([[0.0], np.unique(crossings[crossings > 1e-12])])
     for left, right in zip(points[:-1], points[1:]):
@@ -66,7 +66,7 @@ def runge_kutta_crossings(tableau: ButcherTableau) -> np.ndarray:
     return np.array(crossings)
 
 
-def polish(function: Callable[[float], float], root: float) -> float:
+def polish(function: Callable[[float], float | np.floating], root: float) -> float:
     """Newton refinement of a polynomial root, kept only if it improves the residual."""
     try:
         polished = scipy.optimize.newton(function, root, tol=1e-15, maxiter=20)

@@ -77,8 +77,16 @@ def gradient_stages(
     h: jax.Array,
     weights: Sequence[np.ndarray],
 ) -> list[Params | None]:
-    """The stage gradients ``k_i = ∇f(θ - h Σ_j a_ij k_j)`` of the gradient flow that ``weights`` need."""
-    return stage_slopes(tableau, lambda _, point: oracle(point), params, k1, -h, weights)
+    """The stage gradients ``k_i = ∇f(θ - h Σ_j a_ij k_j)`` of the gradient flow that ``weights`` need.
+
+    ``oracle`` may be ``None`` when ``weights`` need no stage beyond the first.
+    """
+
+    def gradient(_: Any, point: Params) -> Params:
+        assert oracle is not None  # only a stage beyond the first calls it, and a method with one is given an oracle
+        return oracle(point)
+
+    return stage_slopes(tableau, gradient, params, k1, -h, weights)
 
 
 def oracle_calls(tableau: ButcherTableau, weights: Sequence[np.ndarray]) -> int:
@@ -91,7 +99,8 @@ def explicit_runge_kutta(tableau: ButcherTableau) -> Integrator:
     weights = (tableau.b,)
     calls = oracle_calls(tableau, weights)
 
-    def step(oracle: GradFn | None, params: Params, k1: Params, h: jax.Array, state: tuple):
+    def step(oracle: GradFn | None, params: Params, k1: Params, h: jax.Array | None, state: tuple):
+        assert h is not None  # the step of the learning-rate schedule (as_optimizer passes it)
         ks = gradient_stages(tableau, oracle, params, k1, h, weights)
         return linear_combination(tableau.b, ks, -h), state, calls
 

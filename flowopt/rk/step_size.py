@@ -128,8 +128,10 @@ class PIController:
         if isinstance(error_order, (bool, np.bool_)) or not isinstance(error_order, (int, np.integer)) or error_order < 1:
             raise ValueError(f"error_order must be a positive integer (q = embedded order + 1), got {error_order!r}.")
         h = state.step_size
-        checked = stiffness is not None and self.stability_limit is not None
-        within = (scaled_error < 1) & (stiffness <= self.stability_limit) if checked else scaled_error < 1
+        limit = self.stability_limit  # the stability check runs when it is set and the stiffness is measured
+        within = scaled_error < 1
+        if stiffness is not None and limit is not None:
+            within = within & (stiffness <= limit)
         accepted = finite & (within | state.at_dtmin)
         inv_error = (1 / scaled_error).astype(h.dtype)
         factor = self.safety * inv_error ** ((self.pcoeff + self.icoeff) / error_order)
@@ -140,10 +142,10 @@ class PIController:
             jnp.where(accepted, 1.0, self.factormin).astype(h.dtype),
             jnp.where(accepted, self.factormax, self.safety).astype(h.dtype),
         )
-        if checked:
+        if stiffness is not None and limit is not None:
             # σ scales with h: h·limit/σ is where the estimate puts the limit (none for a non-finite attempt).
             sigma = jnp.where(finite, stiffness, 0).astype(h.dtype)
-            factor = jnp.maximum(jnp.minimum(factor, self.safety * self.stability_limit / sigma), self.factormin)
+            factor = jnp.maximum(jnp.minimum(factor, self.safety * limit / sigma), self.factormin)
         if not is_zero(self.smoothing):
             factor = jnp.where(accepted, factor ** (1 - self.smoothing), factor)
         h_next = h * factor
@@ -164,6 +166,7 @@ class PIController:
 
 def error_order(tableau: ButcherTableau) -> int:
     """``q = p̂ + 1``: the local order of the error estimate of the pair."""
+    assert tableau.embedded_order is not None  # an embedded pair: its callers check_embedded first
     return int(tableau.embedded_order) + 1
 
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.core
 import numpy as np
 
 from flowopt.core.checks import check_integer
@@ -34,6 +35,12 @@ The number of rooted trees grows about 2.96 times per order (order 20 alone
 has 12,826,228), so higher orders are refused before any tree is enumerated.
 The highest order of a published explicit Runge–Kutta method is 14 (Feagin).
 """
+
+Vector = Sequence[float] | np.ndarray
+"""What a tableau accepts for ``b``, ``c`` and ``b_error``: a sequence of real numbers or an array."""
+
+Matrix = Sequence[Sequence[float]] | np.ndarray
+"""What a tableau accepts for ``a``: rows of real numbers or an ``(s, s)`` array."""
 
 # A rooted tree is the sorted tuple of its children's subtrees; () is the single vertex.
 Tree = tuple
@@ -172,7 +179,7 @@ def _first_failure(a: np.ndarray, b: np.ndarray, order: int, label: str = "b") -
     return None
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, init=False)
 class ButcherTableau:
     """An explicit Runge–Kutta tableau, optionally with embedded error weights.
 
@@ -203,7 +210,24 @@ class ButcherTableau:
     embedded_order: int | None = None
     name: str = "custom"
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        a: Matrix,
+        b: Vector,
+        c: Vector,
+        order: int,
+        b_error: Vector | None = None,
+        embedded_order: int | None = None,
+        name: str = "custom",
+    ):
+        # The entries are taken as given and converted to read-only float64 arrays by the checks below.
+        for field, value in zip(
+            ("a", "b", "c", "order", "b_error", "embedded_order", "name"), (a, b, c, order, b_error, embedded_order, name)
+        ):
+            object.__setattr__(self, field, value)
+        self._validate()
+
+    def _validate(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"tableau name must be a non-empty string, got {self.name!r}.")
         where = f"tableau {self.name}: "
@@ -228,6 +252,7 @@ class ButcherTableau:
                 f"{where}order {order} exceeds MAX_ORDER = {MAX_ORDER}: its order conditions run over "
                 f"{_tree_count_estimate(order)} rooted trees of order {order} alone, too many to check."
             )
+        embedded_order = None
         if b_error is None:
             if self.embedded_order is not None:
                 raise ValueError(f"{where}embedded_order given without b_error.")
@@ -249,8 +274,8 @@ class ButcherTableau:
             _check_error_weights(a, b_error, where)
         _check_reachable(a, b, order, where)
         check_order(a, b, order)
-        if b_error is not None:
-            check_order(a, b - b_error, int(self.embedded_order), label="b̂")
+        if b_error is not None and embedded_order is not None:  # embedded_order is checked above whenever b_error is given
+            check_order(a, b - b_error, embedded_order, label="b̂")
 
     @property
     def num_stages(self) -> int:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -44,7 +45,7 @@ class CheckpointError(ValueError):
 
 
 def _is_key(x: Any) -> bool:
-    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _to_storable(tree: Any) -> Any:
@@ -294,7 +295,9 @@ class Checkpointer:
             raise ValueError("its JSON record fails its checksum")
         actual = array_checksums(restored["state"])
         if actual != arrays:
-            bad = [a[0] for a, b in zip(actual, arrays) if a != b] if len(actual) == len(arrays) else ["structure"]
+            bad = ["structure"]
+            if isinstance(arrays, list) and len(actual) == len(arrays):
+                bad = [a[0] for a, b in zip(actual, arrays) if a != b]
             raise ValueError(f"array data fails its checksum ({', '.join(bad)})")
         return _from_storable(restored["state"], like), dict(record)
 

@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``flowopt-train``."""
     parser = OneLineParser(
         prog="flowopt-train",
-        description=__doc__.split("\n\n")[0],
+        description=(__doc__ or "").split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML or JSON file of TrainConfig fields")

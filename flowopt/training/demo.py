@@ -32,7 +32,7 @@ from flowopt.training.optimizers import gradients_per_step, make_optimizer
 
 _COMPARED = {"SGD (Euler)": "sgd", "Heun": "heun", "RK4": "rk4"}  # column label: optimizer name
 
-METHODS: dict[str, tuple[Callable[[float], optax.GradientTransformation], int]] = {
+METHODS: dict[str, tuple[Callable[[float], optax.GradientTransformationExtraArgs], int]] = {
     label: (functools.partial(make_optimizer, name), gradients_per_step(name)) for label, name in _COMPARED.items()
 }
 """Each column's ``(learning_rate -> optimizer, gradient evaluations per step)``, from :mod:`flowopt.registry`."""

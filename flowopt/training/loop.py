@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -59,6 +59,8 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int | None) -> floa
     """The step size (or optax schedule) named by ``config.schedule``."""
     if config.schedule == "constant":
         return config.learning_rate
+    if total_steps is None:  # TrainConfig refuses a decaying schedule without epochs or steps
+        raise ConfigError("schedule", f"The {config.schedule} schedule needs a length: set epochs or steps.")
     if config.schedule == "cosine":
         return optax.cosine_decay_schedule(config.learning_rate, total_steps)
     return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps, total_steps)
@@ -132,7 +134,7 @@ class Setup:
         }
 
 
-def build(config: TrainConfig, dataset: Dataset | None = None, tx: optax.GradientTransformation | None = None) -> Setup:
+def build(config: TrainConfig, dataset: Dataset | None = None, tx: optax.GradientTransformationExtraArgs | None = None) -> Setup:
     """Load the data (unless given), build the optimizer (unless given), the model, the jitted steps and the state.
 
     Raises:
@@ -181,7 +183,7 @@ def train(
     output_dir: str | os.PathLike | None = None,
     *,
     dataset: Dataset | None = None,
-    tx: optax.GradientTransformation | None = None,
+    tx: optax.GradientTransformationExtraArgs | None = None,
     overwrite: bool = False,
 ) -> RunResult:
     """Train ``config.model`` on ``config.dataset`` until the first budget is reached.
@@ -336,7 +338,7 @@ class _Training:
         """Keep a step's result and count it, unless its loss is not finite or the optimizer skipped it."""
         config = self.config
         loss, correct, skipped, new_evals = jax.device_get((metrics.loss, metrics.correct, metrics.skipped, new_state.grad_evals))
-        if self.by_evals and self.evals == 0 and int(new_evals) > config.grad_evals:
+        if config.grad_evals is not None and self.evals == 0 and int(new_evals) > config.grad_evals:
             raise ConfigError(
                 "grad_evals",
                 (
@@ -399,7 +401,8 @@ class _Training:
             row["full_train_loss"], row["full_train_accuracy"] = evaluate_split(setup.eval_step, self.state, self.train_split)
         schedule = setup.schedule
         if schedule is not None:
-            row["learning_rate"] = float(schedule(step - 1)) if callable(schedule) else schedule
+            # optax types a schedule's value as any ArrayLike, complex included; a learning rate is real.
+            row["learning_rate"] = float(cast(float | jax.Array, schedule(step - 1))) if callable(schedule) else schedule
         row["partial"] = not epoch_end
         row["time_s"] = self._elapsed()
         self.log.write(row)
@@ -434,7 +437,7 @@ class _Training:
             kept = self.checkpointer.latest_step() if self.checkpointer is not None else None
             message = f"Training diverged: {divergence} (epoch {self.progress.epoch + 1}). " + (
                 f"The last good checkpoint (step {kept}) is kept in {self.out / 'checkpoints'}."
-                if kept is not None
+                if kept is not None and self.out is not None  # checkpoints are written into an output directory only
                 else "No checkpoint was written."
             )
             logger.error(message)

@@ -90,8 +90,8 @@ class MetricsLog:
             return
         keep = b""
         if rows is not None or resume_step is not None:
-            keep = self._kept(rows, sha256, resume_step)
-        if self._writes():
+            keep = self._kept(self.path, rows, sha256, resume_step)
+        if self._output() is not None:
             try:
                 old = self.path.read_bytes() if self.path.exists() else None
             except OSError as error:
@@ -104,34 +104,34 @@ class MetricsLog:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(self.path, keep)
 
-    def _kept(self, rows: int | None, sha256: str | None, resume_step: int | None) -> bytes:
+    def _kept(self, path: Path, rows: int | None, sha256: str | None, resume_step: int | None) -> bytes:
         """The bytes of the rows to keep; fills ``self.rows`` and the running digest."""
         try:
-            data = self.path.read_bytes() if self.path.exists() else b""
+            data = path.read_bytes() if path.exists() else b""
         except OSError as error:
-            raise MetricsError(f"Cannot read {self.path}: {error.strerror or error}.") from error
+            raise MetricsError(f"Cannot read {path}: {error.strerror or error}.") from error
         lines = data.split(b"\n")
         complete, tail = lines[:-1], lines[-1]  # tail: a line without its newline (a killed write)
         if rows is not None:
             if len(complete) < rows:
                 raise MetricsError(
-                    f"{self.path} holds {len(complete)} complete row(s) but the checkpoint recorded {rows}; "
+                    f"{path} holds {len(complete)} complete row(s) but the checkpoint recorded {rows}; "
                     "restore the file, or start the run afresh (overwrite)."
                 )
             kept = b"".join(line + b"\n" for line in complete[:rows])
             if sha256 is not None and hashlib.sha256(kept).hexdigest() != sha256:
                 raise MetricsError(
-                    f"The first {rows} row(s) of {self.path} differ from those recorded with the checkpoint; "
+                    f"The first {rows} row(s) of {path} differ from those recorded with the checkpoint; "
                     "restore the file, or start the run afresh (overwrite)."
                 )
-            self.rows = [_parse(self.path, i + 1, line) for i, line in enumerate(complete[:rows])]
+            self.rows = [_parse(path, i + 1, line) for i, line in enumerate(complete[:rows])]
         else:
-            parsed = [_parse(self.path, i + 1, line) for i, line in enumerate(complete)]
+            parsed = [_parse(path, i + 1, line) for i, line in enumerate(complete)]
             if tail:
                 try:
-                    _parse(self.path, len(complete) + 1, tail)
+                    _parse(path, len(complete) + 1, tail)
                 except MetricsError:
-                    logger.warning("Dropped the half-written last line of %s.", self.path)
+                    logger.warning("Dropped the half-written last line of %s.", path)
             kept_lines = [line for line, row in zip(complete, parsed) if row["step"] <= resume_step]
             self.rows = [row for row in parsed if row["step"] <= resume_step]
             kept = b"".join(line + b"\n" for line in kept_lines)
@@ -157,16 +157,16 @@ class MetricsLog:
             line = (json.dumps(row, allow_nan=False) + "\n").encode()
         except (TypeError, ValueError) as error:
             raise ValueError(f"The metrics row is not JSON-serialisable: {error}") from error
-        if self._writes():
-            self._append(line, row["step"])
+        if (output := self._output()) is not None:
+            self._append(output, line, row["step"])
         self.rows.append(row)
         self._hash.update(line)
 
-    def _append(self, line: bytes, step: int) -> None:
+    def _append(self, path: Path, line: bytes, step: int) -> None:
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as error:
-            raise MetricsError(f"Cannot write {self.path}: {error.strerror or error}.") from error
+            raise MetricsError(f"Cannot write {path}: {error.strerror or error}.") from error
         try:
             size = os.fstat(fd).st_size
             kill_point("metrics_write", step, lambda: (_append_bytes(fd, line[: len(line) // 2]), os.fsync(fd)))
@@ -180,11 +180,12 @@ class MetricsLog:
                 except OSError:
                     pass
                 raise MetricsError(
-                    f"Could not write a row to {self.path}: {error.strerror or error}; "
+                    f"Could not write a row to {path}: {error.strerror or error}; "
                     "the run stopped, and rerunning it resumes from its last checkpoint."
                 ) from error
         finally:
             os.close(fd)
 
-    def _writes(self) -> bool:
-        return self.path is not None and jax.process_index() == 0
+    def _output(self) -> Path | None:
+        """The file this process writes: the path, on the first process only; ``None`` otherwise."""
+        return self.path if self.path is not None and jax.process_index() == 0 else None

@@ -19,6 +19,7 @@ import inspect
 import json
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -422,13 +423,13 @@ def check_model_options(name: str, options: dict, input_shape: Sequence[int] | N
 
 
 @functools.lru_cache(maxsize=64)
-def _check_build(name: str, options: str | dict, input_shape: tuple[int, ...] | None, num_classes: int) -> None:
+def _check_build(name: str, options: str | dict[str, Any], input_shape: tuple[int, ...] | None, num_classes: int) -> None:
     """Build model ``name`` abstractly (and apply it to an abstract batch when ``input_shape`` is given)."""
-    options = json.loads(options) if isinstance(options, str) else options
+    parsed: dict[str, Any] = json.loads(options) if isinstance(options, str) else options
     shape = input_shape if input_shape is not None else (28, 28, 1)
 
     def build():
-        model = create_model(name, input_shape=shape, num_classes=num_classes, **options)
+        model = create_model(name, input_shape=shape, num_classes=num_classes, **parsed)
         if input_shape is not None:
             model.eval()
             return model(jnp.zeros((2, *shape), jnp.float32))
@@ -438,7 +439,7 @@ def _check_build(name: str, options: str | dict, input_shape: tuple[int, ...] | 
         jax.eval_shape(build)
     except (TypeError, ValueError, IndexError, ZeroDivisionError) as error:
         message = " ".join(str(error).split())
-        raise ValueError(f"Model {name!r} cannot be built with options {dict(options)}: {message}") from error
+        raise ValueError(f"Model {name!r} cannot be built with options {dict(parsed)}: {message}") from error
 
 
 def task_loss(model: nnx.Module) -> str:
@@ -448,7 +449,8 @@ def task_loss(model: nnx.Module) -> str:
 
 def penalty(model: nnx.Module) -> jax.Array:
     """The model's regulariser (0 when it has none)."""
-    return model.penalty() if hasattr(model, "penalty") else jnp.zeros([])
+    regulariser = getattr(model, "penalty", None)
+    return regulariser() if regulariser is not None else jnp.zeros([])
 
 
 __all__ = [

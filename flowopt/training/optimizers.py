@@ -211,7 +211,7 @@ def _expected_kind(parameter: inspect.Parameter) -> str | None:
     return None
 
 
-def make_optimizer(name: str, learning_rate: LearningRate, **options: Any) -> optax.GradientTransformation:
+def make_optimizer(name: str, learning_rate: LearningRate, **options: Any) -> optax.GradientTransformationExtraArgs:
     """Build optimizer ``name`` with ``learning_rate`` (a float or optax schedule).
 
     Args:
@@ -233,7 +233,7 @@ def make_optimizer(name: str, learning_rate: LearningRate, **options: Any) -> op
         raise ValueError(f"Optimizer {name!r} rejected options {options}: {' '.join(str(error).split())}") from error
     if not isinstance(tx, optax.GradientTransformation):
         raise ValueError(f"flowopt.{name} is not an optimizer constructor (it returned {type(tx).__name__}).")
-    return tx
+    return optax.with_extra_args_support(tx)  # every registered constructor returns one already: tx itself
 
 
 def check_optimizer(name: str, learning_rate: LearningRate, **options: Any) -> None:

@@ -110,7 +110,7 @@ def _inputs(images: jax.Array, prep: Preprocess, key: jax.Array | None) -> jax.A
 
 def make_train_step(
     graphdef: nnx.GraphDef,
-    tx: optax.GradientTransformation,
+    tx: optax.GradientTransformationExtraArgs,
     prep: Preprocess,
     weight_decay: float,
     mesh: Mesh,
@@ -134,7 +134,7 @@ def make_train_step(
         new_state = RunState(
             step=state.step + 1,
             grad_evals=state.grad_evals + 1 + oracle_calls,
-            params=optax.apply_updates(state.params, updates),
+            params=optax.apply_updates(state.params, updates),  # pyright: ignore[reportArgumentType]  # optax types the result as ArrayTree, not params' own type
             model_state=at_params.state,
             opt_state=opt_state,
             rng=state.rng,

@@ -123,7 +123,8 @@ def _image_entries(path: Path) -> Iterator[tuple[tuple[str, str, str], bytes]]:
         with tarfile.open(path) as archive:
             for member in archive:
                 k = key(tuple(Path(member.name).parts))
-                if k is not None and member.isfile():
-                    yield k, archive.extractfile(member).read()
+                # extractfile gives None only for members that are not regular files.
+                if k is not None and member.isfile() and (file := archive.extractfile(member)) is not None:
+                    yield k, file.read()
     except (tarfile.TarError, EOFError, OSError) as error:
         raise DataIntegrityError(f"{path} is not a readable tar archive: {error}") from error

@@ -87,11 +87,13 @@ def _network_available(timeout: float = 3.0) -> bool:
 
 def load_tfds(name: str, spec: DatasetSpec, tfds_data_dir: str | os.PathLike | None) -> Dataset:
     try:
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # pyright: ignore[reportMissingImports]  # optional: not in the project's dependencies
     except ImportError:
         raise SourceSkipped(
             f"tensorflow-datasets is not installed; offline, {spec.label} comes from {spec.offline_source}"
         ) from None
+    if spec.tfds_name is None:
+        raise SourceSkipped(f"{spec.label} is not in tensorflow-datasets; offline, {spec.label} comes from {spec.offline_source}")
     root = Path(tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
     prepared = any((root / spec.tfds_name).glob("*/dataset_info.json"))
     if not prepared and not _network_available():
