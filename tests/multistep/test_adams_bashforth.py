@@ -8,11 +8,11 @@ import numpy as np
 import optax
 import pytest
 import scipy.linalg
-from linear_flow import integrate
 
 import flowopt
 from flowopt.multistep.adams_bashforth import explicit_adams_bashforth
 from flowopt.multistep.coefficients import ADAMS_BASHFORTH_COEFFICIENTS
+from tests.multistep.linear_flow import integrate
 
 EXPECTED_AB = {
     1: (F(1),),

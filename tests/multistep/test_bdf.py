@@ -8,12 +8,12 @@ import numpy as np
 import optax
 import pytest
 import scipy.linalg
-from linear_flow import integrate, random_quadratic
 
 import flowopt
 from flowopt.multistep.bdf import MAX_UNROLLED_INNER_STEPS, BDFState, implicit_bdf
 from flowopt.multistep.coefficients import BDF_COEFFICIENTS, extrapolation_weights
 from flowopt.rk.stages import explicit_runge_kutta
+from tests.multistep.linear_flow import integrate, random_quadratic
 
 # The table of Huang et al. / Hairer–Wanner, written out independently of the module.
 EXPECTED_BDF = {

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import types
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +22,7 @@ from flowopt import registry
 from flowopt.training import cli, data, loop, models, optimizers, parallel, step
 from flowopt.training import config as config_lib
 from flowopt.training.config import TrainConfig
+from tests import REPO_ROOT
 
 TINY = dict(
     model="mlp",
@@ -275,7 +275,7 @@ def test_config_validation_and_files(tmp_path):
     (tmp_path / "run.yaml").write_text("model: lenet5\nepochs: 3\nmodel_options: {image_size: 28}\n")
     (tmp_path / "run.json").write_text(json.dumps({"model": "lenet5", "epochs": 3, "model_options": {"image_size": 28}}))
     assert TrainConfig.from_file(tmp_path / "run.yaml") == TrainConfig.from_file(tmp_path / "run.json")
-    for path in sorted(Path(__file__).parents[1].glob("configs/train/*.yaml")):
+    for path in sorted(REPO_ROOT.glob("configs/train/*.yaml")):
         config = TrainConfig.from_file(path)
         assert config.model in models.MODELS and config.dataset in data.DATASET_NAMES, path
     assert config_lib.trajectory_mismatch(_config(steps=3).to_dict(), _config(steps=9)) == []

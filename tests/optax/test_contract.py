@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from problems import PROBLEMS, Problem, microbatches, mixed_tensors, parabola, squared_distance
 
 import flowopt
 from flowopt.registry import MODEL_PARAMS, OPTIMIZERS, OptimizerEntry, ParamsLayout
+from tests.problems import PROBLEMS, Problem, microbatches, mixed_tensors, parabola, squared_distance
 
 NAMES = tuple(OPTIMIZERS)
 CONVERGENCE_STEPS = 20_000

@@ -8,7 +8,6 @@ tutorial and on synthetic MNIST-shaped batches.
 
 import re
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -20,8 +19,9 @@ from flax import linen, nnx
 from flax.training import train_state
 
 import flowopt
+from tests import REPO_ROOT
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO_ROOT / "README.md"
 
 
 class CNN(nnx.Module):
@@ -286,7 +286,12 @@ _mean_output = lambda model, x: jnp.mean(model(x))
         (lambda m, x: m(x), "linear", {}, r"loss_fn must return a scalar loss, got shape \(4, 2\)"),
         (lambda m, x: (_mean_output(m, x), 1), "linear", {}, "loss_fn returned a tuple of length 2.*has_aux=True"),
         (_mean_output, "linear", {"has_aux": True}, r"with has_aux=True, loss_fn must return \(loss, aux\), got an array"),
-        (lambda m, x: jnp.sum(m(x) > 0), "linear", {}, "loss_fn must return a real floating-point loss, got the non-floating dtype int32"),
+        (
+            lambda m, x: jnp.sum(m(x) > 0),
+            "linear",
+            {},
+            "loss_fn must return a real floating-point loss, got the non-floating dtype int32",
+        ),
     ],
 )
 def test_nnx_step_oracle_names_bad_input(loss_fn, model, kwargs, message):
