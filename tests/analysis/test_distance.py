@@ -10,19 +10,16 @@ import pytest
 
 import flowopt
 from flowopt import analysis
-
-
-def _slope(etas, values):
-    return np.polyfit(np.log(etas), np.log(values), 1)[0]
+from tests.convergence import loglog_slope
+from tests.problems import random_quadratic
 
 
 def _smooth_problem():
     """A nonquadratic smooth loss on a dict pytree (float64)."""
-    rng = np.random.default_rng(0)
-    q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
-    h = jnp.asarray(q @ np.diag([0.2, 0.5, 1.0, 2.0, 3.0]) @ q.T)
+    h, x = random_quadratic([0.2, 0.5, 1.0, 2.0, 3.0])
+    h = jnp.asarray(h)
     loss = lambda p: 0.5 * p["x"] @ h @ p["x"] + 0.3 * jnp.sum(jnp.cos(p["x"])) + jnp.sum(jnp.log1p(p["y"] ** 2))
-    return loss, {"x": jnp.asarray(rng.normal(size=5)), "y": jnp.asarray([1.0, -0.5])}
+    return loss, {"x": jnp.asarray(x), "y": jnp.asarray([1.0, -0.5])}
 
 
 def test_step_times_for_constants_and_schedules():
@@ -75,28 +72,28 @@ def test_trajectory_distance_over_all_or_selected_parameters():
         analysis.trajectory_distance(zeros, jax.tree.map(lambda x: x[:2], other))
 
 
+@pytest.mark.usefixtures("x64")
 def test_gd_is_first_order_to_the_flow_and_second_order_to_the_modified_flow():
     etas = [0.1, 0.05, 0.025, 0.0125]
     horizon = 2.0
-    with jax.enable_x64(True):
-        loss, params0 = _smooth_problem()
-        fine = int(round(horizon / etas[-1]))
-        times = analysis.step_times(etas[-1], fine)
-        flow = analysis.gradient_flow(loss, params0, times)
-        to_flow, to_modified, worst = [], [], []
-        for eta in etas:
-            steps, stride = int(round(horizon / eta)), int(round(eta / etas[-1]))
-            iterates = analysis.optimizer_trajectory(optax.sgd(eta), loss, params0, steps)
-            # The modified flow depends on η; the compiled solver is reused across η (a Partial leaf).
-            modified = analysis.gradient_flow(analysis.modified_value_fn(loss, eta), params0, times)
-            distance = analysis.trajectory_distance(iterates, jax.tree.map(lambda x: x[::stride], flow.params))
-            distance_modified = analysis.trajectory_distance(iterates, jax.tree.map(lambda x: x[::stride], modified.params))
-            to_flow.append(float(distance[-1]))
-            to_modified.append(float(distance_modified[-1]))
-            worst.append(float(distance_modified.max()))
-    assert _slope(etas, to_flow) == pytest.approx(1.0, abs=0.1), to_flow
-    assert _slope(etas, to_modified) == pytest.approx(2.0, abs=0.2), to_modified
-    assert _slope(etas, worst) == pytest.approx(2.0, abs=0.2), worst
+    loss, params0 = _smooth_problem()
+    fine = int(round(horizon / etas[-1]))
+    times = analysis.step_times(etas[-1], fine)
+    flow = analysis.gradient_flow(loss, params0, times)
+    to_flow, to_modified, worst = [], [], []
+    for eta in etas:
+        steps, stride = int(round(horizon / eta)), int(round(eta / etas[-1]))
+        iterates = analysis.optimizer_trajectory(optax.sgd(eta), loss, params0, steps)
+        # The modified flow depends on η; the compiled solver is reused across η (a Partial leaf).
+        modified = analysis.gradient_flow(analysis.modified_value_fn(loss, eta), params0, times)
+        distance = analysis.trajectory_distance(iterates, jax.tree.map(lambda x: x[::stride], flow.params))
+        distance_modified = analysis.trajectory_distance(iterates, jax.tree.map(lambda x: x[::stride], modified.params))
+        to_flow.append(float(distance[-1]))
+        to_modified.append(float(distance_modified[-1]))
+        worst.append(float(distance_modified.max()))
+    assert loglog_slope(etas, to_flow) == pytest.approx(1.0, abs=0.1), to_flow
+    assert loglog_slope(etas, to_modified) == pytest.approx(2.0, abs=0.2), to_modified
+    assert loglog_slope(etas, worst) == pytest.approx(2.0, abs=0.2), worst
     assert all(m < 0.2 * f for m, f in zip(to_modified, to_flow))
 
 
@@ -123,27 +120,27 @@ def _relu_problem():
     return loss, params0
 
 
+@pytest.mark.usefixtures("x64")
 def test_relu_net_distance_and_bound_side_by_side(tmp_path):
     etas = [0.2, 0.1, 0.05]
     horizon, stride_bound = 4.0, 8  # the spectrum every 8 fine steps (every 0.4)
-    with jax.enable_x64(True):
-        loss, params0 = _relu_problem()
-        fine = int(round(horizon / etas[-1]))
-        times = analysis.step_times(etas[-1], fine)
-        flow = analysis.gradient_flow(loss, params0, times, rtol=1e-9, atol=1e-11)
-        coarse_times = times[::stride_bound]
-        spectrum = analysis.spectrum_along(loss, jax.tree.map(lambda x: x[::stride_bound], flow.params), num_iterations=51)
-        rows, at_horizon = [], []
-        for eta in etas:
-            steps, stride = int(round(horizon / eta)), int(round(eta / etas[-1]))
-            iterates = analysis.optimizer_trajectory(optax.sgd(eta), loss, params0, steps)
-            distance = analysis.trajectory_distance(iterates, jax.tree.map(lambda x: x[::stride], flow.params))
-            bound = analysis.gd_error_bound(coarse_times, spectrum.lambda_min, eta)
-            # Side by side at the times where both exist.
-            every = int(round(float(coarse_times[1] - coarse_times[0]) / eta))
-            for t, d, integral, b in zip(coarse_times, distance[::every], bound.negative_curvature, bound.bound):
-                rows.append({"eta": eta, "t": float(t), "distance": float(d), "integral": float(integral), "bound": float(b)})
-            at_horizon.append((float(distance[-1]), float(bound.bound[-1])))
+    loss, params0 = _relu_problem()
+    fine = int(round(horizon / etas[-1]))
+    times = analysis.step_times(etas[-1], fine)
+    flow = analysis.gradient_flow(loss, params0, times, rtol=1e-9, atol=1e-11)
+    coarse_times = times[::stride_bound]
+    spectrum = analysis.spectrum_along(loss, jax.tree.map(lambda x: x[::stride_bound], flow.params), num_iterations=51)
+    rows, at_horizon = [], []
+    for eta in etas:
+        steps, stride = int(round(horizon / eta)), int(round(eta / etas[-1]))
+        iterates = analysis.optimizer_trajectory(optax.sgd(eta), loss, params0, steps)
+        distance = analysis.trajectory_distance(iterates, jax.tree.map(lambda x: x[::stride], flow.params))
+        bound = analysis.gd_error_bound(coarse_times, spectrum.lambda_min, eta)
+        # Side by side at the times where both exist.
+        every = int(round(float(coarse_times[1] - coarse_times[0]) / eta))
+        for t, d, integral, b in zip(coarse_times, distance[::every], bound.negative_curvature, bound.bound):
+            rows.append({"eta": eta, "t": float(t), "distance": float(d), "integral": float(integral), "bound": float(b)})
+        at_horizon.append((float(distance[-1]), float(bound.bound[-1])))
     path = tmp_path / "gf_gd_relu.csv"
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -152,7 +149,7 @@ def test_relu_net_distance_and_bound_side_by_side(tmp_path):
     assert len(list(csv.DictReader(path.open()))) == len(etas) * len(coarse_times)
 
     distances = [d for d, _ in at_horizon]
-    assert _slope(etas, distances) == pytest.approx(1.0, abs=0.2), distances
+    assert loglog_slope(etas, distances) == pytest.approx(1.0, abs=0.2), distances
     # The landscape along the flow is only slightly nonconvex: λ_min < 0 somewhere, but the
     # integral stays of order one, so exp(∫λ_min⁻) is a modest factor, not an exponential blow-up.
     lambda_min = np.asarray(spectrum.lambda_min)

@@ -8,6 +8,7 @@ import pytest
 import scipy.linalg
 
 from flowopt import analysis
+from tests.convergence import loglog_slope
 
 
 def _quadratic_problem():
@@ -32,20 +33,20 @@ def _max_error(solution_params, exact_params):
     return max(float(np.abs(np.asarray(solution_params[k]) - exact_params[k]).max()) for k in exact_params)
 
 
+@pytest.mark.usefixtures("x64")
 def test_adaptive_flow_matches_the_matrix_exponential_to_its_tolerance():
     times = np.linspace(0.0, 2.0, 11)
-    with jax.enable_x64(True):
-        loss, params0, exact = _quadratic_problem()
-        reference = exact(times)
-        errors = {}
-        for tol in (1e-6, 1e-9):
-            solution = analysis.gradient_flow(loss, params0, times, rtol=tol, atol=tol)
-            errors[tol] = _max_error(solution.params, reference)
-            # |θ| ≤ 3 here: the error scale atol + rtol|θ| is at most 4·tol.
-            assert errors[tol] <= 10 * 4 * tol, (tol, errors[tol])
-            assert bool(solution.successful) and int(solution.num_steps) >= len(times) - 1
-            np.testing.assert_array_equal(solution.times, times)
-        assert errors[1e-9] < errors[1e-6] / 100
+    loss, params0, exact = _quadratic_problem()
+    reference = exact(times)
+    errors = {}
+    for tol in (1e-6, 1e-9):
+        solution = analysis.gradient_flow(loss, params0, times, rtol=tol, atol=tol)
+        errors[tol] = _max_error(solution.params, reference)
+        # |θ| ≤ 3 here: the error scale atol + rtol|θ| is at most 4·tol.
+        assert errors[tol] <= 10 * 4 * tol, (tol, errors[tol])
+        assert bool(solution.successful) and int(solution.num_steps) >= len(times) - 1
+        np.testing.assert_array_equal(solution.times, times)
+    assert errors[1e-9] < errors[1e-6] / 100
 
 
 def test_oracle_evaluations_are_counted_at_run_time():
@@ -67,28 +68,28 @@ def test_oracle_evaluations_are_counted_at_run_time():
         assert len(calls) == 2 + per_attempt * int(solution.num_steps + solution.num_rejected)
 
 
+@pytest.mark.usefixtures("x64")
 def test_cheap_mode_is_gradient_descent_at_eta_over_r():
     eta, num_steps = 0.015, 40  # ηL = 1.5: stable for GD
-    with jax.enable_x64(True):
-        loss, params0, exact = _quadratic_problem()
-        times = analysis.step_times(eta, num_steps)
-        errors = []
-        for r in (4, 8, 16, 32):
-            cheap = analysis.gradient_flow(loss, params0, times, method="gd", substeps=r)
-            if r == 4:
-                iterates = analysis.optimizer_trajectory(optax.sgd(eta / r), loss, params0, num_steps * r)
-                every_rth = jax.tree.map(lambda x: x[::r], iterates)
-                for key in params0:
-                    np.testing.assert_allclose(cheap.params[key], every_rth[key], rtol=1e-12, atol=1e-14)
-                assert int(cheap.oracle_evals) == num_steps * r
-            errors.append(_max_error(cheap.params, exact(np.asarray(times))))
-        slope = np.polyfit(np.log([4, 8, 16, 32]), np.log(errors), 1)[0]
-        assert slope == pytest.approx(-1.0, abs=0.1), errors
-        rk4 = [
-            _max_error(analysis.gradient_flow(loss, params0, times, method="rk4", substeps=r).params, exact(np.asarray(times)))
-            for r in (4, 8, 16)
-        ]
-        assert np.polyfit(np.log([4, 8, 16]), np.log(rk4), 1)[0] == pytest.approx(-4.0, abs=0.3), rk4
+    loss, params0, exact = _quadratic_problem()
+    times = analysis.step_times(eta, num_steps)
+    errors = []
+    for r in (4, 8, 16, 32):
+        cheap = analysis.gradient_flow(loss, params0, times, method="gd", substeps=r)
+        if r == 4:
+            iterates = analysis.optimizer_trajectory(optax.sgd(eta / r), loss, params0, num_steps * r)
+            every_rth = jax.tree.map(lambda x: x[::r], iterates)
+            for key in params0:
+                np.testing.assert_allclose(cheap.params[key], every_rth[key], rtol=1e-12, atol=1e-14)
+            assert int(cheap.oracle_evals) == num_steps * r
+        errors.append(_max_error(cheap.params, exact(np.asarray(times))))
+    slope = loglog_slope([4, 8, 16, 32], errors)
+    assert slope == pytest.approx(-1.0, abs=0.1), errors
+    rk4 = [
+        _max_error(analysis.gradient_flow(loss, params0, times, method="rk4", substeps=r).params, exact(np.asarray(times)))
+        for r in (4, 8, 16)
+    ]
+    assert loglog_slope([4, 8, 16], rk4) == pytest.approx(-4.0, abs=0.3), rk4
 
 
 def test_usable_under_jit_and_in_float32():

@@ -1,25 +1,16 @@
 """The Adam-ODE study: the seed's figures, equal gradient-evaluation budgets, reproducible and resumable."""
 
-import csv
-
 import pytest
 
 from experiments.runner import Study, load_config, run_study
 from experiments.studies import adam_ode
 from experiments.studies.adam_ode import STUDY, budget, cost, plan
+from tests.experiments.helpers import read_rows, run_smoke
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    config = load_config("adam-ode", "smoke")
-    output = tmp_path_factory.mktemp("adam_ode_smoke")
-    results = run_study(STUDY, config, output, progress=False)
-    return config, output, results
-
-
-def _rows(path):
-    with path.open() as handle:
-        return list(csv.DictReader(handle))
+    return run_smoke(STUDY, "adam-ode", tmp_path_factory)
 
 
 def test_smoke_study_writes_tables_and_figures(smoke):
@@ -49,7 +40,7 @@ def test_figures_reproduce_the_seeds_claims(smoke):
 def test_views_spend_exact_gradient_budgets(smoke):
     config, output, _ = smoke
     g = budget(config)
-    rows = _rows(output / "results.csv")
+    rows = read_rows(output / "results.csv")
     assert {r["integrator"] for r in rows} == set(config["integrators"])
     for row in rows:
         assert row["complete"] == "True", row

@@ -1,6 +1,5 @@
 """The approximate-BDF study: honest gradient accounting, the stability claim on a quadratic, resumability."""
 
-import csv
 import json
 import shutil
 
@@ -8,30 +7,23 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.runner import load_config, run_study
+from experiments.runner import run_study
 from experiments.studies import bdf, bdf_stability
 from experiments.studies.bdf import STUDY, constructor, loss_curve, plan, rate_grid
+from tests.experiments.helpers import read_rows, run_smoke
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    config = load_config("bdf", "smoke")
-    output = tmp_path_factory.mktemp("bdf_smoke")
-    results = run_study(STUDY, config, output, progress=False)
-    return config, output, results
+    return run_smoke(STUDY, "bdf", tmp_path_factory)
 
 
-def _rows(path):
-    with path.open() as handle:
-        return list(csv.DictReader(handle))
-
-
+@pytest.mark.usefixtures("x64")
 def test_loss_curve_of_gradient_descent_matches_the_closed_form():
-    with jax.enable_x64(True):
-        problem = bdf_stability.quadratic(1e2, dim=6)
-        a = np.asarray(jax.hessian(problem.loss)(np.zeros(6)))
-        h = 0.5
-        evals, gaps = jax.device_get(loss_curve(problem, constructor("gd", 1), 1, 12)(h))
+    problem = bdf_stability.quadratic(1e2, dim=6)
+    a = np.asarray(jax.hessian(problem.loss)(np.zeros(6)))
+    h = 0.5
+    evals, gaps = jax.device_get(loss_curve(problem, constructor("gd", 1), 1, 12)(h))
     eigenvalues, basis = np.linalg.eigh(a)
     coords = basis.T @ problem.x0
     k = np.arange(1, 13)
@@ -41,10 +33,10 @@ def test_loss_curve_of_gradient_descent_matches_the_closed_form():
     np.testing.assert_allclose(gaps, expected, rtol=1e-10)
 
 
+@pytest.mark.usefixtures("x64")
 def test_loss_curve_counts_inner_steps_and_the_bdf_start_up():
-    with jax.enable_x64(True):
-        problem = bdf_stability.quadratic(1e2, dim=6)
-        evals, _ = jax.device_get(loss_curve(problem, constructor("bdf2", 2), 3, 30)(1.0))
+    problem = bdf_stability.quadratic(1e2, dim=6)
+    evals, _ = jax.device_get(loss_curve(problem, constructor("bdf2", 2), 3, 30)(1.0))
     # BDF-2 with K = 2: the start-up step is backward Euler extrapolated over 1 + 2 substeps
     # (3 proximal solves of at most 2 oracle calls), then 1 + 2 evaluations per step.
     assert evals[0] <= 1 + 3 * 2
@@ -58,7 +50,7 @@ def test_smoke_study_counts_gradient_evaluations_within_each_budget(smoke):
         assert (output / name).is_file()
     problem = config["mnist"][0]
     g = problem["train"]["grad_evals"]
-    runs = _rows(output / "mnist_runs.csv")
+    runs = read_rows(output / "mnist_runs.csv")
     assert len(runs) == len(problem["methods"]) * len(problem["rates"])
     for row in runs:
         cost = 1 if row["method"] == "gd" else 1 + config["inner_steps"]
@@ -95,5 +87,5 @@ def test_rerun_skips_finished_runs_and_redoes_a_lost_one_identically(smoke, tmp_
     study = STUDY._replace(execute=execute)
     run_study(study, config, copy, progress=False)
     assert executed == [lost]
-    assert _rows(copy / "mnist_runs.csv") == _rows(output / "mnist_runs.csv")
-    assert _rows(copy / "sensitivity.csv") == _rows(output / "sensitivity.csv")
+    assert read_rows(copy / "mnist_runs.csv") == read_rows(output / "mnist_runs.csv")
+    assert read_rows(copy / "sensitivity.csv") == read_rows(output / "sensitivity.csv")

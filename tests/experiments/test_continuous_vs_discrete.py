@@ -1,28 +1,18 @@
 """The continuous-vs-discrete study: GD's O(η) distance to the flow, reproducibility, mid-trajectory resume."""
 
-import csv
-
-import jax
 import numpy as np
 import pytest
 
-from experiments.runner import Study, load_config, run_study
+from experiments.runner import Study, run_study
 from experiments.studies import continuous_vs_discrete as cvd
 from flowopt.training import load_dataset
 from flowopt.training.checkpoint import Checkpointer
+from tests.experiments.helpers import read_rows, run_smoke
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    config = load_config("continuous-vs-discrete", "smoke")
-    output = tmp_path_factory.mktemp("cvd_smoke")
-    results = run_study(cvd.STUDY, config, output, progress=False)
-    return config, output, results
-
-
-def _rows(path):
-    with path.open() as handle:
-        return list(csv.DictReader(handle))
+    return run_smoke(cvd.STUDY, "continuous-vs-discrete", tmp_path_factory)
 
 
 def test_training_subset_is_every_stride_th_of_the_pool():
@@ -37,7 +27,7 @@ def test_smoke_study_writes_tables_and_figures(smoke):
     _, output, _ = smoke
     for name in ("summary.csv", "summary.md", "summary.json", "curves.csv", "spectrum.csv", "small_step.png", "large_step.png"):
         assert (output / name).is_file(), name
-    regimes = {row["regime"] for row in _rows(output / "summary.csv")}
+    regimes = {row["regime"] for row in read_rows(output / "summary.csv")}
     assert regimes == {"small_step", "large_step"}
 
 
@@ -79,23 +69,23 @@ def test_same_seed_gives_the_same_numbers_and_finished_runs_are_not_redone(smoke
     run_study(Study(cvd.STUDY.name, cvd.plan, refuse, cvd.summarize), config, output, progress=False)
 
 
+@pytest.mark.usefixtures("x64")
 def test_interrupted_trajectory_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     settings = {"model": "deep_linear", "seed": 0, "data": {"dataset": "synthetic_mnist", "pool": 200, "stride": 10}}
-    with jax.enable_x64(True):
-        problem = cvd.make_problem(settings)
-        whole = cvd.gradient_descent(problem, 0.01, 40, 4, tmp_path / "whole", checkpoint_seconds=1e9)
-        save = Checkpointer.save
+    problem = cvd.make_problem(settings)
+    whole = cvd.gradient_descent(problem, 0.01, 40, 4, tmp_path / "whole", checkpoint_seconds=1e9)
+    save = Checkpointer.save
 
-        def save_then_stop(self, step, state, progress):
-            save(self, step, state, progress)
-            if step == 5:
-                raise KeyboardInterrupt
+    def save_then_stop(self, step, state, progress):
+        save(self, step, state, progress)
+        if step == 5:
+            raise KeyboardInterrupt
 
-        monkeypatch.setattr(Checkpointer, "save", save_then_stop)
-        with pytest.raises(KeyboardInterrupt):
-            cvd.gradient_descent(problem, 0.01, 40, 4, tmp_path / "resumed", checkpoint_seconds=0.0)
-        monkeypatch.setattr(Checkpointer, "save", save)
-        resumed = cvd.gradient_descent(problem, 0.01, 40, 4, tmp_path / "resumed", checkpoint_seconds=1e9)
+    monkeypatch.setattr(Checkpointer, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        cvd.gradient_descent(problem, 0.01, 40, 4, tmp_path / "resumed", checkpoint_seconds=0.0)
+    monkeypatch.setattr(Checkpointer, "save", save)
+    resumed = cvd.gradient_descent(problem, 0.01, 40, 4, tmp_path / "resumed", checkpoint_seconds=1e9)
     np.testing.assert_array_equal(resumed.params, whole.params)
     np.testing.assert_array_equal(resumed.losses, whole.losses)
     assert (tmp_path / "resumed.npz").is_file() and not (tmp_path / "resumed").exists()

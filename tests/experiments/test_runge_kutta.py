@@ -1,6 +1,5 @@
 """The Runge–Kutta study: both views at exact gradient-evaluation budgets, reproducible, resumable."""
 
-import csv
 import shutil
 
 import pytest
@@ -8,19 +7,12 @@ import pytest
 from experiments.runner import load_config, run_study
 from experiments.studies import runge_kutta
 from experiments.studies.runge_kutta import STUDY, budget, plan, selections, steps_per_epoch
+from tests.experiments.helpers import read_rows, run_smoke
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    config = load_config("runge-kutta", "smoke")
-    output = tmp_path_factory.mktemp("runge_kutta_smoke")
-    results = run_study(STUDY, config, output, progress=False)
-    return config, output, results
-
-
-def _rows(path):
-    with path.open() as handle:
-        return list(csv.DictReader(handle))
+    return run_smoke(STUDY, "runge-kutta", tmp_path_factory)
 
 
 def test_plan_reads_constant_rate_budgets_off_the_epoch_runs_and_adds_runs_for_schedules():
@@ -45,7 +37,7 @@ def test_smoke_study_reports_both_views_at_their_exact_gradient_budgets(smoke):
     costs = {"sgd": 1, "heun": 2, "ralston": 2, "rk4": 4}
     for experiment in config["experiments"]:
         g = budget(experiment["train"])
-        rows = [r for r in _rows(output / "results.csv") if r["experiment"] == experiment["name"]]
+        rows = [r for r in read_rows(output / "results.csv") if r["experiment"] == experiment["name"]]
         assert {r["method"] for r in rows} == set(experiment["methods"])
         for row in rows:
             assert row["test_accuracy"], row
@@ -86,7 +78,7 @@ def test_rerun_skips_finished_runs_and_redoes_lost_work_identically(smoke, tmp_p
     study = STUDY._replace(execute=execute)
     run_study(study, config, copy, progress=False)
     assert sorted(executed) == sorted([lost, cut.name])
-    assert _rows(copy / "runs.csv") == _rows(output / "runs.csv")
+    assert read_rows(copy / "runs.csv") == read_rows(output / "runs.csv")
 
 
 def test_experiment_whose_data_is_unavailable_is_reported_as_not_run(smoke, tmp_path):

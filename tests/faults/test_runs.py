@@ -30,6 +30,7 @@ import pytest
 
 from flowopt.training import checkpoint, cli, data, loop, metrics, rundir
 from flowopt.training.config import TrainConfig
+from tests.training.runs import train_argv
 
 BASE = dict(
     model="logistic_regression",
@@ -68,15 +69,6 @@ STOPS = {
 
 class _Stopped(BaseException):
     pass
-
-
-def _tiny() -> data.Dataset:
-    return data.synthetic_dataset("synthetic_mnist", num_train=256, num_test=70, image_shape=(8, 8, 1))
-
-
-@pytest.fixture(scope="module")
-def tiny_data() -> data.Dataset:
-    return _tiny()
 
 
 @pytest.fixture(scope="module")
@@ -147,23 +139,7 @@ def _data_files(out: Path, step: int) -> list[Path]:
 
 def test_cli_checkpoint_every_dividing_the_epoch_finishes_and_a_rerun_adds_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    args = [
-        "--model",
-        "logistic_regression",
-        "--dataset",
-        "synthetic_mnist",
-        "--optimizer",
-        "sgd",
-        "--batch-size",
-        "256",
-        "--epochs",
-        "2",
-        "--checkpoint-every",
-        "8",
-        "--no-progress",
-        "--output",
-        str(out),
-    ]
+    args = train_argv(out, "--optimizer", "sgd", "--batch-size", "256", "--epochs", "2", "--checkpoint-every", "8")
     assert cli.main(args) == 0  # step 8 is both a --checkpoint-every step and an epoch end
     first = (out / "metrics.jsonl").read_bytes()
     assert _steps(out / "metrics.jsonl") == [8, 16] and _checkpoints(out) == [8, 16]
@@ -173,19 +149,7 @@ def test_cli_checkpoint_every_dividing_the_epoch_finishes_and_a_rerun_adds_nothi
 
 
 def test_a_budget_below_one_step_is_refused_naming_the_flag(tmp_path, capsys):
-    args = [
-        "--model",
-        "logistic_regression",
-        "--dataset",
-        "synthetic_mnist",
-        "--optimizer",
-        "rk4",
-        "--grad-evals",
-        "2",
-        "--no-progress",
-        "--output",
-        str(tmp_path / "run"),
-    ]
+    args = train_argv(tmp_path / "run", "--optimizer", "rk4", "--grad-evals", "2")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(args)
     err = capsys.readouterr().err.strip().splitlines()
@@ -201,21 +165,7 @@ def test_a_budget_below_one_step_is_refused_naming_the_flag(tmp_path, capsys):
 
 def test_a_smaller_budget_on_a_finished_run_changes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    args = [
-        "--model",
-        "logistic_regression",
-        "--dataset",
-        "synthetic_mnist",
-        "--optimizer",
-        "sgd",
-        "--batch-size",
-        "256",
-        "--epochs",
-        "2",
-        "--no-progress",
-        "--output",
-        str(out),
-    ]
+    args = train_argv(out, "--optimizer", "sgd", "--batch-size", "256", "--epochs", "2")
     assert cli.main(args) == 0
     before = _snapshot(out)
     assert cli.main(args[: args.index("2")] + ["1"] + args[args.index("2") + 1 :]) == 0
@@ -370,17 +320,7 @@ def test_no_good_checkpoint_is_one_clear_error(tmp_path, tiny_data, capsys):
     ):
         loop.train(config, tmp_path, dataset=tiny_data)
     assert _snapshot(tmp_path) == before
-    args = [
-        "--model",
-        "logistic_regression",
-        "--dataset",
-        "synthetic_mnist",
-        "--steps",
-        "4",
-        "--no-progress",
-        "--output",
-        str(tmp_path),
-    ]
+    args = train_argv(tmp_path, "--steps", "4")
     assert _cli_exit(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "argument --output" in err[0]
@@ -522,23 +462,7 @@ def test_reusing_a_directory_with_another_config_is_refused_unless_overwrite(tmp
         r"\['learning_rate'\]\).*overwrite",
     ):
         loop.train(other, out, dataset=tiny_data)
-    args = [
-        "--model",
-        "logistic_regression",
-        "--dataset",
-        "synthetic_mnist",
-        "--optimizer",
-        "sgd",
-        "--steps",
-        "3",
-        "--learning-rate",
-        "0.2",
-        "--batch-size",
-        "256",
-        "--no-progress",
-        "--output",
-        str(out),
-    ]
+    args = train_argv(out, "--optimizer", "sgd", "--steps", "3", "--learning-rate", "0.2", "--batch-size", "256")
     loop.train(TrainConfig(**dict(BASE, batch_size=256), steps=3), tmp_path / "cli", dataset=tiny_data)
     assert _cli_exit(args[:-1] + [str(tmp_path / "cli")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -605,19 +529,7 @@ def test_a_directory_in_use_is_refused_and_a_dead_holder_does_not_block(tmp_path
             rundir.RunDirectoryError, match=rf"{tmp_path} is in use by another run \(pid {holder.pid} on testhost\)"
         ):
             loop.train(config, tmp_path, dataset=tiny_data)
-        args = [
-            "--model",
-            "logistic_regression",
-            "--dataset",
-            "synthetic_mnist",
-            "--steps",
-            "3",
-            "--batch-size",
-            "256",
-            "--no-progress",
-            "--output",
-            str(tmp_path),
-        ]
+        args = train_argv(tmp_path, "--steps", "3", "--batch-size", "256")
         assert _cli_exit(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"pid {holder.pid}" in err[0]

@@ -448,11 +448,11 @@ def test_complex_parameters_follow_the_same_flow_as_the_real_pair(pair):
     assert float(z_state.time) == pytest.approx(float(x_state.time), rel=0.2)
 
 
+@pytest.mark.usefixtures("x64")
 def test_complex128_parameters_keep_float64_steps():
-    with jax.enable_x64(True):
-        tx = flowopt.adaptive_runge_kutta(**OPTIONS)
-        state = tx.init(jnp.array([1.0 + 1.0j], jnp.complex128))
-        assert state.controller.step_size.dtype == jnp.float64 and state.time.dtype == jnp.float64
+    tx = flowopt.adaptive_runge_kutta(**OPTIONS)
+    state = tx.init(jnp.array([1.0 + 1.0j], jnp.complex128))
+    assert state.controller.step_size.dtype == jnp.float64 and state.time.dtype == jnp.float64
 
 
 # --- the non-finite guard -----------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import scipy.integrate
 
 import flowopt
 from flowopt import tableaus
+from tests.convergence import loglog_slope
+from tests.problems import mlp_problem
 
 X0 = (0.5, -2.5)
 
@@ -26,26 +28,6 @@ def quartic_grad_np(theta):
     x, y = theta
     a, b = 4 * (x + y) ** 3, 2 * (x / 2 - y / 2) ** 3
     return np.array([a + b, a - b])
-
-
-def _mlp_problem(dtype, seed=0):
-    """A 4-8-1 tanh network regressing sin(Σx) on 32 points; the same float32 draws in any dtype."""
-    keys = jax.random.split(jax.random.key(seed), 3)
-    params = {
-        "w1": 0.5 * jax.random.normal(keys[0], (4, 8), jnp.float32),
-        "b1": jnp.zeros(8, jnp.float32),
-        "w2": 0.5 * jax.random.normal(keys[1], (8, 1), jnp.float32),
-        "b2": jnp.zeros(1, jnp.float32),
-    }
-    params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
-    x = jnp.asarray(jax.random.normal(keys[2], (32, 4), jnp.float32), dtype)
-    y = jnp.sin(x.sum(axis=1, keepdims=True))
-
-    def loss(p):
-        hidden = jnp.tanh(x @ p["w1"] + p["b1"])
-        return jnp.mean((hidden @ p["w2"] + p["b2"] - y) ** 2)
-
-    return params, loss
 
 
 def _trajectory(tx, params, loss, steps, **oracle):
@@ -73,7 +55,7 @@ def _relative_gap(path, reference):
 def _problem(name, dtype):
     if name == "quartic":
         return jnp.asarray(X0, dtype), quartic
-    return _mlp_problem(dtype)
+    return mlp_problem(sizes=(4, 8, 1), scale=0.5, target="sin", dtype=dtype)  # a 4-8-1 tanh network regressing sin(Σx)
 
 
 # (flowopt member, optax optimizer, learning rate per problem): the Euler trajectories coincide
@@ -123,32 +105,33 @@ CASES = [(member, problem) for member in MEMBERS for problem in MEMBERS[member][
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("member, problem", CASES)
-def test_euler_members_match_optax(member, problem, dtype):
+def test_euler_members_match_optax(member, problem, dtype, request):
     """1000 steps: relative gap below 1e-12 in float64 and 1e-6 in float32."""
+    if dtype == "float64":
+        request.getfixturevalue("x64")
     ours, theirs, learning_rates = MEMBERS[member]
     lr = learning_rates[problem]
-    with jax.enable_x64(dtype == "float64"):
-        params, loss = _problem(problem, jnp.dtype(dtype))
-        path, _ = _trajectory(ours(lr), params, loss, 1000)
-        reference, _ = _trajectory(theirs(lr), params, loss, 1000)
+    params, loss = _problem(problem, jnp.dtype(dtype))
+    path, _ = _trajectory(ours(lr), params, loss, 1000)
+    reference, _ = _trajectory(theirs(lr), params, loss, 1000)
     assert _relative_gap(path, reference) < (1e-12 if dtype == "float64" else 1e-6)
 
 
+@pytest.mark.usefixtures("x64")
 def test_momentum_flows_are_not_optax_nesterov_momentum():
     """optax.sgd(nesterov=True) adds a look-ahead gradient: neither momentum flow's Euler scheme is it."""
-    with jax.enable_x64(True):
-        params = jnp.asarray(X0)
-        heavy_ball, _ = _trajectory(flowopt.heavy_ball_flow(1e-3, momentum=0.9), params, quartic, 200)
-        nesterov, _ = _trajectory(flowopt.nesterov_flow(1e-3), params, quartic, 200)
-        look_ahead, _ = _trajectory(optax.sgd(1e-3, momentum=0.9, nesterov=True), params, quartic, 200)
+    params = jnp.asarray(X0)
+    heavy_ball, _ = _trajectory(flowopt.heavy_ball_flow(1e-3, momentum=0.9), params, quartic, 200)
+    nesterov, _ = _trajectory(flowopt.nesterov_flow(1e-3), params, quartic, 200)
+    look_ahead, _ = _trajectory(optax.sgd(1e-3, momentum=0.9, nesterov=True), params, quartic, 200)
     assert _relative_gap(heavy_ball, look_ahead) > 1e-3 and _relative_gap(nesterov, look_ahead) > 1e-3
 
 
+@pytest.mark.usefixtures("x64")
 def test_adam_eq4_start_gives_the_same_euler_steps():
-    with jax.enable_x64(True):
-        params = jnp.asarray(X0)
-        path, _ = _trajectory(flowopt.adam_flow(1e-2, init_from_gradient=True), params, quartic, 1000)
-        reference, _ = _trajectory(optax.adam(1e-2), params, quartic, 1000)
+    params = jnp.asarray(X0)
+    path, _ = _trajectory(flowopt.adam_flow(1e-2, init_from_gradient=True), params, quartic, 1000)
+    reference, _ = _trajectory(optax.adam(1e-2), params, quartic, 1000)
     assert _relative_gap(path, reference) < 1e-12
 
 
@@ -173,19 +156,19 @@ def test_adam_float32_with_default_betas_tracks_float64_adam(problem, lr):
     assert ours < (1e-6 if problem == "quartic" else theirs), (ours, theirs)
 
 
+@pytest.mark.usefixtures("x64")
 def test_schedules_follow_the_flow_and_constant_ones_match_optax():
-    with jax.enable_x64(True):
-        params = jnp.asarray(X0)
-        tx = flowopt.adam_flow(optax.constant_schedule(0.01), reference_learning_rate=0.01)
-        path, state = _trajectory(tx, params, quartic, 500)
-        reference, _ = _trajectory(optax.adam(0.01), params, quartic, 500)
-        assert _relative_gap(path, reference) < 1e-12
-        assert float(state.t) == pytest.approx(500 * 0.01, rel=1e-12)
-        tx = flowopt.heavy_ball_flow(optax.constant_schedule(1e-3), 0.9, reference_learning_rate=1e-3)
-        path, state = _trajectory(tx, params, quartic, 500)
-        reference, _ = _trajectory(optax.sgd(1e-3, momentum=0.9), params, quartic, 500)
-        assert _relative_gap(path, reference) < 1e-12
-        assert float(state.t) == pytest.approx(500 * math.sqrt(1e-3), rel=1e-12)  # the flow's step is sqrt(lr)
+    params = jnp.asarray(X0)
+    tx = flowopt.adam_flow(optax.constant_schedule(0.01), reference_learning_rate=0.01)
+    path, state = _trajectory(tx, params, quartic, 500)
+    reference, _ = _trajectory(optax.adam(0.01), params, quartic, 500)
+    assert _relative_gap(path, reference) < 1e-12
+    assert float(state.t) == pytest.approx(500 * 0.01, rel=1e-12)
+    tx = flowopt.heavy_ball_flow(optax.constant_schedule(1e-3), 0.9, reference_learning_rate=1e-3)
+    path, state = _trajectory(tx, params, quartic, 500)
+    reference, _ = _trajectory(optax.sgd(1e-3, momentum=0.9), params, quartic, 500)
+    assert _relative_gap(path, reference) < 1e-12
+    assert float(state.t) == pytest.approx(500 * math.sqrt(1e-3), rel=1e-12)  # the flow's step is sqrt(lr)
 
 
 def _adam_eq4_literal(lr, b1, b2, eps, steps):
@@ -204,10 +187,10 @@ def _adam_eq4_literal(lr, b1, b2, eps, steps):
     return np.array(path)
 
 
+@pytest.mark.usefixtures("x64")
 def test_adam_eq4_recursion_of_the_seed():
-    with jax.enable_x64(True):
-        tx = flowopt.adam_flow(0.02, b1=0.9, b2=0.99, eps=0.0, eps_root=1e-6, init_from_gradient=True)
-        path, state = _trajectory(tx, jnp.asarray(X0), quartic, 300)
+    tx = flowopt.adam_flow(0.02, b1=0.9, b2=0.99, eps=0.0, eps_root=1e-6, init_from_gradient=True)
+    path, state = _trajectory(tx, jnp.asarray(X0), quartic, 300)
     np.testing.assert_allclose(path, _adam_eq4_literal(0.02, 0.9, 0.99, 1e-6, 300), rtol=0, atol=1e-12)
     assert float(state.t) == pytest.approx(300 * 0.02)  # eq. 4 starts its clock at t₀ = λ
 
@@ -226,24 +209,24 @@ def _eq3_literal(h, r, p, q, s, eps, steps):
     return np.array(path)
 
 
+@pytest.mark.usefixtures("x64")
 def test_generic_eq3_recursion_of_the_seed():
     """Time-varying coefficients pin down the clock: optax's k-th call uses t_{k+1}."""
     h = lambda t: 1.0 + 0.5 * np.sin(t)  # noqa: E731
     r = lambda t: 2.0 / (1.0 + t)  # noqa: E731
     p = lambda t: 1.0 + t  # noqa: E731
     q = lambda t: 0.5 + np.cos(t) ** 2  # noqa: E731
-    with jax.enable_x64(True):
-        tx = flowopt.adaptive_flow(
-            lambda t: 1.0 + 0.5 * jnp.sin(t), r, p, lambda t: 0.5 + jnp.cos(t) ** 2, 0.05, eps=0.0, eps_root=1e-3
-        )
-        path, _ = _trajectory(tx, jnp.asarray(X0), quartic, 200)
+    tx = flowopt.adaptive_flow(
+        lambda t: 1.0 + 0.5 * jnp.sin(t), r, p, lambda t: 0.5 + jnp.cos(t) ** 2, 0.05, eps=0.0, eps_root=1e-3
+    )
+    path, _ = _trajectory(tx, jnp.asarray(X0), quartic, 200)
     np.testing.assert_allclose(path, _eq3_literal(h, r, p, q, 0.05, 1e-3, 200), rtol=0, atol=1e-12)
 
 
+@pytest.mark.usefixtures("x64")
 def test_nesterov_euler_is_heavy_ball_with_momentum_one_minus_r_over_k():
     lr, damping, steps = 1e-3, 3.0, 200
-    with jax.enable_x64(True):
-        path, _ = _trajectory(flowopt.nesterov_flow(lr, damping), jnp.asarray(X0), quartic, steps)
+    path, _ = _trajectory(flowopt.nesterov_flow(lr, damping), jnp.asarray(X0), quartic, steps)
     theta, trace = np.array(X0), np.zeros(2)
     for k in range(steps):
         trace = (1 - damping / (k + 1)) * trace + quartic_grad_np(theta)
@@ -281,10 +264,6 @@ def _reference_flow(coefficients, eps, t0, horizon, theta0, m0, v0):
     return solution.y[:2, -1]
 
 
-def _slope(step_sizes, errors):
-    return np.polyfit(np.log(step_sizes), np.log(errors), 1)[0]
-
-
 def _endpoints(build, start, horizon, steps, **oracle):
     """θ and t after n steps of ``build(horizon / n)`` on the quartic, for each n (one compilation)."""
 
@@ -307,36 +286,37 @@ ORDER_TABLEAUS = [tableaus.EULER, tableaus.HEUN, tableaus.RALSTON, tableaus.RK3,
 START = (0.3, -0.6)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("tableau", ORDER_TABLEAUS, ids=lambda t: t.name)
 def test_runge_kutta_order_generic_flow(tableau):
     t0, horizon, eps, v0 = 0.25, 1.0, 0.5, 0.2
     reference = _reference_flow(SMOOTH_NP, eps, t0, horizon, np.array(START), np.zeros(2), np.full(2, v0))
     steps = [8, 16, 32, 64]
-    with jax.enable_x64(True):
-        build = lambda s: flowopt.adaptive_flow(  # noqa: E731
-            **SMOOTH, learning_rate=s, eps=0.0, eps_root=eps, integrator=tableau, initial_time=t0, initial_v=v0
-        )
-        ends = _endpoints(build, jnp.asarray(START), horizon, steps, value_fn=quartic)
+    build = lambda s: flowopt.adaptive_flow(  # noqa: E731
+        **SMOOTH, learning_rate=s, eps=0.0, eps_root=eps, integrator=tableau, initial_time=t0, initial_v=v0
+    )
+    ends = _endpoints(build, jnp.asarray(START), horizon, steps, value_fn=quartic)
     errors = [np.linalg.norm(theta - reference) for theta, _ in ends]
     assert all(abs(float(t) - (t0 + horizon)) < 1e-12 for _, t in ends)
-    slope = _slope([horizon / n for n in steps], errors)
+    slope = loglog_slope([horizon / n for n in steps], errors)
     assert abs(slope - tableau.order) < 0.25, (slope, errors)
 
 
+@pytest.mark.usefixtures("x64")
 def test_seed_euler_scheme_is_first_order():
     """Eq. 3 converges to the same flow (m₀ = 0, v₀ = 0.2 at t₀) with order one."""
     t0, horizon, eps, v0 = 0.25, 1.0, 0.5, 0.2
     reference = _reference_flow(SMOOTH_NP, eps, t0, horizon, np.array(START), np.zeros(2), np.full(2, v0))
     steps = [16, 32, 64, 128]
-    with jax.enable_x64(True):
-        build = lambda s: flowopt.adaptive_flow(  # noqa: E731
-            **SMOOTH, learning_rate=s, eps=0.0, eps_root=eps, initial_time=t0, initial_v=v0
-        )
-        ends = _endpoints(build, jnp.asarray(START), horizon, steps)
+    build = lambda s: flowopt.adaptive_flow(  # noqa: E731
+        **SMOOTH, learning_rate=s, eps=0.0, eps_root=eps, initial_time=t0, initial_v=v0
+    )
+    ends = _endpoints(build, jnp.asarray(START), horizon, steps)
     errors = [np.linalg.norm(theta - reference) for theta, _ in ends]
-    assert abs(_slope([horizon / n for n in steps], errors) - 1.0) < 0.15, errors
+    assert abs(loglog_slope([horizon / n for n in steps], errors) - 1.0) < 0.15, errors
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("tableau", [tableaus.HEUN, tableaus.RK4], ids=lambda t: t.name)
 def test_runge_kutta_order_adam_flow(tableau):
     """Adam's flow with λ fixed (the ODE) and the step s refined, from the seed's eq. 4 start."""
@@ -346,14 +326,14 @@ def test_runge_kutta_order_adam_flow(tableau):
     grad0 = quartic_grad_np(np.array(START))
     reference = _reference_flow(dict(h=g1, r=g1, p=g2, q=g2), eps, lam, horizon, np.array(START), grad0, grad0**2)
     steps = [16, 32, 64, 128]
-    with jax.enable_x64(True):
-        build = lambda s: flowopt.adam_flow(s, b1, b2, 0.0, eps, integrator=tableau, reference_learning_rate=lam)  # noqa: E731
-        ends = _endpoints(build, jnp.asarray(START), horizon, steps, value_fn=quartic)
+    build = lambda s: flowopt.adam_flow(s, b1, b2, 0.0, eps, integrator=tableau, reference_learning_rate=lam)  # noqa: E731
+    ends = _endpoints(build, jnp.asarray(START), horizon, steps, value_fn=quartic)
     errors = [np.linalg.norm(theta - reference) for theta, _ in ends]
-    slope = _slope([horizon / n for n in steps], errors)
+    slope = loglog_slope([horizon / n for n in steps], errors)
     assert abs(slope - tableau.order) < 0.25, (slope, errors)
 
 
+@pytest.mark.usefixtures("x64")
 def test_heavy_ball_runge_kutta_solves_the_second_order_ode():
     """heavy_ball_flow(lr, β) integrates θ'' + γθ' + ∇f = 0, γ = (1-β)/sqrt(lr), θ'(0) = 0, t = k sqrt(lr)."""
     lr, momentum, n = 0.01, 0.9, 40
@@ -363,9 +343,8 @@ def test_heavy_ball_runge_kutta_solves_the_second_order_ode():
         return np.concatenate([y[2:], -gamma * y[2:] - quartic_grad_np(y[:2])])
 
     exact = scipy.integrate.solve_ivp(field, (0, n * s), np.array([*START, 0.0, 0.0]), method="DOP853", rtol=1e-13, atol=1e-13)
-    with jax.enable_x64(True):
-        tx = flowopt.heavy_ball_flow(lr, momentum, integrator=tableaus.RK4)
-        path, _ = _trajectory(tx, jnp.asarray(START), quartic, n, grad_fn=jax.grad(quartic))
+    tx = flowopt.heavy_ball_flow(lr, momentum, integrator=tableaus.RK4)
+    path, _ = _trajectory(tx, jnp.asarray(START), quartic, n, grad_fn=jax.grad(quartic))
     np.testing.assert_allclose(path[-1], exact.y[:2, -1], atol=1e-6)
 
 

@@ -1,15 +1,7 @@
-"""Shared test helpers: stage functions run on the linear flow of ``f(x) = ½ xᵀAx``."""
+"""Stage functions run on the linear flow of ``f(x) = ½ xᵀAx`` (``tests.problems.random_quadratic`` makes ``A``)."""
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-
-
-def random_quadratic(eigenvalues, seed=0):
-    """A symmetric matrix with the given eigenvalues in a random basis, and a random start."""
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.normal(size=(len(eigenvalues), len(eigenvalues))))
-    return q @ np.diag(eigenvalues) @ q.T, rng.normal(size=len(eigenvalues))
 
 
 def _integrate(integrator, a, x0, h, num_steps):

@@ -3,7 +3,6 @@
 from fractions import Fraction as F
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -12,7 +11,9 @@ import scipy.linalg
 import flowopt
 from flowopt.multistep.adams_bashforth import explicit_adams_bashforth
 from flowopt.multistep.coefficients import ADAMS_BASHFORTH_COEFFICIENTS
+from tests.convergence import loglog_slope
 from tests.multistep.linear_flow import integrate
+from tests.problems import mlp_problem, random_quadratic
 
 EXPECTED_AB = {
     1: (F(1),),
@@ -39,25 +40,23 @@ def test_order_conditions_hold_exactly(order):
 
 
 def _slope(integrator, steps=(16, 32, 64, 128)):
-    rng = np.random.default_rng(0)
-    q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
-    a = q @ np.diag([0.5, 1.0, 2.0, 3.0]) @ q.T
-    x0 = rng.normal(size=4)
+    a, x0 = random_quadratic([0.5, 1.0, 2.0, 3.0])
     exact = scipy.linalg.expm(-a) @ x0
     errors = []
-    with jax.enable_x64(True):
-        for n in steps:
-            x, _, _ = integrate(integrator, a, x0, 1.0 / n, n)
-            errors.append(np.linalg.norm(np.asarray(x) - exact))
-    return np.polyfit(np.log(1.0 / np.asarray(steps)), np.log(errors), 1)[0], errors
+    for n in steps:
+        x, _, _ = integrate(integrator, a, x0, 1.0 / n, n)
+        errors.append(np.linalg.norm(np.asarray(x) - exact))
+    return loglog_slope(1.0 / np.asarray(steps), errors), errors
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("order", range(1, 5))
 def test_order_of_accuracy_on_linear_flow(order):
     slope, errors = _slope(explicit_adams_bashforth(order))
     assert abs(slope - order) < 0.3, (slope, errors)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("order", [3, 4])
 def test_lower_order_startup_caps_the_order_at_two(order):
     slope, errors = _slope(explicit_adams_bashforth(order, startup="lower_order"))
@@ -87,17 +86,8 @@ def test_oracle_is_called_only_during_start_up(order):
     assert int(state.filled) == order - 1
 
 
-def _mlp_problem(seed=0):
-    keys = jax.random.split(jax.random.key(seed), 4)
-    params = {"w": 0.3 * jax.random.normal(keys[0], (5, 3)), "b": jnp.zeros(3)}
-    x = jax.random.normal(keys[2], (32, 5))
-    y = jax.random.randint(keys[3], (32,), 0, 3)
-    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(x @ p["w"] + p["b"], y).mean()
-    return params, loss
-
-
 def test_order_one_is_sgd_bit_for_bit_without_oracle():
-    params, loss = _mlp_problem()
+    params, loss = mlp_problem(sizes=(5, 3))
     results = []
     for tx in (flowopt.adams_bashforth(1, 0.3), optax.sgd(0.3)):
 
@@ -115,7 +105,7 @@ def test_order_one_is_sgd_bit_for_bit_without_oracle():
 
 
 def test_trains_in_jit_with_counts_and_a_schedule():
-    params, loss = _mlp_problem(1)
+    params, loss = mlp_problem(1, sizes=(5, 3))
     tx = flowopt.adams_bashforth(3, optax.exponential_decay(0.5, 100, 0.5))
 
     @jax.jit
@@ -135,7 +125,7 @@ def test_trains_in_jit_with_counts_and_a_schedule():
         updates, sgd_state = sgd.update(jax.grad(loss)(p), sgd_state)
         return optax.apply_updates(p, updates), sgd_state
 
-    reference = _mlp_problem(1)[0]
+    reference = mlp_problem(1, sizes=(5, 3))[0]
     reference, _ = jax.jit(lambda p: jax.lax.fori_loop(0, 100, sgd_step, (p, sgd.init(p))))(reference)
     assert loss(params) < 0.85 * initial
     np.testing.assert_allclose(float(loss(params)), float(loss(reference)), rtol=0.01)
@@ -144,7 +134,7 @@ def test_trains_in_jit_with_counts_and_a_schedule():
 
 
 def test_lower_order_startup_needs_no_oracle():
-    params, loss = _mlp_problem()
+    params, loss = mlp_problem(sizes=(5, 3))
     tx = flowopt.adams_bashforth(4, 0.1, startup="lower_order")
     state = tx.init(params)
     for _ in range(5):
@@ -154,7 +144,7 @@ def test_lower_order_startup_needs_no_oracle():
 
 
 def test_missing_oracle_raises():
-    params, loss = _mlp_problem()
+    params, loss = mlp_problem(sizes=(5, 3))
     tx = flowopt.adams_bashforth(2, 0.1)
     with pytest.raises(ValueError, match="needs an oracle"):
         tx.update(jax.grad(loss)(params), tx.init(params), params)

@@ -13,7 +13,9 @@ import flowopt
 from flowopt.multistep.bdf import MAX_UNROLLED_INNER_STEPS, BDFState, implicit_bdf
 from flowopt.multistep.coefficients import BDF_COEFFICIENTS, extrapolation_weights
 from flowopt.rk.stages import explicit_runge_kutta
-from tests.multistep.linear_flow import integrate, random_quadratic
+from tests.convergence import loglog_slope
+from tests.multistep.linear_flow import integrate
+from tests.problems import mlp_problem, random_quadratic
 
 # The table of Huang et al. / Hairer–Wanner, written out independently of the module.
 EXPECTED_BDF = {
@@ -73,43 +75,43 @@ def test_extrapolation_weights_and_their_stability(order):
 # --- one step against the exact implicit step ---------------------------------------------------
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("order", range(1, 7))
 @pytest.mark.parametrize("inner", ["default", "fixed", "tolerance"])
 def test_step_matches_linear_solve(order, inner):
     """With a full history, one step equals (I + βhA)⁻¹ z to 1e-8 in float64."""
-    with jax.enable_x64(True):
-        a, x = random_quadratic([0.5, 1.0, 2.0, 3.0, 5.0])
-        rng = np.random.default_rng(order)
-        history = tuple(x + 0.1 * rng.normal(size=x.shape) for _ in range(order - 1))
-        coefficients, beta = BDF_COEFFICIENTS[order]
-        h = 0.2
-        beta_h = float(beta) * h
-        options = {
-            "default": dict(inner_steps=40),
-            "fixed": dict(inner_steps=40, inner_learning_rate=1.0 / (5.0 + 1.0 / beta_h)),
-            "tolerance": dict(inner_steps=200, inner_tolerance=1e-12),
-        }[inner]
-        integrator = implicit_bdf(order, **options)
-        state = BDFState(
-            history=tuple(jnp.asarray(p) for p in history),
-            filled=jnp.asarray(order - 1, jnp.int32),
-            curvature=jnp.zeros([]),
-            inner_residual=jnp.zeros([]),
-        )
-        a_jax = jnp.asarray(a)
-        increment, new_state, calls = jax.jit(integrator.step, static_argnums=0)(
-            lambda p: a_jax @ p, jnp.asarray(x), a_jax @ jnp.asarray(x), h, state
-        )
-        z = -sum(float(c) * p for c, p in zip(coefficients, (x,) + history))
-        exact = np.linalg.solve(np.eye(len(x)) + beta_h * a, z)
-        np.testing.assert_allclose(np.asarray(x + increment), exact, rtol=0, atol=1e-8)
-        if inner == "tolerance":
-            assert 0 < int(calls) < 200  # stopped early: the count is dynamic
-            assert float(new_state.inner_residual) <= 1e-12
-        else:
-            assert int(calls) == 40
-        if order > 1:
-            np.testing.assert_array_equal(np.asarray(new_state.history[0]), x)
+    a, x = random_quadratic([0.5, 1.0, 2.0, 3.0, 5.0])
+    rng = np.random.default_rng(order)
+    history = tuple(x + 0.1 * rng.normal(size=x.shape) for _ in range(order - 1))
+    coefficients, beta = BDF_COEFFICIENTS[order]
+    h = 0.2
+    beta_h = float(beta) * h
+    options = {
+        "default": dict(inner_steps=40),
+        "fixed": dict(inner_steps=40, inner_learning_rate=1.0 / (5.0 + 1.0 / beta_h)),
+        "tolerance": dict(inner_steps=200, inner_tolerance=1e-12),
+    }[inner]
+    integrator = implicit_bdf(order, **options)
+    state = BDFState(
+        history=tuple(jnp.asarray(p) for p in history),
+        filled=jnp.asarray(order - 1, jnp.int32),
+        curvature=jnp.zeros([]),
+        inner_residual=jnp.zeros([]),
+    )
+    a_jax = jnp.asarray(a)
+    increment, new_state, calls = jax.jit(integrator.step, static_argnums=0)(
+        lambda p: a_jax @ p, jnp.asarray(x), a_jax @ jnp.asarray(x), h, state
+    )
+    z = -sum(float(c) * p for c, p in zip(coefficients, (x,) + history))
+    exact = np.linalg.solve(np.eye(len(x)) + beta_h * a, z)
+    np.testing.assert_allclose(np.asarray(x + increment), exact, rtol=0, atol=1e-8)
+    if inner == "tolerance":
+        assert 0 < int(calls) < 200  # stopped early: the count is dynamic
+        assert float(new_state.inner_residual) <= 1e-12
+    else:
+        assert int(calls) == 40
+    if order > 1:
+        np.testing.assert_array_equal(np.asarray(new_state.history[0]), x)
 
 
 # --- order of accuracy -------------------------------------------------------------------------
@@ -124,11 +126,11 @@ def _global_error(integrator, num_steps):
 
 def _slope(integrator, steps=(8, 16, 32, 64)):
     steps = np.asarray(steps)
-    with jax.enable_x64(True):
-        errors = np.array([_global_error(integrator, int(n)) for n in steps])
-    return np.polyfit(np.log(1.0 / steps), np.log(errors), 1)[0], errors
+    errors = np.array([_global_error(integrator, int(n)) for n in steps])
+    return loglog_slope(1.0 / steps, errors), errors
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
 def test_trajectory_has_order_tau(order):
     integrator = implicit_bdf(order, inner_steps=100, inner_tolerance=1e-12)
@@ -136,6 +138,7 @@ def test_trajectory_has_order_tau(order):
     assert abs(slope - order) < 0.3, (slope, errors)
 
 
+@pytest.mark.usefixtures("x64")
 def test_lower_order_startup_caps_the_order():
     """Why the start-up matters: BDF3 started with BDF1, BDF2 is only second order."""
     slope, errors = _slope(implicit_bdf(3, inner_steps=100, inner_tolerance=1e-12, startup="lower_order"))
@@ -198,19 +201,6 @@ def test_inner_step_from_beta_h_alone_diverges_where_the_default_does_not():
 # --- the optax transformation -------------------------------------------------------------------
 
 
-def _mlp_problem(seed=0):
-    keys = jax.random.split(jax.random.key(seed), 4)
-    params = {"w1": 0.3 * jax.random.normal(keys[0], (5, 8)), "b1": jnp.zeros(8), "w2": 0.3 * jax.random.normal(keys[1], (8, 3))}
-    x = jax.random.normal(keys[2], (32, 5))
-    y = jax.random.randint(keys[3], (32,), 0, 3)
-
-    def loss(p):
-        logits = jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    return params, loss
-
-
 def test_oracle_count_is_honest_and_dynamic():
     """The state's count equals the oracle's actual invocations, also with early stopping."""
     params = {"w": jnp.ones((3, 2)), "b": jnp.arange(2.0)}
@@ -239,7 +229,7 @@ def test_oracle_count_is_honest_and_dynamic():
 
 
 def test_trains_mlp_with_schedule_in_a_chain():
-    params, loss = _mlp_problem(1)
+    params, loss = mlp_problem(1, sizes=(5, 8, 3), output_bias=False)
     tx = optax.chain(optax.clip_by_global_norm(10.0), flowopt.bdf(3, optax.linear_schedule(1.0, 0.5, 50), 3))
 
     @jax.jit
@@ -271,21 +261,21 @@ def test_backward_euler_is_bdf1():
 
 
 def _run_float64(tx, steps):
-    with jax.enable_x64(True):
-        params, loss = _mlp_problem(2)
-        params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
+    params, loss = mlp_problem(2, sizes=(5, 8, 3), output_bias=False)
+    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
 
-        @jax.jit
-        def train_step(params, state):
-            updates, state = tx.update(jax.grad(loss)(params), state, params, value_fn=loss)
-            return optax.apply_updates(params, updates), state
+    @jax.jit
+    def train_step(params, state):
+        updates, state = tx.update(jax.grad(loss)(params), state, params, value_fn=loss)
+        return optax.apply_updates(params, updates), state
 
-        state = tx.init(params)
-        for _ in range(steps):
-            params, state = train_step(params, state)
-        return params, int(flowopt.oracle_evaluations(state))
+    state = tx.init(params)
+    for _ in range(steps):
+        params, state = train_step(params, state)
+    return params, int(flowopt.oracle_evaluations(state))
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize(
     "order, startup, inner_learning_rate",
     [(1, "high_order", None), (2, "high_order", None), (3, "high_order", 0.05), (3, "lower_order", None)],
@@ -322,7 +312,7 @@ def test_fixed_inner_steps_run_without_a_loop(tx):
 
     A tolerance makes the solve a while_loop, and more than MAX_UNROLLED_INNER_STEPS a rolled loop.
     """
-    params, loss = _mlp_problem()
+    params, loss = mlp_problem(sizes=(5, 8, 3), output_bias=False)
     jaxpr = jax.make_jaxpr(lambda p, s: tx.update(jax.grad(loss)(p), s, p, value_fn=loss))(params, tx.init(params))
     assert _loop_primitives(jaxpr.jaxpr) == set()
     for looped, kind in [
@@ -362,7 +352,7 @@ def test_bad_input_raises(kwargs, match):
 
 
 def test_missing_oracle_raises():
-    params, loss = _mlp_problem()
+    params, loss = mlp_problem(sizes=(5, 8, 3), output_bias=False)
     for tx in (flowopt.bdf(2, 0.1, 3), flowopt.backward_euler(0.1, 3)):
         with pytest.raises(ValueError, match="needs an oracle"):
             tx.update(jax.grad(loss)(params), tx.init(params), params)

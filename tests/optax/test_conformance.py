@@ -35,18 +35,18 @@ def run(tx, steps=30):
 FLOWS = [flowopt.adam_flow, flowopt.rmsprop_flow, flowopt.adagrad_flow, flowopt.heavy_ball_flow]
 
 
+@pytest.mark.usefixtures("x64")
 def test_injected_hyperparameters_are_used():
-    with jax.enable_x64(True):
-        injected = run(optax.inject_hyperparams(flowopt.adam_flow)(learning_rate=0.05, b1=0.8, b2=0.99))
-        reference = run(optax.adam(0.05, b1=0.8, b2=0.99))
+    injected = run(optax.inject_hyperparams(flowopt.adam_flow)(learning_rate=0.05, b1=0.8, b2=0.99))
+    reference = run(optax.adam(0.05, b1=0.8, b2=0.99))
     np.testing.assert_allclose(np.asarray(injected), np.asarray(reference), rtol=0, atol=1e-14)
 
 
+@pytest.mark.usefixtures("x64")
 def test_injected_schedule_is_optax_adam_with_that_schedule():
     schedule = optax.warmup_cosine_decay_schedule(0.01, 0.1, 5, 50)
-    with jax.enable_x64(True):
-        injected = run(optax.inject_hyperparams(flowopt.adam_flow)(learning_rate=schedule))
-        reference = run(optax.adam(schedule))
+    injected = run(optax.inject_hyperparams(flowopt.adam_flow)(learning_rate=schedule))
+    reference = run(optax.adam(schedule))
     np.testing.assert_allclose(np.asarray(injected), np.asarray(reference), rtol=0, atol=1e-14)
 
 
@@ -58,12 +58,12 @@ def test_injected_warmup_from_zero_needs_and_takes_a_reference_rate():
     assert float(loss(x)) < float(loss(X0))
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.__name__)
 def test_flow_takes_a_schedule_with_its_peak_as_reference(flow):
     schedule = optax.warmup_cosine_decay_schedule(0.0, 0.1, 5, 50)
-    with jax.enable_x64(True):
-        default = run(flow(schedule))
-        explicit = run(flow(schedule, reference_learning_rate=0.1))
+    default = run(flow(schedule))
+    explicit = run(flow(schedule, reference_learning_rate=0.1))
     # The peak is the schedule's own value at its peak step (0.1 rounded as the schedule computes it).
     np.testing.assert_allclose(np.asarray(default), np.asarray(explicit), rtol=1e-6)
     assert float(loss(default)) < float(loss(X0))

@@ -16,6 +16,8 @@ from flowopt import tableaus
 from flowopt.rk.adaptive import adaptive_step, attempt_oracle_calls, stage_stiffness
 from flowopt.rk.stages import gradient_stages, needed_stages
 from flowopt.rk.step_size import PIController
+from tests.convergence import loglog_slope
+from tests.problems import random_quadratic
 
 I_CONTROL = dict(pcoeff=0.0, icoeff=1.0)
 PI_CONTROL = dict(pcoeff=0.4, icoeff=0.3)
@@ -23,10 +25,7 @@ PI_CONTROL = dict(pcoeff=0.4, icoeff=0.3)
 
 def stiff_quadratic(dim: int = 12, condition: float = 1e4, seed: int = 0):
     """``f(θ) = ½ θᵀAθ`` with eigenvalues log-spaced in ``[1, condition]`` and a random basis."""
-    rng = np.random.default_rng(seed)
-    basis, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
-    a = (basis * np.logspace(0, np.log10(condition), dim)) @ basis.T
-    return a, rng.normal(size=dim)
+    return random_quadratic(np.logspace(0, np.log10(condition), dim), seed)
 
 
 def integrate(tableau, controller, grad, y0, t_end, h0):
@@ -99,53 +98,54 @@ def fixed_gradient_evals(tableau, steps):
     return steps * sum(needed_stages(tableau, (tableau.b,)))
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize(
     "tableau,solver,coefficients",
     [(tableaus.BOSH3, diffrax.Bosh3, I_CONTROL), (tableaus.DOPRI5, diffrax.Dopri5, PI_CONTROL)],
     ids=["bosh3-I", "dopri5-PI"],
 )
 def test_accepted_steps_match_diffrax(tableau, solver, coefficients):
-    with jax.enable_x64(True):
-        a, y0 = stiff_quadratic()
-        t_end, rtol, atol, h0 = 0.1, 1e-5, 1e-7, 1e-4
-        controller = PIController(rtol=rtol, atol=atol, **coefficients)
-        matrix = jnp.asarray(a)
-        y, accepted, rejected = integrate(tableau, controller, lambda p: matrix @ p, y0, t_end, h0)
-        solution = diffrax.diffeqsolve(
-            diffrax.ODETerm(lambda t, p, args: -matrix @ p),
-            solver(),
-            0.0,
-            t_end,
-            h0,
-            jnp.asarray(y0),
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, **coefficients),
-            max_steps=10_000,
-        )
-        reference = int(solution.stats["num_accepted_steps"])
-        assert abs(accepted - reference) <= 0.3 * reference, (accepted, reference)
-        exact = scipy.linalg.expm(-t_end * a) @ y0
-        assert np.linalg.norm(y - exact) < 1e-4 * np.linalg.norm(y0)
+    a, y0 = stiff_quadratic()
+    t_end, rtol, atol, h0 = 0.1, 1e-5, 1e-7, 1e-4
+    controller = PIController(rtol=rtol, atol=atol, **coefficients)
+    matrix = jnp.asarray(a)
+    y, accepted, rejected = integrate(tableau, controller, lambda p: matrix @ p, y0, t_end, h0)
+    solution = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda t, p, args: -matrix @ p),
+        solver(),
+        0.0,
+        t_end,
+        h0,
+        jnp.asarray(y0),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, **coefficients),
+        max_steps=10_000,
+    )
+    reference = int(solution.stats["num_accepted_steps"])
+    assert abs(accepted - reference) <= 0.3 * reference, (accepted, reference)
+    exact = scipy.linalg.expm(-t_end * a) @ y0
+    assert np.linalg.norm(y - exact) < 1e-4 * np.linalg.norm(y0)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("tableau", [tableaus.BOSH3, tableaus.DOPRI5], ids=["bosh3", "dopri5"])
 def test_global_error_tracks_tolerance(tableau):
-    with jax.enable_x64(True):
-        a, y0 = stiff_quadratic()
-        t_end = 0.1
-        exact = scipy.linalg.expm(-t_end * a) @ y0
-        matrix = jnp.asarray(a)
-        rtols = np.array([1e-3, 1e-5, 1e-7])
-        errors = []
-        for rtol in rtols:
-            y, _, _ = integrate(tableau, PIController(rtol=rtol, atol=1e-2 * rtol), lambda p: matrix @ p, y0, t_end, 1e-4)
-            errors.append(np.linalg.norm(y - exact))
-        errors = np.array(errors)
-        assert np.all(np.diff(errors) < 0), errors
-        slope = np.polyfit(np.log(rtols), np.log(errors), 1)[0]
-        assert 0.5 < slope < 1.5, (slope, errors)
-        assert np.all(errors < 100 * rtols * np.linalg.norm(y0)), errors
+    a, y0 = stiff_quadratic()
+    t_end = 0.1
+    exact = scipy.linalg.expm(-t_end * a) @ y0
+    matrix = jnp.asarray(a)
+    rtols = np.array([1e-3, 1e-5, 1e-7])
+    errors = []
+    for rtol in rtols:
+        y, _, _ = integrate(tableau, PIController(rtol=rtol, atol=1e-2 * rtol), lambda p: matrix @ p, y0, t_end, 1e-4)
+        errors.append(np.linalg.norm(y - exact))
+    errors = np.array(errors)
+    assert np.all(np.diff(errors) < 0), errors
+    slope = loglog_slope(rtols, errors)
+    assert 0.5 < slope < 1.5, (slope, errors)
+    assert np.all(errors < 100 * rtols * np.linalg.norm(y0)), errors
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("tableau", [tableaus.BOSH3, tableaus.DOPRI5], ids=["bosh3", "dopri5"])
 def test_stiff_quadratic_costs_about_the_best_fixed_step(tableau):
     """On ``½θᵀAθ`` with κ = 1e4 every explicit method is limited by stability at ``h ≈ c/λ_max``.
@@ -155,18 +155,17 @@ def test_stiff_quadratic_costs_about_the_best_fixed_step(tableau):
     gradients (it cannot pay fewer: the admissible step does not change along
     a quadratic's flow). The I controller, by contrast, rejects ~25%.
     """
-    with jax.enable_x64(True):
-        a, y0 = stiff_quadratic()
-        t_end = 1.0
-        exact = scipy.linalg.expm(-t_end * a) @ y0
-        matrix = jnp.asarray(a)
-        grad = lambda p: matrix @ p
-        y, accepted, rejected = integrate(tableau, PIController(rtol=1e-4, atol=1e-6), grad, y0, t_end, 1e-4)
-        error = np.linalg.norm(y - exact)
-        adaptive = adaptive_gradient_evals(tableau, accepted, rejected)
-        fixed = fixed_gradient_evals(tableau, best_fixed_steps(tableau, grad, y0, exact, t_end, error))
-        assert rejected < 0.05 * accepted
-        assert adaptive < 1.1 * fixed, (adaptive, fixed)
+    a, y0 = stiff_quadratic()
+    t_end = 1.0
+    exact = scipy.linalg.expm(-t_end * a) @ y0
+    matrix = jnp.asarray(a)
+    grad = lambda p: matrix @ p
+    y, accepted, rejected = integrate(tableau, PIController(rtol=1e-4, atol=1e-6), grad, y0, t_end, 1e-4)
+    error = np.linalg.norm(y - exact)
+    adaptive = adaptive_gradient_evals(tableau, accepted, rejected)
+    fixed = fixed_gradient_evals(tableau, best_fixed_steps(tableau, grad, y0, exact, t_end, error))
+    assert rejected < 0.05 * accepted
+    assert adaptive < 1.1 * fixed, (adaptive, fixed)
 
 
 def fading_stiffness():
@@ -180,58 +179,58 @@ def fading_stiffness():
     return jnp.asarray(lam), y0, exact
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("tableau", [tableaus.BOSH3, tableaus.DOPRI5], ids=["bosh3", "dopri5"])
 def test_fewer_gradients_than_the_best_fixed_step_when_stiffness_fades(tableau):
-    with jax.enable_x64(True):
-        lam, y0, exact = fading_stiffness()
-        t_end = 1.0
-        grad = lambda p: lam * p**3
-        y, accepted, rejected = integrate(tableau, PIController(rtol=1e-5, atol=1e-7), grad, y0, t_end, 1e-4)
-        error = np.linalg.norm(y - exact(t_end))
-        assert error < 1e-4
-        adaptive = adaptive_gradient_evals(tableau, accepted, rejected)
-        fixed = fixed_gradient_evals(tableau, best_fixed_steps(tableau, grad, y0, exact(t_end), t_end, error))
-        assert adaptive < 0.2 * fixed, (adaptive, fixed)
+    lam, y0, exact = fading_stiffness()
+    t_end = 1.0
+    grad = lambda p: lam * p**3
+    y, accepted, rejected = integrate(tableau, PIController(rtol=1e-5, atol=1e-7), grad, y0, t_end, 1e-4)
+    error = np.linalg.norm(y - exact(t_end))
+    assert error < 1e-4
+    adaptive = adaptive_gradient_evals(tableau, accepted, rejected)
+    fixed = fixed_gradient_evals(tableau, best_fixed_steps(tableau, grad, y0, exact(t_end), t_end, error))
+    assert adaptive < 0.2 * fixed, (adaptive, fixed)
 
 
+@pytest.mark.usefixtures("x64")
 def test_heun_euler_pair_reaches_the_flow():
-    with jax.enable_x64(True):
-        lam, y0, exact = fading_stiffness()
-        field = lambda p: lam * p**3
-        errors = [
-            np.linalg.norm(integrate(tableaus.HEUN_EULER, PIController(rtol=r, atol=r), field, y0, 1.0, 1e-4)[0] - exact(1.0))
-            for r in (1e-3, 1e-5)
-        ]
-        assert errors[1] < errors[0] < 1e-2
+    lam, y0, exact = fading_stiffness()
+    field = lambda p: lam * p**3
+    errors = [
+        np.linalg.norm(integrate(tableaus.HEUN_EULER, PIController(rtol=r, atol=r), field, y0, 1.0, 1e-4)[0] - exact(1.0))
+        for r in (1e-3, 1e-5)
+    ]
+    assert errors[1] < errors[0] < 1e-2
 
 
+@pytest.mark.usefixtures("x64")
 def test_accepted_steps_and_errors_match_scipy_rk23():
     """scipy's RK23 is Bosh3 with an I controller (safety 0.9, factors in [0.2, 10]): the same steps, the same error."""
-    with jax.enable_x64(True):
-        lam, y0, exact = fading_stiffness()
-        rtol, atol, h0 = 1e-5, 1e-7, 1e-4
-        field = lambda p: lam * p**3
-        y, accepted, _ = integrate(tableaus.BOSH3, PIController(rtol=rtol, atol=atol, **I_CONTROL), field, y0, 1.0, h0)
-        reference = scipy.integrate.solve_ivp(
-            lambda t, p: -np.asarray(lam) * p**3, (0.0, 1.0), y0, method="RK23", rtol=rtol, atol=atol, first_step=h0
-        )
-        error, reference_error = np.linalg.norm(y - exact(1.0)), np.linalg.norm(reference.y[:, -1] - exact(1.0))
-        steps = len(reference.t) - 1
-        assert abs(accepted - steps) <= 0.02 * steps, (accepted, steps)
-        assert error == pytest.approx(reference_error, rel=0.1)
+    lam, y0, exact = fading_stiffness()
+    rtol, atol, h0 = 1e-5, 1e-7, 1e-4
+    field = lambda p: lam * p**3
+    y, accepted, _ = integrate(tableaus.BOSH3, PIController(rtol=rtol, atol=atol, **I_CONTROL), field, y0, 1.0, h0)
+    reference = scipy.integrate.solve_ivp(
+        lambda t, p: -np.asarray(lam) * p**3, (0.0, 1.0), y0, method="RK23", rtol=rtol, atol=atol, first_step=h0
+    )
+    error, reference_error = np.linalg.norm(y - exact(1.0)), np.linalg.norm(reference.y[:, -1] - exact(1.0))
+    steps = len(reference.t) - 1
+    assert abs(accepted - steps) <= 0.02 * steps, (accepted, steps)
+    assert error == pytest.approx(reference_error, rel=0.1)
 
 
+@pytest.mark.usefixtures("x64")
 def test_stage_stiffness_is_h_times_the_curvature_on_a_quadratic():
     """``hρ̂`` is ``hλ`` exactly in one dimension and at most ``hλ_max`` on any quadratic."""
-    with jax.enable_x64(True):
-        for tableau in (tableaus.HEUN_EULER, tableaus.BOSH3, tableaus.DOPRI5):
-            h = 0.3
-            ks = gradient_stages(tableau, lambda p: 7.0 * p, jnp.ones(1), 7.0 * jnp.ones(1), h, (tableau.b, tableau.b_error))
-            assert float(stage_stiffness(tableau, ks)) == pytest.approx(7.0 * h, rel=1e-12)
-            a, y0 = stiff_quadratic(dim=6, condition=1e2)
-            matrix = jnp.asarray(a)
-            ks = gradient_stages(tableau, lambda p: matrix @ p, jnp.asarray(y0), matrix @ y0, 0.01, (tableau.b, tableau.b_error))
-            assert 0 < float(stage_stiffness(tableau, ks)) <= 0.01 * 1e2 * (1 + 1e-9)
+    for tableau in (tableaus.HEUN_EULER, tableaus.BOSH3, tableaus.DOPRI5):
+        h = 0.3
+        ks = gradient_stages(tableau, lambda p: 7.0 * p, jnp.ones(1), 7.0 * jnp.ones(1), h, (tableau.b, tableau.b_error))
+        assert float(stage_stiffness(tableau, ks)) == pytest.approx(7.0 * h, rel=1e-12)
+        a, y0 = stiff_quadratic(dim=6, condition=1e2)
+        matrix = jnp.asarray(a)
+        ks = gradient_stages(tableau, lambda p: matrix @ p, jnp.asarray(y0), matrix @ y0, 0.01, (tableau.b, tableau.b_error))
+        assert 0 < float(stage_stiffness(tableau, ks)) <= 0.01 * 1e2 * (1 + 1e-9)
 
 
 def relu_classifier():
@@ -305,34 +304,34 @@ def run_optimizer(tx, loss, params, steps):
     return params, state, history
 
 
+@pytest.mark.usefixtures("x64")
 def test_optimizer_follows_the_pure_step_and_counts_honestly():
-    with jax.enable_x64(True):
-        a, y0 = stiff_quadratic(dim=6, condition=10.0)
-        y0 = jnp.asarray(y0)
-        loss = quadratic_loss(a, jnp.float64)
-        tx = flowopt.adaptive_runge_kutta(tableaus.DOPRI5, learning_rate=0.5, rtol=1e-3, atol=1e-5)
-        params, state, history = run_optimizer(tx, loss, y0, 40)
+    a, y0 = stiff_quadratic(dim=6, condition=10.0)
+    y0 = jnp.asarray(y0)
+    loss = quadratic_loss(a, jnp.float64)
+    tx = flowopt.adaptive_runge_kutta(tableaus.DOPRI5, learning_rate=0.5, rtol=1e-3, atol=1e-5)
+    params, state, history = run_optimizer(tx, loss, y0, 40)
 
-        controller = PIController(rtol=1e-3, atol=1e-5)
-        grad = jax.grad(loss)
-        pure = jax.jit(lambda p, s: adaptive_step(tableaus.DOPRI5, controller, grad, p, grad(p), s))
-        p, s = y0, controller.init(0.5, jnp.float64)
-        for _ in range(40):
-            step = pure(p, s)
-            p, s = p + step.increment, step.state
-        np.testing.assert_allclose(params, p, rtol=1e-10, atol=1e-12)
-        assert int(state.count) == 40
-        assert int(state.accepted + state.rejected) == 40
-        assert int(state.oracle_evals) == 6 * 40
-        assert int(flowopt.oracle_evaluations(state)) == 6 * 40
-        assert int(state.rejected) > 0
-        for updates, s in history:
-            if s.error >= 1:
-                assert np.all(np.asarray(updates) == 0)
-                assert s.controller.step_size < s.last_step_size
-        assert float(state.time) == pytest.approx(sum(float(s.last_step_size) for _, s in history if s.error < 1), rel=1e-5)
-        assert float(state.time) > 3.0
-        assert loss(params) < 1e-2 * loss(y0)
+    controller = PIController(rtol=1e-3, atol=1e-5)
+    grad = jax.grad(loss)
+    pure = jax.jit(lambda p, s: adaptive_step(tableaus.DOPRI5, controller, grad, p, grad(p), s))
+    p, s = y0, controller.init(0.5, jnp.float64)
+    for _ in range(40):
+        step = pure(p, s)
+        p, s = p + step.increment, step.state
+    np.testing.assert_allclose(params, p, rtol=1e-10, atol=1e-12)
+    assert int(state.count) == 40
+    assert int(state.accepted + state.rejected) == 40
+    assert int(state.oracle_evals) == 6 * 40
+    assert int(flowopt.oracle_evaluations(state)) == 6 * 40
+    assert int(state.rejected) > 0
+    for updates, s in history:
+        if s.error >= 1:
+            assert np.all(np.asarray(updates) == 0)
+            assert s.controller.step_size < s.last_step_size
+    assert float(state.time) == pytest.approx(sum(float(s.last_step_size) for _, s in history if s.error < 1), rel=1e-5)
+    assert float(state.time) > 3.0
+    assert loss(params) < 1e-2 * loss(y0)
 
 
 def test_too_large_first_step_is_rejected_with_zero_updates():

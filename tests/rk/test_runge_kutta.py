@@ -9,6 +9,8 @@ import scipy.linalg
 
 import flowopt
 from flowopt import tableaus
+from tests.convergence import loglog_slope
+from tests.problems import mlp_problem, random_quadratic
 
 NAMED = {
     "euler": (flowopt.euler, tableaus.EULER),
@@ -20,25 +22,6 @@ NAMED = {
     "rk4": (flowopt.rk4, tableaus.RK4),
     "rk38": (flowopt.rk38, tableaus.RK38),
 }
-
-
-def _mlp_problem(seed=0):
-    keys = jax.random.split(jax.random.key(seed), 4)
-    params = {
-        "w1": 0.3 * jax.random.normal(keys[0], (5, 16)),
-        "b1": jnp.zeros(16),
-        "w2": 0.3 * jax.random.normal(keys[1], (16, 3)),
-        "b2": jnp.zeros(3),
-    }
-    x = jax.random.normal(keys[2], (32, 5))
-    y = jax.random.randint(keys[3], (32,), 0, 3)
-
-    def loss(p):
-        h = jnp.tanh(x @ p["w1"] + p["b1"])
-        logits = h @ p["w2"] + p["b2"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    return params, loss
 
 
 def _run(tx, params, loss, steps, use_oracle=True):
@@ -56,7 +39,7 @@ def _run(tx, params, loss, steps, use_oracle=True):
 
 
 def test_euler_is_sgd_bit_for_bit_without_oracle():
-    params, loss = _mlp_problem()
+    params, loss = mlp_problem()
     ours, _ = _run(flowopt.euler(0.1), params, loss, 100, use_oracle=False)
     theirs, _ = _run(optax.sgd(0.1), params, loss, 100, use_oracle=False)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
@@ -64,7 +47,7 @@ def test_euler_is_sgd_bit_for_bit_without_oracle():
 
 
 def test_euler_with_schedule_is_sgd_bit_for_bit():
-    params, loss = _mlp_problem(1)
+    params, loss = mlp_problem(1)
     schedule = optax.cosine_decay_schedule(0.2, 100)
     ours, _ = _run(flowopt.euler(schedule), params, loss, 100, use_oracle=False)
     theirs, _ = _run(optax.sgd(schedule), params, loss, 100, use_oracle=False)
@@ -74,10 +57,7 @@ def test_euler_with_schedule_is_sgd_bit_for_bit():
 
 def _quadratic_flow_error(tableau, num_steps, horizon=1.0):
     """Global error at t=horizon on f(x) = ½ xᵀAx against expm(-tA) x0 (float64)."""
-    rng = np.random.default_rng(0)
-    q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
-    a = q @ np.diag([0.5, 1.0, 2.0, 3.0]) @ q.T
-    x0 = rng.normal(size=4)
+    a, x0 = random_quadratic([0.5, 1.0, 2.0, 3.0])
     exact = scipy.linalg.expm(-horizon * a) @ x0
     a_jax = jnp.asarray(a)
     loss = lambda x: 0.5 * x @ a_jax @ x
@@ -93,18 +73,18 @@ def _quadratic_flow_error(tableau, num_steps, horizon=1.0):
     return float(np.linalg.norm(np.asarray(x) - exact))
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("tableau", tableaus.ALL, ids=lambda t: t.name)
 def test_order_of_accuracy_on_quadratic_flow(tableau):
     steps = np.array([8, 16, 32, 64])
-    with jax.enable_x64(True):
-        errors = np.array([_quadratic_flow_error(tableau, int(n)) for n in steps])
-    slope = np.polyfit(np.log(1.0 / steps), np.log(errors), 1)[0]
+    errors = np.array([_quadratic_flow_error(tableau, int(n)) for n in steps])
+    slope = loglog_slope(1.0 / steps, errors)
     assert abs(slope - tableau.order) < 0.3, (tableau.name, slope, errors)
 
 
 @pytest.mark.parametrize("tableau", tableaus.ALL, ids=lambda t: t.name)
 def test_oracle_calls_are_counted(tableau):
-    params, loss = _mlp_problem()
+    params, loss = mlp_problem()
     calls = []
 
     def counting_loss(p):
@@ -127,7 +107,7 @@ def test_oracle_calls_are_counted(tableau):
 
 
 def test_oracle_evaluations_sums_over_a_chain():
-    params, loss = _mlp_problem()
+    params, loss = mlp_problem()
     tx = optax.chain(optax.identity(), flowopt.rk4(0.1), optax.scale(1.0))
     state = tx.init(params)
     _, state = tx.update(jax.grad(loss)(params), state, params, value_fn=loss)
@@ -138,7 +118,7 @@ def test_oracle_evaluations_sums_over_a_chain():
 @pytest.mark.parametrize("name", sorted(NAMED))
 def test_named_constructor_matches_runge_kutta(name):
     constructor, tableau = NAMED[name]
-    params, loss = _mlp_problem()
+    params, loss = mlp_problem()
     a, _ = _run(constructor(0.05), params, loss, 3)
     b, _ = _run(flowopt.runge_kutta(tableau, 0.05), params, loss, 3)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -146,7 +126,7 @@ def test_named_constructor_matches_runge_kutta(name):
 
 
 def test_rk4_matches_hand_written_stages():
-    params, loss = _mlp_problem()
+    params, loss = mlp_problem()
     grad = jax.grad(loss)
     h = 0.3
     step = lambda p, k, s: jax.tree.map(lambda x, g: x - s * g, p, k)
@@ -163,7 +143,7 @@ def test_rk4_matches_hand_written_stages():
 
 
 def test_jitted_step_compiles_once():
-    params, loss = _mlp_problem()
+    params, loss = mlp_problem()
     tx = flowopt.rk4(0.1)
 
     @jax.jit
@@ -180,7 +160,7 @@ def test_jitted_step_compiles_once():
 
 
 def test_partial_oracle_crosses_jit_boundary():
-    params, loss = _mlp_problem()
+    params, loss = mlp_problem()
     tx = flowopt.heun(0.1)
     scaled = jax.tree_util.Partial(lambda s, p: s * loss(p), jnp.asarray(2.0))
 
@@ -197,7 +177,7 @@ def test_partial_oracle_crosses_jit_boundary():
 
 
 def test_grad_fn_oracle_equals_value_fn_oracle():
-    params, loss = _mlp_problem()
+    params, loss = mlp_problem()
     tx = flowopt.rk3(0.1)
     state = tx.init(params)
     grads = jax.grad(loss)(params)

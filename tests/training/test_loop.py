@@ -23,6 +23,7 @@ from flowopt.training import cli, data, loop, models, optimizers, parallel, step
 from flowopt.training import config as config_lib
 from flowopt.training.config import TrainConfig
 from tests import REPO_ROOT
+from tests.training.runs import train_argv
 
 TINY = dict(
     model="mlp",
@@ -34,11 +35,6 @@ TINY = dict(
     progress=False,
 )
 REQUIRED = {"epoch", "grad_evals", "train_loss", "test_loss", "test_accuracy"}
-
-
-@pytest.fixture(scope="module")
-def tiny_data() -> data.Dataset:
-    return data.synthetic_dataset("synthetic_mnist", num_train=256, num_test=70, image_shape=(8, 8, 1))
 
 
 def _config(**overrides) -> TrainConfig:
@@ -282,11 +278,8 @@ def test_config_validation_and_files(tmp_path):
 
 
 def test_cli_writes_metrics_and_checkpoints_and_reports_divergence(tmp_path, capsys):
-    args = [
-        "--model",
-        "logistic_regression",
-        "--dataset",
-        "synthetic_mnist",
+    args = train_argv(
+        tmp_path / "ok",
         "--optimizer",
         "ralston",
         "--learning-rate",
@@ -297,10 +290,7 @@ def test_cli_writes_metrics_and_checkpoints_and_reports_divergence(tmp_path, cap
         "3",
         "--batch-size",
         "256",
-        "--no-progress",
-        "--output",
-        str(tmp_path / "ok"),
-    ]
+    )
     assert cli.main(args) == 0
     rows = [json.loads(line) for line in (tmp_path / "ok" / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(REQUIRED <= set(r) for r in rows) and rows[-1]["grad_evals"] == 40
