@@ -1,4 +1,4 @@
-"""Helpers shared by the study tests: a study's smoke configuration run once, a results table's rows."""
+"""Helpers shared by the study tests: a smoke run, a rerun that records what it executes, a results table's rows."""
 
 import csv
 
@@ -11,6 +11,18 @@ def run_smoke(study: Study, config_name: str, tmp_path_factory) -> tuple:
     output = tmp_path_factory.mktemp(config_name.replace("-", "_") + "_smoke")
     results = run_study(study, config, output, progress=False)
     return config, output, results
+
+
+def rerun_recording(study: Study, config, output) -> list[str]:
+    """Run ``study`` again into ``output`` (kept runs are not redone); the keys of the runs it executed, in order."""
+    executed = []
+
+    def execute(spec, cfg, run_dir):
+        executed.append(spec.key)
+        return study.execute(spec, cfg, run_dir)
+
+    run_study(study._replace(execute=execute), config, output, progress=False)
+    return executed
 
 
 def read_rows(path) -> list[dict[str, str]]:

@@ -7,10 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.runner import run_study
-from experiments.studies import bdf, bdf_stability
+from experiments.studies import bdf_stability
 from experiments.studies.bdf import STUDY, constructor, loss_curve, plan, rate_grid
-from tests.experiments.helpers import read_rows, run_smoke
+from tests.experiments.helpers import read_rows, rerun_recording, run_smoke
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +77,7 @@ def test_rerun_skips_finished_runs_and_redoes_a_lost_one_identically(smoke, tmp_
     shutil.copytree(output, copy)
     lost = "logreg-bdf2-lr10"
     shutil.rmtree(copy / "runs" / lost)
-    executed = []
-
-    def execute(spec, cfg, run_dir):
-        executed.append(spec.key)
-        return bdf.execute(spec, cfg, run_dir)
-
-    study = STUDY._replace(execute=execute)
-    run_study(study, config, copy, progress=False)
+    executed = rerun_recording(STUDY, config, copy)
     assert executed == [lost]
     assert read_rows(copy / "mnist_runs.csv") == read_rows(output / "mnist_runs.csv")
     assert read_rows(copy / "sensitivity.csv") == read_rows(output / "sensitivity.csv")

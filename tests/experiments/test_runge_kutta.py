@@ -4,10 +4,10 @@ import shutil
 
 import pytest
 
-from experiments.runner import load_config, run_study
+from experiments.runner import load_config
 from experiments.studies import runge_kutta
 from experiments.studies.runge_kutta import STUDY, budget, plan, selections, steps_per_epoch
-from tests.experiments.helpers import read_rows, run_smoke
+from tests.experiments.helpers import read_rows, rerun_recording, run_smoke
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +69,7 @@ def test_rerun_skips_finished_runs_and_redoes_lost_work_identically(smoke, tmp_p
     steps = sorted((cut / "checkpoints").iterdir(), key=lambda d: int(d.name))
     assert len(steps) == 2
     shutil.rmtree(steps[-1])
-    executed = []
-
-    def execute(spec, cfg, run_dir):
-        executed.append(spec.key)
-        return runge_kutta.execute(spec, cfg, run_dir)
-
-    study = STUDY._replace(execute=execute)
-    run_study(study, config, copy, progress=False)
+    executed = rerun_recording(STUDY, config, copy)
     assert sorted(executed) == sorted([lost, cut.name])
     assert read_rows(copy / "runs.csv") == read_rows(output / "runs.csv")
 
