@@ -1,8 +1,10 @@
-"""Small optimisation problems shared by the tests, in the style of optax's optimizer tests.
+"""Small optimisation problems shared by the tests.
 
-Each builder takes a dtype and returns a :class:`Problem`: a start, the
-minimiser and the loss. Losses use ``|x|²`` so that the complex problem is the
-real one in ``(Re z, Im z)``.
+The builders of :data:`PROBLEMS` (in the style of optax's optimizer tests) take
+a dtype and return a :class:`Problem`: a start, the minimiser and the loss.
+Losses use ``|x|²`` so that the complex problem is the real one in
+``(Re z, Im z)``. :func:`mlp_problem` is a small network on a random batch,
+for the tests that need a nonconvex loss without a known minimiser.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 
 class Problem(NamedTuple):
@@ -85,3 +89,60 @@ PROBLEMS: dict[str, Callable[[Any], Problem]] = {
     "mixed_tensors": mixed_tensors,
 }
 """The real test problems by name."""
+
+
+def mlp_problem(
+    seed: int = 0,
+    *,
+    sizes: tuple[int, ...] = (5, 16, 3),
+    scale: float = 0.3,
+    output_bias: bool = True,
+    target: str = "labels",
+    dtype: Any = None,
+) -> tuple[dict[str, jax.Array], Callable[[dict[str, jax.Array]], jax.Array]]:
+    """``(params, loss)`` of a tanh network on 32 random inputs.
+
+    ``sizes`` is ``(in, hidden, out)``, or ``(in, out)`` for a linear model. The
+    parameters are ``w1``, ``b1`` and, with a hidden layer, ``w2`` and ``b2`` (no
+    ``b2`` when ``output_bias`` is false): weights ``scale · N(0, 1)``, biases zero.
+    ``target="labels"`` is the mean softmax cross-entropy against random integer
+    labels in ``range(out)``; ``target="sin"`` the mean squared error against
+    ``sin(Σx)`` (``out = 1``). One key of ``seed`` per draw: ``w1``, ``w2`` (drawn
+    for the hidden layer only, its key kept either way), the inputs ``x`` and the
+    labels. With ``dtype=None`` the draws are in JAX's default float type (float64
+    under x64); with a ``dtype`` they are float32 draws cast to it, the same
+    numbers in any dtype.
+    """
+    if target not in ("labels", "sin"):
+        raise ValueError(f"target must be 'labels' or 'sin', got {target!r}")
+    keys = jax.random.split(jax.random.key(seed), 4 if target == "labels" else 3)
+    draw = float if dtype is None else jnp.float32
+    inputs, outputs = sizes[0], sizes[-1]
+    params = {"w1": scale * jax.random.normal(keys[0], (inputs, sizes[1]), draw), "b1": jnp.zeros(sizes[1], draw)}
+    if len(sizes) == 3:
+        params["w2"] = scale * jax.random.normal(keys[1], (sizes[1], outputs), draw)
+        if output_bias:
+            params["b2"] = jnp.zeros(outputs, draw)
+    x = jax.random.normal(keys[2], (32, inputs), draw)
+    if dtype is not None:
+        params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
+        x = jnp.asarray(x, dtype)
+
+    def output(p):
+        if len(sizes) == 2:
+            return x @ p["w1"] + p["b1"]
+        hidden = jnp.tanh(x @ p["w1"] + p["b1"])
+        return hidden @ p["w2"] + p["b2"] if output_bias else hidden @ p["w2"]
+
+    if target == "sin":
+        y = jnp.sin(x.sum(axis=1, keepdims=True))
+        return params, lambda p: jnp.mean((output(p) - y) ** 2)
+    labels = jax.random.randint(keys[3], (32,), 0, outputs)
+    return params, lambda p: optax.softmax_cross_entropy_with_integer_labels(output(p), labels).mean()
+
+
+def random_quadratic(eigenvalues, seed=0):
+    """A symmetric matrix with the given eigenvalues in a random basis, and a random start (the generator's next draws)."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(len(eigenvalues), len(eigenvalues))))
+    return q @ np.diag(eigenvalues) @ q.T, rng.normal(size=len(eigenvalues))

@@ -5,9 +5,10 @@ That every name is also on an API page is checked by the documentation build
 """
 
 import importlib.util
-from pathlib import Path
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+from tests import REPO_ROOT
+
+DOCS = REPO_ROOT / "docs"
 
 
 def _checker():

@@ -1,14 +1,15 @@
 """Every notebook under notebooks/ runs top to bottom in a fresh kernel and uses the public API only."""
 
 import re
-from pathlib import Path
 
 import pytest
+
+from tests import REPO_ROOT
 
 jupytext = pytest.importorskip("jupytext")
 nbclient = pytest.importorskip("nbclient")
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = REPO_ROOT / "notebooks"
 SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
 PUBLIC_MODULES = {"flowopt", "flowopt.analysis", "flowopt.training"}
 

@@ -1,0 +1,1 @@
+"""Tests of flowopt.analysis: reference flows, GF–GD distances, Hessian spectra, stability regions."""

@@ -1,0 +1,1 @@
+"""Tests of experiments/: the study runner and each study."""

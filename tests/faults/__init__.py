@@ -1,0 +1,1 @@
+"""Fault injection across the library: bad input, damaged files, killed runs (the README's Reliability section)."""

@@ -1,0 +1,1 @@
+"""Tests of flowopt.flax: step oracles, TrainState and the README's Flax recipes."""

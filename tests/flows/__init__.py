@@ -1,0 +1,1 @@
+"""Tests of flowopt.flows: the Adam-family ODEs."""

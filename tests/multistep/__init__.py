@@ -1,0 +1,1 @@
+"""Tests of flowopt.multistep: Adams–Bashforth and approximate BDF."""

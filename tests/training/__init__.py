@@ -1,0 +1,1 @@
+"""Tests of flowopt.training: the train loop, models, optimizers by name, the demo."""

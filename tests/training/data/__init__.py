@@ -1,0 +1,1 @@
+"""Tests of flowopt.training.data: sources, caches, batching (no network)."""
