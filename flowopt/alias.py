@@ -41,6 +41,7 @@ from flowopt.multistep.adams_bashforth import explicit_adams_bashforth
 from flowopt.multistep.bdf import implicit_bdf
 from flowopt.rk import tableaus
 from flowopt.rk.adaptive import adaptive_integrator, check_embedded
+from flowopt.rk.chebyshev import chebyshev_integrator, chebyshev_method
 from flowopt.rk.stages import explicit_runge_kutta
 from flowopt.rk.step_size import PIController
 from flowopt.rk.tableau import ButcherTableau, check_tableau
@@ -55,6 +56,7 @@ __all__ = [
     "ssprk3",
     "rk4",
     "rk38",
+    "rkc",
     "adaptive_runge_kutta",
     "minibatch_adaptive_runge_kutta",
     "bdf",
@@ -145,6 +147,47 @@ def rk4(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationEx
 def rk38(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
     """Kutta's 3/8 rule: ``Δθ = -h (k1 + 3k2 + 3k3 + k4)/8``. Order 4, three oracle calls."""
     return runge_kutta(tableaus.RK38, learning_rate)
+
+
+def rkc(
+    stages: int, learning_rate: optax.ScalarOrSchedule, *, order: int = 1, damping: float | None = None
+) -> optax.GradientTransformationExtraArgs:
+    """Runge–Kutta–Chebyshev descent: ``s`` gradients a step, stable for ``h·L`` up to ``ℓ_s ≈ 1.94 s²`` (order 1).
+
+    ``order=1`` is the damped Chebyshev method of Eftekhari, Vandereycken,
+    Vilmart & Zygalakis (BIT 2021), ``R_s(z) = T_s(ω₀ + ω₁z)/T_s(ω₀)`` with
+    ``ω₀ = 1 + ε/s²`` and ``ω₁ = T_s(ω₀)/T_s'(ω₀)`` (default ``ε = 0.05``);
+    ``order=2`` the RKC method of Sommeijer, Shampine & Verwer (1997)
+    (default ``ε = 2/13``, ``ℓ_s ≈ 0.65 s²``). Where gradient descent needs
+    ``h·L ≤ 2`` with one gradient a step, ``s`` gradients buy a step ``s²``
+    times longer: per gradient the stable step grows like ``s``. Evaluated by
+    the Chebyshev three-term recurrence (internally stable for hundreds of
+    stages); one incoming gradient and ``s - 1`` oracle calls a step. See
+    :mod:`flowopt.rk.chebyshev`; :func:`flowopt.rk.chebyshev.stages_for`
+    picks ``s`` from ``h·λ_max``.
+
+    Args:
+      stages: ``s``, an integer in ``1..1000`` (``2..`` for order 2); it fixes
+        the structure of the step (``static_args`` under ``optax.inject_hyperparams``).
+      learning_rate: the step ``h``, a number or an optax schedule.
+      order: 1 or 2.
+      damping: ``ε``, a finite number in ``[0, s²)`` (order 2: ``(0, s²)``).
+
+    Example:
+
+        >>> import jax, jax.numpy as jnp, flowopt
+        >>> curvatures = jnp.array([1.0, 100.0])  # κ = 100: gradient descent needs h < 0.02
+        >>> loss = lambda w: 0.5 * jnp.sum(curvatures * w**2)
+        >>> tx = flowopt.rkc(10, learning_rate=1.84)  # h·L = 184 = 0.95 ℓ_10
+        >>> params = jnp.ones(2)
+        >>> state = tx.init(params)
+        >>> for _ in range(5):
+        ...     updates, state = tx.update(jax.grad(loss)(params), state, params, value_fn=loss)
+        ...     params = params + updates
+        >>> int(flowopt.oracle_evaluations(state)) + 5, bool(loss(params) < 1e-4)  # gradient descent: loss 18 after 50
+        (50, True)
+    """
+    return as_optimizer(chebyshev_integrator(chebyshev_method(stages, order, damping)), learning_rate)
 
 
 # --- Step-size control ---------------------------------------------------------------------------------------

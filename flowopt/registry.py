@@ -74,6 +74,7 @@ from flowopt.alias import (
     rk3,
     rk4,
     rk38,
+    rkc,
     rmsprop_flow,
     runge_kutta,
     ssprk3,
@@ -294,6 +295,14 @@ _ENTRIES = (
     _entry(rk4, _RK, "Classical fourth-order Runge–Kutta.", _tableau_cost(tableaus.RK4), _RATE),
     _entry(rk38, _RK, "Kutta's 3/8 rule, order 4.", _tableau_cost(tableaus.RK38), _RATE),
     _entry(
+        rkc,
+        _RK,
+        "Runge–Kutta–Chebyshev of order 1 or 2: s gradients, stable for h·L up to ≈ 1.94 s² (order 1).",
+        _Cost(lambda arguments: arguments["stages"], "stages", lambda arguments: arguments["stages"] > 1),
+        {"stages": 5, **_RATE},
+        static_args=("stages", "order"),
+    ),
+    _entry(
         runge_kutta,
         _RK,
         "Fixed-step explicit Runge–Kutta of any ButcherTableau.",
@@ -408,7 +417,7 @@ _ENTRIES = (
         static_args=("sync_period",),
         params_layout=LOOKAHEAD_PARAMS,
     ),
-)  # fmt: skip (a table: one entry per constructor)
+)
 
 OPTIMIZERS: Mapping[str, OptimizerEntry] = types.MappingProxyType({entry.name: entry for entry in _ENTRIES})
 """Every public optimizer constructor of flowopt by name (read-only)."""

@@ -28,6 +28,7 @@ import numpy as np
 
 from flowopt.multistep.coefficients import ADAMS_BASHFORTH_COEFFICIENTS, BDF_COEFFICIENTS
 from flowopt.rk import tableaus
+from flowopt.rk.chebyshev import ChebyshevMethod
 from flowopt.rk.stability import first_unstable, runge_kutta_crossings, stability_polynomial
 from flowopt.rk.tableau import ButcherTableau
 
@@ -60,7 +61,7 @@ def adams_bashforth_method(order: int) -> LinearMultistep:
     return LinearMultistep(f"ab{order}", rho, sigma)
 
 
-Method = ButcherTableau | LinearMultistep | str
+Method = ButcherTableau | LinearMultistep | ChebyshevMethod | str
 
 _NAMED: dict[str, ButcherTableau | LinearMultistep] = {
     **{tableau.name: tableau for tableau in tableaus.ALL},
@@ -74,15 +75,16 @@ NAMED_METHODS: tuple[str, ...] = tuple(_NAMED)
 _ROOT_SLACK = 1e-9
 
 
-def _resolve(method: Method) -> ButcherTableau | LinearMultistep:
-    if isinstance(method, ButcherTableau):
+def _resolve(method: Method) -> ButcherTableau | LinearMultistep | ChebyshevMethod:
+    if isinstance(method, (ButcherTableau, ChebyshevMethod)):
         return method
     if isinstance(method, LinearMultistep):
         return _check_multistep(method)
     if isinstance(method, str) and method.lower() in _NAMED:
         return _NAMED[method.lower()]
     raise ValueError(
-        f"method must be a flowopt.ButcherTableau, a LinearMultistep or one of {', '.join(NAMED_METHODS)}; got {method!r}."
+        "method must be a flowopt.ButcherTableau, a LinearMultistep, a ChebyshevMethod or one of "
+        f"{', '.join(NAMED_METHODS)}; got {method!r}."
     )
 
 
@@ -157,6 +159,8 @@ def characteristic_roots(method: Method, z: complex) -> np.ndarray:
     """
     resolved = _resolve(method)
     z = complex(_check_z("characteristic_roots", z, scalar=True))
+    if isinstance(resolved, ChebyshevMethod):
+        return np.atleast_1d(resolved.stability_function(z))
     if isinstance(resolved, ButcherTableau):
         return np.atleast_1d(stability_function(resolved)(z))
     coefficients = resolved.rho - z * resolved.sigma
@@ -173,6 +177,8 @@ def amplification(method: Method, z: np.ndarray | complex) -> np.ndarray:
     """
     resolved = _resolve(method)
     z = _check_z("amplification", z, scalar=False)
+    if isinstance(resolved, ChebyshevMethod):
+        return np.abs(resolved.stability_function(z))
     if isinstance(resolved, ButcherTableau):
         return np.abs(stability_function(resolved)(z))
     return _spectral_radius(resolved, z)
@@ -202,11 +208,19 @@ def stability_interval(method: Method) -> float:
     crossings of the boundary locus ``z = ρ(e^{iφ})/σ(e^{iφ})`` for multistep
     methods), then each interval between them is tested once.
 
+    A Runge–Kutta–Chebyshev method gives its closed form
+    (:attr:`flowopt.rk.chebyshev.ChebyshevMethod.stability_interval`): its
+    polynomial has degree ``s``, in the hundreds, where monomial roots are
+    not accurate.
+
     Args:
-      method: a :class:`~flowopt.ButcherTableau`, a :class:`LinearMultistep`
-        or a name from :data:`NAMED_METHODS`.
+      method: a :class:`~flowopt.ButcherTableau`, a :class:`LinearMultistep`,
+        a :class:`~flowopt.rk.chebyshev.ChebyshevMethod` or a name from
+        :data:`NAMED_METHODS`.
     """
     resolved = _resolve(method)
+    if isinstance(resolved, ChebyshevMethod):
+        return resolved.stability_interval
     if isinstance(resolved, ButcherTableau):
         crossings = runge_kutta_crossings(resolved)
     else:
@@ -314,6 +328,11 @@ def plot_stability_regions(
     panels: dict[str, dict[tuple, list[Method]]] = {title: {} for title in _PANELS}
     for method in methods:
         resolved = _resolve(method)
+        if isinstance(resolved, ChebyshevMethod):
+            raise ValueError(
+                f"plot_stability_regions: {resolved.name} is stable out to -{resolved.stability_interval:.4g}, beyond "
+                "these panels; plot amplification(method, -x) along the real axis instead."
+            )
         if isinstance(resolved, ButcherTableau):
             key = tuple(np.round(stability_polynomial(resolved), 12))
         else:
