@@ -210,7 +210,8 @@ def chebyshev_integrator(method: ChebyshevMethod) -> Integrator:
     s, second_order = method.stages, method.order == 2
     coefficients = np.stack([method.mu, method.nu, method.mu_tilde, method.gamma_tilde], axis=1)
 
-    def step(oracle: GradFn | None, params: Params, k1: Params, h: jax.Array, state: tuple):
+    def step(oracle: GradFn | None, params: Params, k1: Params, h: jax.Array | None, state: tuple):
+        assert h is not None  # the step of the learning-rate schedule (as_optimizer passes it)
         table = jnp.asarray(coefficients, jnp.result_type(h, float))
         first = jax.tree.map(lambda g: -(table[1, 2] * h).astype(g.dtype) * g, k1)
 
@@ -228,6 +229,7 @@ def chebyshev_integrator(method: ChebyshevMethod) -> Integrator:
 
         if s == 1:  # gradient descent: no stage beyond the first
             return first, state, 0
+        assert oracle is not None  # needs_oracle is set for s > 1, so as_optimizer resolved one
         zeros = jax.tree.map(jnp.zeros_like, k1)
         increment, _ = jax.lax.fori_loop(2, s + 1, stage, (first, zeros), unroll=s <= _MAX_UNROLLED_STAGES)
         return increment, state, s - 1

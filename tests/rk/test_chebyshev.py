@@ -12,6 +12,7 @@ import scipy.integrate
 import flowopt
 from flowopt import analysis
 from flowopt.rk.chebyshev import MAX_STAGES, chebyshev_method, stages_for
+from tests.convergence import loglog_slope
 
 ORDERS_AND_STAGES = [(1, s) for s in (1, 2, 3, 7, 20, 50)] + [(2, s) for s in (2, 3, 7, 20, 50)]
 
@@ -32,7 +33,8 @@ def _steps_on_a_line(order, stages, h_lambda, steps, dtype=jnp.float64, lam=3.0)
 
 
 @pytest.mark.parametrize("order, stages", ORDERS_AND_STAGES)
-def test_one_step_is_the_stability_polynomial(x64, order, stages):
+@pytest.mark.usefixtures("x64")
+def test_one_step_is_the_stability_polynomial(order, stages):
     method = chebyshev_method(stages, order)
     for fraction in (0.1, 0.5, 0.9, 1.0):
         h_lambda = fraction * method.stability_interval
@@ -44,7 +46,8 @@ def test_one_step_is_the_stability_polynomial(x64, order, stages):
 
 
 @pytest.mark.parametrize("order, stages", [(1, 5), (1, 20), (2, 5), (2, 20)])
-def test_contracts_inside_the_interval_and_grows_beyond(x64, order, stages):
+@pytest.mark.usefixtures("x64")
+def test_contracts_inside_the_interval_and_grows_beyond(order, stages):
     ell = chebyshev_method(stages, order).stability_interval
     inside, _ = _steps_on_a_line(order, stages, 0.95 * ell, 40)
     outside, _ = _steps_on_a_line(order, stages, 1.05 * ell, 40)
@@ -90,7 +93,8 @@ def _flow_problem():
 
 
 @pytest.mark.parametrize("order", [1, 2])
-def test_order_by_regression_on_a_nonlinear_flow(x64, order):
+@pytest.mark.usefixtures("x64")
+def test_order_by_regression_on_a_nonlinear_flow(order):
     loss, w0, reference = _flow_problem()
     sizes, errors = [], []
     for steps in (16, 32, 64, 128):
@@ -103,7 +107,7 @@ def test_order_by_regression_on_a_nonlinear_flow(x64, order):
             w = w + updates
         sizes.append(1.0 / steps)
         errors.append(float(np.linalg.norm(np.asarray(w) - reference)))
-    slope = np.polyfit(np.log(sizes), np.log(errors), 1)[0]
+    slope = loglog_slope(sizes, errors)
     assert slope == pytest.approx(order, abs=0.1), (slope, errors)
 
 
@@ -132,7 +136,8 @@ def test_float32_at_200_stages_neither_overflows_nor_stops_contracting(order):
     np.testing.assert_allclose(np.abs(np.asarray(w)), expected, atol=10 * stages * float(jnp.finfo(jnp.float32).eps))
 
 
-def test_schedules_and_counts(x64):
+@pytest.mark.usefixtures("x64")
+def test_schedules_and_counts():
     loss = lambda w: jnp.sum(w**2) + jnp.sum(w**4)
     runs = []
     for rate in (0.05, optax.constant_schedule(0.05)):
