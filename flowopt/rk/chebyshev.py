@@ -214,6 +214,9 @@ def chebyshev_integrator(method: ChebyshevMethod) -> Integrator:
         assert h is not None  # the step of the learning-rate schedule (as_optimizer passes it)
         table = jnp.asarray(coefficients, jnp.result_type(h, float))
         first = jax.tree.map(lambda g: -(table[1, 2] * h).astype(g.dtype) * g, k1)
+        if s == 1:  # gradient descent: no stage beyond the first
+            return first, state, 0
+        assert oracle is not None  # needs_oracle is set for s > 1, so as_optimizer resolved one
 
         def stage(j: jax.Array, carry: tuple[Params, Params]) -> tuple[Params, Params]:
             previous, before = carry
@@ -227,9 +230,6 @@ def chebyshev_integrator(method: ChebyshevMethod) -> Integrator:
 
             return jax.tree.map(combine, previous, before, gradient, k1), previous
 
-        if s == 1:  # gradient descent: no stage beyond the first
-            return first, state, 0
-        assert oracle is not None  # needs_oracle is set for s > 1, so as_optimizer resolved one
         zeros = jax.tree.map(jnp.zeros_like, k1)
         increment, _ = jax.lax.fori_loop(2, s + 1, stage, (first, zeros), unroll=s <= _MAX_UNROLLED_STAGES)
         return increment, state, s - 1
