@@ -56,10 +56,10 @@ from flowopt.core.integrator import Integrator
 from flowopt.core.types import GradFn, Params
 
 MAX_STAGES = 1000
-"""The most stages a method may have: its coefficients stay accurate in float64 far beyond."""
+"""The most stages a method may have (its coefficients stay accurate in float64 far beyond)."""
 
 DEFAULT_DAMPING = {1: 0.05, 2: 2.0 / 13.0}
-"""The damping ``ε`` by order: Eftekhari et al.'s 0.05 for order 1, Sommeijer et al.'s 2/13 for order 2."""
+"""The default damping ``ε`` of each order (Eftekhari et al.'s 0.05 for order 1, Sommeijer et al.'s 2/13 for order 2)."""
 
 _MAX_UNROLLED_STAGES = 8  # more stages run in a lax.fori_loop: compile time grows with the unrolled length
 
