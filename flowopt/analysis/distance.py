@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flowopt.analysis._checks import check_callable, check_int, check_params, check_real, is_traced, leaf_dtype
 from flowopt.analysis._functions import as_partial
+from flowopt.core.checks import check_callable, check_float_tree, check_integer, check_non_negative, is_concrete, leaf_dtype
 from flowopt.core.integrator import skipped_steps as flowopt_skipped_steps
 from flowopt.core.oracle import resolve_oracle
 from flowopt.core.trees import tree_all_finite
@@ -47,7 +47,7 @@ def step_times(learning_rate: optax.ScalarOrSchedule, num_steps: int) -> jax.Arr
     optimizers skip such steps, so they have no flow time).
     """
     name = "step_times"
-    num_steps = check_int(name, "num_steps", num_steps, minimum=0, maximum=MAX_STEPS)
+    num_steps = check_integer("num_steps", num_steps, 0, MAX_STEPS, where=name, static_args=False)
     counts = jnp.arange(num_steps, dtype=jnp.int32)
     if callable(learning_rate):
         try:
@@ -66,7 +66,7 @@ def step_times(learning_rate: optax.ScalarOrSchedule, num_steps: int) -> jax.Arr
                 f"{jnp.result_type(steps)}{list(jnp.shape(steps)[1:])} values."
             )
         steps = jnp.asarray(steps)  # a real vector (checked above): the schedule's values as an array
-        if not is_traced(steps):
+        if is_concrete(steps):
             bad = np.flatnonzero(~(np.isfinite(np.asarray(steps, np.float64)) & (np.asarray(steps) >= 0)))
             if bad.size:
                 raise ValueError(
@@ -74,7 +74,7 @@ def step_times(learning_rate: optax.ScalarOrSchedule, num_steps: int) -> jax.Arr
                     "steps must be finite and nonnegative."
                 )
     else:
-        check_real(name, "learning_rate", learning_rate, nonnegative=True)
+        check_non_negative("learning_rate", learning_rate, where=name)
         steps = jnp.full(counts.shape, learning_rate)
     steps = steps.astype(jnp.promote_types(steps.dtype, jnp.float32))
     return jnp.concatenate([jnp.zeros(1, steps.dtype), jnp.cumsum(steps)])
@@ -109,13 +109,13 @@ def optimizer_trajectory(
     if (value_fn is None) == (grad_fn is None):
         raise ValueError(f"{name}: pass exactly one of value_fn and grad_fn.")
     if value_fn is not None:
-        check_callable(name, "value_fn", value_fn)
+        check_callable("value_fn", value_fn, where=name)
     else:
-        check_callable(name, "grad_fn", grad_fn, "a callable params -> gradient pytree")
+        check_callable("grad_fn", grad_fn, "a callable params -> gradient pytree", where=name)
     if params0 is None:
         raise ValueError(f"{name}: params0 is None; pass the initial parameters (a pytree of floating arrays).")
-    check_params(name, "params0", params0)
-    num_steps = check_int(name, "num_steps", num_steps, minimum=0, maximum=MAX_STEPS)
+    check_float_tree("params0", params0, where=name, nonempty=True)
+    num_steps = check_integer("num_steps", num_steps, 0, MAX_STEPS, where=name, static_args=False)
     size = sum(jnp.size(leaf) * jnp.result_type(leaf).itemsize for leaf in jax.tree.leaves(params0))
     if (num_steps + 1) * size > _MAX_TRAJECTORY_BYTES:
         raise ValueError(
@@ -124,7 +124,7 @@ def optimizer_trajectory(
         )
     optimizer = optax.with_extra_args_support(optimizer)
     iterates, state, start_finite = _run(optimizer, as_partial(value_fn), as_partial(grad_fn), params0, num_steps=num_steps)
-    if not is_traced(start_finite):
+    if is_concrete(start_finite):
         if not bool(start_finite):
             raise ValueError(f"{name}: the gradient at params0 is not finite (value_fn or grad_fn returns NaN or inf there).")
         skipped = int(flowopt_skipped_steps(state))
@@ -221,7 +221,7 @@ def trajectory_distance(trajectory: Params, reference: Params, *, where: Where =
 
     squares = [squared(leaf, other) for (_, leaf), other, keep in zip(paths_and_leaves, reference_leaves, selected) if keep]
     distance = jnp.sqrt(sum(squares))
-    if not is_traced(distance) and not bool(jnp.all(jnp.isfinite(distance))):
+    if is_concrete(distance) and not bool(jnp.all(jnp.isfinite(distance))):
         first = int(np.argmin(np.isfinite(np.asarray(distance))))
         warnings.warn(
             f"{name}: the distance is not finite from time index {first} on (the trajectory or the reference "
@@ -262,4 +262,4 @@ def _is_boolean(value: Any) -> bool:
     """A Python or NumPy bool, or a concrete 0-d boolean array."""
     if isinstance(value, (bool, np.bool_)):
         return True
-    return isinstance(value, (np.ndarray, jax.Array)) and not is_traced(value) and value.shape == () and value.dtype == bool
+    return isinstance(value, (np.ndarray, jax.Array)) and is_concrete(value) and value.shape == () and value.dtype == bool

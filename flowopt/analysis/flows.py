@@ -26,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flowopt.analysis._checks import INT32_MAX, check_callable, check_int, check_params, check_real, merge_complex, split_complex
 from flowopt.analysis._functions import as_partial
+from flowopt.analysis._pytrees import merge_complex, split_complex
+from flowopt.core.checks import INT32_MAX, check_callable, check_float_tree, check_integer, check_positive
 from flowopt.core.oracle import resolve_oracle
 from flowopt.core.trees import tree_all_finite
 from flowopt.core.types import GradFn, Params
@@ -129,12 +130,12 @@ def gradient_flow(
     if value_fn is not None and grad_fn is not None:
         raise ValueError("gradient_flow: pass either value_fn or grad_fn, not both.")
     if value_fn is not None:
-        check_callable(name, "value_fn", value_fn)
+        check_callable("value_fn", value_fn, where=name)
     else:
-        check_callable(name, "grad_fn", grad_fn, "a callable params -> gradient pytree")
+        check_callable("grad_fn", grad_fn, "a callable params -> gradient pytree", where=name)
     if params0 is None:
         raise ValueError("gradient_flow: params0 is None; pass the initial parameters (a pytree of floating arrays).")
-    check_params(name, "params0", params0)
+    check_float_tree("params0", params0, where=name, nonempty=True)
     times_array = _check_times(times)
     adaptive = substeps is None
     if adaptive and not tableau.is_embedded:
@@ -144,10 +145,10 @@ def gradient_flow(
         )
     num_times = jnp.shape(times_array)[0]
     if not adaptive:
-        check_int(name, "substeps", substeps, maximum=INT32_MAX // max(num_times, 1))
+        check_integer("substeps", substeps, 1, INT32_MAX // max(num_times, 1), where=name, static_args=False)
     if initial_step is not None:
-        check_real(name, "initial_step", initial_step, positive=True)
-    max_steps = check_int(name, "max_steps", max_steps)
+        check_positive("initial_step", initial_step, where=name)
+    max_steps = check_integer("max_steps", max_steps, 1, INT32_MAX, where=name, static_args=False)
 
     real_dtype = jnp.finfo(jnp.result_type(*jax.tree.leaves(params0))).dtype  # complex64 -> float32
     args = (as_partial(value_fn), as_partial(grad_fn), params0, jnp.asarray(times_array, real_dtype))
@@ -155,7 +156,8 @@ def gradient_flow(
         default_rtol, default_atol = _DEFAULT_TOLERANCES[real_dtype.itemsize >= 8]
         tolerances = {}
         for key, value, default in (("rtol", rtol, default_rtol), ("atol", atol, default_atol)):
-            value = default if value is None else check_real(name, key, value, positive=True, allow_traced=False)
+            value = default if value is None else check_positive(key, value, where=name, traced=False)
+            assert value is not None  # traced=False: a number or a ValueError
             if value > float(jnp.finfo(real_dtype).max) / 4:
                 raise ValueError(f"gradient_flow: {key} = {value!r} is beyond the range of the parameters' {real_dtype}.")
             tolerances[key] = value

@@ -24,21 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from flowopt.analysis._checks import (
-    INT32_MAX,
-    any_nonfinite,
-    check_callable,
-    check_int,
-    check_key,
-    check_params,
-    check_real,
-    checked_value,
-    is_traced,
-    leaf_dtype,
-    merge_complex,
-    split_complex,
-)
 from flowopt.analysis._functions import as_partial
+from flowopt.analysis._pytrees import any_nonfinite, checked_value, merge_complex, split_complex
+from flowopt.core.checks import (
+    INT32_MAX,
+    check_callable,
+    check_float_tree,
+    check_integer,
+    check_non_negative,
+    check_prng_key,
+    is_concrete,
+    leaf_dtype,
+)
 from flowopt.core.types import Params
 
 ValueFn = Callable[[Params], jax.Array]
@@ -54,8 +51,8 @@ def hessian_vector_product(value_fn: ValueFn, params: Params, vector: Params) ->
     Outside ``jit``, a non-finite product is a ``ValueError``.
     """
     name = "hessian_vector_product"
-    check_callable(name, "value_fn", value_fn)
-    check_params(name, "params", params)
+    check_callable("value_fn", value_fn, where=name)
+    check_float_tree("params", params, where=name, nonempty=True)
     if jax.tree.structure(vector) != jax.tree.structure(params):
         raise ValueError(f"{name}: vector has structure {jax.tree.structure(vector)}, params have {jax.tree.structure(params)}.")
     for (path, leaf), direction in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(vector)):
@@ -129,10 +126,10 @@ def lanczos(
       dtype: floating dtype of the basis.
     """
     name = "lanczos"
-    check_callable(name, "matvec", matvec, "a callable v -> H v on flat vectors")
-    dimension = check_int(name, "dimension", dimension)
-    num_iterations = check_int(name, "num_iterations", num_iterations)
-    key = check_key(name, key)
+    check_callable("matvec", matvec, "a callable v -> H v on flat vectors", where=name)
+    dimension = check_integer("dimension", dimension, 1, INT32_MAX, where=name, static_args=False)
+    num_iterations = check_integer("num_iterations", num_iterations, 1, INT32_MAX, where=name, static_args=False)
+    key = check_prng_key(key, where=name)
     try:
         dtype = jnp.dtype(dtype)
     except TypeError:
@@ -228,11 +225,11 @@ def _flat_hessian_operator(name: str, value_fn: ValueFn, params: Params):
 def _check_hessian_arguments(
     name: str, value_fn: ValueFn, params: Params, key, count_name: str, count, minimum: int, maximum: int
 ):
-    check_callable(name, "value_fn", value_fn)
+    check_callable("value_fn", value_fn, where=name)
     if params is None:
         raise ValueError(f"{name}: params is None; pass a pytree of floating arrays.")
-    check_params(name, "params", params)
-    return check_int(name, count_name, count, minimum=minimum, maximum=maximum), check_key(name, key)
+    check_float_tree("params", params, where=name, nonempty=True)
+    return check_integer(count_name, count, minimum, maximum, where=name, static_args=False), check_prng_key(key, where=name)
 
 
 def extreme_eigenvalues(
@@ -392,12 +389,13 @@ def gd_error_bound(times: jax.Array, lambda_min: jax.Array, learning_rate: float
             f"{name}: times and lambda_min must be 1-D of equal length (at least 1), got shapes {times.shape} and "
             f"{lambda_min.shape}."
         )
-    rate = check_real(name, "learning_rate", learning_rate, nonnegative=True)
+    checked = check_non_negative("learning_rate", learning_rate, where=name)
+    rate = learning_rate if checked is None else checked
     for label, values in (("times", times), ("lambda_min", lambda_min)):
-        if not is_traced(values) and not bool(jnp.all(jnp.isfinite(values))):
+        if is_concrete(values) and not bool(jnp.all(jnp.isfinite(values))):
             index = int(jnp.argmin(jnp.isfinite(values)))
             raise ValueError(f"{name}: {label} must be finite, got {float(values[index])} at index {index}.")
-    if not is_traced(times) and bool(jnp.any(jnp.diff(times) < 0)):
+    if is_concrete(times) and bool(jnp.any(jnp.diff(times) < 0)):
         index = int(jnp.argmax(jnp.diff(times) < 0))
         raise ValueError(
             f"{name}: times must be nondecreasing, got times[{index}] = {float(times[index])} > "
@@ -411,7 +409,7 @@ def gd_error_bound(times: jax.Array, lambda_min: jax.Array, learning_rate: float
 
 
 def _real_array(function: str, name: str, values) -> jax.Array:
-    if is_traced(values):
+    if not is_concrete(values):
         array = values
     else:
         try:

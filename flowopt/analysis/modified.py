@@ -22,13 +22,14 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from flowopt.analysis._checks import check_callable, check_params, check_real, checked_value
 from flowopt.analysis._functions import as_partial
+from flowopt.analysis._pytrees import checked_value
+from flowopt.core.checks import check_callable, check_float_tree, check_non_negative
 from flowopt.core.types import Params
 
 
 def _modified_value(value_fn: Callable[[Params], jax.Array], learning_rate: jax.Array, params: Params) -> jax.Array:
-    check_params("modified_value_fn", "params", params)
+    check_float_tree("params", params, where="modified_value_fn", nonempty=True)
     value, gradient = jax.value_and_grad(checked_value("modified_value_fn", value_fn))(params)
     # ‖∇f‖² over real coordinates: |g|² for a complex leaf (optax's convention, g = ∂f/∂x - i ∂f/∂y).
     squared_norm = sum(jnp.sum(jnp.square(jnp.abs(leaf))) for leaf in jax.tree.leaves(gradient))
@@ -50,6 +51,6 @@ def modified_value_fn(value_fn: Callable[[Params], jax.Array], learning_rate: fl
     Complex parameters count as pairs of real coordinates (optax's convention),
     so the penalty is ``(η/4) Σ |∂f/∂x + i ∂f/∂y|²``.
     """
-    check_callable("modified_value_fn", "value_fn", value_fn)
-    check_real("modified_value_fn", "learning_rate", learning_rate, nonnegative=True)
+    check_callable("value_fn", value_fn, where="modified_value_fn")
+    check_non_negative("learning_rate", learning_rate, where="modified_value_fn")
     return Partial(_modified_value, as_partial(value_fn), jnp.asarray(learning_rate))

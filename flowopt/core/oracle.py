@@ -24,9 +24,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from flowopt.core.checks import check_float_tree
 from flowopt.core.types import GradFn, Params
 
 
@@ -278,7 +278,7 @@ def _structure_checked(method: str, gradient: GradFn, params: Params) -> GradFn:
             raise ValueError(
                 f"{method}: the oracle returned leaves of shapes {shapes}, expected the shapes of params {expected_shapes}."
             )
-        _check_inexact(method, "the oracle's gradient", grads)
+        check_float_tree("the oracle's gradient", grads, where=method)
         return grads
 
     return oracle
@@ -293,8 +293,8 @@ def check_updates_match(method: str, updates: optax.Updates, params: Params | No
     a vector parameter, both silently.
     """
     if params is not None:
-        _check_inexact(method, "params", params)
-    _check_inexact(method, "the gradient passed to update()", updates)
+        check_float_tree("params", params, where=method)
+    check_float_tree("the gradient passed to update()", updates, where=method)
     if params is None:
         return
     if jax.tree.structure(updates) != jax.tree.structure(params):
@@ -308,21 +308,3 @@ def check_updates_match(method: str, updates: optax.Updates, params: Params | No
                 f"{method}: the gradient leaf at {jax.tree_util.keystr(path) or 'the root'} has shape "
                 f"{jnp.shape(grad)}, its parameter has shape {jnp.shape(leaf)}."
             )
-
-
-def _check_inexact(method: str, what: str, tree: Params) -> None:
-    """Raise ``ValueError`` unless every leaf of ``tree`` is a floating-point or complex array."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        dtype = jnp.result_type(leaf) if _is_array_like(leaf) else None
-        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
-            where = jax.tree_util.keystr(path) or "the root"
-            found = f"dtype {dtype}" if dtype is not None else f"a {type(leaf).__name__}"
-            raise ValueError(
-                f"{method}: {what} must hold floating-point arrays, but the leaf at {where} is {found}. "
-                "Integer or boolean leaves cannot follow a gradient flow: cast them to a float dtype, "
-                "or keep them out of the optimised pytree (optax.masked, optax.multi_transform)."
-            )
-
-
-def _is_array_like(leaf: Any) -> bool:
-    return isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, complex, int)) and not isinstance(leaf, bool)

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from flowopt.core.oracle import _check_inexact, check_updates_match
+from flowopt.core.checks import check_float_tree
+from flowopt.core.oracle import check_updates_match
 
 _CREATE = "flowopt.TrainState.create"
 _APPLY = "flowopt.TrainState.apply_gradients"
@@ -52,7 +53,7 @@ class TrainState(train_state.TrainState):
             raise ValueError(f"flowopt.TrainState.create: tx must be an optax.GradientTransformation{hint}, got {tx!r:.80}.")
         if params is None:
             raise ValueError("flowopt.TrainState.create: params is None; pass the model's parameters.")
-        _check_inexact(_CREATE, "params", params)
+        check_float_tree("params", params, where=_CREATE)
         state = super().create(apply_fn=apply_fn, params=params, tx=tx, **kwargs)
         return state.replace(step=jnp.zeros([], jnp.int32))
 

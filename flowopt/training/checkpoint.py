@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from flowopt.core.checks import check_integer
+
 logger = logging.getLogger(__name__)
 
 _FORMAT = "flowopt-checkpoint-1"
@@ -147,12 +149,6 @@ def _failed_restores_contained() -> Iterator[None]:
             sys.unraisablehook = previous
 
 
-def _positive_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 class Checkpointer:
     """Save and restore ``(state, record)`` pairs under ``directory``, keeping the newest ``keep``.
 
@@ -163,7 +159,7 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, keep: int = 2):
         if directory is None or not os.fspath(directory):
             raise ValueError(f"directory must be a non-empty path, got {directory!r}.")
-        self._keep = _positive_int("keep", keep, 1)
+        self._keep = check_integer("keep", keep, 1, static_args=False)
         self.directory = Path(os.path.abspath(directory))
         self.skipped: dict[int, str] = {}
         self._manager = self._open()
@@ -201,7 +197,7 @@ class Checkpointer:
           CheckpointError: writing failed (disk full, unwritable directory);
             the checkpoints already there are left as they were.
         """
-        step = _positive_int("step", step, 0)
+        step = check_integer("step", step, 0, static_args=False)
         if step in self._manager.all_steps():
             raise ValueError(f"A checkpoint for step {step} already exists in {self.directory}; a step is never saved twice.")
         storable = _to_storable(state)
@@ -230,7 +226,7 @@ class Checkpointer:
         Raises:
           CheckpointError: there is no such checkpoint, or its record is unreadable or fails its checksum.
         """
-        step = self.latest_step() if step is None else _positive_int("step", step, 0)
+        step = self.latest_step() if step is None else check_integer("step", step, 0, static_args=False)
         if step is None or step not in self._manager.all_steps():
             raise CheckpointError(f"No checkpoint{'' if step is None else f' for step {step}'} in {self.directory}.")
         try:
@@ -316,7 +312,7 @@ class Checkpointer:
         """
         steps = sorted(self._manager.all_steps(), reverse=True)
         if step is not None:
-            step = _positive_int("step", step, 0)
+            step = check_integer("step", step, 0, static_args=False)
             if step not in steps:
                 raise CheckpointError(f"No checkpoint for step {step} in {self.directory} (stored: {sorted(steps) or 'none'}).")
             steps = [step]

@@ -153,9 +153,9 @@ def test_missing_oracle_raises():
 @pytest.mark.parametrize(
     "args, kwargs, match",
     [
-        ((0, 0.1), {}, r"order must be an integer in \[1, 4\]"),
-        ((5, 0.1), {}, r"order must be an integer in \[1, 4\]"),
-        ((2.0, 0.1), {}, "order must be an integer"),
+        ((0, 0.1), {}, r"order must be a positive integer \(at most 4\)"),
+        ((5, 0.1), {}, r"order must be a positive integer \(at most 4\)"),
+        ((2.0, 0.1), {}, "order must be a positive integer"),
         ((2, -0.1), {}, "learning_rate must be finite and non-negative"),
         ((2, float("inf")), {}, "learning_rate must be finite and non-negative"),
         ((2, "fast"), {}, "learning_rate must be a positive number"),

@@ -420,8 +420,8 @@ def test_check_oracle_inside_multi_transform():
     "kwargs, match",
     [
         (dict(inner=flowopt.rk4), "check_oracle: inner must be an optax GradientTransformation.*call it"),
-        (dict(rtol=-1.0), "rtol must be a finite real number at least 0"),
-        (dict(atol=float("nan")), "atol must be a finite real number at least 0, got nan, which is not finite"),
+        (dict(rtol=-1.0), "rtol must be a finite nonnegative number"),
+        (dict(atol=float("nan")), "atol must be a finite nonnegative number, got nan, which is not finite"),
         (dict(rtol=0.0), "rtol and atol are both zero"),
         (dict(raise_on_mismatch=1), "raise_on_mismatch must be True or False"),
     ],
