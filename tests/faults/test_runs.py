@@ -11,6 +11,7 @@ overwritten unless asked.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import logging
 import os
@@ -291,19 +292,22 @@ def test_flipped_bit_that_orbax_misses_is_caught_by_the_checksums(tmp_path):
             except checkpoint.CheckpointError as error:
                 assert "step 1" in str(error)
                 caught += 1
-            try:
-                restored = ckpt._manager.restore(
-                    1,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(
-                            jax.tree.map(ocp.utils.to_shape_dtype_struct, checkpoint._to_storable(like))
+            # orbax alone, outside Checkpointer.restore: its leftovers of a failed read are contained the same way.
+            with checkpoint._failed_restores_contained():
+                try:
+                    restored = ckpt._manager.restore(
+                        1,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(
+                                jax.tree.map(ocp.utils.to_shape_dtype_struct, checkpoint._to_storable(like))
+                            ),
+                            progress=ocp.args.JsonRestore(),
                         ),
-                        progress=ocp.args.JsonRestore(),
-                    ),
-                )
-                orbax_silent += not np.array_equal(restored["state"]["w"], like["w"])
-            except Exception:
-                pass
+                    )
+                    orbax_silent += not np.array_equal(restored["state"]["w"], like["w"])
+                except Exception:
+                    pass
+                gc.collect()
         finally:
             ckpt.close()
     assert orbax_silent > 0 and caught >= orbax_silent  # why the checksums exist
