@@ -52,6 +52,21 @@ def run(config: Config, report: Report) -> dict:
     return compile_seconds
 
 
+def _timing_row(section: str, label: str, batch_size: int, method: str, metric: str, t, base, evals: float = 1.0) -> Row:
+    """A row of ``t`` against ``evals`` steps of the baseline ``base`` (best and median times)."""
+    return Row(
+        section=section,
+        model=label,
+        batch_size=batch_size,
+        method=method,
+        metric=metric,
+        value=t.best / (evals * base.best),
+        value_median=t.median / (evals * base.median),
+        method_ms=1e3 * t.best,
+        baseline_ms=1e3 * base.best,
+    )
+
+
 def _report(report: Report, model: str, batch_size: int, runners, times, size: int) -> None:
     sgd = times["optax.sgd"]
     label = f"{DESCRIPTIONS[model]} ({size:,} params)"
@@ -60,19 +75,8 @@ def _report(report: Report, model: str, batch_size: int, runners, times, size: i
             continue
         t = times[name]
         if name == "A/A":
-            report.add(
-                Row(
-                    section="1. step-time overhead",
-                    model=label,
-                    batch_size=batch_size,
-                    method="A/A: optax.sgd again",
-                    metric="time / sgd step (noise control)",
-                    value=t.best / sgd.best,
-                    value_median=t.median / sgd.median,
-                    method_ms=1e3 * t.best,
-                    baseline_ms=1e3 * sgd.best,
-                )
-            )
+            control = "time / sgd step (noise control)"
+            report.add(_timing_row("1. step-time overhead", label, batch_size, "A/A: optax.sgd again", control, t, sgd))
             continue
         if name == "adam_flow":
             base, section = times["optax.adam"], "2a. anchors: optax"
@@ -83,36 +87,7 @@ def _report(report: Report, model: str, batch_size: int, runners, times, size: i
             base, section = sgd, "1. step-time overhead"
             metric = f"time / ({evals:g} × sgd step)"
             target = at_most(OVERHEAD_TARGET)
-        report.add(
-            judged(
-                Row(
-                    section=section,
-                    model=label,
-                    batch_size=batch_size,
-                    method=name,
-                    metric=metric,
-                    value=t.best / (evals * base.best),
-                    value_median=t.median / (evals * base.median),
-                    method_ms=1e3 * t.best,
-                    baseline_ms=1e3 * base.best,
-                ),
-                target,
-            )
-        )
+        report.add(judged(_timing_row(section, label, batch_size, name, metric, t, base, evals), target))
         if name == "euler":
-            report.add(
-                judged(
-                    Row(
-                        section="2a. anchors: optax",
-                        model=label,
-                        batch_size=batch_size,
-                        method="euler",
-                        metric="time / optax.sgd time",
-                        value=t.best / sgd.best,
-                        value_median=t.median / sgd.median,
-                        method_ms=1e3 * t.best,
-                        baseline_ms=1e3 * sgd.best,
-                    ),
-                    within(1.0, 0.02),
-                )
-            )
+            anchor = _timing_row("2a. anchors: optax", label, batch_size, "euler", "time / optax.sgd time", t, sgd)
+            report.add(judged(anchor, within(1.0, 0.02)))
