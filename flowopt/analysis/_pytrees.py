@@ -27,10 +27,6 @@ def merge_complex(template: Any, tree: Any) -> Any:
     return jax.tree.map(merge, template, tree)
 
 
-def has_complex(tree: Any) -> bool:
-    return any(jnp.iscomplexobj(leaf) for leaf in jax.tree.leaves(tree))
-
-
 def any_nonfinite(tree: Any) -> bool:
     """Whether a concrete pytree has a non-finite entry (``False`` for traced values)."""
     leaves = jax.tree.leaves(tree)
