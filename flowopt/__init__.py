@@ -7,10 +7,12 @@ from typing import Any as _Any
 from flowopt import alias, analysis, registry
 from flowopt.alias import *  # noqa: F403  (every public constructor: alias.__all__)
 from flowopt.core.integrator import Integrator, IntegratorState, as_optimizer, oracle_evaluations, skipped_steps
+from flowopt.diagnostics import step_diagnostics
 from flowopt.flows.family import AdaptiveFlowState, adam_coefficient, adam_flow_converges
 from flowopt.guard import GuardState, guard_counts, guard_nonfinite
 from flowopt.rk import tableaus
-from flowopt.rk.adaptive import AdaptiveState, adaptive_step, step_diagnostics
+from flowopt.rk.adaptive import AdaptiveState, adaptive_step
+from flowopt.rk.chebyshev_auto import ChebyshevAutoState
 from flowopt.rk.step_size import PIController
 from flowopt.rk.tableau import ButcherTableau
 from flowopt.wrappers import AccumulatedOracle, CheckOracleState, accumulated_oracle, check_oracle, lookahead
@@ -36,6 +38,7 @@ __all__ = [
     "analysis",
     "as_optimizer",
     "ButcherTableau",
+    "ChebyshevAutoState",
     "check_oracle",
     "CheckOracleState",
     "guard_counts",

@@ -8,7 +8,9 @@ that evaluate the gradient away from the current parameters call the oracle
 ``value_fn`` (or ``grad_fn``) passed to ``update``; see :mod:`flowopt.core.oracle`.
 
 * Explicit Runge–Kutta (:mod:`flowopt.rk.stages`): :func:`runge_kutta`
-  for any tableau, and :func:`euler` … :func:`rk38` for the named ones.
+  for any tableau, and :func:`euler` … :func:`rk38` for the named ones;
+  Runge–Kutta–Chebyshev (:mod:`flowopt.rk.chebyshev`): :func:`rkc`, and
+  :func:`rkc_auto` with stages chosen from the sharpness.
 * Step-size control (:mod:`flowopt.rk.adaptive`):
   :func:`adaptive_runge_kutta`, :func:`minibatch_adaptive_runge_kutta`.
 * Linear multistep (:mod:`flowopt.multistep.bdf`, :mod:`flowopt.multistep.adams_bashforth`): :func:`bdf`,
@@ -42,6 +44,7 @@ from flowopt.multistep.bdf import implicit_bdf
 from flowopt.rk import tableaus
 from flowopt.rk.adaptive import adaptive_integrator, check_embedded
 from flowopt.rk.chebyshev import chebyshev_integrator, chebyshev_method
+from flowopt.rk.chebyshev_auto import chebyshev_auto_integrator
 from flowopt.rk.stages import explicit_runge_kutta
 from flowopt.rk.step_size import PIController
 from flowopt.rk.tableau import ButcherTableau, check_tableau
@@ -57,6 +60,7 @@ __all__ = [
     "rk4",
     "rk38",
     "rkc",
+    "rkc_auto",
     "adaptive_runge_kutta",
     "minibatch_adaptive_runge_kutta",
     "bdf",
@@ -188,6 +192,71 @@ def rkc(
         (50, True)
     """
     return as_optimizer(chebyshev_integrator(chebyshev_method(stages, order, damping)), learning_rate)
+
+
+def rkc_auto(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    order: int = 1,
+    damping: float | None = None,
+    safety: float = 0.9,
+    max_stages: int = 100,
+    estimate_every: int = 100,
+    lanczos_iterations: int = 16,
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """Runge–Kutta–Chebyshev descent that picks its stage count from an estimate of the sharpness ``λ_max(∇²f)``.
+
+    Every ``estimate_every`` steps (the first included) ``lanczos_iterations``
+    Lanczos steps on Hessian-vector products estimate ``λ̂ ≥ λ_max``
+    (largest Ritz value plus its residual); every step then takes the fewest
+    stages ``s`` of :func:`rkc` with ``h·λ̂ ≤ safety·ℓ_s``. Where
+    ``max_stages`` are not enough the step is shortened to
+    ``safety·ℓ_max/λ̂`` and counted. An estimate's Hessian-vector products
+    count as **two gradient evaluations each** in ``oracle_evals``;
+    :func:`flowopt.step_diagnostics` shows ``sharpness``, ``stages``,
+    ``step_size``, ``hvp_evals`` and ``capped``. The oracle must be
+    differentiable (``jax.jvp`` of its gradient). See
+    :mod:`flowopt.rk.chebyshev_auto`.
+
+    Args:
+      learning_rate: the step ``h``, a number or an optax schedule.
+      order: 1 or 2 (as :func:`rkc`).
+      damping: ``ε`` (as :func:`rkc`; the default of the order if ``None``).
+      safety: the share of ``ℓ_s`` a step may use, in ``(0, 1]``.
+      max_stages: the most stages a step takes, ``order..400``.
+      estimate_every: steps between sharpness estimates, a positive integer.
+      lanczos_iterations: Hessian-vector products per estimate (capped at the
+        parameter count), a positive integer.
+      seed: of the Lanczos start vectors.
+
+    Example:
+
+        >>> import jax, jax.numpy as jnp, flowopt
+        >>> curvatures = jnp.array([1.0, 100.0])
+        >>> loss = lambda w: 0.5 * jnp.sum(curvatures * w**2)
+        >>> tx = flowopt.rkc_auto(learning_rate=1.84, estimate_every=10)
+        >>> params = jnp.ones(2)
+        >>> state = tx.init(params)
+        >>> for _ in range(10):
+        ...     updates, state = tx.update(jax.grad(loss)(params), state, params, value_fn=loss)
+        ...     params = params + updates
+        >>> diagnostics = flowopt.step_diagnostics(state)
+        >>> float(diagnostics["sharpness"]), int(diagnostics["stages"]), int(diagnostics["hvp_evals"])
+        (100.0, 11, 2)
+        >>> int(diagnostics["gradient_evals"]), bool(loss(params) < 1e-6)  # 10 steps of 11 stages; 2 HVPs = 4 gradients
+        (114, True)
+    """
+    integrator = chebyshev_auto_integrator(
+        order,
+        damping,
+        safety=safety,
+        max_stages=max_stages,
+        estimate_every=estimate_every,
+        lanczos_iterations=lanczos_iterations,
+        seed=seed,
+    )
+    return as_optimizer(integrator, learning_rate)
 
 
 # --- Step-size control ---------------------------------------------------------------------------------------

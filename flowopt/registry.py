@@ -75,6 +75,7 @@ from flowopt.alias import (
     rk4,
     rk38,
     rkc,
+    rkc_auto,
     rmsprop_flow,
     runge_kutta,
     ssprk3,
@@ -301,6 +302,18 @@ _ENTRIES = (
         _Cost(lambda arguments: arguments["stages"], "stages", lambda arguments: arguments["stages"] > 1),
         {"stages": 5, **_RATE},
         static_args=("stages", "order"),
+    ),
+    _entry(
+        rkc_auto,
+        _RK,
+        "Runge–Kutta–Chebyshev with the fewest stages s that keep h·λ̂_max ≤ safety·ℓ_s, λ̂_max by Lanczos every N steps.",
+        _Cost(
+            lambda arguments: None,
+            "s (chosen each step, order..max_stages) + 2 per Hessian-vector product (lanczos_iterations per estimate)",
+            lambda arguments: True,
+        ),
+        {"learning_rate": 0.05, "estimate_every": 5, "lanczos_iterations": 4, "max_stages": 20},
+        static_args=("order", "damping", "max_stages", "lanczos_iterations", "seed"),
     ),
     _entry(
         runge_kutta,

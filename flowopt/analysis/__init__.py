@@ -9,13 +9,11 @@ from flowopt.analysis.flows import FlowSolution, gradient_flow
 from flowopt.analysis.hessian import (
     ErrorBound,
     ExtremeEigenvalues,
-    LanczosResult,
     TraceEstimate,
     extreme_eigenvalues,
     gd_error_bound,
     hessian_vector_product,
     hutchinson_trace,
-    lanczos,
     sharpness,
     spectrum_along,
 )
@@ -33,6 +31,7 @@ from flowopt.analysis.stability import (
     stability_interval,
     stability_polynomial,
 )
+from flowopt.core.lanczos import LanczosResult, lanczos
 
 __all__ = [
     "adams_bashforth_method",

@@ -1,10 +1,13 @@
-"""Pass user functions through ``jax.jit`` as pytrees, so compiled solvers are reused."""
+"""User functions as the analysis tools take them: pytrees through ``jax.jit`` (solvers compile once), checked values."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from jax.tree_util import Partial
+
+from flowopt.core.oracle import check_scalar_loss
 
 
 def as_partial(function: Callable | None) -> Partial | None:
@@ -20,3 +23,8 @@ def as_partial(function: Callable | None) -> Partial | None:
     if not callable(function):
         raise ValueError(f"expected a callable, got {type(function).__name__}.")
     return Partial(function)
+
+
+def checked_value(function: str, value_fn: Any) -> Any:
+    """``value_fn`` whose output is checked (at trace time) to be a real floating scalar."""
+    return lambda params: check_scalar_loss(function, "value_fn", value_fn(params))

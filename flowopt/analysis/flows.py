@@ -27,10 +27,9 @@ import numpy as np
 import optax
 
 from flowopt.analysis._functions import as_partial
-from flowopt.analysis._pytrees import merge_complex, split_complex
 from flowopt.core.checks import INT32_MAX, check_callable, check_float_tree, check_integer, check_positive
 from flowopt.core.oracle import resolve_oracle
-from flowopt.core.trees import tree_all_finite
+from flowopt.core.trees import merge_complex, split_complex, tree_all_finite
 from flowopt.core.types import GradFn, Params
 from flowopt.rk import tableaus
 from flowopt.rk.adaptive import adaptive_step, attempt_oracle_calls

@@ -3,8 +3,8 @@
 ``∇²f(θ) v`` is one forward-over-reverse pass (``jax.jvp`` of ``jax.grad``),
 about the cost of two gradients, so nothing here forms the ``n × n`` matrix:
 
-- :func:`extreme_eigenvalues` / :func:`lanczos`: the smallest and largest
-  eigenvalues by Lanczos with full reorthogonalisation;
+- :func:`extreme_eigenvalues`: the smallest and largest eigenvalues by
+  Lanczos with full reorthogonalisation (:func:`flowopt.core.lanczos.lanczos`);
 - :func:`hutchinson_trace`: ``tr ∇²f = E[vᵀ∇²f v]`` over Rademacher probes;
 - :func:`spectrum_along` / :func:`sharpness`: the extremes at every point of a
   trajectory;
@@ -24,8 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from flowopt.analysis._functions import as_partial
-from flowopt.analysis._pytrees import any_nonfinite, checked_value, merge_complex, split_complex
+from flowopt.analysis._functions import as_partial, checked_value
 from flowopt.core.checks import (
     INT32_MAX,
     check_callable,
@@ -36,6 +35,8 @@ from flowopt.core.checks import (
     is_concrete,
     leaf_dtype,
 )
+from flowopt.core.lanczos import check_basis_memory, lanczos_tridiagonal
+from flowopt.core.trees import any_nonfinite, merge_complex, split_complex
 from flowopt.core.types import Params
 
 ValueFn = Callable[[Params], jax.Array]
@@ -89,128 +90,6 @@ class ExtremeEigenvalues(NamedTuple):
     lambda_max: jax.Array
 
 
-class LanczosResult(NamedTuple):
-    """Ritz values of ``m`` Lanczos steps and their a-posteriori error bounds.
-
-    Attributes:
-      ritz_values: ``(m,)`` eigenvalues of the tridiagonal ``T_m``, ascending.
-      residuals: ``(m,)`` norms ``‖H y_i - θ_i y_i‖`` of the Ritz pairs; ``H``
-        has an eigenvalue within ``residuals[i]`` of ``ritz_values[i]``.
-    """
-
-    ritz_values: jax.Array
-    residuals: jax.Array
-
-
-def lanczos(
-    matvec: Callable[[jax.Array], jax.Array],
-    dimension: int,
-    num_iterations: int,
-    key: jax.Array,
-    dtype: jnp.dtype = jnp.float32,
-) -> LanczosResult:
-    """Lanczos tridiagonalisation of a symmetric operator with full reorthogonalisation.
-
-    ``q_{j+1} β_j = H q_j - Σ_{i≤j} (q_iᵀ H q_j) q_i`` with two classical
-    Gram–Schmidt passes against every previous ``q_i``, so the basis stays
-    orthogonal to rounding and no ghost eigenvalues appear. When the Krylov
-    space becomes invariant (``β_j`` at rounding level) the iteration restarts
-    from a random vector orthogonal to the basis with ``β_j = 0``, which keeps
-    ``T_m`` exact. Paige (1972); Golub & Van Loan, *Matrix Computations*, §10.1.
-
-    Args:
-      matvec: ``v -> H v`` on flat vectors of length ``dimension``.
-      dimension: ``n``; ``num_iterations`` is capped at ``n``.
-      num_iterations: ``m``, static; memory is ``m × n``.
-      key: PRNG key for the starting vector and restarts.
-      dtype: floating dtype of the basis.
-    """
-    name = "lanczos"
-    check_callable("matvec", matvec, "a callable v -> H v on flat vectors", where=name)
-    dimension = check_integer("dimension", dimension, 1, INT32_MAX, where=name, static_args=False)
-    num_iterations = check_integer("num_iterations", num_iterations, 1, INT32_MAX, where=name, static_args=False)
-    key = check_prng_key(key, where=name)
-    try:
-        dtype = jnp.dtype(dtype)
-    except TypeError:
-        raise ValueError(f"lanczos: dtype must be a real floating dtype, got {dtype!r}.") from None
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"lanczos: dtype must be a real floating dtype (the operator is symmetric), got {dtype}.")
-    _check_memory(name, dimension, num_iterations, dtype)
-    result = _lanczos_jit(matvec, dimension, num_iterations, key, dtype)
-    if any_nonfinite(result):
-        raise ValueError("lanczos: matvec returned non-finite values; the Ritz values would be NaN.")
-    return result
-
-
-_MAX_BASIS_BYTES = 16 * 2**30
-
-
-def _check_memory(name: str, dimension: int, num_iterations: int, dtype) -> None:
-    size = min(num_iterations, dimension) * dimension * jnp.dtype(dtype).itemsize
-    if size > _MAX_BASIS_BYTES:
-        raise ValueError(
-            f"{name}: num_iterations = {num_iterations} on dimension {dimension} needs a {size / 2**30:.0f} GiB "
-            f"basis (at most {_MAX_BASIS_BYTES // 2**30} GiB); use fewer iterations."
-        )
-
-
-def _lanczos(matvec, dimension: int, num_iterations: int, key: jax.Array, dtype) -> LanczosResult:
-    steps = min(int(num_iterations), int(dimension))
-    if steps < 1:
-        raise ValueError(f"num_iterations and the dimension must be at least 1, got {num_iterations}, {dimension}.")
-    eps = jnp.finfo(dtype).eps
-
-    def random_unit(index: int | jax.Array, basis: jax.Array) -> jax.Array:
-        vector = jax.random.normal(jax.random.fold_in(key, index), (dimension,), dtype)
-        for _ in range(2):
-            vector = vector - basis.T @ (basis @ vector)
-        return vector / jnp.linalg.norm(vector)
-
-    def checked_matvec(q: jax.Array) -> jax.Array:
-        try:
-            w = matvec(q)
-        except (TypeError, ValueError) as error:
-            if str(error).startswith("lanczos:"):
-                raise
-            raise ValueError(
-                f"lanczos: matvec failed on a vector of shape ({dimension},) (does dimension = {dimension} match "
-                f"the operator?): {type(error).__name__}: {str(error).splitlines()[0]}"
-            ) from None
-        if jnp.shape(w) != (dimension,) or not jnp.issubdtype(jnp.result_type(w), jnp.floating):
-            raise ValueError(
-                f"lanczos: matvec must map a vector of shape ({dimension},) to a real floating vector of the same "
-                f"shape, got {jnp.result_type(w)}{list(jnp.shape(w))}."
-            )
-        return w.astype(dtype)
-
-    def body(j, carry):
-        basis, alpha, beta, q, scale = carry
-        basis = basis.at[j].set(q)
-        w = checked_matvec(q)
-        alpha = alpha.at[j].set(jnp.vdot(q, w))
-        for _ in range(2):
-            w = w - basis.T @ (basis @ w)
-        norm = jnp.linalg.norm(w)
-        scale = jnp.maximum(scale, jnp.abs(alpha[j]) + norm)
-        breakdown = norm <= 10.0 * jnp.sqrt(dimension) * eps * scale
-        q_next = jnp.where(breakdown, random_unit(j + 1, basis), w / jnp.where(breakdown, 1.0, norm))
-        beta = beta.at[j].set(jnp.where(breakdown, 0.0, norm))
-        return basis, alpha, beta, q_next, scale
-
-    basis = jnp.zeros((steps, dimension), dtype)
-    start = random_unit(0, basis)
-    init = (basis, jnp.zeros(steps, dtype), jnp.zeros(steps, dtype), start, jnp.zeros((), dtype))
-    _, alpha, beta, _, _ = jax.lax.fori_loop(0, steps, body, init)
-    tridiagonal = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
-    ritz_values, ritz_vectors = jnp.linalg.eigh(tridiagonal)
-    residual_coupling = beta[-1] if steps < dimension else jnp.zeros((), dtype)
-    return LanczosResult(ritz_values, jnp.abs(residual_coupling * ritz_vectors[-1]))
-
-
-_lanczos_jit = jax.jit(_lanczos, static_argnums=(0, 1, 2, 4))
-
-
 def _flat_hessian_operator(name: str, value_fn: ValueFn, params: Params):
     """``v -> ∇²f v`` on the flat real coordinates of ``params`` (complex leaves as (x, y) pairs)."""
     flat, unravel = ravel_pytree(split_complex(params))
@@ -248,7 +127,7 @@ def extreme_eigenvalues(
     likewise for ``λ̂_min``: geometric in ``m``, fast for isolated extremes.
     With ``m ≥ n`` (or ``m`` at least the number of distinct eigenvalues) the
     result is exact up to about ``√n·ε·‖∇²f‖``. For a computable certificate
-    use :func:`lanczos`, whose residuals bound the distance to an eigenvalue.
+    use :func:`~flowopt.core.lanczos.lanczos`, whose residuals bound the distance to an eigenvalue.
     In float64 the defaults reach 1e-4 relative agreement with a dense
     ``eigh`` on the small MLPs and quadratics of the test suite.
 
@@ -263,7 +142,7 @@ def extreme_eigenvalues(
     name = "extreme_eigenvalues"
     num_iterations, key = _check_hessian_arguments(name, value_fn, params, key, "num_iterations", num_iterations, 1, INT32_MAX)
     dimension = sum(2 * jnp.size(x) if jnp.iscomplexobj(x) else jnp.size(x) for x in jax.tree.leaves(params))
-    _check_memory(name, dimension, num_iterations, jnp.float64)
+    check_basis_memory(name, dimension, num_iterations, jnp.float64)
     low, high = _extreme_eigenvalues(as_partial(value_fn), params, key, num_iterations=num_iterations)
     if any_nonfinite((low, high)):
         raise ValueError(f"{name}: the Hessian is not finite at params (value_fn or its derivatives are NaN or inf there).")
@@ -273,7 +152,7 @@ def extreme_eigenvalues(
 @functools.partial(jax.jit, static_argnames=("num_iterations",))
 def _extreme_eigenvalues(value_fn, params, key, *, num_iterations):
     matvec, dimension, dtype = _flat_hessian_operator("extreme_eigenvalues", value_fn, params)
-    result = _lanczos(matvec, dimension, num_iterations, key, dtype)
+    result = lanczos_tridiagonal(matvec, dimension, num_iterations, key, dtype)
     return result.ritz_values[0], result.ritz_values[-1]
 
 

@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from flowopt.analysis._functions import as_partial
-from flowopt.analysis._pytrees import checked_value
+from flowopt.analysis._functions import as_partial, checked_value
 from flowopt.core.checks import check_callable, check_float_tree, check_non_negative
 from flowopt.core.types import Params
 

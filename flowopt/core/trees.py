@@ -1,4 +1,4 @@
-"""Pytree arithmetic shared by the integrators."""
+"""Pytree helpers shared by the integrators and the analysis tools: combinations, finiteness, complex leaves as real pairs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowopt.core.checks import is_concrete
 from flowopt.core.types import Params
 
 
@@ -44,3 +45,38 @@ def tree_all_finite(tree: Any) -> jax.Array:
     """Whether every element of every leaf of ``tree`` is finite (a boolean scalar)."""
     leaves = jax.tree.leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])) if leaves else jnp.array(True)
+
+
+def any_nonfinite(tree: Any) -> bool:
+    """Whether a concrete pytree has a non-finite entry (``False`` for traced values)."""
+    leaves = jax.tree.leaves(tree)
+    if not is_concrete(*leaves):
+        return False
+    return not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves)
+
+
+def split_complex(tree: Any) -> Any:
+    """Complex leaves as real arrays with a trailing axis ``(real, imag)``; real leaves unchanged."""
+    return jax.tree.map(lambda x: jnp.stack([x.real, x.imag], -1) if jnp.iscomplexobj(x) else x, tree)
+
+
+def merge_complex(template: Any, tree: Any) -> Any:
+    """Undo :func:`split_complex`, with ``template`` telling which leaves were complex (dtype only)."""
+
+    def merge(like, x):
+        if jnp.iscomplexobj(like):
+            return jax.lax.complex(x[..., 0], x[..., 1]).astype(jnp.result_type(like))
+        return x
+
+    return jax.tree.map(merge, template, tree)
+
+
+def real_dtype(params: Params) -> Any:
+    """The real dtype of step sizes and times: float64 for float64 or complex128 parameters."""
+    leaves = jax.tree.leaves(params)
+    dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        dtype = jnp.finfo(dtype).dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.float32
+    return jnp.promote_types(dtype, jnp.float32)

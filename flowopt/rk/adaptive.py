@@ -95,7 +95,7 @@ curvature from noise.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -103,10 +103,9 @@ import numpy as np
 import optax
 
 from flowopt.core.checks import check_integer
-from flowopt.core.integrator import Integrator, IntegratorState, oracle_evaluations
-from flowopt.core.trees import linear_combination, tree_all_finite
+from flowopt.core.integrator import Integrator
+from flowopt.core.trees import linear_combination, real_dtype, tree_all_finite
 from flowopt.core.types import GradFn, Params
-from flowopt.guard import GuardState, guard_counts
 from flowopt.rk.stability import real_stability_interval
 from flowopt.rk.stages import gradient_stages, oracle_calls
 from flowopt.rk.step_size import PIController, StepSizeState, error_order, scaled_error_norm
@@ -178,7 +177,7 @@ def stage_stiffness(tableau: ButcherTableau, ks: list[Params | None]) -> jax.Arr
     stages = [i for i, k in enumerate(ks) if k is not None]
     coefficients = tableau.a[np.ix_(stages, stages)]  # a stage never uses a skipped one
     pairs = [(i, j) for i in range(len(stages)) for j in range(i) if np.any(coefficients[i] != coefficients[j])]
-    dtype = _float_dtype(ks[0])
+    dtype = real_dtype(ks[0])
     if not pairs:
         return jnp.zeros([], dtype)
     entries = [(i, j) for i in range(len(stages)) for j in range(i + 1)]
@@ -279,16 +278,18 @@ class AdaptiveState(NamedTuple):
     stiffness: jax.Array
     controller: StepSizeState
 
-
-def _float_dtype(params: Params) -> Any:
-    """The real dtype of step sizes and times: float64 for float64 or complex128 parameters."""
-    leaves = jax.tree.leaves(params)
-    dtype = jnp.result_type(*leaves) if leaves else jnp.float32
-    if jnp.issubdtype(dtype, jnp.complexfloating):
-        dtype = jnp.finfo(dtype).dtype
-    if not jnp.issubdtype(dtype, jnp.floating):
-        dtype = jnp.float32
-    return jnp.promote_types(dtype, jnp.float32)
+    def diagnostics(self) -> dict[str, jax.Array]:
+        """The numbers :func:`flowopt.step_diagnostics` reports for this state."""
+        return dict(
+            step_size=self.controller.step_size,
+            last_step_size=self.last_step_size,
+            error=self.error,
+            stiffness=self.stiffness,
+            accepted=self.accepted,
+            rejected=self.rejected,
+            nonfinite=self.nonfinite,
+            time=self.time,
+        )
 
 
 MAX_ATTEMPTS = 1000
@@ -314,7 +315,7 @@ def adaptive_integrator(
     calls = attempt_oracle_calls(tableau)
 
     def init(params: Params) -> AdaptiveState:
-        dtype = _float_dtype(params)
+        dtype = real_dtype(params)
         # A buffer per field: a state donated to a jitted step must not hold one buffer twice.
         integer, real = (lambda: jnp.zeros([], jnp.int32)), (lambda: jnp.zeros([], dtype))
         return AdaptiveState(
@@ -370,45 +371,3 @@ def adaptive_integrator(
         chooses_step_size=True,
         flags_nonfinite_loss=True,
     )
-
-
-def step_diagnostics(opt_state: optax.OptState) -> dict[str, jax.Array]:
-    """Per-step numbers to log from a state holding one adaptive method and/or guards.
-
-    Keys: ``oracle_evals`` (all oracle calls in the state) always; with an
-    adaptive method ``step_size`` (next), ``last_step_size``, ``error``,
-    ``stiffness``, ``accepted``, ``rejected``, ``nonfinite``, ``time`` (flow time covered)
-    and ``gradient_evals`` (incoming gradients plus oracle calls); with a
-    guard ``nonfinite_gradients`` and ``nonfinite_steps``. Values are arrays
-    (usable under ``jit``); ``{k: float(v) for k, v in d.items()}`` to log.
-
-    Raises:
-      ValueError: if the state holds no adaptive or guard state, or several
-        adaptive states.
-    """
-    is_node = lambda x: isinstance(x, GuardState) or (isinstance(x, IntegratorState) and isinstance(x.stage_state, AdaptiveState))
-    nodes = jax.tree.leaves(opt_state, is_leaf=is_node)
-    adaptive = [x for x in nodes if isinstance(x, IntegratorState)]
-    guarded = any(isinstance(x, GuardState) for x in nodes)
-    if not adaptive and not guarded:
-        raise ValueError("step_diagnostics: opt_state holds no flowopt adaptive or guard state.")
-    if len(adaptive) > 1:
-        raise ValueError(f"step_diagnostics: opt_state holds {len(adaptive)} adaptive states; pass each sub-state.")
-    diagnostics = {"oracle_evals": oracle_evaluations(opt_state)}
-    if adaptive:
-        (outer,) = adaptive
-        state = outer.stage_state
-        diagnostics.update(
-            step_size=state.controller.step_size,
-            last_step_size=state.last_step_size,
-            error=state.error,
-            stiffness=state.stiffness,
-            accepted=state.accepted,
-            rejected=state.rejected,
-            nonfinite=state.nonfinite,
-            time=state.time,
-            gradient_evals=outer.count + diagnostics["oracle_evals"],
-        )
-    if guarded:
-        diagnostics.update(guard_counts(opt_state))
-    return diagnostics

@@ -200,6 +200,51 @@ def stages_for(step_curvature: float, order: int = 1, damping: float | None = No
     return low
 
 
+def chebyshev_increment(
+    oracle: GradFn | None,
+    params: Params,
+    k1: Params,
+    h: jax.Array,
+    coefficients: jax.Array,
+    stages: int | jax.Array,
+    second_order: bool,
+) -> Params:
+    """``θ_{n+1} - θ_n`` of one RKC step by the recurrence, carried as differences ``Y_j - θ_n``.
+
+    ``coefficients`` is the ``(≥ s + 1, 4)`` table of ``μ_j, ν_j, μ̃_j, γ̃_j``
+    (see :class:`ChebyshevMethod`) and ``stages`` is ``s``: a Python integer
+    (the loop is unrolled up to 8 stages) or a traced one (a ``while_loop``).
+    ``k1 = ∇f(θ_n)``; the oracle gives the ``s - 1`` other gradients.
+    """
+    table = coefficients.astype(jnp.result_type(h, float))
+    first = jax.tree.map(lambda g: -(table[1, 2] * h).astype(g.dtype) * g, k1)
+    if isinstance(stages, int) and stages == 1:  # gradient descent: no stage beyond the first
+        return first
+    assert oracle is not None  # every caller with more than one stage resolves an oracle
+
+    def stage(j: jax.Array, carry: tuple[Params, Params]) -> tuple[Params, Params]:
+        previous, before = carry
+        mu, nu, mu_tilde, gamma_tilde = (table[j, i] * scale for i, scale in enumerate((1, 1, h, h)))
+        gradient = oracle(jax.tree.map(jnp.add, params, previous))
+
+        def combine(d1: jax.Array, d2: jax.Array, g: jax.Array, g0: jax.Array) -> jax.Array:
+            c = [jnp.asarray(value, d1.dtype) for value in (mu, nu, mu_tilde, gamma_tilde)]
+            combined = c[0] * d1 + c[1] * d2 - c[2] * g
+            return combined - c[3] * g0 if second_order else combined
+
+        return jax.tree.map(combine, previous, before, gradient, k1), previous
+
+    zeros = jax.tree.map(jnp.zeros_like, k1)
+    unroll = isinstance(stages, int) and stages <= _MAX_UNROLLED_STAGES
+    increment, _ = jax.lax.fori_loop(2, stages + 1, stage, (first, zeros), unroll=unroll)
+    return increment
+
+
+def coefficient_table(method: ChebyshevMethod) -> np.ndarray:
+    """The ``(s + 1, 4)`` float64 table of ``μ_j, ν_j, μ̃_j, γ̃_j`` that :func:`chebyshev_increment` reads."""
+    return np.stack([method.mu, method.nu, method.mu_tilde, method.gamma_tilde], axis=1)
+
+
 def chebyshev_integrator(method: ChebyshevMethod) -> Integrator:
     """The RKC ``method`` as an :class:`~flowopt.Integrator` of the gradient flow (no stage state).
 
@@ -207,31 +252,11 @@ def chebyshev_integrator(method: ChebyshevMethod) -> Integrator:
     straight-line code up to 8 stages and a ``lax.fori_loop`` beyond (the
     same iterates; on the CPU, convolutions run slower inside a loop).
     """
-    s, second_order = method.stages, method.order == 2
-    coefficients = np.stack([method.mu, method.nu, method.mu_tilde, method.gamma_tilde], axis=1)
+    s, table = method.stages, coefficient_table(method)
 
     def step(oracle: GradFn | None, params: Params, k1: Params, h: jax.Array | None, state: tuple):
         assert h is not None  # the step of the learning-rate schedule (as_optimizer passes it)
-        table = jnp.asarray(coefficients, jnp.result_type(h, float))
-        first = jax.tree.map(lambda g: -(table[1, 2] * h).astype(g.dtype) * g, k1)
-        if s == 1:  # gradient descent: no stage beyond the first
-            return first, state, 0
-        assert oracle is not None  # needs_oracle is set for s > 1, so as_optimizer resolved one
-
-        def stage(j: jax.Array, carry: tuple[Params, Params]) -> tuple[Params, Params]:
-            previous, before = carry
-            mu, nu, mu_tilde, gamma_tilde = (table[j, i] * scale for i, scale in enumerate((1, 1, h, h)))
-            gradient = oracle(jax.tree.map(jnp.add, params, previous))
-
-            def combine(d1: jax.Array, d2: jax.Array, g: jax.Array, g0: jax.Array) -> jax.Array:
-                c = [jnp.asarray(value, d1.dtype) for value in (mu, nu, mu_tilde, gamma_tilde)]
-                combined = c[0] * d1 + c[1] * d2 - c[2] * g
-                return combined - c[3] * g0 if second_order else combined
-
-            return jax.tree.map(combine, previous, before, gradient, k1), previous
-
-        zeros = jax.tree.map(jnp.zeros_like, k1)
-        increment, _ = jax.lax.fori_loop(2, s + 1, stage, (first, zeros), unroll=s <= _MAX_UNROLLED_STAGES)
+        increment = chebyshev_increment(oracle, params, k1, h, jnp.asarray(table), s, method.order == 2)
         return increment, state, s - 1
 
     return Integrator(name=f"rkc{method.order}[s={s}]", init=lambda params: (), step=step, needs_oracle=s > 1)

@@ -292,7 +292,7 @@ def test_gradients_per_step_is_what_the_state_counts(name):
     entry = OPTIMIZERS[name]
     cost = entry.gradients_per_step(**entry.test_arguments)
     if cost is None:
-        pytest.skip(f"{name} costs what the optimizer or integrator it wraps costs ({entry.cost_formula})")
+        pytest.skip(f"{name}: its arguments do not fix its cost per step ({entry.cost_formula})")
     calls = _short_run(name).oracle_evals
     assert 1 + calls[-1] - calls[-2] == cost
 
