@@ -16,6 +16,19 @@ def _reports(node: Any) -> bool:
     return isinstance(node, GuardState) or (isinstance(node, IntegratorState) and hasattr(node.stage_state, "diagnostics"))
 
 
+def _found(opt_state: optax.OptState) -> tuple[list[IntegratorState], bool]:
+    """The integrator states in ``opt_state`` whose methods report, and whether it holds a guard."""
+    nodes = jax.tree.leaves(opt_state, is_leaf=_reports)
+    methods = [x for x in nodes if isinstance(x, IntegratorState) and _reports(x)]
+    return methods, any(isinstance(x, GuardState) for x in nodes)
+
+
+def reports_diagnostics(opt_state: optax.OptState) -> bool:
+    """Whether :func:`step_diagnostics` has numbers for ``opt_state``: a guard, or exactly one method that reports."""
+    methods, guarded = _found(opt_state)
+    return len(methods) == 1 or (guarded and not methods)
+
+
 def step_diagnostics(opt_state: optax.OptState) -> dict[str, jax.Array]:
     """Per-step numbers to log from a state holding one method that reports them and/or guards.
 
@@ -38,9 +51,7 @@ def step_diagnostics(opt_state: optax.OptState) -> dict[str, jax.Array]:
     Raises:
       ValueError: if the state holds no such method or guard, or several such methods.
     """
-    nodes = jax.tree.leaves(opt_state, is_leaf=_reports)
-    methods = [x for x in nodes if isinstance(x, IntegratorState) and _reports(x)]
-    guarded = any(isinstance(x, GuardState) for x in nodes)
+    methods, guarded = _found(opt_state)
     if not methods and not guarded:
         raise ValueError("step_diagnostics: opt_state holds no flowopt adaptive, rkc_auto or guard state.")
     if len(methods) > 1:

@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from flowopt.core.trees import tree_all_finite
+from flowopt.diagnostics import reports_diagnostics, step_diagnostics
 from flowopt.training import models, parallel
 from flowopt.training.checkpoint import Checkpointer
 from flowopt.training.config import ConfigError, TrainConfig
@@ -215,7 +216,10 @@ def train(
       optimised objective, penalty and weight decay included); ``test_loss``
       and ``test_accuracy`` (data loss and accuracy in evaluation mode);
       ``full_train_loss``/``full_train_accuracy`` with ``eval_train``;
-      ``learning_rate``, ``partial`` and ``time_s``. A diverged run ends with a
+      ``learning_rate``; ``optimizer``, the optimizer's
+      :func:`flowopt.step_diagnostics` (as a dict of numbers) where it has
+      them (adaptive Runge–Kutta, :func:`flowopt.rkc_auto`, guards);
+      ``partial`` and ``time_s``. A diverged run ends with a
       row holding ``diverged: true`` and ``message``.
 
     Raises:
@@ -403,6 +407,8 @@ class _Training:
         if schedule is not None:
             # optax types a schedule's value as any ArrayLike, complex included; a learning rate is real.
             row["learning_rate"] = float(cast(float | jax.Array, schedule(step - 1))) if callable(schedule) else schedule
+        if reports_diagnostics(self.state.opt_state):
+            row["optimizer"] = {k: float(v) for k, v in jax.device_get(step_diagnostics(self.state.opt_state)).items()}
         row["partial"] = not epoch_end
         row["time_s"] = self._elapsed()
         self.log.write(row)

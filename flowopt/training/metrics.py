@@ -31,7 +31,9 @@ class MetricsError(RunDirectoryError):
 
 
 def _clean(value: Any) -> Any:
-    """Non-finite floats become ``null`` (JSON has no NaN)."""
+    """Non-finite floats become ``null`` (JSON has no NaN), inside nested dicts too."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value

@@ -60,6 +60,17 @@ def test_grad_eval_budget_counts_oracle_calls_and_ends_mid_epoch(tiny_data, opti
     assert not result.diverged
 
 
+def test_rows_carry_the_diagnostics_of_an_optimizer_that_reports_them(tiny_data):
+    options = {"estimate_every": 4, "lanczos_iterations": 3}
+    result = loop.train(_config(optimizer="rkc_auto", learning_rate=2.0, optimizer_options=options, steps=10), dataset=tiny_data)
+    for row in result.history:
+        diagnostics = row["optimizer"]
+        assert diagnostics["gradient_evals"] == row["grad_evals"]  # the same count, sharpness estimates included
+        assert diagnostics["hvp_evals"] == 3 * diagnostics["estimates"] and diagnostics["stages"] >= 1
+    assert result.history[-1]["optimizer"]["estimates"] == 3  # steps 0, 4 and 8
+    assert "optimizer" not in loop.train(_config(steps=2), dataset=tiny_data).history[-1]
+
+
 def test_step_budget_ends_mid_epoch_with_an_evaluation(tiny_data):
     by_steps = loop.train(_config(steps=11, epochs=5), dataset=tiny_data)
     assert [r["step"] for r in by_steps.history] == [8, 11] and by_steps.history[-1]["epoch"] == 1.375
