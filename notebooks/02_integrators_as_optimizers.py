@@ -309,3 +309,87 @@ plt.show()
 # above), and a larger stability interval helps when the step is limited by
 # the sharpest direction; neither made an explicit method cheaper per gradient
 # than gradient descent on this network.
+
+# %% [markdown]
+# ## 4. Stability that grows faster than cost: Runge–Kutta–Chebyshev
+#
+# Classical methods buy stability no faster than they spend gradients (RK4:
+# interval 2.785 for 4 gradients). A Chebyshev method chooses its stability
+# polynomial for the interval instead of for the order: with $s$ stages,
+#
+# $$R_s(z) = \frac{T_s(\omega_0 + \omega_1 z)}{T_s(\omega_0)}, \qquad
+# \omega_0 = 1 + \varepsilon/s^2, \quad \omega_1 = T_s(\omega_0)/T_s'(\omega_0),$$
+#
+# is stable on $[-\ell_s, 0]$ with $\ell_s \approx 1.94\,s^2$ at the damping
+# $\varepsilon = 0.05$: the stable step *per gradient* grows like $s$
+# (`flowopt.rkc`; Eftekhari, Vandereycken, Vilmart & Zygalakis, BIT 2021).
+
+# %%
+print(f"{'s':>4} {'ℓ_s':>10} {'ℓ_s / s':>8}   (gradient descent: ℓ = 2 per gradient)")
+for s in (1, 2, 5, 10, 20, 50):
+    ell = analysis.stability_interval(flowopt.rk.chebyshev.chebyshev_method(s))
+    print(f"{s:>4} {ell:>10.2f} {ell / s:>8.2f}")
+
+fig, ax = plt.subplots(figsize=(7, 3.5))
+for s, color in ((5, "C0"), (10, "C1")):
+    method = flowopt.rk.chebyshev.chebyshev_method(s)
+    x = np.linspace(0, method.stability_interval * 1.02, 800)
+    ax.plot(x, method.stability_function(-x).real, color=color, label=f"rkc, s = {s}")
+ax.plot(x, 1 - x, "k:", label="gradient descent: 1 − x")
+ax.axhspan(-1, 1, color="0.9")
+ax.set(xlabel="x = hλ", ylabel="R(−x)", ylim=(-1.5, 1.5), title="one step's factor along an eigenvector of eigenvalue λ")
+ax.legend(fontsize="small")
+plt.show()
+
+# %% [markdown]
+# On a quadratic with eigenvalues log-spaced in $[1, \kappa]$, $\kappa = 10^4$,
+# count gradient evaluations until $f \le 10^{-6} f_0$: gradient descent at
+# its best step $2/(\mu + L)$, Nesterov's method with its optimal constant
+# momentum, and RKC at $h L = 0.9\,\ell_s$: $s = 20$ with the default damping,
+# and $s = 50$ with a heavier damping $\varepsilon = 2$.
+
+# %%
+kappa = 1e4
+eigenvalues = jnp.logspace(0, 4, 200)
+chebyshev_loss = lambda x: 0.5 * jnp.sum(eigenvalues * x**2)
+x0 = jnp.ones(200)
+
+
+def evaluations_to_target(tx, steps, target=1e-6):
+    """Gradient evaluations (steps plus oracle calls) at the first step with f ≤ target · f(x0)."""
+
+    def body(carry, _):
+        x, state = carry
+        updates, state = tx.update(jax.grad(chebyshev_loss)(x), state, x, value_fn=chebyshev_loss)
+        x = x + updates
+        return (x, state), (chebyshev_loss(x), flowopt.oracle_evaluations(state))
+
+    _, (losses, calls) = jax.jit(lambda x: jax.lax.scan(body, (x, tx.init(x)), None, length=steps))(x0)
+    reached = np.flatnonzero(np.asarray(losses) <= target * float(chebyshev_loss(x0)))
+    return int(reached[0] + 1 + calls[reached[0]]) if reached.size else None
+
+
+root = np.sqrt(kappa)
+ell_20 = flowopt.rk.chebyshev.chebyshev_method(20).stability_interval
+ell_50 = flowopt.rk.chebyshev.chebyshev_method(50, damping=2.0).stability_interval
+runs = {
+    "gradient descent, h = 2/(μ+L)": (flowopt.euler(2 / (1 + kappa)), 200_000),
+    "Nesterov, h = 1/L, β = (√κ−1)/(√κ+1)": (optax.sgd(1 / kappa, momentum=(root - 1) / (root + 1), nesterov=True), 20_000),
+    "rkc, s = 20, ε = 0.05, hL = 0.9 ℓ_s": (flowopt.rkc(20, 0.9 * ell_20 / kappa), 2_000),
+    "rkc, s = 50, ε = 2, hL = 0.9 ℓ_s": (flowopt.rkc(50, 0.9 * ell_50 / kappa, damping=2.0), 200),
+    "rkc_auto, h = 0.9 ℓ_20 / L (s from Lanczos)": (flowopt.rkc_auto(0.9 * ell_20 / kappa, estimate_every=1000), 2_000),
+}
+for label, (tx, steps) in runs.items():
+    print(f"{label:>44}: {evaluations_to_target(tx, steps)} gradient evaluations")
+
+# %% [markdown]
+# With the default damping, $s = 20$ needs about a thirteenth of gradient
+# descent's evaluations but five times Nesterov's: a lightly damped polynomial
+# comes close to $\pm 1$ at many points inside the interval, and the
+# eigenvalues near them barely contract. Heavier damping with more stages
+# spreads the contraction and comes within about 10% of Nesterov's method,
+# tuned here with the known $\mu$ and $L$. `rkc_auto` needs neither: it
+# estimates the sharpness by Lanczos on Hessian-vector products (counted at
+# two gradients each) and picks $s$ itself. The study
+# `flowopt-experiment stabilized` measures these rates across $\kappa$, on
+# logistic regression and on a network, with every method at its best setting.
