@@ -83,14 +83,7 @@ class ChebyshevAutoState(NamedTuple):
 
     def diagnostics(self) -> dict[str, jax.Array]:
         """The numbers :func:`flowopt.step_diagnostics` reports for this state."""
-        return dict(
-            sharpness=self.sharpness,
-            stages=self.stages,
-            step_size=self.step_size,
-            estimates=self.estimates,
-            hvp_evals=self.hvp_evals,
-            capped=self.capped,
-        )
+        return {name: value for name, value in self._asdict().items() if name != "since_estimate"}
 
 
 @functools.lru_cache(maxsize=16)
