@@ -1,9 +1,10 @@
-"""Analysis tools: reference gradient flows, GF–GD distances, Hessian spectra, stability, modified flows.
+"""Analysis tools: reference gradient flows, GF–GD distances, Hessian spectra, stability, modified and central flows.
 
 Everything works on any pytree of parameters and uses only gradients and
 Hessian-vector products of a ``value_fn``.
 """
 
+from flowopt.analysis.central import CentralFlowSolution, central_flow
 from flowopt.analysis.distance import optimizer_trajectory, step_times, trajectory_distance
 from flowopt.analysis.flows import FlowSolution, gradient_flow
 from flowopt.analysis.hessian import (
@@ -34,6 +35,8 @@ from flowopt.analysis.stability import (
 from flowopt.core.lanczos import LanczosResult, lanczos
 
 __all__ = [
+    "CentralFlowSolution",
+    "central_flow",
     "adams_bashforth_method",
     "amplification",
     "bdf_method",

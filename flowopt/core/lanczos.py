@@ -1,7 +1,7 @@
 """Lanczos tridiagonalisation of a symmetric operator given by matrix-vector products.
 
 :func:`lanczos` is the checked, jitted entry point; :func:`lanczos_tridiagonal`
-the traceable iteration the Hessian tools (:mod:`flowopt.analysis.hessian`)
+the traceable iteration that the Hessian tools of :mod:`flowopt.analysis`
 and the curvature estimates of optimizers (:mod:`flowopt.rk.chebyshev_auto`)
 run inside their own ``jit``.
 """
@@ -84,7 +84,8 @@ def check_basis_memory(name: str, dimension: int, num_iterations: int, dtype) ->
         )
 
 
-def lanczos_tridiagonal(matvec, dimension: int, num_iterations: int, key: jax.Array, dtype) -> LanczosResult:
+def _iterate(matvec, dimension: int, num_iterations: int, key: jax.Array, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(Q, T, β_m)``: the orthonormal Lanczos basis (rows), the tridiagonal ``T = Q H Qᵀ`` and the last coupling."""
     steps = min(int(num_iterations), int(dimension))
     if steps < 1:
         raise ValueError(f"num_iterations and the dimension must be at least 1, got {num_iterations}, {dimension}.")
@@ -130,11 +131,48 @@ def lanczos_tridiagonal(matvec, dimension: int, num_iterations: int, key: jax.Ar
     basis = jnp.zeros((steps, dimension), dtype)
     start = random_unit(0, basis)
     init = (basis, jnp.zeros(steps, dtype), jnp.zeros(steps, dtype), start, jnp.zeros((), dtype))
-    _, alpha, beta, _, _ = jax.lax.fori_loop(0, steps, body, init)
+    basis, alpha, beta, _, _ = jax.lax.fori_loop(0, steps, body, init)
     tridiagonal = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
+    coupling = beta[-1] if steps < dimension else jnp.zeros((), dtype)
+    return basis, tridiagonal, coupling
+
+
+def lanczos_tridiagonal(matvec, dimension: int, num_iterations: int, key: jax.Array, dtype) -> LanczosResult:
+    """:func:`lanczos` without its argument checks, traceable inside ``jit`` (``matvec`` may close over tracers).
+
+    ``min(num_iterations, dimension)`` products with ``matvec``.
+    """
+    _, tridiagonal, coupling = _iterate(matvec, dimension, num_iterations, key, dtype)
     ritz_values, ritz_vectors = jnp.linalg.eigh(tridiagonal)
-    residual_coupling = beta[-1] if steps < dimension else jnp.zeros((), dtype)
-    return LanczosResult(ritz_values, jnp.abs(residual_coupling * ritz_vectors[-1]))
+    return LanczosResult(ritz_values, jnp.abs(coupling * ritz_vectors[-1]))
+
+
+class RitzPairs(NamedTuple):
+    """The largest Ritz pairs of a Lanczos run, largest first.
+
+    Attributes:
+      values: ``(k,)`` Ritz values, descending.
+      vectors: ``(k, n)`` orthonormal Ritz vectors (rows).
+      residuals: ``(k,)`` ``‖H y_i - θ_i y_i‖``.
+    """
+
+    values: jax.Array
+    vectors: jax.Array
+    residuals: jax.Array
+
+
+def top_ritz_pairs(matvec, dimension: int, count: int, num_iterations: int, key: jax.Array, dtype) -> RitzPairs:
+    """The ``count`` largest Ritz pairs after ``min(num_iterations, dimension)`` Lanczos steps, traceable inside ``jit``.
+
+    The Ritz vectors ``Qᵀ s_i`` come from the stored (fully reorthogonalised)
+    basis, so they are orthonormal to rounding.
+    """
+    basis, tridiagonal, coupling = _iterate(matvec, dimension, num_iterations, key, dtype)
+    if not 1 <= count <= basis.shape[0]:
+        raise ValueError(f"lanczos: count must be in 1..{basis.shape[0]} (the Lanczos steps), got {count}.")
+    values, vectors = jnp.linalg.eigh(tridiagonal)
+    top = vectors[:, ::-1][:, :count]
+    return RitzPairs(values[::-1][:count], top.T @ basis, jnp.abs(coupling * top[-1]))
 
 
 _lanczos_jit = jax.jit(lanczos_tridiagonal, static_argnums=(0, 1, 2, 4))
