@@ -157,7 +157,8 @@ def execute(spec: RunSpec, config: dict[str, Any], run_dir: Path) -> dict[str, A
     return {"kind": "mnist", **result}
 
 
-def _final_loss(result: dict[str, Any]) -> float | None:
+def final_loss(result: dict[str, Any]) -> float | None:
+    """The final full training loss of a training run's result (else its last minibatch loss); None if it diverged."""
     final = result["final"]
     if result["diverged"] or final is None:
         return None
@@ -174,7 +175,7 @@ def mnist_rows(config: dict[str, Any], results: dict) -> list[dict[str, Any]]:
                 result = results.get(_key(problem["name"], method, lr))
                 if result is None:
                     continue
-                loss, final = _final_loss(result), result["final"] or {}
+                loss, final = final_loss(result), result["final"] or {}
                 rows.append(
                     {
                         "problem": problem["name"],
@@ -191,7 +192,8 @@ def mnist_rows(config: dict[str, Any], results: dict) -> list[dict[str, Any]]:
     return rows
 
 
-def _range(rates: list[float], trains: list[bool]) -> dict[str, Any]:
+def rate_range(rates: list[float], trains: list[bool]) -> dict[str, Any]:
+    """The rates that train: how many, the smallest and largest, the decades between, whether none is missing between."""
     good = [r for r, t in zip(rates, trains) if t]
     if not good:
         return {"rates_that_train": 0}
@@ -217,7 +219,7 @@ def sensitivity(config: dict[str, Any], results: dict, runs: list[dict[str, Any]
                 "method": method,
                 "rates": "h·L",
                 "rates_tried": len(rows),
-                **_range([r["lr_times_L"] for r in rows], [r["reached"] for r in rows]),
+                **rate_range([r["lr_times_L"] for r in rows], [r["reached"] for r in rows]),
             }
             reached = [r for r in rows if r["reached"]]
             if reached:
@@ -236,7 +238,7 @@ def sensitivity(config: dict[str, Any], results: dict, runs: list[dict[str, Any]
                 "method": method,
                 "rates": "h",
                 "rates_tried": len(rows),
-                **_range([r["learning_rate"] for r in rows], [r["trains"] for r in rows]),
+                **rate_range([r["learning_rate"] for r in rows], [r["trains"] for r in rows]),
             }
             finished = [r for r in rows if r["final_train_loss"] is not None]
             if finished:
