@@ -90,12 +90,12 @@ def test_smoke_study_writes_its_tables_and_cg_bounds_every_method(smoke):
     assert set(summary["mlp_decades"]) == set(config["mlp"]["methods"])
 
 
-def test_a_bad_configuration_names_the_key(tmp_path):
+def test_a_bad_configuration_names_the_key():
     config = load_config("stabilized", "smoke")
-    config["methods"]["rkc"]["safety"] = 1.5
-    with pytest.raises(ConfigFileError, match=r"key methods\.rkc\.safety must be a number in \(0, 1\]"):
+    config["quadratics"]["methods"]["rkc"]["safety"] = 1.5
+    with pytest.raises(ConfigFileError, match=r"key quadratics\.methods\.rkc\.safety must be a number in \(0, 1\]"):
         check_config(STUDY, config, "smoke.json")
     config = load_config("stabilized", "smoke")
-    del config["methods"]["rk4"]
-    with pytest.raises(ConfigFileError, match=r"quadratic: methods \['rk4'\] need a block under methods"):
+    config["logistic"]["methods"]["cg"] = {}  # CG only on quadratics
+    with pytest.raises(ConfigFileError, match=r"key logistic\.methods\.cg is not a known key"):
         check_config(STUDY, config, "smoke.json")

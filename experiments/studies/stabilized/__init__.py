@@ -37,7 +37,7 @@ from typing import Any
 from experiments import report, runner
 from experiments.runner import RunSpec, Study
 from experiments.studies.stabilized import figures, fullbatch, minibatch, tables
-from experiments.studies.stabilized.methods import METHODS, RATE_METHODS
+from experiments.studies.stabilized.methods import RATE_METHODS
 from experiments.training_runs import check_train_run, train_run, train_schema
 
 
@@ -107,49 +107,44 @@ def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output
 
 
 def run_config(spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
-    """What a run's result depends on: a full-batch sweep its block, the methods and the seed; a training run its settings."""
+    """What a run's result depends on: a full-batch sweep its block and the seed; a training run its settings and the seed."""
     kind = spec.settings["kind"]
     if kind == "mlp":
         return {**spec.settings, "seed": config.get("seed", 0)}
-    block = config["quadratics" if kind == "quadratic" else "logistic"]
-    return {**spec.settings, kind: block, "methods": config["methods"], "seed": config.get("seed", 0)}
+    return {**spec.settings, kind: config["quadratics" if kind == "quadratic" else "logistic"], "seed": config.get("seed", 0)}
 
 
 def check_run(spec: RunSpec, config: dict[str, Any]) -> None:
-    """Settings TrainConfig rejects, and full-batch methods without their block, before any run starts."""
-    kind = spec.settings["kind"]
-    if kind == "mlp":
+    """Training settings TrainConfig rejects, before any run starts."""
+    if spec.settings["kind"] == "mlp":
         check_train_run(_train_settings(spec, config))
-        return
-    block = config["quadratics" if kind == "quadratic" else "logistic"]
-    missing = [m for m in block["methods"] if m in (*RATE_METHODS, "rkc") and m not in config["methods"]]
-    if missing:
-        raise ValueError(f"{kind}: methods {missing} need a block under methods (their rates or RKC settings).")
 
 
 _RATES = {"rates": runner.ListOf(runner.POSITIVE)}
-_BUDGET = {"target": runner.POSITIVE, "budget": runner.POSITIVE_INT, "curve_budget": runner.optional(runner.POSITIVE_INT)}
+_RKC = {
+    "safety": runner.satisfies("a number in (0, 1]", lambda v: isinstance(v, (int, float)) and 0 < v <= 1),
+    "fixed_stages": runner.optional(runner.ListOf(runner.POSITIVE_INT, min_length=0)),
+    "stages_for_h_mu": runner.optional(runner.ListOf(runner.POSITIVE, min_length=0)),
+    "orders": runner.optional(runner.ListOf(runner.one_of(1, 2))),
+    "stage_factors": runner.optional(runner.ListOf(runner.POSITIVE, min_length=0)),
+    "damping_factors": runner.optional(runner.ListOf(runner.POSITIVE, min_length=0)),
+}
+_METHODS = {
+    **{name: runner.optional(_RATES) for name in RATE_METHODS},
+    **{name: runner.optional({}) for name in ("heavy_ball", "nesterov")},
+    "rkc": runner.optional(_RKC),
+}
+"""The ``methods`` block of a full-batch problem: the methods it runs, with their grids (none for the momentum methods)."""
+_BUDGET = {"target": runner.POSITIVE, "budget": runner.POSITIVE_INT}
 SCHEMA = {
     **runner.COMMON,
-    "methods": {
-        **{name: runner.optional(_RATES) for name in RATE_METHODS},
-        "rkc": runner.optional(
-            {
-                "safety": runner.satisfies("a number in (0, 1]", lambda v: isinstance(v, (int, float)) and 0 < v <= 1),
-                "fixed_stages": runner.optional(runner.ListOf(runner.POSITIVE_INT, min_length=0)),
-                "stages_for_h_mu": runner.optional(runner.ListOf(runner.POSITIVE, min_length=0)),
-                "orders": runner.optional(runner.ListOf(runner.one_of(1, 2))),
-                "stage_factors": runner.optional(runner.ListOf(runner.POSITIVE, min_length=0)),
-                "damping_factors": runner.optional(runner.ListOf(runner.POSITIVE, min_length=0)),
-            }
-        ),
-    },
     "quadratics": runner.optional(
         {
             "kappas": runner.ListOf(runner.satisfies("a number ≥ 1", lambda v: isinstance(v, (int, float)) and v >= 1)),
             "dim": runner.satisfies("an integer ≥ 2", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2),
-            "methods": runner.ListOf(runner.one_of(*METHODS, "cg")),
-            "curve_kappa": runner.optional(runner.POSITIVE),
+            "methods": {**_METHODS, "cg": runner.optional({})},
+            "curve_kappa": runner.POSITIVE,
+            "curve_budget": runner.POSITIVE_INT,
             **_BUDGET,
         }
     ),
@@ -158,9 +153,10 @@ SCHEMA = {
             "dataset": runner.one_of("mnist", "synthetic_mnist"),
             "train_subset": runner.POSITIVE_INT,
             "reg": runner.POSITIVE,
-            "methods": runner.ListOf(runner.one_of(*METHODS)),
+            "methods": _METHODS,
             "momentum_rate_scales": runner.ListOf(runner.POSITIVE),
-            **{**_BUDGET, "curve_budget": runner.POSITIVE_INT},
+            "curve_budget": runner.POSITIVE_INT,
+            **_BUDGET,
         }
     ),
     "mlp": runner.optional(

@@ -16,11 +16,6 @@ from experiments.studies.stabilized import methods, sweeps
 from experiments.studies.stabilized.problems import Conditioned, logistic_regression, quadratic
 
 
-def _method_blocks(config: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """The ``methods`` blocks of the methods ``names`` (those without a block map to ``{}``)."""
-    return {name: config["methods"].get(name, {}) for name in names if name != "cg"}
-
-
 def _sweep(
     conditioned: Conditioned, settings: list[methods.Setting], block: dict[str, Any], curves: bool
 ) -> tuple[list[dict], dict[str, dict]]:
@@ -40,7 +35,7 @@ def execute_quadratic(kappa: float, config: dict[str, Any]) -> dict[str, Any]:
     block = config["quadratics"]
     with jax.enable_x64(True):
         conditioned, eigenvalues = quadratic(kappa, block["dim"], config.get("seed", 0))
-        settings = methods.settings(_method_blocks(config, block["methods"]), conditioned.mu, conditioned.problem.lipschitz)
+        settings = methods.settings(block["methods"], conditioned.mu, conditioned.problem.lipschitz)
         rows, curves = _sweep(conditioned, settings, block, kappa == block.get("curve_kappa"))
         if "cg" in block["methods"]:
             row, gaps = sweeps.cg_row(eigenvalues, conditioned, block["target"], block["budget"])
@@ -56,7 +51,7 @@ def execute_logistic(config: dict[str, Any]) -> dict[str, Any]:
     with jax.enable_x64(True):
         conditioned = logistic_regression(block["dataset"], block["train_subset"], block["reg"])
         settings = methods.settings(
-            _method_blocks(config, block["methods"]),
+            block["methods"],
             conditioned.mu,
             conditioned.problem.lipschitz,
             rate_scales=tuple(block["momentum_rate_scales"]),

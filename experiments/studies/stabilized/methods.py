@@ -52,7 +52,6 @@ from flowopt.rk.chebyshev import DEFAULT_DAMPING, MAX_STAGES, chebyshev_method, 
 BDF_INNER_STEPS = 3
 RATE_METHODS = ("gd", "rk4", "bdf2")
 """The methods run on a grid of ``h·L`` (config ``methods.<name>.rates``)."""
-METHODS = ("gd", "heavy_ball", "nesterov", *RATE_METHODS[1:], "rkc")
 
 
 class Setting(NamedTuple):
