@@ -90,7 +90,7 @@ def summarize(config: dict[str, Any], results: dict[str, dict[str, Any]], output
     report.write_csv(output_dir / "logistic.csv", logistic_table)
     report.write_csv(output_dir / "mlp_runs.csv", mlp_runs)
     report.write_csv(output_dir / "mlp.csv", mlp_table)
-    numbers = tables.target_numbers(quadratics, tables.slopes(best), mlp_table)
+    numbers = tables.target_numbers(quadratics, tables.slopes(best), logistic_table, mlp_table)
     facts = {"logistic_problem": logistic["facts"]} if logistic else {}
     report.write_json(output_dir / "summary.json", {**numbers, **facts})
     (output_dir / "results.md").write_text(tables.markdown(best, logistic_table, mlp_table, numbers))

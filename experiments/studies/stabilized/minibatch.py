@@ -5,7 +5,8 @@ for the same ``grad_evals`` budget, so an ``s``-stage step is charged ``s``
 gradients. A rate *trains* when the run does not diverge and its final full
 training loss is at most ``loss_target``; a method's range is the decades
 between the smallest and the largest rate that train, and its best rate the
-one with the lowest final training loss (test accuracy reported there).
+one with the lowest final training loss (test accuracy reported there). Its
+largest stable rate is the largest rate at or below which no run diverged.
 """
 
 from __future__ import annotations
@@ -79,6 +80,14 @@ def summary(block: dict[str, Any], runs: list[dict[str, Any]]) -> list[dict[str,
             "method": method,
             "rates_tried": len(own),
             **rate_range([r["learning_rate"] for r in own], [r["trains"] for r in own]),
+            "max_stable_rate": max(
+                (
+                    r["learning_rate"]
+                    for r in own
+                    if not any(o["diverged"] for o in own if o["learning_rate"] <= r["learning_rate"])
+                ),
+                default=None,
+            ),
         }
         finished = [row for row in own if row["final_train_loss"] is not None]
         if finished:
