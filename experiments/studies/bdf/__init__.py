@@ -157,8 +157,7 @@ def execute(spec: RunSpec, config: dict[str, Any], run_dir: Path) -> dict[str, A
     return {"kind": "mnist", **result}
 
 
-def final_loss(result: dict[str, Any]) -> float | None:
-    """The final full training loss of a training run's result (else its last minibatch loss); None if it diverged."""
+def _final_loss(result: dict[str, Any]) -> float | None:
     final = result["final"]
     if result["diverged"] or final is None:
         return None
@@ -175,21 +174,29 @@ def mnist_rows(config: dict[str, Any], results: dict) -> list[dict[str, Any]]:
                 result = results.get(_key(problem["name"], method, lr))
                 if result is None:
                     continue
-                loss, final = final_loss(result), result["final"] or {}
                 rows.append(
                     {
                         "problem": problem["name"],
                         "method": method,
                         "learning_rate": lr,
-                        "grad_evals": final.get("grad_evals"),
-                        "steps": final.get("step"),
-                        "final_train_loss": loss,
-                        "test_accuracy": None if loss is None else final["test_accuracy"],
-                        "diverged": result["diverged"],
-                        "trains": loss is not None and loss <= problem["loss_target"],
+                        **training_row(result, problem["loss_target"]),
                     }
                 )
     return rows
+
+
+def training_row(result: dict[str, Any], loss_target: float) -> dict[str, Any]:
+    """A training run's evaluations, steps, final full training loss, test accuracy, whether it diverged or trains
+    (did not diverge and ended at a training loss ≤ ``loss_target``)."""
+    loss, final = _final_loss(result), result["final"] or {}
+    return {
+        "grad_evals": final.get("grad_evals"),
+        "steps": final.get("step"),
+        "final_train_loss": loss,
+        "test_accuracy": None if loss is None else final["test_accuracy"],
+        "diverged": result["diverged"],
+        "trains": loss is not None and loss <= loss_target,
+    }
 
 
 def rate_range(rates: list[float], trains: list[bool]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from experiments.runner import RunSpec
-from experiments.studies.bdf import final_loss, rate_range
+from experiments.studies.bdf import rate_range, training_row
 from experiments.training_runs import FIXED_STEP_METHODS
 
 _RKC = re.compile(r"rkc([1-9][0-9]*)")
@@ -56,18 +56,7 @@ def rows(block: dict[str, Any], results: dict[str, dict]) -> list[dict[str, Any]
             result = results.get(key(method, rate))
             if result is None:
                 continue
-            loss, final = final_loss(result), result["final"] or {}
-            out.append(
-                {
-                    "method": method,
-                    "learning_rate": rate,
-                    "grad_evals": final.get("grad_evals"),
-                    "final_train_loss": loss,
-                    "test_accuracy": None if loss is None else final["test_accuracy"],
-                    "diverged": result["diverged"],
-                    "trains": loss is not None and loss <= block["loss_target"],
-                }
-            )
+            out.append({"method": method, "learning_rate": rate, **training_row(result, block["loss_target"])})
     return out
 
 
