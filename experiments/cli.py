@@ -25,7 +25,16 @@ from experiments.runner import (
 from flowopt.training.cli import OneLineParser
 from flowopt.training.data import DataIntegrityError
 
-STUDIES = ("runge-kutta", "adam-ode", "bdf", "continuous-vs-discrete", "bdf-stability", "adaptive-steps", "analysis")
+STUDIES = (
+    "runge-kutta",
+    "adam-ode",
+    "bdf",
+    "continuous-vs-discrete",
+    "bdf-stability",
+    "adaptive-steps",
+    "analysis",
+    "stabilized",
+)
 """The study names; study ``a-b`` is the package ``experiments.studies.a_b``, its configurations beside it."""
 
 

@@ -174,24 +174,33 @@ def mnist_rows(config: dict[str, Any], results: dict) -> list[dict[str, Any]]:
                 result = results.get(_key(problem["name"], method, lr))
                 if result is None:
                     continue
-                loss, final = _final_loss(result), result["final"] or {}
                 rows.append(
                     {
                         "problem": problem["name"],
                         "method": method,
                         "learning_rate": lr,
-                        "grad_evals": final.get("grad_evals"),
-                        "steps": final.get("step"),
-                        "final_train_loss": loss,
-                        "test_accuracy": None if loss is None else final["test_accuracy"],
-                        "diverged": result["diverged"],
-                        "trains": loss is not None and loss <= problem["loss_target"],
+                        **training_row(result, problem["loss_target"]),
                     }
                 )
     return rows
 
 
-def _range(rates: list[float], trains: list[bool]) -> dict[str, Any]:
+def training_row(result: dict[str, Any], loss_target: float) -> dict[str, Any]:
+    """A training run's evaluations, steps, final full training loss, test accuracy, whether it diverged or trains
+    (did not diverge and ended at a training loss ≤ ``loss_target``)."""
+    loss, final = _final_loss(result), result["final"] or {}
+    return {
+        "grad_evals": final.get("grad_evals"),
+        "steps": final.get("step"),
+        "final_train_loss": loss,
+        "test_accuracy": None if loss is None else final["test_accuracy"],
+        "diverged": result["diverged"],
+        "trains": loss is not None and loss <= loss_target,
+    }
+
+
+def rate_range(rates: list[float], trains: list[bool]) -> dict[str, Any]:
+    """The rates that train: how many, the smallest and largest, the decades between, whether none is missing between."""
     good = [r for r, t in zip(rates, trains) if t]
     if not good:
         return {"rates_that_train": 0}
@@ -217,7 +226,7 @@ def sensitivity(config: dict[str, Any], results: dict, runs: list[dict[str, Any]
                 "method": method,
                 "rates": "h·L",
                 "rates_tried": len(rows),
-                **_range([r["lr_times_L"] for r in rows], [r["reached"] for r in rows]),
+                **rate_range([r["lr_times_L"] for r in rows], [r["reached"] for r in rows]),
             }
             reached = [r for r in rows if r["reached"]]
             if reached:
@@ -236,7 +245,7 @@ def sensitivity(config: dict[str, Any], results: dict, runs: list[dict[str, Any]
                 "method": method,
                 "rates": "h",
                 "rates_tried": len(rows),
-                **_range([r["learning_rate"] for r in rows], [r["trains"] for r in rows]),
+                **rate_range([r["learning_rate"] for r in rows], [r["trains"] for r in rows]),
             }
             finished = [r for r in rows if r["final_train_loss"] is not None]
             if finished:
