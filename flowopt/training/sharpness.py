@@ -41,13 +41,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
-from flowopt.core.lanczos import lanczos_tridiagonal
+from flowopt.core.lanczos import check_basis_memory, lanczos_tridiagonal
 from flowopt.rk.chebyshev_auto import HVP_GRADIENTS
 from flowopt.training import parallel
 from flowopt.training.config import ConfigError, TrainConfig
@@ -74,7 +75,7 @@ def sharpness_batch(dataset: Dataset, size: int, seed: int, prep: Preprocess, me
     """The fixed batch: ``size`` training examples (all if fewer) chosen by ``seed``, as the model sees them, replicated."""
     count = len(dataset.x_train)
     chosen = np.sort(np.random.default_rng([seed, SHARPNESS_STREAM]).permutation(count)[: min(size, count)])
-    images = model_inputs(dataset.x_train[chosen], prep, None)
+    images = model_inputs(jnp.asarray(dataset.x_train[chosen]), prep, None)
     return parallel.replicate((images, dataset.y_train[chosen]), mesh)
 
 
@@ -111,7 +112,8 @@ class SharpnessTracker:
       own_optimizer: whether ``config.optimizer`` built the optimizer (else no threshold is known).
 
     Raises:
-      ConfigError: ``sharpness_top`` exceeds the parameter count.
+      ConfigError: ``sharpness_top`` exceeds the parameter count, or the Lanczos basis
+        (``sharpness_iterations`` vectors of the parameters' size) would exceed 16 GiB.
     """
 
     def __init__(
@@ -124,11 +126,17 @@ class SharpnessTracker:
         state: RunState,
         own_optimizer: bool,
     ):
+        if config.sharpness_every is None:
+            raise ValueError("SharpnessTracker: the config does not set sharpness_every.")
         dimension = sum(leaf.size for leaf in jax.tree.leaves(state.params))
         if config.sharpness_top > dimension:
             raise ConfigError(
                 "sharpness_top", f"sharpness_top ({config.sharpness_top}) exceeds the model's {dimension} parameters."
             )
+        try:
+            check_basis_memory("sharpness_iterations", dimension, config.sharpness_iterations, np.float32)
+        except ValueError as error:
+            raise ConfigError("sharpness_iterations", str(error)) from error
         self.every = config.sharpness_every
         self.rule = stability_rule(config.optimizer, config.optimizer_options, state.opt_state) if own_optimizer else None
         preconditioner = self.rule.preconditioner if self.rule is not None else None
@@ -147,11 +155,11 @@ class SharpnessTracker:
     def measurement(self, state: RunState, step: int, learning_rate: float | None, spent: int) -> dict[str, Any]:
         """Measure at ``state`` (after step ``step``): the row's sharpness fields, this cost added to ``spent`` before it."""
         values = self.measure(state.params, state.model_state, state.opt_state, *self.batch, jax.random.fold_in(self.key, step))
-        known = self.rule is not None and learning_rate is not None
+        rule = self.rule
         return {
             "sharpness": [float(v) for v in jax.device_get(values)],
             "preconditioned": self.preconditioned,
-            "rule": self.rule.name if self.rule is not None else None,
-            "threshold": self.rule.threshold(learning_rate) if known else None,
+            "rule": rule.name if rule is not None else None,
+            "threshold": rule.threshold(learning_rate) if rule is not None and learning_rate is not None else None,
             "sharpness_grad_evals": spent + self.cost,
         }

@@ -82,7 +82,7 @@ def stability_rule(optimizer: str, options: Mapping[str, Any], opt_state: optax.
         beta = hyper.get("momentum") or 0.0
         if not beta:
             return StabilityRule("gradient_descent", 2.0)
-        if hyper.get("nesterov"):
+        if optimizer == "nesterov" or hyper.get("nesterov"):  # the name fixes nesterov=True
             return StabilityRule("nesterov", (2.0 + 2.0 * beta) / (1.0 + 2.0 * beta))
         return StabilityRule("heavy_ball", 2.0 + 2.0 * beta)
     preconditioner = _PRECONDITIONERS.get(optimizer)
@@ -110,17 +110,18 @@ def _states(opt_state: optax.OptState, state_type: type) -> list[Any]:
 
 
 def _adam(state: optax.ScaleByAdamState, hyper: Mapping[str, Any]) -> Any:
-    corrected = jax.tree.map(lambda nu: nu / (1 - hyper["b2"] ** state.count.astype(jnp.float32)), state.nu)
-    return _adam_diagonal(state.count, corrected, hyper)
+    count = jnp.asarray(state.count, jnp.float32)
+    corrected = jax.tree.map(lambda nu: nu / (1 - hyper["b2"] ** count), state.nu)
+    return _adam_diagonal(count, corrected, hyper)
 
 
 def _adam_flow(state: AdaptiveFlowState, hyper: Mapping[str, Any]) -> Any:
-    return _adam_diagonal(state.taken, state.v, hyper)
+    return _adam_diagonal(jnp.asarray(state.taken, jnp.float32), state.v, hyper)
 
 
 def _adam_diagonal(count: jax.Array, corrected_v: Any, hyper: Mapping[str, Any]) -> Any:
     """``(1 - β₁ᵗ)(sqrt(v̂ + ε_root) + ε)`` after ``t = count`` steps, from the bias-corrected ``v̂``."""
-    correction = 1 - hyper["b1"] ** count.astype(jnp.float32)
+    correction = 1 - hyper["b1"] ** count
     return jax.tree.map(lambda v: correction * (jnp.sqrt(v + hyper["eps_root"]) + hyper["eps"]), corrected_v)
 
 
