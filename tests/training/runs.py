@@ -1,10 +1,20 @@
-"""Small training runs shared by the training and fault-injection suites: a tiny dataset, ``flowopt-train`` command lines."""
+"""Small training runs shared by the training and fault-injection suites: a tiny dataset and run, command lines, a kill."""
 
 import json
 
 import pytest
 
 from flowopt.training import data, loop
+
+# Logistic regression on tiny_dataset: 8 steps an epoch (TrainConfig fields, a budget to add).
+TINY_LOGISTIC = dict(
+    model="logistic_regression",
+    dataset="synthetic_mnist",
+    batch_size=32,
+    eval_batch_size=50,
+    learning_rate=0.05,
+    progress=False,
+)
 
 
 def tiny_dataset() -> data.Dataset:

@@ -8,20 +8,16 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from flowopt.training import loop, parallel, plots, sharpness, step
+from flowopt.training import loop, parallel, plots, rundir, sharpness, step
 from flowopt.training.config import ConfigError, TrainConfig
 from flowopt.training.optimizers import make_optimizer
 from flowopt.training.thresholds import stability_rule
-from tests.training.runs import kill_after_steps
+from tests.training.runs import TINY_LOGISTIC, kill_after_steps
 
-TINY = dict(
-    model="logistic_regression",
-    dataset="synthetic_mnist",
-    batch_size=32,
-    eval_batch_size=50,
-    learning_rate=0.05,
-    progress=False,
-    sharpness_every=4,
+TINY = dict(TINY_LOGISTIC, sharpness_every=4)
+# 8 steps an epoch: sharpness rows at multiples of 3, evaluation rows at 8 and 16; checkpoints at 5, 8, 10, 15, 16.
+RESUMED = dict(
+    TINY, optimizer="momentum", learning_rate=0.5, epochs=2, checkpoint_every=5, sharpness_every=3, sharpness_iterations=5
 )
 
 
@@ -78,15 +74,31 @@ def test_measurements_cost_apart_and_leave_the_trajectory_alone(tiny_data):
     assert tracked.sharpness[0]["rule"] == "reference" and tracked.sharpness[0]["threshold"] == 2 / 0.05
 
 
+class _Stopped(BaseException):
+    pass
+
+
 def test_killed_run_with_sharpness_resumes_bit_for_bit(tiny_data, tmp_path, monkeypatch):
-    config = _config(optimizer="momentum", learning_rate=0.5, epochs=3, checkpoint_every=5, sharpness_every=3)
+    config = TrainConfig(**RESUMED)
     reference = loop.train(config, tmp_path / "reference", dataset=tiny_data)
+    assert reference.sharpness[-1]["sharpness_grad_evals"] == 5 * 2 * 5  # 5 measurements of 5 products
     rows = kill_after_steps(13, config, tmp_path / "run", tiny_data, monkeypatch)
     assert [r["step"] for r in rows] == [3, 6, 8, 9, 12]  # rows past the checkpoint at step 10 are redone
     resumed = loop.train(config, tmp_path / "run", dataset=tiny_data)
     assert _without_time(resumed.sharpness) == _without_time(reference.sharpness)
     assert _without_time(resumed.history) == _without_time(reference.history)
-    assert resumed.sharpness[-1]["sharpness_grad_evals"] == 8 * 2 * 20
+
+    def stop():
+        raise _Stopped
+
+    monkeypatch.setenv("_FLOWOPT_TEST_KILL_AT", "metrics_write@6")  # half of step 6's sharpness row is on disk
+    monkeypatch.setattr(rundir, "_kill", stop)
+    with pytest.raises(_Stopped):
+        loop.train(config, tmp_path / "half", dataset=tiny_data)
+    monkeypatch.delenv("_FLOWOPT_TEST_KILL_AT")
+    resumed = loop.train(config, tmp_path / "half", dataset=tiny_data)
+    assert _without_time(resumed.sharpness) == _without_time(reference.sharpness)
+    assert _without_time(plots.read_metrics(tmp_path / "half")) == _without_time(plots.read_metrics(tmp_path / "reference"))
 
 
 @pytest.mark.parametrize(
