@@ -20,6 +20,8 @@ The modules, one job each:
 - ``loop``: :func:`train` and its phases; ``progress``: the typed progress record and the budgets;
 - ``resume``: opening a run directory and resuming it; ``rundir``: its lock, atomic writes, notices;
 - ``checkpoint``, ``metrics``: the checkpoints and ``metrics.jsonl`` of a run;
+- ``sharpness``: the top Hessian eigenvalues measured every N steps; ``thresholds``: the
+  edge-of-stability threshold and preconditioner of each optimizer; ``plots``: :func:`plot_sharpness`;
 - ``parallel``: the device mesh and shardings; ``cli``: ``flowopt-train``; ``demo``: ``flowopt-demo``.
 """
 
@@ -40,6 +42,7 @@ from flowopt.training.loop import RunResult, train
 from flowopt.training.models import MODELS, create_model
 from flowopt.training.optimizers import available_optimizers, make_optimizer
 from flowopt.training.parallel import data_mesh
+from flowopt.training.plots import plot_sharpness
 from flowopt.training.rundir import RunDirectoryError
 from flowopt.training.step import RunState, evaluate, make_eval_step, make_train_step
 
@@ -66,6 +69,7 @@ __all__ = [
     "make_optimizer",
     "make_train_step",
     "normalize",
+    "plot_sharpness",
     "random_crop_flip",
     "synthetic_dataset",
     "train",

@@ -36,6 +36,7 @@ DATASET_OPTIONS = ("path", "data_dir", "source", "refresh", "tfds_data_dir")
 MAX_COUNT = 2**31 - 1  # step and gradient-evaluation counters are int32 on the device
 MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: larger seeds would repeat smaller ones
 SYNTHETIC_TRAIN_EXAMPLES = 2048  # synthetic_dataset's default size
+SHARPNESS_OPTIONS = ("sharpness_top", "sharpness_iterations", "sharpness_batch_size")  # only with sharpness_every
 
 
 class ConfigError(ValueError):
@@ -136,6 +137,18 @@ class TrainConfig:
         trajectory is the same with or without it.
       checkpoint_every: also checkpoint every this many steps (epochs always checkpoint).
       keep_checkpoints: how many checkpoints to keep.
+      sharpness_every: also measure the sharpness every this many steps: the
+        top eigenvalues of the objective's Hessian on a fixed batch of the
+        training set, by Lanczos on Hessian-vector products, logged as rows of
+        their own (:mod:`flowopt.training.sharpness`). Their cost is counted
+        apart (``sharpness_grad_evals``, two gradients per product) and not in
+        ``grad_evals``; the training trajectory is the same with or without it.
+      sharpness_top: how many of the top eigenvalues to log (at most
+        ``sharpness_iterations`` and the parameter count).
+      sharpness_iterations: Lanczos steps per measurement (one Hessian-vector
+        product each, capped at the parameter count).
+      sharpness_batch_size: size of the fixed batch (capped at the training
+        set): the same examples, chosen by ``seed``, at every measurement.
       num_devices: devices to shard the batch over (default: all).
       progress: show a progress bar.
       resume: continue from the checkpoints in the output directory if present.
@@ -162,6 +175,10 @@ class TrainConfig:
     eval_every: int | None = None
     checkpoint_every: int | None = None
     keep_checkpoints: int = 2
+    sharpness_every: int | None = None
+    sharpness_top: int = 1
+    sharpness_iterations: int = 20
+    sharpness_batch_size: int = 1000
     num_devices: int | None = None
     progress: bool = True
     resume: bool = True
@@ -188,6 +205,8 @@ class TrainConfig:
             "batch_size",
             "eval_batch_size",
             "keep_checkpoints",
+            "sharpness_every",
+            *SHARPNESS_OPTIONS,
         ):
             value = getattr(self, name)
             if value is not None and not 1 <= value <= MAX_COUNT:
@@ -211,6 +230,7 @@ class TrainConfig:
             )
         if self.warmup_steps and self.steps is not None and self.warmup_steps >= self.steps:
             raise ConfigError("warmup_steps", f"warmup_steps ({self.warmup_steps}) must be less than steps ({self.steps}).")
+        self._check_sharpness()
         self._check_dataset_options()
         if self.model_options:
             try:
@@ -221,6 +241,19 @@ class TrainConfig:
             optimizers.check_option_values(self.optimizer, dict(self.optimizer_options))
         except ValueError as error:
             raise ConfigError("optimizer_options", str(error), _key_in(error, self.optimizer_options)) from error
+
+    def _check_sharpness(self) -> None:
+        if self.sharpness_every is None:
+            defaults = {field.name: field.default for field in dataclasses.fields(self)}
+            for name in SHARPNESS_OPTIONS:
+                if getattr(self, name) != defaults[name]:
+                    raise ConfigError(name, f"{name} only applies with sharpness_every (the sharpness is not measured).")
+        if self.sharpness_top > self.sharpness_iterations:
+            raise ConfigError(
+                "sharpness_top",
+                f"sharpness_top ({self.sharpness_top}) exceeds sharpness_iterations ({self.sharpness_iterations}): "
+                "Lanczos gives at most one eigenvalue per iteration.",
+            )
 
     def _check_dataset_options(self) -> None:
         options = self.dataset_options

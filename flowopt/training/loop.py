@@ -39,6 +39,7 @@ from flowopt.training.optimizers import make_optimizer
 from flowopt.training.progress import Progress, budget_left, budget_spent
 from flowopt.training.resume import OpenedRun, data_identity, open_run
 from flowopt.training.rundir import RunLock, kill_point, make_run_dir, notice
+from flowopt.training.sharpness import SharpnessTracker, is_sharpness_row, sharpness_spent
 
 # The step functions lived here; importers of make_objective from this module keep working.
 from flowopt.training.step import (
@@ -74,10 +75,12 @@ class RunResult:
     Attributes:
       state: the final device state (at divergence, the state that produced it).
       graphdef: the model's graph definition (``model`` merges it with ``state``).
-      history: the metrics rows, one per evaluation (as in ``metrics.jsonl``).
+      history: the metrics rows, one per evaluation (as in ``metrics.jsonl``, less the sharpness rows).
       diverged: whether the run stopped on a non-finite loss or parameters.
       message: why the run stopped.
       dataset_label: how results must be labelled, e.g. ``"CIFAR-10 (JPEG q75 copy)"``.
+      sharpness: the sharpness rows of ``metrics.jsonl``, one per measurement
+        (:mod:`flowopt.training.sharpness`); empty without ``sharpness_every``.
     """
 
     state: RunState
@@ -86,6 +89,7 @@ class RunResult:
     diverged: bool
     message: str
     dataset_label: str
+    sharpness: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def model(self) -> nnx.Module:
@@ -109,6 +113,7 @@ class Setup:
       steps_per_epoch: full batches in one epoch.
       total_steps: the run's length in steps when ``epochs`` or ``steps`` sets it.
       augment: whether the training images are augmented.
+      sharpness: the sharpness measurements, with ``sharpness_every``.
     """
 
     config: TrainConfig
@@ -123,6 +128,7 @@ class Setup:
     steps_per_epoch: int
     total_steps: int | None
     augment: bool
+    sharpness: SharpnessTracker | None
 
     def record(self) -> dict[str, Any]:
         """The ``config.json`` record of the run."""
@@ -139,7 +145,8 @@ def build(config: TrainConfig, dataset: Dataset | None = None, tx: optax.Gradien
     """Load the data (unless given), build the optimizer (unless given), the model, the jitted steps and the state.
 
     Raises:
-      ValueError: a batch that does not split over the devices or exceeds the training set, bad names or options.
+      ValueError: a batch that does not split over the devices or exceeds the training set, bad names or options;
+        ``ConfigError`` for a ``sharpness_top`` above the parameter count.
     """
     if dataset is None:
         dataset = load_dataset(config.dataset, **config.dataset_options)
@@ -163,6 +170,9 @@ def build(config: TrainConfig, dataset: Dataset | None = None, tx: optax.Gradien
     augment = config.augment if config.augment is not None else dataset.image_shape == (32, 32, 3)
     prep = Preprocess(*dataset.channel_stats(), augment)
     graphdef, state = init_state(model, tx, config.seed, mesh)
+    sharpness = None
+    if config.sharpness_every is not None:
+        sharpness = SharpnessTracker(config, dataset, prep, mesh, graphdef, state, own_optimizer=schedule is not None)
     return Setup(
         config=config,
         dataset=dataset,
@@ -176,6 +186,7 @@ def build(config: TrainConfig, dataset: Dataset | None = None, tx: optax.Gradien
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         augment=augment,
+        sharpness=sharpness,
     )
 
 
@@ -220,7 +231,9 @@ def train(
       :func:`flowopt.step_diagnostics` (as a dict of numbers) where it has
       them (adaptive Runge–Kutta, :func:`flowopt.rkc_auto`, guards);
       ``partial`` and ``time_s``. A diverged run ends with a
-      row holding ``diverged: true`` and ``message``.
+      row holding ``diverged: true`` and ``message``. With
+      ``sharpness_every``, the sharpness measurements are rows of their own
+      (:mod:`flowopt.training.sharpness`), returned in ``RunResult.sharpness``.
 
     Raises:
       ValueError: bad names or options, a batch that does not split over the
@@ -270,6 +283,7 @@ class _Training:
         self.started = time.perf_counter() - self.progress.time_s
         self.train_split: EvalSplit | None = None  # built at the first full-training-set evaluation
         self.data_identity = data_identity(setup.dataset)
+        self.sharpness_spent = sharpness_spent(self.log.rows)
 
     def run(self) -> RunResult:
         """Train from where the progress record stands until a budget is spent or the run diverges."""
@@ -377,6 +391,8 @@ class _Training:
         save_due = epoch_end or stop or bool(config.checkpoint_every and step % config.checkpoint_every == 0)
         if (row_due or save_due) and not tree_all_finite(self.state.params):
             return f"the parameters are not finite at step {step}", stop
+        if self.setup.sharpness is not None and self.setup.sharpness.due(step):
+            self._write_sharpness_row(self.setup.sharpness)
         if row_due:
             self._write_row(epoch_end)
         if save_due:
@@ -403,10 +419,8 @@ class _Training:
                     setup.dataset.x_train, setup.dataset.y_train, config.eval_batch_size, setup.mesh
                 )
             row["full_train_loss"], row["full_train_accuracy"] = evaluate_split(setup.eval_step, self.state, self.train_split)
-        schedule = setup.schedule
-        if schedule is not None:
-            # optax types a schedule's value as any ArrayLike, complex included; a learning rate is real.
-            row["learning_rate"] = float(cast(float | jax.Array, schedule(step - 1))) if callable(schedule) else schedule
+        if setup.schedule is not None:
+            row["learning_rate"] = self._learning_rate()
         if reports_diagnostics(self.state.opt_state):
             row["optimizer"] = {k: float(v) for k, v in jax.device_get(step_diagnostics(self.state.opt_state)).items()}
         row["partial"] = not epoch_end
@@ -417,6 +431,29 @@ class _Training:
         progress.start_row()
         if epoch_end:
             progress.next_epoch()
+
+    def _learning_rate(self) -> float | None:
+        """The step size of the step just taken; ``None`` for a run given its own optimizer."""
+        schedule = self.setup.schedule
+        if callable(schedule):
+            # optax types a schedule's value as any ArrayLike, complex included; a learning rate is real.
+            return float(cast(float | jax.Array, schedule(self.step - 1)))
+        return schedule
+
+    def _write_sharpness_row(self, tracker: SharpnessTracker) -> None:
+        """Measure the sharpness and append its row (:mod:`flowopt.training.sharpness`)."""
+        measured = tracker.measurement(self.state, self.step, self._learning_rate(), self.sharpness_spent)
+        self.sharpness_spent = measured["sharpness_grad_evals"]
+        self.log.write(
+            {
+                "epoch": _number(self.progress.position(self.setup.steps_per_epoch)),
+                "step": self.step,
+                "grad_evals": self.evals,
+                **measured,
+                "learning_rate": self._learning_rate(),
+                "time_s": self._elapsed(),
+            }
+        )
 
     def _checkpoint(self) -> None:
         """Save the state and progress; after the step's row, so the checkpoint vouches for every row written."""
@@ -458,5 +495,11 @@ class _Training:
                 }
             )
         return RunResult(
-            self.state, self.setup.graphdef, self.log.rows, divergence is not None, message, self.setup.dataset.label
+            self.state,
+            self.setup.graphdef,
+            [row for row in self.log.rows if not is_sharpness_row(row)],
+            divergence is not None,
+            message,
+            self.setup.dataset.label,
+            [row for row in self.log.rows if is_sharpness_row(row)],
         )

@@ -1,4 +1,4 @@
-"""``metrics.jsonl``: one JSON object per evaluation, safe to resume.
+"""``metrics.jsonl``: one JSON object per evaluation or sharpness measurement, safe to resume.
 
 Each row is appended, flushed and fsynced before the run goes on, and a
 checkpoint records how many rows the file held when it was saved and their

@@ -77,14 +77,17 @@ def weight_l2(params: nnx.State) -> jax.Array:
 
 
 def make_objective(
-    graphdef: nnx.GraphDef, weight_decay: float
+    graphdef: nnx.GraphDef, weight_decay: float, train: bool = True
 ) -> Callable[[nnx.State, nnx.State, jax.Array, jax.Array], tuple[jax.Array, tuple[jax.Array, nnx.State]]]:
     """``objective(params, model_state, x, y) -> (f, (logits, new_model_state))`` in training mode.
 
     A pure function (:class:`flowopt.NNXObjective`): ``model_state`` is not
-    mutated, so BatchNorm may update its statistics under ``grad``.
+    mutated, so BatchNorm may update its statistics under ``grad``. With
+    ``train=False`` the same ``f`` is evaluated in evaluation mode (BatchNorm
+    on its running statistics, no dropout): a deterministic function of the
+    parameters alone.
     """
-    model_objective = flowopt.NNXObjective(graphdef, _training_loss, has_aux=True)
+    model_objective = flowopt.NNXObjective(graphdef, _training_loss if train else _evaluation_mode_loss, has_aux=True)
 
     def objective(params, model_state, x, y):
         loss, aux = model_objective(params, model_state, (x, y))
@@ -96,13 +99,23 @@ def make_objective(
 
 
 def _training_loss(model: nnx.Module, batch: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    x, y = batch
     model.train()
+    return _loss(model, batch)
+
+
+def _evaluation_mode_loss(model: nnx.Module, batch: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    model.eval()
+    return _loss(model, batch)
+
+
+def _loss(model: nnx.Module, batch: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    x, y = batch
     logits = model(x)
     return jnp.mean(example_losses(logits, y, models.task_loss(model))) + models.penalty(model), logits
 
 
-def _inputs(images: jax.Array, prep: Preprocess, key: jax.Array | None) -> jax.Array:
+def model_inputs(images: jax.Array, prep: Preprocess, key: jax.Array | None) -> jax.Array:
+    """What the model sees: ``images`` cropped and flipped with ``key`` (when given), then normalised by ``prep``."""
     if key is not None:
         images = random_crop_flip(key, images)
     return normalize(images, jnp.asarray(prep.mean), jnp.asarray(prep.std))
@@ -127,7 +140,7 @@ def make_train_step(
 
     def step(state: RunState, images: jax.Array, labels: jax.Array) -> tuple[RunState, StepMetrics]:
         key = jax.random.fold_in(state.rng, state.step) if prep.augment else None
-        x = _inputs(images, prep, key)
+        x = model_inputs(images, prep, key)
         at_params = flowopt.step_oracle(objective, state.params, state.model_state, x, labels, has_aux=True)
         updates, opt_state = tx.update(at_params.grads, state.opt_state, state.params, value_fn=at_params.value_fn)
         oracle_calls = flowopt.oracle_evaluations(opt_state) - flowopt.oracle_evaluations(state.opt_state)
@@ -153,7 +166,7 @@ def make_eval_step(graphdef: nnx.GraphDef, prep: Preprocess, mesh: Mesh) -> Call
     def step(params, model_state, images, labels, mask):
         model = nnx.merge(graphdef, params, model_state)
         model.eval()
-        logits = model(_inputs(images, prep, None))
+        logits = model(model_inputs(images, prep, None))
         losses = example_losses(logits, labels, models.task_loss(model))
         correct = (jnp.argmax(logits, -1) == labels) & mask
         return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(correct)

@@ -164,6 +164,22 @@ BAD_FLAGS = [
     (["--dataset", "mnist", "--data-path", ""], "argument --data-path: the path is empty."),
     (["--config", ""], "argument --config: the file name is empty."),
     (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
+    (["--sharpness-every", "0"], "argument --sharpness-every: sharpness_every must be an integer in [1, 2147483647], got 0."),
+    (["--sharpness-every", "1.5"], "argument --sharpness-every: invalid int value: '1.5'"),
+    (
+        ["--sharpness-every", "2", "--sharpness-top", "30"],
+        "argument --sharpness-top: sharpness_top (30) exceeds sharpness_iterations (20): "
+        "Lanczos gives at most one eigenvalue per iteration.",
+    ),
+    (
+        ["--sharpness-iterations", "5"],
+        "argument --sharpness-iterations: sharpness_iterations only applies with sharpness_every "
+        "(the sharpness is not measured).",
+    ),
+    (
+        ["--model-option", "hidden=[1]", "--sharpness-every", "1", "--sharpness-top", "900", "--sharpness-iterations", "900"],
+        "argument --sharpness-top: sharpness_top (900) exceeds the model's 805 parameters.",
+    ),
 ]
 
 

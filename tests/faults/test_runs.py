@@ -31,17 +31,9 @@ import pytest
 
 from flowopt.training import checkpoint, cli, data, loop, metrics, rundir
 from flowopt.training.config import TrainConfig
-from tests.training.runs import train_argv
+from tests.training.runs import TINY_LOGISTIC, train_argv
 
-BASE = dict(
-    model="logistic_regression",
-    dataset="synthetic_mnist",
-    optimizer="sgd",
-    batch_size=32,
-    eval_batch_size=50,
-    learning_rate=0.05,
-    progress=False,
-)
+BASE = dict(TINY_LOGISTIC, optimizer="sgd")
 # 8 steps an epoch; rows at 3, 6, 8, 9, 12, 15, 16; checkpoints at 2, 4, 6, 8, 10, 12, 14, 16.
 RUN = dict(BASE, epochs=2, eval_every=3, checkpoint_every=2)
 ROWS = [3, 6, 8, 9, 12, 15, 16]

@@ -23,7 +23,7 @@ from flowopt.training import cli, data, loop, models, optimizers, parallel, step
 from flowopt.training import config as config_lib
 from flowopt.training.config import TrainConfig
 from tests import REPO_ROOT
-from tests.training.runs import train_argv
+from tests.training.runs import kill_after_steps, train_argv
 
 TINY = dict(
     model="mlp",
@@ -83,33 +83,10 @@ def test_same_seed_same_numbers_bitwise(tiny_data):
     assert _without_time(runs[0].history) == _without_time(runs[1].history)
 
 
-def _kill_after_steps(steps, config, output, dataset, monkeypatch) -> list[dict]:
-    """Train until the step after ``steps`` raises; return the metrics rows left on disk."""
-    make_step = loop.make_train_step
-
-    def killed(*args, **kwargs):
-        step = make_step(*args, **kwargs)
-        calls = []
-
-        def counting(*a):
-            calls.append(None)
-            if len(calls) > steps:
-                raise KeyboardInterrupt("killed")
-            return step(*a)
-
-        return counting
-
-    monkeypatch.setattr(loop, "make_train_step", killed)
-    with pytest.raises(KeyboardInterrupt):
-        loop.train(config, output, dataset=dataset)
-    monkeypatch.setattr(loop, "make_train_step", make_step)
-    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_killed_run_resumes_to_bitwise_identical_parameters(tiny_data, tmp_path, monkeypatch):
     config = _config(optimizer="heun", epochs=3, checkpoint_every=5)
     reference = loop.train(config, tmp_path / "reference", dataset=tiny_data)
-    rows = _kill_after_steps(13, config, tmp_path / "run", tiny_data, monkeypatch)
+    rows = kill_after_steps(13, config, tmp_path / "run", tiny_data, monkeypatch)
     assert [r["step"] for r in rows] == [8]
     resumed = loop.train(config, tmp_path / "run", dataset=tiny_data)
     for a, b in zip(_leaves(reference), _leaves(resumed)):
@@ -135,7 +112,7 @@ def test_eval_every_adds_rows_without_changing_the_trajectory(tiny_data, tmp_pat
     # Mid-epoch rows are not checkpoints: a killed run resumes from the last epoch end and redoes the rest.
     assert sorted(int(p.name) for p in (tmp_path / "fine" / "checkpoints").iterdir() if p.name.isdigit()) == [8, 16]
     config = _config(optimizer="rk4", epochs=2, eval_every=3)
-    rows = _kill_after_steps(13, config, tmp_path / "killed", tiny_data, monkeypatch)
+    rows = kill_after_steps(13, config, tmp_path / "killed", tiny_data, monkeypatch)
     assert [r["step"] for r in rows] == [3, 6, 8, 9, 12]
     resumed = loop.train(config, tmp_path / "killed", dataset=tiny_data)
     assert _without_time(resumed.history) == _without_time(fine.history)
