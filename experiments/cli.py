@@ -34,6 +34,7 @@ STUDIES = (
     "adaptive-steps",
     "analysis",
     "stabilized",
+    "edge-of-stability",
 )
 """The study names; study ``a-b`` is the package ``experiments.studies.a_b``, its configurations beside it."""
 
