@@ -64,7 +64,7 @@ def load_dataset(
         if spec.tfds_name not in OWN_DATASETS and tensorflow_installed() and network_available():
             download_stock(spec.tfds_name, root)
         elif spec.stand_in is not None and (is_prepared(root, spec.stand_in) or cifar10_archive() is not None):
-            stand_in = load_dataset(spec.stand_in, data_dir=root)
+            stand_in = load_dataset(spec.stand_in, data_dir=root, refresh=refresh)
             return dataclasses.replace(stand_in, name=name)
         elif spec.tfds_name in PREPARABLE:
             prepare_tfds(spec.tfds_name, root)

@@ -36,8 +36,8 @@ def cifar10_archive() -> str | None:
 
 
 def is_prepared(data_dir: Path, name: str) -> bool:
-    """Whether ``data_dir`` holds a prepared version of the tfds dataset ``name``."""
-    return any((data_dir / name).glob("*/dataset_info.json"))
+    """Whether ``data_dir`` holds a prepared version of the tfds dataset ``name`` (not one tfds is still writing)."""
+    return any(not info.parent.name.startswith("incomplete.") for info in (data_dir / name).glob("*/dataset_info.json"))
 
 
 def prepare_tfds(
