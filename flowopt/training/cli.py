@@ -134,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--devices", dest="num_devices", type=int, help="devices to shard the batch over (default: all)")
     parser.add_argument("--model-option", action="append", type=_option, default=[], metavar="KEY=VALUE")
     parser.add_argument("--optimizer-option", action="append", type=_option, default=[], metavar="KEY=VALUE")
-    parser.add_argument("--data-path", help="local dataset copy (IDX dir, image folder or tar archive)")
-    parser.add_argument("--data-dir", help="dataset cache directory (default $FLOWOPT_DATA_DIR or ~/.cache/flowopt)")
+    parser.add_argument("--data-path", help="local image folder or tar archive laid out as {train,test}/<class>/<image>")
+    parser.add_argument("--data-dir", help="tfds data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
         "--overwrite",
@@ -203,7 +203,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def _check_paths(config: TrainConfig, output: str, origins: _Origins) -> None:
     """The data path must exist, the cache and output directories must be (or become) writable directories."""
-    for key in ("path", "data_dir", "tfds_data_dir"):
+    for key in ("path", "data_dir"):
         value = config.dataset_options.get(key)
         if value is None:
             continue

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flowopt.training import models, optimizers
-from flowopt.training.data import DATASET_NAMES, SOURCES, SPECS, SYNTHETIC
+from flowopt.training.data import DATASET_NAMES, SPECS, SYNTHETIC
 from flowopt.training.models import MODELS
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -32,7 +32,7 @@ TRAJECTORY_FIELDS = (
     "optimizer_options",
 )
 BUDGET_FIELDS = ("epochs", "steps", "grad_evals")
-DATASET_OPTIONS = ("path", "data_dir", "source", "refresh", "tfds_data_dir")
+DATASET_OPTIONS = ("path", "data_dir", "refresh")
 MAX_COUNT = 2**31 - 1  # step and gradient-evaluation counters are int32 on the device
 MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: larger seeds would repeat smaller ones
 SYNTHETIC_TRAIN_EXAMPLES = 2048  # synthetic_dataset's default size
@@ -268,9 +268,7 @@ class TrainConfig:
                 raise ConfigError("dataset_options", f"Unknown dataset option {key!r}; valid: {', '.join(DATASET_OPTIONS)}.", key)
             if key == "refresh" and not isinstance(value, bool):
                 raise ConfigError("dataset_options", f"dataset option refresh must be true or false, got {value!r}.", key)
-            if key == "source" and value not in SOURCES:
-                raise ConfigError("dataset_options", f"Unknown dataset source {value!r}; valid: {', '.join(SOURCES)}.", key)
-            if key in ("path", "data_dir", "tfds_data_dir") and (not isinstance(value, str) or not value):
+            if key in ("path", "data_dir") and (not isinstance(value, str) or not value):
                 raise ConfigError("dataset_options", f"dataset option {key} must be a non-empty path, got {value!r}.", key)
 
     def check_buildable(

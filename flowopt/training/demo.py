@@ -6,8 +6,9 @@ method has reached at about every eighth of the budget, then the test accuracy.
 The rows are multiples of the evaluations of one step of every method (4), so
 each cell is the loss after exactly its row's number of evaluations; a budget
 that is not such a multiple is rounded down, and one below it is refused.
-MNIST comes from the offline sources of :func:`flowopt.training.load_dataset`;
-``--dataset synthetic_mnist`` runs without any download.
+MNIST is read through tensorflow-datasets by :func:`flowopt.training.load_dataset`,
+which prepares it offline on first use; ``--dataset synthetic_mnist`` runs
+without any data.
 
     flowopt-demo [--budget 2400] [--learning-rate 0.1] [--dataset mnist]
 """

@@ -330,7 +330,7 @@ class _Training:
         """Step through the rest of the current epoch (or until a budget ends); why the run diverged, if it did."""
         config, setup = self.config, self.setup
         batches = (
-            parallel.shard_batch(batch, setup.mesh)
+            parallel.shard_local_batch(batch, setup.mesh)
             for batch in iterate_batches(
                 setup.dataset.x_train,
                 setup.dataset.y_train,
@@ -338,6 +338,8 @@ class _Training:
                 seed=config.seed,
                 epoch=self.progress.epoch,
                 start=self.progress.batch,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
             )
         )
         batch = next(batches, None)

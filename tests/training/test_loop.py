@@ -348,9 +348,7 @@ def test_eight_host_devices_match_one_device():
 
 
 @pytest.mark.slow
-def test_real_mnist_logistic_regression_reaches_92_percent():
-    if not (data.default_data_dir() / "mnist.npz").exists():
-        pytest.skip("MNIST is not cached; run `flowopt-train --dataset mnist ...` once to fetch it")
+def test_real_mnist_logistic_regression_reaches_92_percent(mnist_data_dir):
     config = TrainConfig(
         model="logistic_regression",
         dataset="mnist",
@@ -359,6 +357,7 @@ def test_real_mnist_logistic_regression_reaches_92_percent():
         schedule="cosine",
         epochs=5,
         progress=False,
+        dataset_options={"data_dir": str(mnist_data_dir)},
     )
     result = loop.train(config)
     assert result.history[-1]["test_accuracy"] >= 0.92

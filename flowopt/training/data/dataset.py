@@ -9,7 +9,7 @@ import numpy as np
 
 
 class DataIntegrityError(ValueError):
-    """Downloaded or cached data failed a checksum, shape or format check."""
+    """Original files or a prepared dataset failed a checksum, shape or format check."""
 
 
 class DataUnavailableError(RuntimeError):
@@ -17,15 +17,24 @@ class DataUnavailableError(RuntimeError):
 
 
 class DatasetSpec(NamedTuple):
-    """What a named dataset must look like."""
+    """What a named dataset must look like, and where it comes from.
+
+    Attributes:
+      label: how results on it are labelled.
+      image_shape, num_train, num_test, num_classes: what it must hold.
+      tfds_name: its tensorflow-datasets name.
+      offline_source: where its original files come from offline.
+      stand_in: the dataset loaded instead where this one cannot be had (its label says so).
+    """
 
     label: str
     image_shape: tuple[int, int, int]
     num_train: int
     num_test: int
     num_classes: int
-    tfds_name: str | None
+    tfds_name: str
     offline_source: str
+    stand_in: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

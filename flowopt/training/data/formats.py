@@ -1,4 +1,4 @@
-"""File formats of the dataset sources: MNIST CSV, IDX files (optionally gzipped), image folders and tar archives."""
+"""The file formats tfds does not read for flowopt: IDX files (optionally gzipped), image folders and tar archives."""
 
 from __future__ import annotations
 
@@ -12,40 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from flowopt.training.data.dataset import DataIntegrityError, DataUnavailableError
+from flowopt.training.data.dataset import DataIntegrityError
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-
-
-def parse_mnist_csv(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Parse ``label,p1,...,p784`` rows (with a header line)."""
-    try:
-        table = np.loadtxt(io.BytesIO(raw), delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
-    except ValueError as error:
-        raise DataIntegrityError(f"malformed MNIST CSV: {error}") from error
-    if table.shape[1] != 785 or table.min() < 0 or table.max() > 255:
-        raise DataIntegrityError(f"malformed MNIST CSV: table of shape {table.shape}.")
-    return table[:, 1:].astype(np.uint8).reshape(-1, 28, 28, 1), table[:, 0].astype(np.int32)
-
-
-def idx_files(folder: Path) -> dict[str, Path] | None:
-    """The four MNIST-layout IDX files in ``folder`` (``.gz`` or not), or None."""
-    found = {}
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        for candidate in (folder / f"{stem}.gz", folder / stem):
-            if candidate.exists():
-                found[stem] = candidate
-                break
-        else:
-            return None
-    return found
-
-
-def read_idx_dir(folder: Path) -> tuple[np.ndarray, ...]:
-    files = idx_files(folder)
-    if files is None:
-        raise DataUnavailableError(f"{folder} does not hold the four MNIST-layout IDX files.")
-    return tuple(parse_idx(file) for file in files.values())  # checked adds the channel axis, casts labels
 
 
 def parse_idx(file: Path) -> np.ndarray:
@@ -81,7 +50,7 @@ def read_image_folder(
       ordered by split, class and file name.
     """
     path = Path(path)
-    entries = dict(_image_entries(path))
+    entries = dict(image_entries(path))
     found = sorted({parts[1] for parts in entries})
     classes = tuple(classes or found)
     if set(found) != set(classes):
@@ -105,7 +74,7 @@ def read_image_folder(
     return tuple(arrays)
 
 
-def _image_entries(path: Path) -> Iterator[tuple[tuple[str, str, str], bytes]]:
+def image_entries(path: Path) -> Iterator[tuple[tuple[str, str, str], bytes]]:
     """``((split, class, file), bytes)`` for every image under ``path``."""
 
     def key(parts: tuple[str, ...]) -> tuple[str, str, str] | None:

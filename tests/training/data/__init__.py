@@ -1,1 +1,1 @@
-"""Tests of flowopt.training.data: sources, caches, batching (no network)."""
+"""Tests of flowopt.training.data: preparation through tfds, reading, batching."""

