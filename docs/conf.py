@@ -71,6 +71,7 @@ nitpick_ignore_regex = [
     ("py:.*", r"(jax|jaxlib|optax|flax|nnx|numpy|np|chex|matplotlib|scipy|collections|typing|os|pathlib|fractions)\..*"),
     ("py:.*", r"(Array|ArrayLike|PRNGKey|Any|Callable|Sequence|Mapping|Iterator|NamedTuple)"),
     ("py:class", r"(flowopt\.[\w.]+\.)?(Params|GradFn|ValueFn|StageFn|ArrayTree|Preprocess|StepMetrics|Method)"),
+    ("py:class", r"(flowopt\.[\w.]+\.)?(Preconditioner|Measure)"),
 ]
 
 myst_enable_extensions = ["dollarmath", "colon_fence"]

@@ -120,7 +120,7 @@ class CentralFlowSolution(NamedTuple):
 
     @property
     def gradient_equivalents(self) -> jax.Array:
-        """All the work in gradients: ``gradient_evals + 2·hvp_evals + 4·third_derivative_evals``."""
+        """The whole work in gradient evaluations, ``gradient_evals + 2·hvp_evals + 4·third_derivative_evals``."""
         return self.gradient_evals + HVP_GRADIENTS * self.hvp_evals + THIRD_DERIVATIVE_GRADIENTS * self.third_derivative_evals
 
 
@@ -300,7 +300,7 @@ def central_flow(
     )
     rhs = jax.jit(lambda p: jax.tree.map(jnp.negative, unravel(point(ravel_pytree(p)[0]).velocity)))
     times = np.linspace(0.0, end, num_saves)
-    flow = gradient_flow(None, params, times, grad_fn=rhs, method=method, rtol=rtol, atol=atol, max_steps=max_steps)
+    flow = gradient_flow(None, params, jnp.asarray(times), grad_fn=rhs, method=method, rtol=rtol, atol=atol, max_steps=max_steps)
     flats = jax.vmap(lambda p: ravel_pytree(p)[0])(flow.params)
     points = jax.jit(lambda ws: jax.lax.map(point, ws))(flats)
     spectra = jnp.linalg.eigvalsh(points.covariance)  # a direction is at the edge where X has weight along it

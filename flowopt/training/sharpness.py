@@ -3,7 +3,7 @@
 With ``TrainConfig.sharpness_every = N`` the loop measures, after every step
 that is a multiple of ``N``, the ``sharpness_top`` largest eigenvalues of the
 Hessian of the run's objective ``f`` (data loss, model penalty and weight
-decay: :func:`flowopt.training.step.make_objective`) by
+decay: ``flowopt.training.step.make_objective``) by
 ``sharpness_iterations`` Lanczos steps with full reorthogonalisation
 (:func:`flowopt.core.lanczos.lanczos_tridiagonal`) on Hessian-vector products
 (``jax.jvp`` of ``jax.grad``) over the flat parameter vector.
