@@ -285,8 +285,7 @@ def test_unreadable_study_file(text, message, tmp_path, capsys):
     [
         (
             ["nope"],
-            "argument study: invalid choice: 'nope' (choose from 'adam-ode', 'adaptive-steps', 'analysis', "
-            "'bdf', 'bdf-stability', 'continuous-vs-discrete', 'runge-kutta')",
+            "argument study: invalid choice: 'nope' (choose from " + ", ".join(f"'{name}'" for name in sorted(cli.STUDIES)) + ")",
         ),
         (
             ["bdf", "--config", "huge"],
