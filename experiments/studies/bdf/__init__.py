@@ -373,7 +373,9 @@ def plot(config: dict[str, Any], results: dict, runs: list[dict[str, Any]], outp
                 xlabel="learning rate",
                 ylabel="final training loss (missing: diverged)",
             )
-            bottom.set(yscale="log", xlabel="gradient evaluations", ylabel="training loss")
+            bottom.set(xlabel="gradient evaluations", ylabel="training loss")
+            if any(np.any(np.asarray(line.get_ydata(), float) > 0) for line in bottom.lines):  # a smoke run may have none
+                bottom.set(yscale="log")
             bottom.legend(fontsize=7)
         axes[0, 0].legend(fontsize=8)
         report.save_figure(fig, output_dir / "mnist.png")
