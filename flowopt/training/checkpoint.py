@@ -115,11 +115,37 @@ def _left_by_a_failed_restore(unraisable: Any) -> bool:
     )
 
 
+_ABANDONED_READS: set[str] = set()
+"""Checkpoint directories restored from in this process: asyncio's reports of reads abandoned there are not printed."""
+
+_LEFTOVER_MESSAGES = ("Task exception was never retrieved", "Future exception was never retrieved")
+
+
+def _restore_leftover(record: logging.LogRecord) -> bool:
+    """Keep asyncio's report of a task or future a failed restore abandoned out of the log (logged at debug level).
+
+    asyncio reports a collected task or future whose exception nobody retrieved
+    through its logger, not the hook, and it may do so after the restore has
+    returned: once the reads still in flight fail (the damaged checkpoint has
+    been moved aside meanwhile). Such a report names orbax's code or the
+    checkpoint directory.
+    """
+    message = record.getMessage()
+    leftover = message.startswith(_LEFTOVER_MESSAGES) and (
+        str(_ORBAX_SOURCE) in message or any(directory in message for directory in _ABANDONED_READS)
+    )
+    if leftover:
+        logger.debug("Ignored after a failed restore: %s", message)
+    return not leftover
+
+
 @contextlib.contextmanager
-def _failed_restores_contained() -> Iterator[None]:
+def _failed_restores_contained(directory: Path) -> Iterator[None]:
     """Within, orbax's leftovers of a failed restore are logged at debug level instead of printed as tracebacks.
 
     Any other unraisable exception goes to the hook that was installed before.
+    Reports that asyncio logs later about the reads left in ``directory`` are
+    filtered from then on (:func:`_restore_leftover`).
     """
     previous = sys.unraisablehook
 
@@ -129,22 +155,14 @@ def _failed_restores_contained() -> Iterator[None]:
         else:
             previous(unraisable)
 
-    def orbax_task(record: logging.LogRecord) -> bool:
-        # asyncio reports a collected task whose exception nobody retrieved through its logger, not the hook.
-        leftover = record.getMessage().startswith("Task exception was never retrieved") and str(_ORBAX_SOURCE) in (
-            record.getMessage()
-        )
-        if leftover:
-            logger.debug("Ignored after a failed restore: %s", record.getMessage())
-        return not leftover
-
-    sys.unraisablehook = hook
+    _ABANDONED_READS.add(str(directory))
     asyncio_logger = logging.getLogger("asyncio")
-    asyncio_logger.addFilter(orbax_task)
+    if _restore_leftover not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_restore_leftover)
+    sys.unraisablehook = hook
     try:
         yield
     finally:
-        asyncio_logger.removeFilter(orbax_task)
         if sys.unraisablehook is hook:
             sys.unraisablehook = previous
 
@@ -319,7 +337,7 @@ class Checkpointer:
         if not steps:
             raise CheckpointError(f"No checkpoint in {self.directory}.")
         self.skipped = {}
-        with _failed_restores_contained():
+        with _failed_restores_contained(self.directory):
             result = self._newest_usable(like, steps)
             if self.skipped:
                 gc.collect()  # the failed restores' abandoned coroutines raise now, inside the scope

@@ -285,7 +285,7 @@ def test_flipped_bit_that_orbax_misses_is_caught_by_the_checksums(tmp_path):
                 assert "step 1" in str(error)
                 caught += 1
             # orbax alone, outside Checkpointer.restore: its leftovers of a failed read are contained the same way.
-            with checkpoint._failed_restores_contained():
+            with checkpoint._failed_restores_contained(ckpt.directory):
                 try:
                     restored = ckpt._manager.restore(
                         1,
@@ -632,3 +632,17 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(name, request, referenc
     ref = loop.train(TrainConfig(**RUN), reference, dataset=tiny_data)  # finished: nothing is redone
     for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(ref.state.params)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_asyncio_reports_of_reads_abandoned_in_a_restored_directory_are_kept_out_of_the_log(tmp_path):
+    """A restore's reads may fail after it returned (the damaged step was moved aside): asyncio's report is dropped."""
+    with checkpoint._failed_restores_contained(tmp_path / "checkpoints"):
+        pass
+
+    def report(path) -> logging.LogRecord:
+        message = f"Future exception was never retrieved\nfuture: <Future finished exception=ValueError('NOT_FOUND: {path}/16')>"
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 0, message, None, None)
+
+    assert not checkpoint._restore_leftover(report(tmp_path / "checkpoints-corrupt"))
+    assert checkpoint._restore_leftover(report(tmp_path / "elsewhere"))  # not a restore's: printed as usual
+    assert checkpoint._restore_leftover(logging.LogRecord("asyncio", logging.ERROR, __file__, 0, "other", None, None))
