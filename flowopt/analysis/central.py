@@ -57,11 +57,10 @@ from jax.flatten_util import ravel_pytree
 from flowopt.analysis._functions import checked_value
 from flowopt.analysis.flows import gradient_flow
 from flowopt.core.checks import INT32_MAX, check_callable, check_float_tree, check_integer, check_positive, check_prng_key
-from flowopt.core.lanczos import top_ritz_pairs
+from flowopt.core.lanczos import HVP_GRADIENTS, top_ritz_pairs
+from flowopt.core.trees import real_size
 from flowopt.core.types import Params
 
-HVP_GRADIENTS = 2
-"""Gradient evaluations one Hessian-vector product counts as."""
 THIRD_DERIVATIVE_GRADIENTS = 4
 """Gradient evaluations one third-derivative product (a ``jvp`` of a Hessian-vector product) counts as."""
 
@@ -227,7 +226,7 @@ def _check(
     check_positive("relaxation", relaxation, where=name)
     num_eigs = check_integer("num_eigs", num_eigs, 1, 16, where=name)
     lanczos_iterations = check_integer("lanczos_iterations", lanczos_iterations, num_eigs, INT32_MAX, where=name)
-    dimension = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+    dimension = real_size(params)
     if num_eigs > dimension:
         raise ValueError(f"{name}: num_eigs = {num_eigs} exceeds the {dimension} parameters.")
     key = check_prng_key(jax.random.key(0) if key is None else key, where=name)

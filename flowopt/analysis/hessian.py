@@ -36,7 +36,7 @@ from flowopt.core.checks import (
     leaf_dtype,
 )
 from flowopt.core.lanczos import check_basis_memory, lanczos_tridiagonal
-from flowopt.core.trees import any_nonfinite, merge_complex, split_complex
+from flowopt.core.trees import any_nonfinite, merge_complex, real_size, split_complex
 from flowopt.core.types import Params
 
 ValueFn = Callable[[Params], jax.Array]
@@ -141,7 +141,7 @@ def extreme_eigenvalues(
     """
     name = "extreme_eigenvalues"
     num_iterations, key = _check_hessian_arguments(name, value_fn, params, key, "num_iterations", num_iterations, 1, INT32_MAX)
-    dimension = sum(2 * jnp.size(x) if jnp.iscomplexobj(x) else jnp.size(x) for x in jax.tree.leaves(params))
+    dimension = real_size(params)
     check_basis_memory(name, dimension, num_iterations, jnp.float64)
     low, high = _extreme_eigenvalues(as_partial(value_fn), params, key, num_iterations=num_iterations)
     if any_nonfinite((low, high)):

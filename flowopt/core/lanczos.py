@@ -17,6 +17,10 @@ import jax.numpy as jnp
 from flowopt.core.checks import INT32_MAX, check_callable, check_integer, check_prng_key
 from flowopt.core.trees import any_nonfinite
 
+HVP_GRADIENTS = 2
+"""Gradient evaluations one Hessian-vector product counts as (forward over reverse costs about two gradients;
+Pearlmutter 1994): the convention of every count of Lanczos work in flowopt."""
+
 
 class LanczosResult(NamedTuple):
     """Ritz values of ``m`` Lanczos steps and their a-posteriori error bounds.

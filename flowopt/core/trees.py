@@ -80,3 +80,8 @@ def real_dtype(params: Params) -> Any:
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.float32
     return jnp.promote_types(dtype, jnp.float32)
+
+
+def real_size(tree: Any) -> int:
+    """The number of real coordinates of ``tree``'s leaves: complex entries count twice (see :func:`split_complex`)."""
+    return sum(2 * jnp.size(x) if jnp.iscomplexobj(x) else jnp.size(x) for x in jax.tree.leaves(tree))

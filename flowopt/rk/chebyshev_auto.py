@@ -48,16 +48,13 @@ from jax.flatten_util import ravel_pytree
 
 from flowopt.core.checks import check_integer, check_range, is_concrete
 from flowopt.core.integrator import Integrator
-from flowopt.core.lanczos import lanczos_tridiagonal
-from flowopt.core.trees import merge_complex, real_dtype, split_complex, tree_all_finite
+from flowopt.core.lanczos import HVP_GRADIENTS, lanczos_tridiagonal
+from flowopt.core.trees import merge_complex, real_dtype, real_size, split_complex, tree_all_finite
 from flowopt.core.types import GradFn, Params
 from flowopt.rk.chebyshev import chebyshev_increment, chebyshev_method, coefficient_table
 
 MAX_AUTO_STAGES = 400
 """The largest ``max_stages`` (its coefficient tables take ``16·max_stages²`` bytes)."""
-
-HVP_GRADIENTS = 2
-"""Gradient evaluations one Hessian-vector product counts as (see the module docstring)."""
 
 
 class ChebyshevAutoState(NamedTuple):
@@ -123,7 +120,7 @@ def estimate_sharpness(oracle: GradFn, params: Params, iterations: int, key: jax
 
 def sharpness_products(params: Params, iterations: int) -> int:
     """The Hessian-vector products one :func:`estimate_sharpness` at ``params`` makes: ``min(iterations, n)``."""
-    return min(iterations, sum(2 * jnp.size(x) if jnp.iscomplexobj(x) else jnp.size(x) for x in jax.tree.leaves(params)))
+    return min(iterations, real_size(params))
 
 
 def chebyshev_auto_integrator(
@@ -193,10 +190,13 @@ def chebyshev_auto_integrator(
         too_long = optax.tree.norm(increment) > 2 * taken * optax.tree.norm(k1)
         retry = ~due & (~tree_all_finite(increment) | too_long)
         wasted = jnp.where(retry, stages - 1, 0)
+
+        def re_estimate() -> tuple[jax.Array, tuple[Params, jax.Array, jax.Array, jax.Array]]:
+            fresh = estimate(state.estimates)
+            return fresh, attempt(fresh)
+
         sharpness, (increment, stages, taken, capped) = jax.lax.cond(
-            retry,
-            lambda: (lambda fresh: (fresh, attempt(fresh)))(estimate(state.estimates)),
-            lambda: (sharpness, (increment, stages, taken, capped)),
+            retry, re_estimate, lambda: (sharpness, (increment, stages, taken, capped))
         )
         estimated = due | retry
         new_state = ChebyshevAutoState(

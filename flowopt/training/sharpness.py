@@ -48,8 +48,8 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
-from flowopt.core.lanczos import check_basis_memory, lanczos_tridiagonal
-from flowopt.rk.chebyshev_auto import HVP_GRADIENTS
+from flowopt.core.lanczos import HVP_GRADIENTS, check_basis_memory, lanczos_tridiagonal
+from flowopt.core.trees import real_size
 from flowopt.training import parallel
 from flowopt.training.config import ConfigError, TrainConfig
 from flowopt.training.data import Dataset
@@ -128,7 +128,7 @@ class SharpnessTracker:
     ):
         if config.sharpness_every is None:
             raise ValueError("SharpnessTracker: the config does not set sharpness_every.")
-        dimension = sum(leaf.size for leaf in jax.tree.leaves(state.params))
+        dimension = real_size(state.params)
         if config.sharpness_top > dimension:
             raise ConfigError(
                 "sharpness_top", f"sharpness_top ({config.sharpness_top}) exceeds the model's {dimension} parameters."

@@ -7,8 +7,9 @@ import optax
 import pytest
 
 import flowopt
+from flowopt.core.lanczos import HVP_GRADIENTS
 from flowopt.rk.chebyshev import chebyshev_method, stages_for
-from flowopt.rk.chebyshev_auto import HVP_GRADIENTS, estimate_sharpness
+from flowopt.rk.chebyshev_auto import estimate_sharpness
 from tests.problems import random_quadratic
 
 
