@@ -5,12 +5,14 @@ from __future__ import annotations
 import shutil
 import socket
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flowopt.training import data
-from flowopt.training.data import builders, prepare, reader
+from flowopt.training.data import builders, decoded, prepare, reader
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -116,7 +118,103 @@ def test_a_failed_rename_puts_the_prepared_dataset_back_and_a_good_refresh_repla
     monkeypatch.setattr(prepare.os, "replace", replace)
     data.prepare_tfds("mnist", root, source=mnist_originals, refresh=True)
     assert len(data.load_dataset("mnist", data_dir=root).x_train) == 100
-    assert sorted(p.name for p in root.iterdir()) == ["mnist"], "the replaced dataset was left behind"
+    assert sorted(p.name for p in root.iterdir()) == [decoded.CACHE_FOLDER, "mnist"], "the replaced dataset was left behind"
+
+
+@pytest.fixture
+def cached(mnist_data_dir, tmp_path):
+    """A tfds data dir holding a copy of the prepared MNIST and of its decoded cache, and the dataset loaded from it."""
+    dataset = data.load_dataset("mnist", data_dir=mnist_data_dir)
+    root = tmp_path / "tfds"
+    for folder in ("mnist", decoded.CACHE_FOLDER):
+        shutil.copytree(mnist_data_dir / folder, root / folder)
+    (cache,) = (root / decoded.CACHE_FOLDER).iterdir()
+    return root, cache, dataset
+
+
+def _decodes(monkeypatch) -> list[int]:
+    """Count the splits read through tfds.data_source from now on."""
+    calls: list[int] = []
+    read_split = reader.read_split
+
+    def counted(source, image_shape):
+        calls.append(len(source))
+        return read_split(source, image_shape)
+
+    monkeypatch.setattr(reader, "read_split", counted)
+    return calls
+
+
+def _assert_same(a: data.Dataset, b: data.Dataset) -> None:
+    assert (a.name, a.label) == (b.name, b.label)
+    for key in decoded.ARRAYS:
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key), strict=True)
+
+
+def test_a_load_reads_the_decoded_cache_of_the_same_prepared_files_without_decoding(cached, monkeypatch):
+    root, _, dataset = cached
+    calls = _decodes(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _assert_same(data.load_dataset("mnist", data_dir=root), dataset)
+    assert calls == []
+
+
+def test_prepared_files_changed_in_one_byte_are_decoded_afresh_and_the_cache_follows(cached, monkeypatch):
+    root, cache, dataset = cached
+    (info,) = root.glob("mnist/*/dataset_info.json")
+    info.write_text(info.read_text() + "\n")
+    calls = _decodes(monkeypatch)
+    _assert_same(data.load_dataset("mnist", data_dir=root), dataset)
+    assert calls == [60_000, 10_000]
+    assert decoded.read_cache(cache, decoded.prepared_fingerprint(info.parent)) is not None
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "swapped record"])
+def test_a_damaged_cache_is_reported_never_read_and_replaced_by_a_verified_one(cached, monkeypatch, damage):
+    root, cache, dataset = cached
+    raw = bytearray(cache.read_bytes())
+    if damage == "flipped byte":
+        raw[len(raw) // 2] ^= 0xFF
+    elif damage == "truncated":
+        del raw[len(raw) // 3 :]
+    cache.write_bytes(bytes(raw))
+    if damage == "swapped record":  # a valid archive whose arrays are not the ones its record hashed
+        with np.load(cache) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        arrays["y_test"] = np.roll(arrays["y_test"], 1)
+        np.savez(cache, **arrays)
+    calls = _decodes(monkeypatch)
+    with pytest.warns(UserWarning, match=f"decoded cache {cache} is damaged"):
+        _assert_same(data.load_dataset("mnist", data_dir=root), dataset)
+    assert calls == [60_000, 10_000]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _assert_same(data.load_dataset("mnist", data_dir=root), dataset)
+    assert calls == [60_000, 10_000], "the replaced cache was not used"
+
+
+@pytest.mark.parametrize("fault", ["failed rename", "interrupted write"])
+def test_a_failed_cache_write_keeps_the_previous_cache_and_leaves_no_temporary_file(cached, monkeypatch, fault):
+    root, cache, dataset = cached
+    (info,) = root.glob("mnist/*/dataset_info.json")
+    info.write_text(info.read_text() + "\n")  # the cache is stale: the load writes a new one
+    before = cache.read_bytes()
+    if fault == "failed rename":
+        monkeypatch.setattr(decoded.os, "replace", lambda src, dst: (_ for _ in ()).throw(OSError("disk full")))
+        with pytest.warns(UserWarning, match=f"Could not cache the decoded arrays in {cache}: disk full"):
+            _assert_same(data.load_dataset("mnist", data_dir=root), dataset)
+    else:
+
+        def interrupted(file, **arrays):
+            file.write(b"PK partial")
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(decoded.np, "savez", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            data.load_dataset("mnist", data_dir=root)
+    assert cache.read_bytes() == before
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]
 
 
 @pytest.mark.parametrize(

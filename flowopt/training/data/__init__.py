@@ -27,7 +27,8 @@ datasets), :mod:`~flowopt.training.data.loading` (:func:`load_dataset`),
 :mod:`~flowopt.training.data.originals` (the original files from registries),
 :mod:`~flowopt.training.data.builders` (the TensorFlow-free tfds builders;
 importing it imports tfds), :mod:`~flowopt.training.data.reader` (reading
-through ``tfds.data_source``), :mod:`~flowopt.training.data.formats` (IDX
+through ``tfds.data_source``), :mod:`~flowopt.training.data.decoded` (the
+verified cache of decoded arrays beside a prepared dataset), :mod:`~flowopt.training.data.formats` (IDX
 files, image folders), :mod:`~flowopt.training.data.dataset` (:class:`Dataset`,
 the errors), :mod:`~flowopt.training.data.batches` (the example order) and
 :mod:`~flowopt.training.data.augment` (normalisation, crop+flip).

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from flowopt.training.data import decoded
 from flowopt.training.data.dataset import Dataset, DatasetSpec, checked
 
 _CHUNK = 4096
@@ -17,13 +18,26 @@ _NETWORK_PROBE = ("storage.googleapis.com", 443)
 
 
 def read_prepared(name: str, spec: DatasetSpec, data_dir: Path) -> Dataset:
-    """The train and test splits of ``spec.tfds_name`` prepared in ``data_dir``, read by index through ``tfds.data_source``."""
+    """The train and test splits of ``spec.tfds_name`` prepared in ``data_dir``, read by index through ``tfds.data_source``.
+
+    The decoded arrays are cached beside the dataset, keyed by the sha256 of
+    its files (:mod:`~flowopt.training.data.decoded`): a later load of the same
+    prepared files reads them back verified instead of decoding again.
+    """
     import tensorflow_datasets as tfds
 
+    version_dir = Path(tfds.builder(spec.tfds_name, data_dir=str(data_dir)).data_dir)
+    cache, fingerprint = decoded.cache_file(data_dir, version_dir), decoded.prepared_fingerprint(version_dir)
+    cached = decoded.read_cache(cache, fingerprint) if fingerprint else None
+    if cached is not None:
+        return checked(name, spec, f"tfds:{data_dir / spec.tfds_name}", spec.label, **cached)
     arrays: list[np.ndarray] = []
     for split in ("train", "test"):
         arrays += read_split(tfds.data_source(spec.tfds_name, split=split, data_dir=str(data_dir)), spec.image_shape)
-    return checked(name, spec, f"tfds:{data_dir / spec.tfds_name}", spec.label, *arrays)
+    dataset = checked(name, spec, f"tfds:{data_dir / spec.tfds_name}", spec.label, *arrays)
+    if fingerprint:
+        decoded.write_cache(cache, fingerprint, {key: getattr(dataset, key) for key in decoded.ARRAYS})
+    return dataset
 
 
 def read_split(source: Any, image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
