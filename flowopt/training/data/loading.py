@@ -29,7 +29,9 @@ def load_dataset(
     Fashion-MNIST, the CIFAR-10 JPEG copy). Without TensorFlow the network is
     never probed. CIFAR-10 that cannot be had is replaced by its JPEG copy
     where that is prepared or ``$FLOWOPT_CIFAR10_ARCHIVE`` names it; the
-    dataset's label then says so.
+    dataset's label then says so. The decoded arrays are cached beside the
+    prepared dataset and read back, verified, while its files are unchanged
+    (:mod:`~flowopt.training.data.decoded`).
 
     Args:
       name: one of :data:`DATASET_NAMES`.
