@@ -31,7 +31,7 @@ def load_dataset(
     where that is prepared or ``$FLOWOPT_CIFAR10_ARCHIVE`` names it; the
     dataset's label then says so. The decoded arrays are cached beside the
     prepared dataset and read back, verified, while its files are unchanged
-    (:mod:`~flowopt.training.data.decoded`).
+    (``flowopt.training.data.decoded``).
 
     Args:
       name: one of :data:`DATASET_NAMES`.
