@@ -37,6 +37,7 @@ import numpy as np
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+"""The name of the mesh axis the batch (and, sharded, the parameters) are split over."""
 PARAM_SHARDINGS = ("replicated", "fsdp")
 """Values of ``TrainConfig.param_sharding``: parameters and optimizer state copied to every device, or split over them."""
 

@@ -138,8 +138,8 @@ def make_train_step(
     optimizer's oracle calls (``flowopt.oracle_evaluations``).
 
     The new state has the shardings ``shardings`` (a pytree of them
-    matching :class:`RunState`, e.g. :func:`state_shardings` of the state),
-    replicated by default; the metrics are replicated.
+    matching :class:`RunState`: ``state_shardings(state)`` keeps those of the
+    initial state), replicated by default; the metrics are replicated.
     """
     objective = make_objective(graphdef, weight_decay)
 
