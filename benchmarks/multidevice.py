@@ -25,6 +25,7 @@ with the parameter difference between the two after a few steps.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -189,12 +190,10 @@ def _report_sharded(config: Config, result: dict, report: Report) -> None:
         f"max |θ_fsdp - θ_replicated| / max |θ_replicated| after {config.steps} steps = {result['gap']:.1e}; "
         f"{fsdp['sharded_leaves']} of {result['leaves']} parameter leaves split"
     )
+    row = functools.partial(Row, section=section, model=model, method="rk4")
     report.add(
         judged(
-            Row(
-                section=section,
-                model=model,
-                method="rk4",
+            row(
                 metric="state bytes per device, sharded / replicated",
                 value=fsdp["state_bytes"] / rep["state_bytes"],
                 note=f"{fsdp['state_bytes']} vs {rep['state_bytes']} bytes on device 0; {note}",
@@ -203,17 +202,12 @@ def _report_sharded(config: Config, result: dict, report: Report) -> None:
         )
     )
     if rep["step_bytes"] is not None and fsdp["step_bytes"] is not None:
+        mib = lambda key: f"{fsdp[key] / 2**20:.3f} vs {rep[key] / 2**20:.3f} MiB"
         report.add(
-            Row(
-                section=section,
-                model=model,
-                method="rk4",
+            row(
                 metric="compiled step memory per device (args + out - aliased + temp, no batch), sharded / replicated",
                 value=fsdp["step_bytes"] / rep["step_bytes"],
-                note=(
-                    f"{fsdp['step_bytes'] / 2**20:.3f} vs {rep['step_bytes'] / 2**20:.3f} MiB; temporaries "
-                    f"{fsdp['temp_bytes'] / 2**20:.3f} vs {rep['temp_bytes'] / 2**20:.3f} MiB (with the gathered parameters)"
-                ),
+                note=f"{mib('step_bytes')}; temporaries {mib('temp_bytes')} (with the gathered parameters)",
             )
         )
     if result["gap"] > 1e-5:

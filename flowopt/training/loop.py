@@ -52,7 +52,6 @@ from flowopt.training.step import (
     make_eval_step,
     make_objective,  # noqa: F401
     make_train_step,
-    state_shardings,
 )
 
 logger = logging.getLogger(__name__)
@@ -180,7 +179,9 @@ def build(config: TrainConfig, dataset: Dataset | None = None, tx: optax.Gradien
         mesh=mesh,
         graphdef=graphdef,
         state=state,
-        train_step=make_train_step(graphdef, tx, prep, config.weight_decay, mesh, state_shardings(state)),
+        train_step=make_train_step(
+            graphdef, tx, prep, config.weight_decay, mesh, parallel.state_shardings(state, mesh, config.param_sharding)
+        ),
         eval_step=make_eval_step(graphdef, prep, mesh),
         test_split=EvalSplit.build(dataset.x_test, dataset.y_test, config.eval_batch_size, mesh),
         schedule=schedule,

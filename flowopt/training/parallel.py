@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
@@ -109,7 +110,7 @@ def fsdp_spec(shape: Sequence[int], axis_size: int) -> PartitionSpec:
 
 
 def _is_key(leaf: Any) -> bool:
-    return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+    return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
 def fsdp_shardings(tree: Any, mesh: Mesh | AbstractMesh) -> Any:
@@ -140,7 +141,7 @@ def place_state(tree: Any, mesh: Mesh, param_sharding: str = "replicated") -> An
     return jax.device_put(tree, state_shardings(tree, mesh, param_sharding))
 
 
-def addressable_bytes(tree: Any, device: jax.Device | None = None) -> int:
-    """Bytes the leaves of ``tree`` hold on ``device`` (default: this process's first device)."""
+def addressable_bytes(tree: Any, device: Any = None) -> int:
+    """Bytes the leaves of ``tree`` hold on ``device``, a ``jax.Device`` (default: this process's first device)."""
     device = device if device is not None else jax.local_devices()[0]
     return sum(shard.data.nbytes for leaf in jax.tree.leaves(tree) for shard in leaf.addressable_shards if shard.device == device)

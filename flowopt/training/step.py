@@ -138,8 +138,9 @@ def make_train_step(
     optimizer's oracle calls (``flowopt.oracle_evaluations``).
 
     The new state has the shardings ``shardings`` (a pytree of them
-    matching :class:`RunState`: ``state_shardings(state)`` keeps those of the
-    initial state), replicated by default; the metrics are replicated.
+    matching :class:`RunState`, as
+    :func:`flowopt.training.parallel.state_shardings` gives them), replicated
+    by default; the metrics are replicated.
     """
     objective = make_objective(graphdef, weight_decay)
 
@@ -241,8 +242,3 @@ def init_state(
         rng=jax.random.fold_in(jax.random.key(seed), 1),
     )
     return graphdef, parallel.place_state(state, mesh, param_sharding)
-
-
-def state_shardings(state: RunState) -> RunState:
-    """The sharding of each leaf of ``state``: the output shardings of a train step that keeps them."""
-    return jax.tree.map(lambda leaf: leaf.sharding, state)
