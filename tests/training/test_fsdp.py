@@ -107,7 +107,7 @@ _EIGHT_DEVICES = textwrap.dedent(
     # Every integrator on sharded parameters and optimizer state, three steps on the same batches.
     OPTIMIZERS = {
         "rk4": ("rk4", {}, None),
-        "bdf2": ("bdf2", {"inner_steps": 3}, None),
+        "bdf2": ("bdf2", {"inner_steps": 1}, None),
         "adam_flow": ("adam_flow", {}, None),
         "bosh3": ("sgd", {}, flowopt.adaptive_runge_kutta(tableaus.BOSH3, learning_rate=0.05, rtol=1e-3, atol=1e-6)),
         "rkc": ("rkc", {"stages": 5}, None),
