@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from flowopt.core.checks import check_integer
 
@@ -64,9 +65,17 @@ def _from_storable(tree: Any, like: Any) -> Any:
 
 
 def _host_copy(x: Any) -> np.ndarray:
-    """The value of ``x`` on this host (one replica of an array not fully addressable here)."""
+    """The whole value of ``x`` on this host, however it is sharded.
+
+    An array not fully addressable here is either replicated (one local
+    replica is its value) or sharded over the processes' devices; then its
+    shards are gathered from every process (a collective, as saving and
+    restoring are: every process checksums the same arrays in the same order).
+    """
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(x.addressable_shards[0].data)
+        if x.sharding.is_fully_replicated:
+            return np.asarray(x.addressable_shards[0].data)
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
 
 

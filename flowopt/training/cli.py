@@ -29,6 +29,7 @@ from flowopt.training.config import BUDGET_FIELDS, SCHEDULES, ConfigError, Train
 from flowopt.training.data import DATASET_NAMES, DataIntegrityError, DataUnavailableError
 from flowopt.training.models import MODELS
 from flowopt.training.optimizers import available_optimizers
+from flowopt.training.parallel import PARAM_SHARDINGS
 
 EXIT_DIVERGED = 3
 
@@ -132,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     sharpness.add_argument("--sharpness-iterations", type=int, help="Lanczos steps per measurement (default 20)")
     sharpness.add_argument("--sharpness-batch-size", type=int, help="examples in the fixed batch (default 1000)")
     parser.add_argument("--devices", dest="num_devices", type=int, help="devices to shard the batch over (default: all)")
+    parser.add_argument(
+        "--param-sharding",
+        choices=PARAM_SHARDINGS,
+        help="parameters and optimizer state copied to every device (replicated, the default) or split over them (fsdp)",
+    )
     parser.add_argument("--model-option", action="append", type=_option, default=[], metavar="KEY=VALUE")
     parser.add_argument("--optimizer-option", action="append", type=_option, default=[], metavar="KEY=VALUE")
     parser.add_argument("--data-path", help="local image folder or tar archive laid out as {train,test}/<class>/<image>")

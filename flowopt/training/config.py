@@ -13,6 +13,7 @@ from typing import Any
 from flowopt.training import models, optimizers
 from flowopt.training.data import DATASET_NAMES, SPECS, SYNTHETIC
 from flowopt.training.models import MODELS
+from flowopt.training.parallel import PARAM_SHARDINGS
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
@@ -150,6 +151,11 @@ class TrainConfig:
       sharpness_batch_size: size of the fixed batch (capped at the training
         set): the same examples, chosen by ``seed``, at every measurement.
       num_devices: devices to shard the batch over (default: all).
+      param_sharding: ``replicated`` (every device holds the parameters and
+        optimizer state) or ``fsdp`` (each leaf split over the devices along its
+        largest dimension they divide: :mod:`flowopt.training.parallel`); the
+        batch is split either way, and the trajectory is the same up to float32
+        round-off, so a run may resume with the other choice.
       progress: show a progress bar.
       resume: continue from the checkpoints in the output directory if present.
     """
@@ -180,6 +186,7 @@ class TrainConfig:
     sharpness_iterations: int = 20
     sharpness_batch_size: int = 1000
     num_devices: int | None = None
+    param_sharding: str = "replicated"
     progress: bool = True
     resume: bool = True
 
@@ -217,6 +224,10 @@ class TrainConfig:
             raise ConfigError("learning_rate", f"learning_rate must be a positive finite number, got {self.learning_rate!r}.")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError("weight_decay", f"weight_decay must be a non-negative finite number, got {self.weight_decay!r}.")
+        if self.param_sharding not in PARAM_SHARDINGS:
+            raise ConfigError(
+                "param_sharding", f"Unknown param_sharding {self.param_sharding!r}; valid: {', '.join(PARAM_SHARDINGS)}."
+            )
         if self.schedule not in SCHEDULES:
             raise ConfigError("schedule", f"Unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}.")
         if self.schedule != "constant" and self.epochs is None and self.steps is None:

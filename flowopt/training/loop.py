@@ -169,7 +169,7 @@ def build(config: TrainConfig, dataset: Dataset | None = None, tx: optax.Gradien
     )
     augment = config.augment if config.augment is not None else dataset.image_shape == (32, 32, 3)
     prep = Preprocess(*dataset.channel_stats(), augment)
-    graphdef, state = init_state(model, tx, config.seed, mesh)
+    graphdef, state = init_state(model, tx, config.seed, mesh, config.param_sharding)
     sharpness = None
     if config.sharpness_every is not None:
         sharpness = SharpnessTracker(config, dataset, prep, mesh, graphdef, state, own_optimizer=schedule is not None)
@@ -179,7 +179,9 @@ def build(config: TrainConfig, dataset: Dataset | None = None, tx: optax.Gradien
         mesh=mesh,
         graphdef=graphdef,
         state=state,
-        train_step=make_train_step(graphdef, tx, prep, config.weight_decay, mesh),
+        train_step=make_train_step(
+            graphdef, tx, prep, config.weight_decay, mesh, parallel.state_shardings(state, mesh, config.param_sharding)
+        ),
         eval_step=make_eval_step(graphdef, prep, mesh),
         test_split=EvalSplit.build(dataset.x_test, dataset.y_test, config.eval_batch_size, mesh),
         schedule=schedule,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -127,6 +127,7 @@ def make_train_step(
     prep: Preprocess,
     weight_decay: float,
     mesh: Mesh,
+    shardings: Any = None,
 ) -> Callable[[RunState, jax.Array, jax.Array], tuple[RunState, StepMetrics]]:
     """A jitted step: gradient at the batch, optimizer update with the batch-bound oracle.
 
@@ -135,6 +136,11 @@ def make_train_step(
     evaluates the same minibatch objective (same BatchNorm mode, same dropout
     mask). ``grad_evals`` grows by one for the incoming gradient plus the
     optimizer's oracle calls (``flowopt.oracle_evaluations``).
+
+    The new state has the shardings ``shardings`` (a pytree of them
+    matching :class:`RunState`, as
+    :func:`flowopt.training.parallel.state_shardings` gives them), replicated
+    by default; the metrics are replicated.
     """
     objective = make_objective(graphdef, weight_decay)
 
@@ -157,7 +163,7 @@ def make_train_step(
         return new_state, StepMetrics(at_params.loss, correct, skipped)
 
     replicated = parallel.replicated(mesh)
-    return jax.jit(step, out_shardings=(replicated, replicated))
+    return jax.jit(step, out_shardings=(replicated if shardings is None else shardings, replicated))
 
 
 def make_eval_step(graphdef: nnx.GraphDef, prep: Preprocess, mesh: Mesh) -> Callable[..., tuple[jax.Array, jax.Array]]:
@@ -218,8 +224,14 @@ def evaluate_split(
     return math.fsum(map(float, losses)) / split.size, int(sum(map(int, corrects))) / split.size
 
 
-def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int, mesh: Mesh) -> tuple[nnx.GraphDef, RunState]:
-    """Split ``model`` into a graph definition and a replicated :class:`RunState`."""
+def init_state(
+    model: nnx.Module, tx: optax.GradientTransformation, seed: int, mesh: Mesh, param_sharding: str = "replicated"
+) -> tuple[nnx.GraphDef, RunState]:
+    """Split ``model`` into a graph definition and a :class:`RunState` on ``mesh``.
+
+    The state is replicated, or with ``param_sharding="fsdp"`` its parameters
+    and optimizer state are sharded (:func:`flowopt.training.parallel.fsdp_shardings`).
+    """
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
     state = RunState(
         step=jnp.zeros([], jnp.int32),
@@ -229,4 +241,4 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int, m
         opt_state=tx.init(params),
         rng=jax.random.fold_in(jax.random.key(seed), 1),
     )
-    return graphdef, parallel.replicate(state, mesh)
+    return graphdef, parallel.place_state(state, mesh, param_sharding)

@@ -51,6 +51,13 @@ def test_multidevice_step_matches_single_device(quick_report):
     assert rows[1].value == pytest.approx(1.0, abs=0.1)
 
 
+def test_sharded_parameters_divide_the_state_per_device(quick_report):
+    rows = [r for r in quick_report.rows if r.section.startswith("5b.")]
+    assert rows[0].metric.startswith("state bytes per device") and rows[1].metric.startswith("compiled step memory")
+    assert rows[0].value == pytest.approx(0.5, abs=0.01) and rows[0].status == "meets"  # 2 devices
+    assert float(rows[0].note.split("= ")[1].split(";")[0]) < 1e-5
+
+
 def test_memory_multiples_of_parameter_size(quick_report):
     rows = {r.method: r.value for r in quick_report.rows if r.section.startswith("3.")}
     assert rows["optax.sgd"] >= 1.0  # at least the parameters themselves

@@ -154,6 +154,10 @@ BAD_FLAGS = [
     (["--devices", "0"], "argument --devices: num_devices must be an integer in [1, 2147483647], got 0."),
     (["--devices", "4096"], "argument --devices: num_devices must be in [1, "),
     (
+        ["--param-sharding", "zero3"],
+        "argument --param-sharding: invalid choice: 'zero3' (choose from 'replicated', 'fsdp')",
+    ),
+    (
         ["--schedule", "linear"],
         "argument --schedule: invalid choice: 'linear' (choose from 'constant', 'cosine', 'warmup_cosine')",
     ),
@@ -352,6 +356,9 @@ BAD_FIELDS = [
     ("checkpoint_every", -2),
     ("keep_checkpoints", 0),
     ("num_devices", 0),
+    ("param_sharding", "zero3"),
+    ("param_sharding", None),
+    ("param_sharding", 1),
     ("model", "nope"),
     ("model", 3),
     ("dataset", ""),
