@@ -155,13 +155,15 @@ class _RunningSum:
         """Sum the terms into one; the sum, or ``None`` where there was at most one term (left as it is)."""
         if len(self.terms) < 2:
             return None
-        total = linear_combination(*zip(*self.terms))
+        weights, trees = zip(*self.terms)
+        total = linear_combination(weights, trees)
         self.terms = [(1.0, total)]
         return total
 
     def total(self, scale: Any) -> Any:
         """``scale · Σ_j b_j k_j``."""
-        return linear_combination(*zip(*self.terms), scale)
+        weights, trees = zip(*self.terms)
+        return linear_combination(weights, trees, scale)
 
 
 def after(tree: Any, dependency: Any) -> Any:
