@@ -23,6 +23,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "rk3": ("rk3", {}),
     "rk4": ("rk4", {}),
     "dopri5-fixed": ("runge_kutta", {"tableau": tableaus.DOPRI5}),
+    "rkc-s5": ("rkc", {"stages": 5}),
+    "rkc-s50": ("rkc", {"stages": 50}),
     "bosh3-adaptive": ("adaptive_runge_kutta", {"tableau": tableaus.BOSH3, "rtol": 1e-3, "atol": 1e-6}),
     "backward_euler": ("backward_euler", {"inner_steps": 3}),
     "bdf2": ("bdf2", {"inner_steps": 3}),

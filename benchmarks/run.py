@@ -1,7 +1,7 @@
 """Run flowopt's benchmarks and write ``<output>/<hardware-tag>.csv`` and ``.md``.
 
     python benchmarks/run.py                 # default size: under 10 minutes on 2 CPU cores
-    python benchmarks/run.py --quick         # a tiny run (seconds), as the tests do
+    python benchmarks/run.py --quick         # a tiny run (seconds), as the tests do: <hardware-tag>-quick.csv/.md
     python benchmarks/run.py --gpu-size      # every model at batch 32–1024, up to 10⁸ parameters
     python benchmarks/run.py --only rk4-overhead   # RK4 / (4 × SGD step) on the MLP and CNN
     python benchmarks/run.py --only implicit       # backward Euler, BDF2 / RK4 on the CNN
@@ -35,7 +35,18 @@ SOLO_TAGS = {"rk4-overhead": "-rk4", "implicit": "-implicit"}  # a single sectio
 INTEGRATORS = ("euler", "heun", "rk4", "bosh3-adaptive")
 STAGE_METHODS = ("euler", "heun", "rk3", "rk4", "dopri5-fixed")
 IMPLICIT_METHODS = ("backward_euler", "bdf2")
-MEMORY_METHODS = ("optax.sgd", "euler", "heun", "rk4", "dopri5-fixed", "bosh3-adaptive", "optax.adam", "adam_flow")
+MEMORY_METHODS = (
+    "optax.sgd",
+    "euler",
+    "heun",
+    "rk4",
+    "dopri5-fixed",
+    "rkc-s5",
+    "rkc-s50",
+    "bosh3-adaptive",
+    "optax.adam",
+    "adam_flow",
+)
 
 
 def configs(size: str) -> dict:
@@ -100,6 +111,8 @@ def main(argv: list[str] | None = None) -> Report:
     header = hardware() | {"size": size_name, "date": datetime.date.today().isoformat()}
     if args.only and len(args.only) == 1 and args.only[0] in SOLO_TAGS:
         header["tag"] += SOLO_TAGS[args.only[0]]
+    if args.quick:  # its own table: a tiny run never replaces the full-size one
+        header["tag"] += "-quick"
     report = Report(args.output, header, append=args.append)
     print(f"# {header['name']}, jax {header['jax']}, size {size_name}", flush=True)
     compile_seconds: dict = {}

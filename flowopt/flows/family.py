@@ -73,9 +73,8 @@ import optax
 
 from flowopt.core.checks import check_finite, check_positive, check_unit_interval, is_concrete, is_zero
 from flowopt.core.integrator import Integrator, check_learning_rate
-from flowopt.core.trees import linear_combination
 from flowopt.core.types import GradFn, Params
-from flowopt.rk.stages import oracle_calls, stage_slopes
+from flowopt.rk.stages import oracle_calls, stage_sum
 from flowopt.rk.tableau import ButcherTableau
 
 Coefficient = Callable[[jax.Array], jax.Array]
@@ -278,8 +277,7 @@ def _runge_kutta_step(
         return _vector_field(name, coefficients, epsilons, time, stage, oracle(stage.theta))
 
     first = _vector_field(name, coefficients, epsilons, t, start, grads)
-    slopes = stage_slopes(tableau, field, start, first, s, (tableau.b,), t0=t)
-    increment = linear_combination(tableau.b, slopes, s)
+    increment = stage_sum(tableau, field, start, first, s, tableau.b, t0=t)
     moments = _Moments(None, *(None if x is None else jax.tree.map(jnp.add, x, dx) for x, dx in zip(start[1:], increment[1:])))
     return increment.theta, moments
 

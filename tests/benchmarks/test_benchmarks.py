@@ -30,6 +30,12 @@ def test_quick_run_writes_csv_and_markdown(quick_report):
     assert quick_report.header["name"] in markdown and "## 1. step-time overhead" in markdown
 
 
+def test_quick_run_keeps_to_its_own_table(quick_report):
+    # The committed full-size tables are <hardware-tag>.md; a tiny run must never overwrite them.
+    assert quick_report.header["tag"].endswith("-quick")
+    assert quick_report.md_path.name == f"{quick_report.header['tag']}.md"
+
+
 def test_gradient_evaluations_are_counted_not_assumed(quick_report):
     rk4 = [r for r in quick_report.rows if r.section.startswith("1.") and r.method == "rk4"]
     assert rk4 and all(r.metric.startswith("time / (4 × sgd step)") for r in rk4)
@@ -66,8 +72,9 @@ def test_memory_multiples_of_parameter_size(quick_report):
 
 @pytest.mark.parametrize(
     "method, buffers",
-    [("optax.sgd", 2), ("euler", 2), ("heun", 4), ("rk4", 4), ("optax.adam", 4)],
+    [("optax.sgd", 2), ("euler", 2), ("heun", 3), ("rk4", 3), ("dopri5-fixed", 6), ("optax.adam", 4), ("rkc-s50", 4)],
 )
 def test_minimum_buffer_model(method, buffers):
-    # θ, the stage point, the stage gradient and one running sum; RK4's stages read only the previous k.
+    # θ, the running sum and the stage being evaluated (its point and gradient as one); Heun's sum is k1 itself,
+    # RK4's stages read only the previous k, Dopri5's sixth stage point reads all five before it.
     assert memory.minimum_buffers(method) == buffers
