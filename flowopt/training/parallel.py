@@ -50,8 +50,20 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Put every leaf of ``tree`` on all devices of ``mesh``."""
-    return jax.device_put(tree, replicated(mesh))
+    """Put every leaf of ``tree`` on all devices of ``mesh`` (with several processes, each gives the same value)."""
+    sharding = replicated(mesh)
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda leaf: _replicated_global(leaf, sharding), tree)
+
+
+def _replicated_global(leaf: Any, sharding: NamedSharding) -> jax.Array:
+    """``leaf`` (this process's copy) on every device of a mesh that spans processes."""
+    if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+        data = _replicated_global(jax.random.key_data(leaf), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    value = np.asarray(leaf)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
