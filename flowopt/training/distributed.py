@@ -159,28 +159,34 @@ def initialize(
         )
     if jax.config.values.get("jax_cpu_collectives_implementation") in (None, "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices reduce across processes over gloo
-    limits = {}
-    if timeout is not None:
-        limits = dict(initialization_timeout=timeout, heartbeat_timeout_seconds=timeout, shutdown_timeout_seconds=timeout)
     if coordinator is None:
         try:
-            jax.distributed.initialize(**limits)
+            _join(None, None, None, timeout)
         except ValueError as error:
             if "coordinator_address should be defined" in str(error):
                 return False  # no cluster detected: one process
             raise
         return True
     host, port = parse_coordinator(coordinator)
-    notice(
-        f"Process {process_id} of {num_processes} joins the others through {coordinator} "
-        f"(waiting up to {300 if timeout is None else timeout} s)."
-    )
+    notice(f"Process {process_id} of {num_processes} joins the others through {coordinator} (waiting up to {timeout or 300} s).")
     if process_id == 0:
         _check_port_free(host, port)
     else:
-        _wait_for_coordinator(host, port, 300 if timeout is None else timeout)
-    jax.distributed.initialize(coordinator, num_processes, process_id, **limits)
+        _wait_for_coordinator(host, port, timeout or 300)
+    _join(coordinator, num_processes, process_id, timeout)
     return True
+
+
+def _join(coordinator: str | None, num_processes: int | None, process_id: int | None, timeout: int | None) -> None:
+    """``jax.distributed.initialize``; ``timeout`` replaces JAX's 300 s to join, 100 s of silence and 300 s at exit."""
+    jax.distributed.initialize(
+        coordinator,
+        num_processes,
+        process_id,
+        initialization_timeout=timeout or 300,
+        heartbeat_timeout_seconds=timeout or 100,
+        shutdown_timeout_seconds=timeout or 300,
+    )
 
 
 def agree(failure: str | None) -> str | None:

@@ -7,7 +7,9 @@ the loss see the global batch exactly as on one device.
 
 Multi-host: call ``jax.distributed.initialize()`` (coordinator address,
 process count and id, or the cluster's auto-detection) in every process before
-any other JAX call, then run the same training script everywhere.
+any other JAX call (:func:`flowopt.training.distributed.initialize` does, for
+``flowopt-train`` and :func:`flowopt.training.train`), then run the same
+training script everywhere.
 ``jax.devices()`` then lists the devices of all hosts, :func:`data_mesh` spans
 them, every process iterates the same global batch order (it is seeded), and
 :func:`shard_local_batch` feeds each process's rows of it
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -59,7 +62,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 def _replicated_global(leaf: Any, sharding: NamedSharding) -> jax.Array:
     """``leaf`` (this process's copy) on every device of a mesh that spans processes."""
-    if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+    if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
         data = _replicated_global(jax.random.key_data(leaf), sharding)
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
     value = np.asarray(leaf)

@@ -28,17 +28,10 @@ from flowopt.training.checkpoint import Checkpointer
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 90  # seconds a process may take
 STEPS = 40
-# Logistic regression on synthetic MNIST, 32 a global batch: a few milliseconds a step, a checkpoint every 5.
-RUN = ["--model", "logistic_regression", "--dataset", "synthetic_mnist", "--batch-size", "32", "--eval-batch-size", "512"] + [
-    "--learning-rate",
-    "0.05",
-    "--steps",
-    str(STEPS),
-    "--eval-every",
-    "5",
-    "--checkpoint-every",
-    "5",
-    "--no-progress",
+# Logistic regression on synthetic MNIST, 32 a global batch: a few milliseconds a step, a checkpoint every 10.
+RUN = [
+    *("--model", "logistic_regression", "--dataset", "synthetic_mnist", "--learning-rate", "0.05", "--steps", str(STEPS)),
+    *("--batch-size", "32", "--eval-batch-size", "512", "--eval-every", "5", "--checkpoint-every", "10", "--no-progress"),
 ]
 
 
@@ -216,7 +209,7 @@ def test_killed_two_process_run_resumes_with_two_or_one_process(reference, tmp_p
 def test_a_missing_peer_fails_in_seconds(tmp_path, launches):
     # Process 1 alone finds no coordinator; process 0 alone (on another port) waits for a peer that never comes.
     started = time.monotonic()
-    alone = [launches(tmp_path / f"alone{i}", processes=2, devices=1, ids=[i], cluster_timeout=3) for i in (0, 1)]
+    alone = [launches(tmp_path / f"alone{i}", processes=2, devices=1, ids=[i], cluster_timeout=2) for i in (0, 1)]
     codes = [run.wait()[0] for run in alone]
     assert codes[0] != 0 and codes[1] == 2, (codes, alone[0].log_tails(), alone[1].log_tails())
     lines = alone[1].logs[0].read_text().strip().splitlines()
