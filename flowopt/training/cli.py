@@ -10,8 +10,9 @@ Several processes (hosts), each running the same command but for its id::
 
     flowopt-train --config c.yaml --output /shared/runs/x --coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0
 
-Without ``--coordinator``, the processes of a cluster JAX detects (SLURM's
-``srun``, Open MPI's ``mpirun``) are joined; elsewhere the run is one process.
+Without ``--coordinator``, the processes SLURM's ``srun`` or Open MPI's
+``mpirun`` started are joined (JAX's cluster detection); elsewhere the run is
+one process.
 
 Flags override the config file. The output directory receives ``config.json``,
 ``metrics.jsonl`` (one JSON object per epoch) and ``checkpoints/``; running the
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="tfds data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     cluster = parser.add_argument_group(
-        "multi-process run (every process runs the same command; default: the cluster JAX detects, else one process)"
+        "multi-process run (every process runs the same command; default: the processes srun or mpirun started, else one)"
     )
     cluster.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, where the processes meet")
     cluster.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
@@ -263,7 +264,7 @@ def _join_processes(config: TrainConfig, origins: _Origins) -> None:
         distributed.initialize(config.coordinator, config.num_processes, config.process_id, timeout=config.cluster_timeout)
     except (ValueError, distributed.ClusterError) as error:
         if config.coordinator is None:
-            raise ValueError(f"joining the processes JAX detected: {one_line(error)}") from error
+            raise ValueError(f"joining the processes the launcher started: {one_line(error)}") from error
         raise ValueError(origins.describe(ConfigError("coordinator", str(error)))) from error
 
 

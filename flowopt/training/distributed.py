@@ -2,9 +2,9 @@
 
 Every process of a run runs the same command; :func:`initialize` joins them
 before any other JAX call, either as named (coordinator address, process
-count, this process's id) or by JAX's own cluster auto-detection (SLURM, Open
-MPI, Cloud TPU, Kubernetes). ``jax.devices()`` then lists the devices of every
-process and :mod:`flowopt.training.parallel` splits each global batch over
+count, this process's id) or, under SLURM's ``srun`` or Open MPI's ``mpirun``,
+by JAX's own cluster detection. ``jax.devices()`` then lists the devices of every
+process and ``flowopt.training.parallel`` splits each global batch over
 them: each process reads only its rows of the batch.
 
 In the run directory, process 0 holds the lock and writes ``config.json`` and
@@ -21,10 +21,11 @@ set by :func:`initialize` unless another implementation is configured).
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any
 
 import jax
 import numpy as np
@@ -32,8 +33,14 @@ import numpy as np
 from flowopt.training.rundir import notice
 
 COORDINATOR_FORM = "HOST:PORT"
+# The launchers whose processes join without flags: JAX's detection method, the variables the launcher sets in every
+# process (the last one: the process count). A launcher of one process is left alone, as is any other environment
+# (Cloud TPU, Kubernetes: pass the flags, or call jax.distributed.initialize), so a plain run never probes a network.
+LAUNCHERS = {
+    "slurm": ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS"),
+    "ompi": ("OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+}
 _MESSAGE_BYTES = 1024  # longest failure message :func:`agree` passes between processes
-T = TypeVar("T")
 
 
 class ClusterError(RuntimeError):
@@ -81,6 +88,14 @@ def process_problem(coordinator: str | None, num_processes: int | None, process_
     return None
 
 
+def detected_launcher() -> str | None:
+    """The launcher (``"slurm"``'s ``srun``, ``"ompi"``'s ``mpirun``) that started this process among several, if one did."""
+    for name, variables in LAUNCHERS.items():
+        if all(variable in os.environ for variable in variables) and os.environ[variables[-1]] not in ("", "1"):
+            return name
+    return None
+
+
 def _wait_for_coordinator(host: str, port: int, timeout: float) -> None:
     """Connect to the coordinator until it answers or ``timeout`` seconds have passed (ClusterError)."""
     deadline = time.monotonic() + timeout
@@ -118,9 +133,9 @@ def initialize(
     """Join the processes of a run (``jax.distributed.initialize``); whether JAX now runs several processes or a cluster's.
 
     With ``coordinator`` (``HOST:PORT`` of process 0), ``num_processes`` and
-    ``process_id``: join those. Without: join the processes of the cluster
-    JAX detects (SLURM's ``srun``, Open MPI's ``mpirun``, Cloud TPU,
-    Kubernetes), or, where there is none, do nothing and return ``False``.
+    ``process_id``: join those. Without: where SLURM's ``srun`` or Open MPI's
+    ``mpirun`` started several processes (:func:`detected_launcher`), join
+    them as JAX detects them; elsewhere do nothing and return ``False``.
     Call it in every process before any other JAX computation. Where JAX is
     already distributed, the given values must be those it runs with.
 
@@ -160,13 +175,10 @@ def initialize(
     if jax.config.values.get("jax_cpu_collectives_implementation") in (None, "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices reduce across processes over gloo
     if coordinator is None:
-        try:
-            _join(None, None, None, timeout)
-        except ValueError as error:
-            if "coordinator_address should be defined" in str(error):
-                return False  # no cluster detected: one process
-            raise
-        return True
+        launcher = detected_launcher()
+        if launcher is not None:
+            _join(None, None, None, timeout, launcher)
+        return launcher is not None
     host, port = parse_coordinator(coordinator)
     notice(f"Process {process_id} of {num_processes} joins the others through {coordinator} (waiting up to {timeout or 300} s).")
     if process_id == 0:
@@ -177,12 +189,15 @@ def initialize(
     return True
 
 
-def _join(coordinator: str | None, num_processes: int | None, process_id: int | None, timeout: int | None) -> None:
+def _join(
+    coordinator: str | None, num_processes: int | None, process_id: int | None, timeout: int | None, launcher: str | None = None
+) -> None:
     """``jax.distributed.initialize``; ``timeout`` replaces JAX's 300 s to join, 100 s of silence and 300 s at exit."""
     jax.distributed.initialize(
         coordinator,
         num_processes,
         process_id,
+        cluster_detection_method=launcher,
         initialization_timeout=timeout or 300,
         heartbeat_timeout_seconds=timeout or 100,
         shutdown_timeout_seconds=timeout or 300,
@@ -212,7 +227,7 @@ def agree(failure: str | None) -> str | None:
     return None
 
 
-def on_first_process(action: Callable[[], T], error: type[Exception] = ValueError) -> T | None:
+def on_first_process(action: Callable[[], Any], error: type[Exception] = ValueError) -> Any:
     """``action()`` on process 0 (its result there, ``None`` elsewhere); if it raises ``error``, every process raises.
 
     Every process must call it at the same point. Process 0 raises the

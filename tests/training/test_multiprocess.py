@@ -10,6 +10,7 @@ devices, so parameters and metrics rows agree to 1e-6 (relative).
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,7 +23,7 @@ import jax
 import numpy as np
 import pytest
 
-from flowopt.training import cli, loop
+from flowopt.training import cli, distributed, loop
 from flowopt.training.checkpoint import Checkpointer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -252,3 +253,32 @@ def test_bad_process_flags_exit_2_naming_the_flag(flags, message, tmp_path, caps
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_only_a_launcher_of_several_processes_is_joined_without_flags(monkeypatch):
+    for variables in distributed.LAUNCHERS.values():
+        for variable in variables:
+            monkeypatch.delenv(variable, raising=False)
+    assert distributed.detected_launcher() is None
+    slurm = dict(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="node[01-02]", SLURM_PROCID="1", SLURM_LOCALID="0", SLURM_NTASKS="1")
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    assert distributed.detected_launcher() is None  # one task: a run of its own, whatever else the job runs
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    assert distributed.detected_launcher() == "slurm"
+    monkeypatch.delenv("SLURM_STEP_NODELIST")  # a batch script outside srun
+    assert distributed.detected_launcher() is None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("h:1", 2, None), "process_id is not set"),
+        (("h", 2, 0), "HOST:PORT"),
+        (("[::1:5", 2, 0), "IPv6"),
+        (("h:1", 2, 5), "process_id must be in [0, 1]"),
+    ],
+)
+def test_initialize_refuses_bad_values_before_joining(args, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        distributed.initialize(*args)
