@@ -130,7 +130,7 @@ def initialize(
     *,
     timeout: int | None = None,
 ) -> bool:
-    """Join the processes of a run (``jax.distributed.initialize``); whether JAX now runs several processes or a cluster's.
+    """Join the processes of a run (``jax.distributed.initialize``); whether JAX now runs joined to the others.
 
     With ``coordinator`` (``HOST:PORT`` of process 0), ``num_processes`` and
     ``process_id``: join those. Without: where SLURM's ``srun`` or Open MPI's
@@ -172,8 +172,6 @@ def initialize(
             "jax.distributed.initialize must come before any JAX computation, and this process has computed already; "
             "join the processes first (flowopt.training.distributed.initialize) or start a fresh process."
         )
-    if jax.config.values.get("jax_cpu_collectives_implementation") in (None, "none"):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices reduce across processes over gloo
     if coordinator is None:
         launcher = detected_launcher()
         if launcher is not None:
@@ -193,6 +191,8 @@ def _join(
     coordinator: str | None, num_processes: int | None, process_id: int | None, timeout: int | None, launcher: str | None = None
 ) -> None:
     """``jax.distributed.initialize``; ``timeout`` replaces JAX's 300 s to join, 100 s of silence and 300 s at exit."""
+    if jax.config.values.get("jax_cpu_collectives_implementation") in (None, "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices reduce across processes over gloo
     jax.distributed.initialize(
         coordinator,
         num_processes,
