@@ -10,7 +10,9 @@ Sections: 1. step-time overhead of each integrator against one SGD step per
 gradient evaluation; 2. anchors against optax (Euler vs SGD, adam_flow vs
 Adam) and diffrax (fixed and adaptive Heun/Bosh3/Dopri5); 3. peak memory per
 step and compile time; 4. scaling with parameters and with gradient
-evaluations per step; 5. data parallelism on 8 host CPU devices; 6. backward
+evaluations per step; 5. data parallelism on 8 host CPU devices, 5b. sharded
+(FSDP) against replicated parameters there, and 5c. two processes against one
+(gloo, the same global batch); 6. backward
 Euler and BDF2 against RK4 at 4 gradients per step. Every figure is a ratio of
 times measured in this run; see docs/performance.md.
 """
@@ -26,10 +28,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import diffrax_anchor, implicit, memory, multidevice, overhead, scaling  # noqa: E402
+from benchmarks import diffrax_anchor, implicit, memory, multidevice, multiprocess, overhead, scaling  # noqa: E402
 from benchmarks.report import Report, hardware  # noqa: E402
 
-SECTIONS = ("overhead", "diffrax", "memory", "scaling", "multidevice", "implicit", "rk4-overhead")
+SECTIONS = ("overhead", "diffrax", "memory", "scaling", "multidevice", "multiprocess", "implicit", "rk4-overhead")
 DEFAULT_SECTIONS = SECTIONS[:-1]
 SOLO_TAGS = {"rk4-overhead": "-rk4", "implicit": "-implicit"}  # a single section's own table
 INTEGRATORS = ("euler", "heun", "rk4", "bosh3-adaptive")
@@ -58,6 +60,7 @@ def configs(size: str) -> dict:
             memory=memory.Config(("elementwise-1000",), ("optax.sgd", "rk4"), donation=False),
             scaling=scaling.Config((10**3, 10**4), 2, "logreg", 32, ("euler", "heun"), (), 3, 0.01),
             multidevice=multidevice.Config(2, "logreg", 32, 2, 2, 0.01),
+            multiprocess=multiprocess.Config("logreg", 32, 5, 2),
             rk4_overhead=overhead.Config({"logreg": (32,)}, ("rk4",), (), 3, 0.01),
             implicit=implicit.Config("logreg", 32, IMPLICIT_METHODS, 3, 0.01),
         )
@@ -74,6 +77,7 @@ def configs(size: str) -> dict:
             memory=memory.Config(("elementwise-1000000", "mlp-32"), MEMORY_METHODS),
             scaling=scaling.Config(tuple(10**k for k in range(3, 8)), 3, "mlp", 128, STAGE_METHODS, (1, 2, 4, 8), 9, 0.06),
             multidevice=multidevice.Config(8, "mlp", 256, 3, 3, 0.03),
+            multiprocess=multiprocess.Config("mlp", 256, 50, 7),
             rk4_overhead=overhead.Config({"mlp": (128,), "cnn": (128,)}, ("rk4",), (), 7, 0.05),
             implicit=implicit.Config("cnn", 128, IMPLICIT_METHODS, 7, 0.5),
         )
@@ -90,6 +94,7 @@ def configs(size: str) -> dict:
         memory=memory.Config(("elementwise-10000000", "mlp-32"), MEMORY_METHODS),
         scaling=scaling.Config(tuple(10**k for k in range(3, 9)), 3, "mlp", 1024, STAGE_METHODS, (1, 2, 4, 8), 10, 0.02),
         multidevice=multidevice.Config(8, "mlp", 256, 3, 3, 0.02),
+        multiprocess=multiprocess.Config("mlp", 1024, 50, 10),
         rk4_overhead=overhead.Config({"mlp": (128,), "cnn": (128,)}, ("rk4",), (), 10, 0.02),
         implicit=implicit.Config("cnn", 128, IMPLICIT_METHODS, 10, 0.02),
     )
@@ -130,6 +135,8 @@ def main(argv: list[str] | None = None) -> Report:
             scaling.run(config["scaling"], report)
         elif section == "multidevice":
             multidevice.run(config["multidevice"], report)
+        elif section == "multiprocess":
+            multiprocess.run(config["multiprocess"], report)
         elif section == "implicit":
             implicit.run(config["implicit"], report)
         print(f"# {section}: {time.perf_counter() - start:.0f} s", flush=True)

@@ -23,7 +23,8 @@ The modules, one job each:
 - ``checkpoint``, ``metrics``: the checkpoints and ``metrics.jsonl`` of a run;
 - ``sharpness``: the top Hessian eigenvalues measured every N steps; ``thresholds``: the
   edge-of-stability threshold and preconditioner of each optimizer; ``plots``: :func:`plot_sharpness`;
-- ``parallel``: the device mesh and shardings; ``cli``: ``flowopt-train``; ``demo``: ``flowopt-demo``.
+- ``parallel``: the device mesh and shardings; ``distributed``: joining the processes of a multi-process run;
+- ``cli``: ``flowopt-train``; ``demo``: ``flowopt-demo``.
 """
 
 from flowopt.training.checkpoint import Checkpointer, CheckpointError

@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from flowopt.core.checks import check_integer
+from flowopt.training import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -378,9 +379,18 @@ class Checkpointer:
         """Move the given (default: last skipped) checkpoints out of the way, into ``<directory>-corrupt/``.
 
         They are kept for inspection rather than deleted; the run can then save
-        those steps again.
+        those steps again. With several processes, every process calls it:
+        process 0 moves them (and returns where to), and every process then
+        sees them gone.
         """
         steps = sorted(self.skipped if steps is None else steps)
+        moved = distributed.on_first_process(lambda: self._move_aside(steps), OSError) or []
+        if moved or jax.process_count() > 1:
+            self._manager.close()
+            self._manager = self._open()
+        return moved
+
+    def _move_aside(self, steps: list[int]) -> list[Path]:
         moved = []
         target_root = self.directory.with_name(self.directory.name + "-corrupt")
         for step in steps:
@@ -394,9 +404,6 @@ class Checkpointer:
             shutil.move(str(source), str(target))
             logger.warning("Moved the unusable checkpoint for step %d to %s.", step, target)
             moved.append(target)
-        if moved:
-            self._manager.close()
-            self._manager = self._open()
         return moved
 
     def close(self) -> None:

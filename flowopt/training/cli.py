@@ -6,6 +6,14 @@ Examples::
         --grad-evals 20000 --seed 0 --output runs/mlp-rk4
     flowopt-train --config configs/train/mnist_mlp_sgd.yaml --output runs/mlp-sgd --seed 1
 
+Several processes (hosts), each running the same command but for its id::
+
+    flowopt-train --config c.yaml --output /shared/runs/x --coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0
+
+Without ``--coordinator``, the processes SLURM's ``srun`` or Open MPI's
+``mpirun`` started are joined (JAX's cluster detection); elsewhere the run is
+one process.
+
 Flags override the config file. The output directory receives ``config.json``,
 ``metrics.jsonl`` (one JSON object per epoch) and ``checkpoints/``; running the
 same command again resumes from the newest checkpoint. Exit status: 0 when the
@@ -143,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-path", help="local image folder or tar archive laid out as {train,test}/<class>/<image>")
     parser.add_argument("--data-dir", help="tfds data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    cluster = parser.add_argument_group(
+        "multi-process run (every process runs the same command; default: the processes srun or mpirun started, else one)"
+    )
+    cluster.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, where the processes meet")
+    cluster.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
+    cluster.add_argument("--process-id", type=int, metavar="I", help="this process's id, 0 to N-1")
+    cluster.add_argument(
+        "--cluster-timeout", type=int, metavar="SECONDS", help="wait for the processes to join, and for a silent one, this long"
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -245,6 +262,18 @@ def _check_devices(config: TrainConfig, origins: _Origins) -> None:
         raise ValueError(origins.describe(ConfigError("batch_size", str(error)))) from error
 
 
+def _join_processes(config: TrainConfig, origins: _Origins) -> None:
+    """Join the processes of a multi-process run (or of the cluster JAX detects) before anything touches a device."""
+    from flowopt.training import distributed
+
+    try:
+        distributed.initialize(config.coordinator, config.num_processes, config.process_id, timeout=config.cluster_timeout)
+    except (ValueError, distributed.ClusterError) as error:
+        if config.coordinator is None:
+            raise ValueError(f"joining the processes the launcher started: {one_line(error)}") from error
+        raise ValueError(origins.describe(ConfigError("coordinator", str(error)))) from error
+
+
 def _data_error(error: Exception, config: TrainConfig, origins: _Origins) -> str:
     key = "path" if "path" in config.dataset_options else None
     if key is not None:
@@ -266,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         values, origins = _merge(args)
         config = _build(values, origins)
+        _join_processes(config, origins)
         try:
             config.check_buildable()
         except ConfigError as error:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flowopt.training import models, optimizers
+from flowopt.training import distributed, models, optimizers
 from flowopt.training.data import DATASET_NAMES, SPECS, SYNTHETIC
 from flowopt.training.models import MODELS
 from flowopt.training.parallel import PARAM_SHARDINGS
@@ -38,6 +38,8 @@ MAX_COUNT = 2**31 - 1  # step and gradient-evaluation counters are int32 on the 
 MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: larger seeds would repeat smaller ones
 SYNTHETIC_TRAIN_EXAMPLES = 2048  # synthetic_dataset's default size
 SHARPNESS_OPTIONS = ("sharpness_top", "sharpness_iterations", "sharpness_batch_size")  # only with sharpness_every
+# How the processes of a run join (not part of its identity: a run may resume with other processes).
+PROCESS_FIELDS = ("coordinator", "num_processes", "process_id", "cluster_timeout")
 
 
 class ConfigError(ValueError):
@@ -158,6 +160,15 @@ class TrainConfig:
         round-off, so a run may resume with the other choice.
       progress: show a progress bar.
       resume: continue from the checkpoints in the output directory if present.
+      coordinator, num_processes, process_id: a multi-process run: the
+        ``HOST:PORT`` of process 0, the number of processes and this one's id
+        (all three or none; every process runs the same config but for its id).
+        :func:`train` joins them (:func:`flowopt.training.distributed.initialize`)
+        before any computation; ``batch_size`` stays the global batch, each
+        process reading its ``batch_size / num_processes`` rows of it. They are
+        not part of the run's identity: a run may resume with other processes.
+      cluster_timeout: seconds to wait for the processes to join, and after
+        which a silent process is taken for dead (default: JAX's).
     """
 
     model: str = "mlp"
@@ -189,6 +200,10 @@ class TrainConfig:
     param_sharding: str = "replicated"
     progress: bool = True
     resume: bool = True
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    cluster_timeout: int | None = None
 
     def __post_init__(self) -> None:
         """Reject every field value that would fail later or be silently ignored (:class:`ConfigError`)."""
@@ -243,6 +258,7 @@ class TrainConfig:
             raise ConfigError("warmup_steps", f"warmup_steps ({self.warmup_steps}) must be less than steps ({self.steps}).")
         self._check_sharpness()
         self._check_dataset_options()
+        self._check_processes()
         if self.model_options:
             try:
                 models.check_model_options(self.model, dict(self.model_options))
@@ -264,6 +280,19 @@ class TrainConfig:
                 "sharpness_top",
                 f"sharpness_top ({self.sharpness_top}) exceeds sharpness_iterations ({self.sharpness_iterations}): "
                 "Lanczos gives at most one eigenvalue per iteration.",
+            )
+
+    def _check_processes(self) -> None:
+        if self.cluster_timeout is not None and not 1 <= self.cluster_timeout <= MAX_COUNT:
+            raise ConfigError(
+                "cluster_timeout", f"cluster_timeout must be an integer in [1, {MAX_COUNT}], got {self.cluster_timeout!r}."
+            )
+        problem = distributed.process_problem(self.coordinator, self.num_processes, self.process_id)
+        if problem is not None:
+            raise ConfigError(*problem)
+        if self.num_processes is not None and self.batch_size % self.num_processes:
+            raise ConfigError(
+                "batch_size", f"batch_size {self.batch_size} does not split evenly over the {self.num_processes} processes."
             )
 
     def _check_dataset_options(self) -> None:

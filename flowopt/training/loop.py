@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from flowopt.core.trees import tree_all_finite
 from flowopt.diagnostics import reports_diagnostics, step_diagnostics
-from flowopt.training import models, parallel
+from flowopt.training import distributed, models, parallel
 from flowopt.training.checkpoint import Checkpointer
 from flowopt.training.config import ConfigError, TrainConfig
 from flowopt.training.data import Dataset, iterate_batches, load_dataset
@@ -38,7 +38,7 @@ from flowopt.training.metrics import MetricsLog
 from flowopt.training.optimizers import make_optimizer
 from flowopt.training.progress import Progress, budget_left, budget_spent
 from flowopt.training.resume import OpenedRun, data_identity, open_run
-from flowopt.training.rundir import RunLock, kill_point, make_run_dir, notice
+from flowopt.training.rundir import RunDirectoryError, RunLock, kill_point, make_run_dir, notice
 from flowopt.training.sharpness import SharpnessTracker, is_sharpness_row, sharpness_spent
 
 # The step functions lived here; importers of make_objective from this module keep working.
@@ -216,6 +216,12 @@ def train(
         config) and start afresh. Without it a directory holding a different run
         is refused.
 
+    With ``config.coordinator`` (a multi-process run), the processes are joined
+    first (:func:`flowopt.training.distributed.initialize`); every process
+    calls :func:`train` with the same config but for ``process_id``, and
+    ``output_dir`` names one directory shared by all: process 0 locks it and
+    writes the metrics and ``config.json``, the checkpoints are written by all.
+
     Returns:
       A :class:`RunResult`. Divergence does not raise: it is logged, recorded in
       the metrics and reported through ``diverged`` and ``message``. A finished
@@ -247,15 +253,15 @@ def train(
         raise ValueError(f"overwrite must be True or False, got {overwrite!r}.")
     if output_dir is not None and (not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir)):
         raise ValueError(f"output_dir must be a non-empty path or None, got {output_dir!r}.")
+    if config.coordinator is not None:
+        distributed.initialize(config.coordinator, config.num_processes, config.process_id, timeout=config.cluster_timeout)
     setup = build(config, dataset, tx)
     out = Path(output_dir) if output_dir is not None else None
     lock = checkpointer = None
     try:
         opened = OpenedRun(None, setup.state, Progress.start(), MetricsLog(None), legacy=False)
         if out is not None:
-            if jax.process_index() == 0:
-                make_run_dir(out)
-                lock = RunLock(out)
+            lock = _lock_run_dir(out)
             opened = open_run(
                 out, config, setup.state, setup.record(), overwrite, data_identity(setup.dataset), setup.steps_per_epoch
             )
@@ -266,6 +272,16 @@ def train(
             checkpointer.close()
         if lock is not None:
             lock.release()
+
+
+def _lock_run_dir(out: Path) -> RunLock | None:
+    """Process 0 creates and locks the run directory; a failure there is every process's (``RunDirectoryError``)."""
+
+    def lock() -> RunLock:
+        make_run_dir(out)
+        return RunLock(out)
+
+    return distributed.on_first_process(lock, RunDirectoryError)
 
 
 def _number(x: float) -> float | int:

@@ -19,7 +19,9 @@ the replicated run up to float32 round-off.
 
 Multi-host: call ``jax.distributed.initialize()`` (coordinator address,
 process count and id, or the cluster's auto-detection) in every process before
-any other JAX call, then run the same training script everywhere.
+any other JAX call (:func:`flowopt.training.distributed.initialize` does, for
+``flowopt-train`` and :func:`flowopt.training.train`), then run the same
+training script everywhere.
 ``jax.devices()`` then lists the devices of all hosts, :func:`data_mesh` spans
 them, every process iterates the same global batch order (it is seeded), and
 :func:`shard_local_batch` feeds each process's rows of it
@@ -66,8 +68,24 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Put every leaf of ``tree`` on all devices of ``mesh``."""
-    return jax.device_put(tree, replicated(mesh))
+    """Put every leaf of ``tree`` on all devices of ``mesh`` (with several processes, each gives the same value)."""
+    return place(tree, jax.tree.map(lambda _: replicated(mesh), tree))
+
+
+def place(tree: Any, shardings: Any) -> Any:
+    """Put each leaf of ``tree`` on its sharding, also on a mesh that spans processes (each gives the same value)."""
+    return jax.tree.map(_global_array, tree, shardings)
+
+
+def _global_array(leaf: Any, sharding: NamedSharding) -> jax.Array:
+    """``leaf`` (this process's copy of the whole value) laid out by ``sharding``."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(leaf, sharding)
+    if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        data = _global_array(jax.random.key_data(leaf), NamedSharding(sharding.mesh, PartitionSpec()))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    value = np.asarray(leaf)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
@@ -138,7 +156,7 @@ def state_shardings(tree: Any, mesh: Mesh, param_sharding: str = "replicated") -
 
 def place_state(tree: Any, mesh: Mesh, param_sharding: str = "replicated") -> Any:
     """Put ``tree`` on the devices of ``mesh``, replicated or sharded as ``param_sharding`` says."""
-    return jax.device_put(tree, state_shardings(tree, mesh, param_sharding))
+    return place(tree, state_shardings(tree, mesh, param_sharding))
 
 
 def addressable_bytes(tree: Any, device: Any = None) -> int:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 
+from flowopt.training import distributed
 from flowopt.training.checkpoint import Checkpointer, CheckpointError
 from flowopt.training.config import TrainConfig, trajectory_mismatch
 from flowopt.training.data import Dataset
@@ -108,8 +109,8 @@ def open_run(
     """
     writer = jax.process_index() == 0
     config_file, metrics_file = out / "config.json", out / "metrics.jsonl"
-    if overwrite and writer:
-        _remove_run(out)
+    if overwrite:
+        distributed.on_first_process(lambda: _remove_run(out), RunDirectoryError)
     checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
     progress = Progress.start()
     resume_step = None

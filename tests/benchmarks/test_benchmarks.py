@@ -64,6 +64,14 @@ def test_sharded_parameters_divide_the_state_per_device(quick_report):
     assert float(rows[0].note.split("= ")[1].split(";")[0]) < 1e-5
 
 
+def test_two_processes_against_one_process(quick_report):
+    rows = [r for r in quick_report.rows if r.section.startswith("5c.")]
+    assert [r.model.split()[0] for r in rows] == ["2"], quick_report.notes
+    assert rows[0].metric.startswith("2-process step time / 1-process step time")
+    gap = float(rows[0].note.split("= ")[1].split(";")[0])
+    assert gap < 1e-5 and rows[0].value > 0
+
+
 def test_memory_multiples_of_parameter_size(quick_report):
     rows = {r.method: r.value for r in quick_report.rows if r.section.startswith("3.")}
     assert rows["optax.sgd"] >= 1.0  # at least the parameters themselves
