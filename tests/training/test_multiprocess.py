@@ -36,6 +36,9 @@ RUN = [
 ]
 
 
+FSDP = ("--param-sharding", "fsdp")
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("localhost", 0))
@@ -45,12 +48,20 @@ def _free_port() -> int:
 class Launch:
     """The processes of one run (``processes`` of ``devices`` host devices each), their logs beside the run directory.
 
-    ``ids``: start only these processes of the run (default: all).
+    ``ids``: start only these processes of the run (default: all); ``extra``: flags added to the command.
     """
 
     compilation_cache: Path | None = None  # set for the module by :func:`compilation_cache`
 
-    def __init__(self, output: Path, processes: int, devices: int, ids: list[int] | None = None, cluster_timeout: int = 20):
+    def __init__(
+        self,
+        output: Path,
+        processes: int,
+        devices: int,
+        ids: list[int] | None = None,
+        cluster_timeout: int = 20,
+        extra: tuple[str, ...] = (),
+    ):
         self.output = output
         env = {
             **os.environ,
@@ -71,7 +82,7 @@ class Launch:
         self.procs = []
         for i, log in zip(ids, self.logs):
             own = ["--process-id", str(i)] if processes > 1 else []
-            command = [sys.executable, "-m", "flowopt.training.cli", *RUN, "--output", str(output), *cluster, *own]
+            command = [sys.executable, "-m", "flowopt.training.cli", *RUN, "--output", str(output), *cluster, *own, *extra]
             with open(log, "w") as f:
                 self.procs.append(subprocess.Popen(command, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT))
         self.deadline = time.monotonic() + TIMEOUT
@@ -161,9 +172,13 @@ def _assert_same_run(output: Path, reference: Path) -> None:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """Two runs side by side: one process over two host devices (the reference), and two processes of one device each."""
+    """Two runs side by side: one process over two host devices (the reference), and two processes of one device each
+    whose parameters and optimizer state are split between them (FSDP: each process holds half of every leaf)."""
     folder = tmp_path_factory.mktemp("multiprocess")
-    runs = {"one": Launch(folder / "one", processes=1, devices=2), "two": Launch(folder / "two", processes=2, devices=1)}
+    runs = {
+        "one": Launch(folder / "one", processes=1, devices=2),
+        "two": Launch(folder / "two", processes=2, devices=1, extra=FSDP),
+    }
     try:
         for run in runs.values():
             run.succeed()
@@ -185,11 +200,12 @@ def test_two_processes_match_one_process(finished, reference):
     assert not (two.output / "checkpoints-corrupt").exists()
     record = json.loads((two.output / "config.json").read_text())
     assert record["devices"] == 2 and record["config"]["num_processes"] == 2 and record["config"]["process_id"] == 0
+    assert record["config"]["param_sharding"] == "fsdp"
     assert "is connected to 1 peer" in two.logs[1].read_text()  # the second process took part, over gloo
 
 
 def test_killed_two_process_run_resumes_with_two_or_one_process(reference, tmp_path, launches):
-    killed = launches(tmp_path / "two", processes=2, devices=1)
+    killed = launches(tmp_path / "two", processes=2, devices=1, extra=FSDP)
     checkpoints = killed.output / "checkpoints"
     while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
         assert time.monotonic() < killed.deadline, killed.log_tails()
@@ -200,7 +216,11 @@ def test_killed_two_process_run_resumes_with_two_or_one_process(reference, tmp_p
     killed.kill()
     assert [proc.returncode for proc in killed.procs] == [-signal.SIGKILL] * 2
     shutil.copytree(killed.output, tmp_path / "one")
-    resumed = [launches(tmp_path / "two", processes=2, devices=1), launches(tmp_path / "one", processes=1, devices=2)]
+    # Resumed as it ran, and by one process with replicated parameters from the checkpoint the two processes split.
+    resumed = [
+        launches(tmp_path / "two", processes=2, devices=1, extra=FSDP),
+        launches(tmp_path / "one", processes=1, devices=2),
+    ]
     for run in resumed:
         run.succeed()
         assert "Resuming" in run.logs[0].read_text(), run.log_tails()
