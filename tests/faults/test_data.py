@@ -121,13 +121,24 @@ def test_a_failed_rename_puts_the_prepared_dataset_back_and_a_good_refresh_repla
     assert sorted(p.name for p in root.iterdir()) == [decoded.CACHE_FOLDER, "mnist"], "the replaced dataset was left behind"
 
 
+@pytest.fixture(scope="module")
+def tiny_prepared(mnist_originals, tmp_path_factory):
+    """A tfds data dir holding MNIST cut to its first 100 records a split, with its decoded cache, and the dataset."""
+    root = tmp_path_factory.mktemp("tiny") / "tfds"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(builders, "_idx_examples", _truncated_examples(100))
+        patch.setitem(data.SPECS, "mnist", data.SPECS["mnist"]._replace(num_train=100, num_test=100))
+        data.prepare_tfds("mnist", root, source=mnist_originals)
+        return root, data.load_dataset("mnist", data_dir=root)
+
+
 @pytest.fixture
-def cached(mnist_data_dir, tmp_path):
-    """A tfds data dir holding a copy of the prepared MNIST and of its decoded cache, and the dataset loaded from it."""
-    dataset = data.load_dataset("mnist", data_dir=mnist_data_dir)
+def cached(tiny_prepared, tmp_path, monkeypatch):
+    """A copy of :func:`tiny_prepared`'s data dir, its cache file, and the dataset loaded from it."""
+    source, dataset = tiny_prepared
+    monkeypatch.setitem(data.SPECS, "mnist", data.SPECS["mnist"]._replace(num_train=100, num_test=100))
     root = tmp_path / "tfds"
-    for folder in ("mnist", decoded.CACHE_FOLDER):
-        shutil.copytree(mnist_data_dir / folder, root / folder)
+    shutil.copytree(source, root)
     (cache,) = (root / decoded.CACHE_FOLDER).iterdir()
     return root, cache, dataset
 
@@ -166,7 +177,7 @@ def test_prepared_files_changed_in_one_byte_are_decoded_afresh_and_the_cache_fol
     info.write_text(info.read_text() + "\n")
     calls = _decodes(monkeypatch)
     _assert_same(data.load_dataset("mnist", data_dir=root), dataset)
-    assert calls == [60_000, 10_000]
+    assert calls == [100, 100]
     assert decoded.read_cache(cache, decoded.prepared_fingerprint(info.parent)) is not None
 
 
@@ -187,11 +198,11 @@ def test_a_damaged_cache_is_reported_never_read_and_replaced_by_a_verified_one(c
     calls = _decodes(monkeypatch)
     with pytest.warns(UserWarning, match=f"decoded cache {cache} is damaged"):
         _assert_same(data.load_dataset("mnist", data_dir=root), dataset)
-    assert calls == [60_000, 10_000]
+    assert calls == [100, 100]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _assert_same(data.load_dataset("mnist", data_dir=root), dataset)
-    assert calls == [60_000, 10_000], "the replaced cache was not used"
+    assert calls == [100, 100], "the replaced cache was not used"
 
 
 @pytest.mark.parametrize("fault", ["failed rename", "interrupted write"])
