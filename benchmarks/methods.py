@@ -25,6 +25,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "dopri5-fixed": ("runge_kutta", {"tableau": tableaus.DOPRI5}),
     "rkc-s5": ("rkc", {"stages": 5}),
     "rkc-s50": ("rkc", {"stages": 50}),
+    "rkc2-s5": ("rkc", {"stages": 5, "order": 2}),
+    "rkc2-s50": ("rkc", {"stages": 50, "order": 2}),
     "bosh3-adaptive": ("adaptive_runge_kutta", {"tableau": tableaus.BOSH3, "rtol": 1e-3, "atol": 1e-6}),
     "backward_euler": ("backward_euler", {"inner_steps": 3}),
     "bdf2": ("bdf2", {"inner_steps": 3}),

@@ -45,6 +45,8 @@ MEMORY_METHODS = (
     "dopri5-fixed",
     "rkc-s5",
     "rkc-s50",
+    "rkc2-s5",
+    "rkc2-s50",
     "bosh3-adaptive",
     "optax.adam",
     "adam_flow",

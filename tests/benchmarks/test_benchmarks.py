@@ -80,9 +80,27 @@ def test_memory_multiples_of_parameter_size(quick_report):
 
 @pytest.mark.parametrize(
     "method, buffers",
-    [("optax.sgd", 2), ("euler", 2), ("heun", 3), ("rk4", 3), ("dopri5-fixed", 6), ("optax.adam", 4), ("rkc-s50", 4)],
+    [
+        ("optax.sgd", 2),
+        ("euler", 2),
+        ("heun", 3),
+        ("rk4", 3),
+        ("dopri5-fixed", 6),
+        ("optax.adam", 4),
+        ("rkc-s5", 4),
+        ("rkc-s50", 4),
+        ("rkc2-s5", 5),  # k1 as well, which every stage reads
+        ("rkc2-s50", 5),
+    ],
 )
 def test_minimum_buffer_model(method, buffers):
     # θ, the running sum and the stage being evaluated (its point and gradient as one); Heun's sum is k1 itself,
-    # RK4's stages read only the previous k, Dopri5's sixth stage point reads all five before it.
+    # RK4's stages read only the previous k, Dopri5's sixth stage point reads all five before it. RKC holds θ,
+    # the two latest stage differences and the stage point.
     assert memory.minimum_buffers(method) == buffers
+
+
+def test_chebyshev_buffers_at_few_stages():
+    # One stage is SGD; with two, Y_1 - θ is a multiple of k1; order 2 reads k1 at every stage.
+    assert [memory.chebyshev_buffers(1, s) for s in (1, 2, 3, 4, 50)] == [2, 3, 4, 4, 4]
+    assert [memory.chebyshev_buffers(2, s) for s in (2, 3, 4, 50)] == [3, 4, 5, 5]

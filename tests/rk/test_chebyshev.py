@@ -13,8 +13,10 @@ import flowopt
 from flowopt import analysis
 from flowopt.rk.chebyshev import MAX_STAGES, chebyshev_method, stages_for
 from tests.convergence import loglog_slope
+from tests.rk.memory import ON_CPU, peak_over_parameter_bytes
 
-ORDERS_AND_STAGES = [(1, s) for s in (1, 2, 3, 7, 20, 50)] + [(2, s) for s in (2, 3, 7, 20, 50)]
+ORDERS_AND_STAGES = [(1, s) for s in (1, 2, 3, 7, 9, 20, 50)] + [(2, s) for s in (2, 3, 7, 9, 20, 50)]
+"""Up to 8 stages straight-line code, beyond a loop of two stages a pass (9: no stage left over; 20, 50: one)."""
 
 
 def _steps_on_a_line(order, stages, h_lambda, steps, dtype=jnp.float64, lam=3.0):
@@ -183,3 +185,15 @@ def test_stages_for_is_the_fewest_that_suffice():
 def test_bad_input_raises_a_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.skipif(not ON_CPU, reason="buffer assignment differs by backend; measured on CPU")
+@pytest.mark.parametrize("order, minimum", [(1, 4), (2, 5)])
+def test_peak_memory_does_not_grow_with_the_stages(order, minimum):
+    # θ, the two latest stage differences and the stage point, whose gradient takes its place; order 2 also
+    # k1 (the 0.25 P boolean mask of the finiteness check comes after the stages). Before: 6 P for order 1 and
+    # 7 P for order 2 beyond 8 stages (the loop's swapped carry copied at every pass), s + 1 P up to 8.
+    peaks = {s: peak_over_parameter_bytes(flowopt.rkc(s, 0.01, order=order)) for s in (5, 20, 50)}
+    for s, peak in peaks.items():
+        assert peak <= minimum + 0.25, (s, peak)
+    assert peaks[5] == pytest.approx(peaks[50], abs=0.02)

@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import flowopt
@@ -11,6 +10,7 @@ from flowopt import tableaus
 from flowopt.core.trees import linear_combination
 from flowopt.rk.stages import live_buffers, stage_slopes, stage_sum, sum_schedule
 from flowopt.rk.tableau import ButcherTableau
+from tests.rk.memory import ON_CPU, peak_over_parameter_bytes
 
 NAMED = [tableaus.EULER, tableaus.HEUN, tableaus.RK3, tableaus.RK4, tableaus.RK38, tableaus.BOSH3, tableaus.DOPRI5]
 
@@ -60,38 +60,13 @@ def test_sum_schedule_and_its_live_buffers(tableau, flush, buffers):
     assert live_buffers(tableau, tableau.b, (False,) * tableau.num_stages) >= buffers
 
 
-def _peak_over_parameter_bytes(tx: optax.GradientTransformation) -> float:
-    """Peak bytes of a donated training step over the parameter bytes P, from XLA's memory analysis.
-
-    The loss ``½‖Wx - y‖²`` of a 512 × 512 matrix on 8 columns: its gradient
-    is a matrix product, which XLA cannot fuse with the optimizer's
-    arithmetic, and its activations are 2 % of P.
-    """
-    w = jax.random.normal(jax.random.key(0), (512, 512))
-    x, y = jax.random.normal(jax.random.key(1), (2, 512, 8))
-
-    def loss(w):
-        return 0.5 * jnp.sum(jnp.square(w @ x - y))
-
-    def step(w, state):
-        grads = jax.grad(loss)(w)
-        updates, state = tx.update(grads, state, w, value_fn=loss)
-        return optax.apply_updates(w, updates), state
-
-    stats = jax.jit(step, donate_argnums=(0, 1)).lower(w, tx.init(w)).compile().memory_analysis()
-    if stats is None:
-        pytest.skip("no memory analysis on this backend")
-    peak = stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
-    return peak / w.nbytes
-
-
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="buffer assignment differs by backend; measured on CPU")
+@pytest.mark.skipif(not ON_CPU, reason="buffer assignment differs by backend; measured on CPU")
 def test_rk4_holds_one_buffer_more_than_euler():
     # Euler holds θ and the gradient (and the 0.25 P boolean mask of the step's finiteness check); RK4 one
     # running sum more, where summing after the last stage held all four stages (5.25 P).
-    euler = _peak_over_parameter_bytes(flowopt.euler(0.1))
-    rk4 = _peak_over_parameter_bytes(flowopt.rk4(0.1))
-    heun = _peak_over_parameter_bytes(flowopt.heun(0.1))
+    euler = peak_over_parameter_bytes(flowopt.euler(0.1))
+    rk4 = peak_over_parameter_bytes(flowopt.rk4(0.1))
+    heun = peak_over_parameter_bytes(flowopt.heun(0.1))
     assert rk4 <= 4 + 0.2
     assert rk4 == pytest.approx(euler + 1, abs=0.02)
     assert heun == pytest.approx(euler + 1, abs=0.02)
