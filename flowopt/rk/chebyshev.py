@@ -234,7 +234,7 @@ def chebyshev_increment(
       every pass, one or two buffers more);
     - up to 8 stages the code is straight-line (on the CPU, convolutions run
       much slower inside a loop: a 5-stage step on the CNN, 13 times), and each difference but the
-      last is :func:`materialised`, or XLA would recompute it from all the
+      last is ``materialised``, or XLA would recompute it from all the
       gradients before it in each of its three readers and keep those
       gradients live.
 
