@@ -20,11 +20,16 @@ def _exponential_sharpening(w):
     return 0.5 * jnp.exp(w[1]) * w[0] ** 2 - w[1]
 
 
-def _point(y, relaxation=0.5):
-    w = jnp.array([0.0, y])
+@jax.jit
+def _point_at(w, relaxation):
     return central_point(
         _exponential_sharpening, w, ETA, num_eigs=1, lanczos_iterations=2, relaxation=relaxation, key=jax.random.key(0)
     )
+
+
+def _point(y, relaxation=0.5):
+    """The right-hand side at ``(0, y)``: one compiled program for every ``y`` (op by op it takes seconds a point)."""
+    return _point_at(jnp.array([0.0, y]), jnp.asarray(relaxation, jnp.float64))
 
 
 def test_right_hand_side_in_closed_form_below_near_and_at_the_edge():
@@ -114,9 +119,9 @@ def test_the_flow_stops_at_the_edge_and_predicts_the_average_of_gradient_descent
 
 def test_two_directions_at_the_edge_share_the_oscillation():
     loss = lambda w: 0.5 * w[2] * (w[0] ** 2 + w[1] ** 2) - 0.05 * w[2]  # a double eigenvalue y
-    point = central_point(
-        loss, jnp.array([0.0, 0.0, THRESHOLD]), ETA, num_eigs=2, lanczos_iterations=3, relaxation=2.0, key=jax.random.key(0)
-    )
+    point = jax.jit(
+        lambda w: central_point(loss, w, ETA, num_eigs=2, lanczos_iterations=3, relaxation=2.0, key=jax.random.key(0))
+    )(jnp.array([0.0, 0.0, THRESHOLD]))
     np.testing.assert_allclose(np.trace(point.covariance), 0.1, rtol=1e-6)  # y' = c - tr X / 2 = 0
     assert np.linalg.eigvalsh(point.covariance)[0] > 1e-3  # both directions oscillate
     np.testing.assert_allclose(point.velocity, 0.0, atol=1e-8)

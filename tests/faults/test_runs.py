@@ -36,6 +36,9 @@ from tests.training.runs import TINY_LOGISTIC, train_argv
 BASE = dict(TINY_LOGISTIC, optimizer="sgd")
 # 8 steps an epoch; rows at 3, 6, 8, 9, 12, 15, 16; checkpoints at 2, 4, 6, 8, 10, 12, 14, 16.
 RUN = dict(BASE, epochs=2, eval_every=3, checkpoint_every=2)
+
+pytestmark = pytest.mark.usefixtures("frozen_heap")  # a failed restore collects garbage: only the test's own
+
 ROWS = [3, 6, 8, 9, 12, 15, 16]
 
 _SCRIPT = textwrap.dedent(
