@@ -71,10 +71,18 @@ def stage_slopes(
         if not needed[i]:
             ks.append(None)
             continue
-        point = jax.tree.map(jnp.add, y0, linear_combination(tableau.a[i, :i], ks, h))
-        time = None if t0 is None else t0 + jnp.asarray(tableau.c[i], t0.dtype) * h
-        ks.append(field(time, point))
+        ks.append(_stage(tableau, i, field, y0, ks, h, t0))
     return ks
+
+
+def _stage(
+    tableau: ButcherTableau, i: int, field: Field, y0: Any, ks: list[Any], h: jax.Array, t0: jax.Array | None, wait: Any = None
+) -> Any:
+    """``k_i = field(t0 + c_i h, y0 + h Σ_j a_ij k_j)``, its point formed only once ``wait`` exists (:func:`after`)."""
+    point = jax.tree.map(jnp.add, y0, linear_combination(tableau.a[i, :i], ks, h))
+    point = point if wait is None else after(point, wait)
+    time = None if t0 is None else t0 + jnp.asarray(tableau.c[i], t0.dtype) * h
+    return field(time, point)
 
 
 def _readers(tableau: ButcherTableau, needed: Sequence[bool]) -> list[list[int]]:
@@ -215,10 +223,7 @@ def stage_sum(
             ks.append(None)
             continue
         if i > 0:
-            point = jax.tree.map(jnp.add, y0, linear_combination(tableau.a[i, :i], ks, h))
-            point = point if formed is None else after(point, formed)
-            time = None if t0 is None else t0 + jnp.asarray(tableau.c[i], t0.dtype) * h
-            ks.append(field(time, point))
+            ks.append(_stage(tableau, i, field, y0, ks, h, t0, wait=formed))
         running.add(i, ks[i])
         formed = running.flush() if flush[i] else None
     return running.total(h)

@@ -38,8 +38,6 @@ MAX_COUNT = 2**31 - 1  # step and gradient-evaluation counters are int32 on the 
 MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: larger seeds would repeat smaller ones
 SYNTHETIC_TRAIN_EXAMPLES = 2048  # synthetic_dataset's default size
 SHARPNESS_OPTIONS = ("sharpness_top", "sharpness_iterations", "sharpness_batch_size")  # only with sharpness_every
-# How the processes of a run join (not part of its identity: a run may resume with other processes).
-PROCESS_FIELDS = ("coordinator", "num_processes", "process_id", "cluster_timeout")
 
 
 class ConfigError(ValueError):

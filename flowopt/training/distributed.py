@@ -245,11 +245,3 @@ def on_first_process(action: Callable[[], Any], error: type[Exception] = ValueEr
     if shared is not None:
         raise error(shared)
     return result
-
-
-def barrier(name: str) -> None:
-    """Wait until every process has reached the barrier ``name`` (nothing to wait for in one process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)

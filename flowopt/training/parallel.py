@@ -69,7 +69,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Put every leaf of ``tree`` on all devices of ``mesh`` (with several processes, each gives the same value)."""
-    return place(tree, jax.tree.map(lambda _: replicated(mesh), tree))
+    return place_state(tree, mesh)
 
 
 def place(tree: Any, shardings: Any) -> Any:
@@ -81,7 +81,7 @@ def _global_array(leaf: Any, sharding: NamedSharding) -> jax.Array:
     """``leaf`` (this process's copy of the whole value) laid out by ``sharding``."""
     if sharding.is_fully_addressable:
         return jax.device_put(leaf, sharding)
-    if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+    if _is_key(leaf):
         data = _global_array(jax.random.key_data(leaf), NamedSharding(sharding.mesh, PartitionSpec()))
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
     value = np.asarray(leaf)

@@ -28,13 +28,14 @@ def read_prepared(name: str, spec: DatasetSpec, data_dir: Path) -> Dataset:
 
     version_dir = Path(tfds.builder(spec.tfds_name, data_dir=str(data_dir)).data_dir)
     cache, fingerprint = decoded.cache_file(data_dir, version_dir), decoded.prepared_fingerprint(version_dir)
+    source = f"tfds:{data_dir / spec.tfds_name}"
     cached = decoded.read_cache(cache, fingerprint) if fingerprint else None
     if cached is not None:
-        return checked(name, spec, f"tfds:{data_dir / spec.tfds_name}", spec.label, **cached)
+        return checked(name, spec, source, spec.label, **cached)
     arrays: list[np.ndarray] = []
     for split in ("train", "test"):
         arrays += read_split(tfds.data_source(spec.tfds_name, split=split, data_dir=str(data_dir)), spec.image_shape)
-    dataset = checked(name, spec, f"tfds:{data_dir / spec.tfds_name}", spec.label, *arrays)
+    dataset = checked(name, spec, source, spec.label, *arrays)
     if fingerprint:
         decoded.write_cache(cache, fingerprint, {key: getattr(dataset, key) for key in decoded.ARRAYS})
     return dataset
